@@ -1,0 +1,70 @@
+# komorebi-worker — every entry point a developer or CI needs.
+# `make test` and `make demo` set everything up on a fresh Debian machine.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup system-deps demo test test-fast lint lint-python lint-infra lint-docker \
+        lint-compose audit bench soak clean image push deploy
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+system-deps: ## ffmpeg (+ prometheus for tests) from apt when root and missing
+	@./.ci/system-deps
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	@$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	@$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	@touch $(STAMP)
+
+setup: system-deps $(STAMP) ## create .venv from the lock file and check system tools
+
+lock: ## re-resolve requirements.lock from pyproject.toml
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -q -o requirements.lock
+
+demo: setup ## run the whole pipeline once on the embedded AWS emulator
+	$(BIN)/komorebi-worker dev --once
+
+test: setup lint ## lint, then the whole test suite
+	$(BIN)/pytest -q
+
+test-fast: setup ## tests without lint
+	$(BIN)/pytest -q -x
+
+lint: setup lint-python lint-infra lint-docker lint-compose audit ## every static check
+
+lint-python:
+	$(BIN)/ruff check worker tests bench
+	$(BIN)/ruff format --check worker tests bench
+	$(BIN)/mypy
+
+lint-infra:
+	@test ! -d infra || ! ls infra/*.yaml >/dev/null 2>&1 || $(BIN)/cfn-lint infra/*.yaml
+
+lint-docker:
+	@test ! -f Dockerfile || $(BIN)/hadolint --failure-threshold warning Dockerfile
+
+lint-compose:
+	@test ! -f docker-compose.yml || ./.ci/compose-config docker-compose.yml
+
+audit:
+	@./.ci/audit
+
+bench: setup ## performance benchmarks (writes bench/results/)
+	$(BIN)/python -m bench
+
+soak: setup ## long fault-injection soak (3 workers, 300+ messages)
+	$(BIN)/python -m tests.soak --messages 300
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,120 @@
+"""The ``komorebi-worker`` command line (SPEC §7).
+
+Exit codes: 0 success, 2 usage or configuration error, 1 failure — with one clear line on
+stderr. Each command is a thin shell over the module that owns the concept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from worker import __version__
+from worker.config import SettingsError
+from worker.errors import ConfigError, WorkerError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, exit 2, like every other usage error of this tool.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every sub-command."""
+    parser = _Parser(prog="komorebi-worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    commands.add_parser("run", help="the queue worker service (configured by environment)")
+
+    merge = commands.add_parser("merge", help="merge local files, no AWS")
+    merge.add_argument("--recording", required=True, type=Path, help="Komorebi recording")
+    merge.add_argument("--connect-audio", required=True, type=Path, help="Connect call audio")
+    merge.add_argument("--call-end", required=True, help="HH:MM:SS[.fff], MM:SS or seconds")
+    merge.add_argument("--output", required=True, type=Path, help="output .mp4 or .webm")
+    merge.add_argument("--thumbnail", type=Path, help="also write a PNG thumbnail here")
+    merge.add_argument("--align", choices=("end", "start"), default="end")
+    merge.add_argument("--audio-channels", type=int, choices=(1, 2), default=None)
+    merge.add_argument("--audio-sample-rate", type=int, default=None)
+    merge.add_argument("--audio-bitrate", default=None)
+    merge.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto")
+
+    dev = commands.add_parser("dev", help="whole pipeline on an embedded AWS emulator")
+    dev.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    dev.add_argument("--output-dir", type=Path, default=Path("komorebi-output"))
+    dev.add_argument("--port", type=int, default=0, help="emulator port (0: any free port)")
+
+    commands.add_parser("provision", help="create queue, DLQ, buckets and table")
+
+    enqueue = commands.add_parser("enqueue", help="send a job message")
+    enqueue.add_argument("recording_id")
+    enqueue.add_argument("call_end")
+    enqueue.add_argument("--connect-audio-key", default=None)
+
+    redrive = commands.add_parser("redrive", help="move DLQ messages back to the queue")
+    redrive.add_argument("--max-messages", type=int, default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = _HANDLERS[args.command]
+    try:
+        return handler(args)
+    except SettingsError as error:
+        for problem in error.problems:
+            print(f"komorebi-worker: configuration: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as error:
+        print(f"komorebi-worker: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except WorkerError as error:
+        print(f"komorebi-worker: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("komorebi-worker: interrupted", file=sys.stderr)
+        return 130
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    raise ConfigError("merge is not implemented yet")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    raise ConfigError("run is not implemented yet")
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    raise ConfigError("dev is not implemented yet")
+
+
+def _cmd_provision(args: argparse.Namespace) -> int:
+    raise ConfigError("provision is not implemented yet")
+
+
+def _cmd_enqueue(args: argparse.Namespace) -> int:
+    raise ConfigError("enqueue is not implemented yet")
+
+
+def _cmd_redrive(args: argparse.Namespace) -> int:
+    raise ConfigError("redrive is not implemented yet")
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "merge": _cmd_merge,
+    "run": _cmd_run,
+    "dev": _cmd_dev,
+    "provision": _cmd_provision,
+    "enqueue": _cmd_enqueue,
+    "redrive": _cmd_redrive,
+}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The job message (SPEC §2): parsing and validation of the Lambda's SQS body."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from worker.errors import InvalidMessage
+
+RECORDING_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+# S3 keys are at most 1024 bytes; anything near that is not a key someone meant.
+_MAX_KEY_LENGTH = 1024
+_CLOCK = re.compile(r"(?:(?P<h>\d+):)?(?P<m>\d{1,2}):(?P<s>\d{1,2}(?:\.\d+)?)")
+# Recordings longer than a week are not recordings; bounding keeps arithmetic and ffmpeg sane.
+MAX_CALL_END_SECONDS = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """A validated job: which recording, and where on its timeline the call ended."""
+
+    recording_id: str
+    call_end_seconds: float
+    connect_audio_key: str | None = None
+
+    def to_body(self) -> str:
+        """The SQS body for this job, in the Lambda's format."""
+        body: dict[str, Any] = {
+            "recordingID": self.recording_id,
+            "callEndingTimestamp": format_timestamp(self.call_end_seconds),
+        }
+        if self.connect_audio_key:
+            body["connectAudioKey"] = self.connect_audio_key
+        return json.dumps(body)
+
+
+def parse_timestamp(value: object) -> float:
+    """Seconds from a call-end value: ``HH:MM:SS[.fff]``, ``MM:SS``, or a number of seconds.
+
+    Raises :class:`ValueError` with a short reason for anything else, negative values,
+    NaN/infinity and absurdly large values.
+    """
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"must be a timestamp or a number of seconds, not {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = _parse_text(value.strip())
+    else:
+        raise ValueError(f"must be a timestamp or a number of seconds, not {type(value).__name__}")
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError("must be a finite number")
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    if seconds > MAX_CALL_END_SECONDS:
+        raise ValueError("is implausibly large (more than 7 days)")
+    return seconds
+
+
+def _parse_text(text: str) -> float:
+    clock = _CLOCK.fullmatch(text)
+    if clock:
+        hours = int(clock["h"] or 0)
+        minutes = int(clock["m"])
+        secs = float(clock["s"])
+        if (minutes >= 60 and clock["h"] is not None) or secs >= 60:
+            raise ValueError(f"{text!r} is not a valid clock time")
+        return hours * 3600 + minutes * 60 + secs
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is not HH:MM:SS, MM:SS or a number of seconds") from None
+
+
+def format_timestamp(seconds: float) -> str:
+    """``HH:MM:SS.fff`` (or ``HH:MM:SS`` for whole seconds), the inverse of parse_timestamp."""
+    millis = round(seconds * 1000)
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, millis = divmod(rest, 1000)
+    text = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{text}.{millis:03d}" if millis else text
+
+
+def validate_recording_id(value: object) -> str:
+    """The recording ID if it is safe to use in S3 keys (SPEC §2), else ValueError."""
+    if not isinstance(value, str):
+        raise ValueError(f"recordingID must be a string, not {type(value).__name__}")
+    if not RECORDING_ID_PATTERN.fullmatch(value):
+        raise ValueError("recordingID must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+    return value
+
+
+def parse_message(body: str) -> JobMessage:
+    """Parse and validate an SQS body. Raises :class:`InvalidMessage` with a one-line reason."""
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as error:
+        raise InvalidMessage(f"message body is not valid JSON: {_short(error)}") from None
+    if not isinstance(data, dict):
+        raise InvalidMessage(f"message body must be a JSON object, not {type(data).__name__}")
+    if "recordingID" not in data:
+        raise InvalidMessage("message has no recordingID")
+    if "callEndingTimestamp" not in data:
+        raise InvalidMessage("message has no callEndingTimestamp")
+    try:
+        recording_id = validate_recording_id(data["recordingID"])
+    except ValueError as error:
+        raise InvalidMessage(str(error)) from None
+    try:
+        call_end = parse_timestamp(data["callEndingTimestamp"])
+    except ValueError as error:
+        raise InvalidMessage(f"callEndingTimestamp {error}") from None
+    connect_key = data.get("connectAudioKey")
+    if connect_key is not None:
+        if not isinstance(connect_key, str) or not connect_key or "\x00" in connect_key:
+            raise InvalidMessage("connectAudioKey must be a non-empty string")
+        if len(connect_key.encode()) > _MAX_KEY_LENGTH:
+            raise InvalidMessage("connectAudioKey is longer than an S3 key can be")
+    return JobMessage(recording_id, call_end, connect_key or None)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _short(error: Exception) -> str:
+    return str(error).splitlines()[0][:120]
