@@ -1,0 +1,1 @@
+"""Media fixtures (real files, real ffmpeg)."""
