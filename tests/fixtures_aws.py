@@ -1,0 +1,1 @@
+"""AWS fixtures: a real moto server over HTTP, resources provisioned like production."""
