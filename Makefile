@@ -10,6 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
+PY_DIRS := $(wildcard worker tests bench)
 
 .PHONY: help setup system-deps demo test test-fast lint lint-python lint-infra lint-docker \
         lint-compose audit bench soak clean image push deploy
@@ -44,8 +45,8 @@ test-fast: setup ## tests without lint
 lint: setup lint-python lint-infra lint-docker lint-compose audit ## every static check
 
 lint-python:
-	$(BIN)/ruff check worker tests bench
-	$(BIN)/ruff format --check worker tests bench
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 	$(BIN)/mypy
 
 lint-infra:
