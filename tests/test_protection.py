@@ -1,0 +1,174 @@
+"""ECS task scale-in protection against a fake ECS agent endpoint on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from tests.fixtures_aws import free_port
+from worker.observability import TASK_PROTECTION
+from worker.protection import PROTECTION_PATH, TaskProtector
+
+pytestmark = pytest.mark.anyio
+
+AGENT_PREFIX = "/api/0123456789abcdef-1234567890"
+
+
+@dataclass
+class FakeAgent:
+    """Records every call; answers like the ECS agent (or fails on demand)."""
+
+    uri: str
+    requests: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    status: int = 200
+    body: dict[str, Any] | None = None
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [body for _, _, body in self.requests]
+
+    async def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool]) -> None:
+        with anyio.fail_after(10):
+            while not predicate(self.bodies()):
+                await anyio.sleep(0.01)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def agent() -> AsyncIterator[FakeAgent]:
+    port = free_port()
+    fake = FakeAgent(uri=f"http://127.0.0.1:{port}{AGENT_PREFIX}")
+
+    async def handle(request: web.Request) -> web.Response:
+        payload = json.loads(await request.text() or "{}")
+        fake.requests.append((request.method, request.path, payload))
+        if fake.status != 200:
+            return web.Response(status=fake.status, text="internal error")
+        answer = fake.body or {
+            "protection": {
+                "ExpirationDate": "2026-11-28T03:00:00Z",
+                "ProtectionEnabled": payload.get("ProtectionEnabled"),
+                "TaskArn": "arn:aws:ecs:us-east-1:123456789012:task/demo/abc",
+            }
+        }
+        return web.json_response(answer)
+
+    app = web.Application()
+    app.router.add_route("*", AGENT_PREFIX + PROTECTION_PATH, handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()
+
+
+ENABLE = {"ProtectionEnabled": True, "ExpiresInMinutes": 5}
+DISABLE = {"ProtectionEnabled": False}
+
+
+async def test_enable_while_busy_renew_then_disable_when_idle(agent: FakeAgent) -> None:
+    protector = TaskProtector(agent.uri, 5, renew_after_seconds=0.05)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(protector.run)
+        await protector.job_started()
+        assert protector.protected
+        assert TASK_PROTECTION._value.get() == 1
+        # Renewals arrive while the job runs.
+        await agent.wait_for(lambda bodies: len(bodies) >= 3)
+        await protector.job_finished()
+        assert not protector.protected
+        assert TASK_PROTECTION._value.get() == 0
+        tg.cancel_scope.cancel()
+    bodies = agent.bodies()
+    assert bodies[-1] == DISABLE
+    assert all(body == ENABLE for body in bodies[:-1])
+    assert len(bodies) >= 4
+    assert {(method, path) for method, path, _ in agent.requests} == {
+        ("PUT", AGENT_PREFIX + PROTECTION_PATH)
+    }
+
+
+async def test_reference_counted_across_concurrent_jobs(agent: FakeAgent) -> None:
+    protector = TaskProtector(agent.uri, 30)
+    await protector.job_started()
+    await protector.job_started()
+    await protector.job_finished()
+    assert protector.protected  # one job still running
+    assert agent.bodies() == [{"ProtectionEnabled": True, "ExpiresInMinutes": 30}]
+    await protector.job_finished()
+    assert agent.bodies()[-1] == DISABLE
+    assert len(agent.bodies()) == 2
+
+
+async def test_agent_error_is_logged_not_raised_and_retried(agent: FakeAgent) -> None:
+    agent.status = 500
+    protector = TaskProtector(agent.uri, 5, renew_after_seconds=10, retry_seconds=0.05)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(protector.run)
+        with capture_logs() as logs:
+            await protector.job_started()
+        assert not protector.protected
+        assert any(entry["event"] == "task protection call failed" for entry in logs)
+        assert any(entry.get("status") == 500 for entry in logs)
+        # The agent recovers: run() retries and protection comes on.
+        agent.status = 200
+        await agent.wait_for(lambda _: protector.protected)
+        tg.cancel_scope.cancel()
+    # Cancelling run() turns protection off on the way out.
+    assert agent.bodies()[-1] == DISABLE
+    assert not protector.protected
+
+
+async def test_failure_body_counts_as_failure(agent: FakeAgent) -> None:
+    agent.body = {"failure": {"Arn": "arn:task", "Reason": "TASK_NOT_VALID"}}
+    protector = TaskProtector(agent.uri, 5)
+    with capture_logs() as logs:
+        await protector.job_started()
+    assert not protector.protected
+    assert any("TASK_NOT_VALID" in str(entry.get("detail")) for entry in logs)
+
+
+async def test_unreachable_agent_is_not_fatal() -> None:
+    protector = TaskProtector(f"http://127.0.0.1:{free_port()}/api/x", 5, timeout_seconds=1)
+    with capture_logs() as logs:
+        await protector.job_started()
+        await protector.job_finished()
+    assert not protector.protected
+    failures = [entry for entry in logs if entry["event"] == "task protection call failed"]
+    assert len(failures) == 1  # enable failed; nothing was on, so nothing to turn off
+    assert "\n" not in failures[0]["error"]
+
+
+async def test_cancelled_run_disables_protection(agent: FakeAgent) -> None:
+    protector = TaskProtector(agent.uri, 5)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(protector.run)
+        await protector.job_started()
+        tg.cancel_scope.cancel()
+    assert agent.bodies() == [ENABLE, DISABLE]
+
+
+async def test_no_agent_uri_means_no_requests(agent: FakeAgent) -> None:
+    protector = TaskProtector.from_env(5, {"SOMETHING_ELSE": agent.uri})
+    assert not protector.active
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(protector.run)
+        await protector.job_started()
+        await protector.job_finished()
+        await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+    assert agent.requests == []
+    assert TaskProtector.from_env(5, {"ECS_AGENT_URI": agent.uri}).active
