@@ -95,15 +95,45 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _cmd_provision(args: argparse.Namespace) -> int:
-    raise ConfigError("provision is not implemented yet")
+    from worker.admin import aws_errors, boto3_session
+    from worker.config import Settings
+    from worker.provisioning import provision
+
+    settings = Settings.from_env()
+    with aws_errors("provision"):
+        created = provision(settings, session=boto3_session())
+    print(f"queue: {created.queue_url}")
+    print(f"dlq: {created.dlq_url}")
+    for bucket in created.buckets:
+        print(f"bucket: {bucket}")
+    print(f"table: {created.table_name}")
+    return EXIT_OK
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
-    raise ConfigError("enqueue is not implemented yet")
+    from worker import admin
+
+    job = admin.build_job(args.recording_id, args.call_end, args.connect_audio_key)
+    print(admin.enqueue(job, admin.queue_url_from_env()))
+    return EXIT_OK
 
 
 def _cmd_redrive(args: argparse.Namespace) -> int:
-    raise ConfigError("redrive is not implemented yet")
+    from worker import admin
+
+    result = admin.redrive(
+        admin.queue_url_from_env(),
+        admin.dlq_url_from_env(),
+        max_messages=args.max_messages,
+    )
+    print(f"moved {result.moved} message(s) from {result.dlq_url}")
+    if result.failed:
+        print(
+            f"komorebi-worker: {result.failed} message(s) could not be sent; still in the DLQ",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
