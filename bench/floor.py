@@ -1,0 +1,56 @@
+"""The floor: what any correct implementation must at least do.
+
+Remux the video with ``-c copy`` and encode the output's audio (the recording's audio track,
+which has the output's length) at this project's settings (mono, 16 kHz, 48 kbit/s AAC), in one
+ffmpeg run. The MP4 is written with ``+faststart`` because SPEC §5 requires it of any correct
+output; ``--no-faststart`` gives the bare remux+encode for comparison.
+
+Run as a subprocess by the bench:
+``python -m bench.floor RECORDING OUTPUT [--no-faststart]``; prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from worker.config import AudioSettings
+
+FFMPEG = ("ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y")
+
+
+def floor_command(
+    recording: Path, output: Path, audio: AudioSettings, *, faststart: bool = True
+) -> list[str]:
+    """The floor's ffmpeg command line. Pure."""
+    argv = [
+        *FFMPEG,
+        "-i", str(recording),
+        "-map", "0:v:0", "-map", "0:a:0",
+        "-c:v", "copy",
+        "-c:a", "aac", "-ac", str(audio.channels), "-ar", str(audio.sample_rate),
+        "-b:a", audio.bitrate,
+    ]  # fmt: skip
+    if faststart:
+        argv += ["-movflags", "+faststart"]
+    return [*argv, str(output)]
+
+
+def main(argv: list[str]) -> int:
+    """CLI entry for the bench's subprocess."""
+    faststart = "--no-faststart" not in argv
+    recording, output = (a for a in argv if not a.startswith("--"))
+    started = time.perf_counter()
+    subprocess.run(
+        floor_command(Path(recording), Path(output), AudioSettings(), faststart=faststart),
+        check=True,
+    )
+    print(json.dumps({"wall_seconds": time.perf_counter() - started, "output": output}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,210 @@
+"""Generate and cache the benchmark media (screen-like recordings and Connect WAVs).
+
+A recording is built from one 60-second segment (720p, 30 fps, a still light-grey "screen" with
+a small animated test pattern in a corner, x264 ultrafast/stillimage, keyint 3 s, AAC stereo
+48 kHz 128 kbit/s carrying a 1 kHz "microphone" tone) repeated with the concat demuxer and
+stream copy: a 60-minute file costs a few seconds of disk I/O instead of an hour of encoding.
+The Connect WAV (pcm_s16le, 8 kHz, stereo: 440 Hz customer left, 660 Hz agent right) covers
+75% of the recording, the call ending at ``call_end = 0.75 * length``.
+
+Everything is written under ``bench/cache/`` (gitignored) with a manifest keyed by the
+generation parameters, so a second run reuses the files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE_DIR = Path(__file__).resolve().parent / "cache"
+SEGMENT_SECONDS = 60
+CALL_FRACTION = 0.75
+# Bump when the generation recipe changes: cached files of another version are rebuilt.
+RECIPE_VERSION = 1
+RECIPE = {
+    "version": RECIPE_VERSION,
+    "video": "1280x720 30fps x264 ultrafast stillimage g=90 yuv420p",
+    "audio": "aac stereo 48k 128k sine 1kHz",
+    "connect": "pcm_s16le 8kHz stereo 440/660 Hz",
+    "segment_seconds": SEGMENT_SECONDS,
+}
+
+FFMPEG = ("ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y")
+
+
+@dataclass(frozen=True)
+class BenchMedia:
+    """One benchmark case: a recording, its Connect audio and the call end on its timeline."""
+
+    minutes: int
+    recording: Path
+    connect_audio: Path
+    call_end_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        """Nominal recording length in seconds."""
+        return self.minutes * 60.0
+
+    @property
+    def input_bytes(self) -> int:
+        """Bytes of both inputs (what a worker downloads into its scratch directory)."""
+        return self.recording.stat().st_size + self.connect_audio.stat().st_size
+
+
+def _nice() -> tuple[str, ...]:
+    """Generation is background work on a shared machine: lowest CPU priority."""
+    return ("nice", "-n", "19")
+
+
+def _run(args: list[str]) -> None:
+    subprocess.run([*_nice(), *args], check=True)
+
+
+def _segment(cache: Path) -> Path:
+    path = cache / f"segment-{SEGMENT_SECONDS}s.mp4"
+    if path.exists():
+        return path
+    tmp = path.with_suffix(".part.mp4")
+    graph = (
+        "color=c=0xe8e8e8:s=1280x720:r=30[bg];"
+        "testsrc2=s=320x180:r=30[fg];"
+        "[bg][fg]overlay=x=W-w-40:y=H-h-40:shortest=1"
+    )
+    _run(
+        [
+            *FFMPEG,
+            "-f", "lavfi", "-i", graph,
+            "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000",
+            "-t", str(SEGMENT_SECONDS),
+            "-c:v", "libx264", "-preset", "ultrafast", "-tune", "stillimage",
+            "-g", "90", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", "-b:a", "128k", "-ac", "2",
+            str(tmp),
+        ]
+    )  # fmt: skip
+    tmp.rename(path)
+    return path
+
+
+def _recording(cache: Path, minutes: int, segment: Path) -> Path:
+    path = cache / f"recording-{minutes}min.mp4"
+    if path.exists():
+        return path
+    repeats = (minutes * 60) // SEGMENT_SECONDS
+    listing = cache / f"recording-{minutes}min.txt"
+    listing.write_text("".join(f"file '{segment.name}'\n" for _ in range(repeats)))
+    tmp = path.with_suffix(".part.mp4")
+    _run(
+        [
+            *FFMPEG,
+            "-f", "concat", "-safe", "0", "-i", str(listing),
+            "-c", "copy", "-movflags", "+faststart", str(tmp),
+        ]
+    )  # fmt: skip
+    listing.unlink()
+    tmp.rename(path)
+    return path
+
+
+def _connect_wav(cache: Path, minutes: int) -> Path:
+    path = cache / f"connect-{minutes}min.wav"
+    if path.exists():
+        return path
+    seconds = minutes * 60 * CALL_FRACTION
+    tmp = path.with_suffix(".part.wav")
+    _run(
+        [
+            *FFMPEG,
+            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=8000",
+            "-f", "lavfi", "-i", "sine=frequency=660:sample_rate=8000",
+            "-filter_complex", "[0:a][1:a]amerge=inputs=2[a]", "-map", "[a]",
+            "-t", f"{seconds:.3f}", "-c:a", "pcm_s16le", "-ar", "8000", "-ac", "2",
+            str(tmp),
+        ]
+    )  # fmt: skip
+    tmp.rename(path)
+    return path
+
+
+def _manifest_ok(cache: Path) -> bool:
+    manifest = cache / "manifest.json"
+    try:
+        return bool(json.loads(manifest.read_text()) == RECIPE)
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_media(minutes_list: list[int], cache: Path = CACHE_DIR) -> list[BenchMedia]:
+    """Return the benchmark media for each length, generating what is not cached yet."""
+    cache.mkdir(parents=True, exist_ok=True)
+    if not _manifest_ok(cache):
+        # Different recipe (or first run): drop stale files of ours, keep anything else.
+        for stale in cache.glob("*"):
+            if stale.suffix in {".mp4", ".wav", ".txt"}:
+                stale.unlink()
+        (cache / "manifest.json").write_text(json.dumps(RECIPE))
+    segment = _segment(cache)
+    cases = []
+    for minutes in minutes_list:
+        cases.append(
+            BenchMedia(
+                minutes=minutes,
+                recording=_recording(cache, minutes, segment),
+                connect_audio=_connect_wav(cache, minutes),
+                call_end_seconds=minutes * 60 * CALL_FRACTION,
+            )
+        )
+    return cases
+
+
+def make_short_case(directory: Path, seconds: int = 3) -> BenchMedia:
+    """A tiny case (for the smoke test): ``seconds`` of the same recipe, no cache."""
+    directory.mkdir(parents=True, exist_ok=True)
+    recording = directory / "recording.mp4"
+    graph = (
+        "color=c=0xe8e8e8:s=1280x720:r=30[bg];testsrc2=s=320x180:r=30[fg];"
+        "[bg][fg]overlay=x=W-w-40:y=H-h-40:shortest=1"
+    )
+    _run(
+        [
+            *FFMPEG,
+            "-f", "lavfi", "-i", graph,
+            "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000",
+            "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast",
+            "-tune", "stillimage", "-g", "90", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", "-b:a", "128k", "-ac", "2", str(recording),
+        ]
+    )  # fmt: skip
+    connect = directory / "connect.wav"
+    call_end = seconds * CALL_FRACTION
+    _run(
+        [
+            *FFMPEG,
+            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=8000",
+            "-f", "lavfi", "-i", "sine=frequency=660:sample_rate=8000",
+            "-filter_complex", "[0:a][1:a]amerge=inputs=2[a]", "-map", "[a]",
+            "-t", f"{call_end:.3f}", "-c:a", "pcm_s16le", "-ar", "8000", "-ac", "2",
+            str(connect),
+        ]
+    )  # fmt: skip
+    return BenchMedia(
+        minutes=0, recording=recording, connect_audio=connect, call_end_seconds=call_end
+    )
+
+
+def main() -> None:
+    """Generate the default cache (used by `python -m bench.media_gen`)."""
+    for case in ensure_media([5, 10, 15, 30, 60]):
+        size = os.path.getsize(case.recording) / 2**20
+        print(
+            f"{case.minutes:>3} min: {case.recording.name} ({size:.0f} MiB), "
+            f"{case.connect_audio.name}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Write the results: ``results.md`` (tables, targets, machine), ``chart.png``, ``results.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+MB = 1_000_000
+MIB = 1024 * 1024
+
+LABELS = {
+    "merge": "this project (merge)",
+    "lambda": "Lambda five-pass",
+    "floor": "floor (copy + audio encode, faststart)",
+    "floor_nofaststart": "floor without faststart (info)",
+}
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, memory, OS, tool versions, load: what a reader needs to weigh the numbers."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem_kib = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
+    except (OSError, StopIteration, ValueError):
+        mem_kib = 0
+    ffmpeg_version = subprocess.run(
+        ["ffmpeg", "-version"], capture_output=True, text=True, check=False
+    ).stdout.split("\n", 1)[0]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "ffmpeg": ffmpeg_version,
+        "commit": commit,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _mb(value: float) -> str:
+    return f"{value / MB:.0f}"
+
+
+def media_rows(results: dict[str, Any]) -> list[str]:
+    """The main table, one row per (length, implementation)."""
+    lines = [
+        "| Recording | Implementation | Wall s | CPU s | Peak RSS MB | Peak scratch MB "
+        "| Scratch / (inputs+outputs) | Wall vs Lambda | Wall vs floor |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for case in results["media"]:
+        runs = case["runs"]
+        lam = runs["lambda"]["wall_seconds"]
+        flo = runs["floor"]["wall_seconds"]
+        label = case.get("label") or f"{case['minutes']} min"
+        for name, run in runs.items():
+            lines.append(
+                f"| {label} | {LABELS.get(name, name)} "
+                f"| {run['wall_seconds']:.1f} | {run['cpu_seconds']:.1f} "
+                f"| {_mb(run['peak_rss_bytes'])} | {_mb(run['peak_scratch_bytes'])} "
+                f"| {run['scratch_ratio']:.3f} "
+                f"| {run['wall_seconds'] / lam:.2f}x | {run['wall_seconds'] / flo:.2f}x |"
+            )
+    return lines
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Wall time vs recording length, one line per implementation (merge, Lambda, floor)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = sorted(results["media"], key=lambda c: c["minutes"])
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for name, style in (("lambda", "s-"), ("merge", "o-"), ("floor", "^--")):
+        xs = [c["minutes"] for c in cases if name in c["runs"]]
+        ys = [c["runs"][name]["wall_seconds"] for c in cases if name in c["runs"]]
+        ax.plot(xs, ys, style, label=LABELS[name])
+    ax.set_xlabel("recording length (minutes)")
+    ax.set_ylabel("wall time (s)")
+    ax.set_title("Merge wall time vs recording length (720p H.264+AAC)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write(results: dict[str, Any], directory: Path) -> Path:
+    """Write results.json, chart.png and results.md under ``directory``; return the .md path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    if results.get("media"):
+        chart(results, directory / "chart.png")
+    md = directory / "results.md"
+    md.write_text(render(results))
+    return md
+
+
+def render(results: dict[str, Any]) -> str:
+    """The Markdown report."""
+    out: list[str] = ["# Benchmark results", ""]
+    out.append(
+        f"Run: {results['started']} UTC, `{results['command']}`, "
+        f"took {results['elapsed_seconds'] / 60:.1f} min."
+    )
+    out.append("")
+    if results.get("media"):
+        out += ["## Merge: this project vs the Lambda's sequence vs the floor", ""]
+        out += media_rows(results)
+        out += [
+            "",
+            "Wall = in-process wall time of the work (interpreter start-up excluded: a running",
+            "worker has paid it). CPU = user+sys of the whole process tree (wait4 rusage). Peak",
+            "RSS = sum over the process tree (Python + ffmpeg), sampled every 20 ms. Peak scratch",
+            "= bytes allocated in the run's directory, inputs included (hard-linked in).",
+            "",
+            "![wall time vs recording length](chart.png)",
+            "",
+        ]
+    if results.get("transfer"):
+        t = results["transfer"]
+        out += [
+            f"## S3 transfer, {t['size_mib']} MiB object (moto server, best of {t['rounds']})",
+            "",
+        ]
+        out += [
+            "| Implementation | Upload MiB/s | Download MiB/s | Peak RSS up/down MB |",
+            "|---|--:|--:|--:|",
+        ]
+        for impl in ("project", "boto3"):
+            b = t["best"][impl]
+            out.append(
+                f"| {impl} | {b['upload']['mib_per_s']:.0f} | {b['download']['mib_per_s']:.0f} "
+                f"| {_mb(b['upload']['peak_rss_bytes'])} / {_mb(b['download']['peak_rss_bytes'])} |"
+            )
+        out.append(
+            f"| **project / boto3** | **{t['ratios']['upload']:.2f}x** "
+            f"| **{t['ratios']['download']:.2f}x** | |"
+        )
+        out.append("")
+    worker = results.get("worker")
+    if worker:
+        out += ["## Worker: short jobs through the moto server", ""]
+        if worker.get("error"):
+            out += [f"Not measured: {worker['error']}", ""]
+        else:
+            out += [
+                "| WORKER_CONCURRENCY | Jobs | Wall s | Jobs/min | Mean job s "
+                "| Mean merge s | Mean overhead outside ffmpeg s | Peak RSS MB |",
+                "|--:|--:|--:|--:|--:|--:|--:|--:|",
+            ]
+            for run in worker["runs"]:
+                out.append(
+                    f"| {run['concurrency']} | {run['jobs']} | {run['wall_seconds']:.1f} "
+                    f"| {run['jobs_per_minute']:.1f} | {run['mean_job_seconds']:.2f} "
+                    f"| {run['mean_merge_seconds']:.2f} | {run['mean_overhead_seconds']:.2f} "
+                    f"| {_mb(run['peak_rss_bytes'])} |"
+                )
+            if worker.get("speedup") is not None:
+                out += ["", f"Concurrency 2 / concurrency 1 jobs/min: **{worker['speedup']:.2f}x**"]
+            out.append("")
+    if results.get("targets"):
+        out += [
+            "## Targets (longest recording measured)",
+            "",
+            "| Target | Measured | Met |",
+            "|---|---|---|",
+        ]
+        for target in results["targets"]:
+            met = {True: "yes", False: "**no**", None: "not measured"}[target["met"]]
+            out.append(f"| {target['name']} | {target['measured']} | {met} |")
+        out.append("")
+    out += ["## Machine", ""]
+    for key, value in results["machine"].items():
+        out.append(f"- {key}: {value}")
+    out += ["", "## Reproduce", "", "```", *results["reproduce"], "```", ""]
+    return "\n".join(out)
