@@ -1,13 +1,41 @@
-"""Metrics (Prometheus), health state and logging set-up (SPEC §8).
+"""Metrics (Prometheus), health state, the HTTP endpoints and logging set-up (SPEC §8).
 
 Metric objects are module-level singletons in one registry, so every module records into the
 same place and the names are defined exactly once. Labels are low-cardinality by design:
 never a recording id.
+
+One small HTTP server (:func:`serve_http`, aiohttp inside the anyio loop) serves
+``/metrics``, ``/healthz`` and ``/readyz`` on ``METRICS_PORT``. Logs are structlog JSON lines
+(:func:`configure_logging`); :func:`job_context` and :func:`stage` bind the per-job context and
+time each stage; :func:`redact` keeps credentials and presigned URLs out of every log line.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, TextIO
+
+import anyio
+import anyio.abc
+import structlog
+from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.exposition import choose_encoder
+
+# `_created` series (one per counter/histogram child) would be scraped as extra gauges in the
+# text format and carry nothing an operator uses; the process start time covers resets.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -48,7 +76,7 @@ JOB_DURATION = Histogram(
 )
 STAGE_DURATION = Histogram(
     "komorebi_stage_duration_seconds",
-    "Wall time of each job stage (read_row, download, merge, upload, update_row, ...).",
+    "Wall time of each successfully completed job stage (read_row, download, merge, ...).",
     ["stage"],
     buckets=STAGE_BUCKETS,
     registry=REGISTRY,
@@ -120,3 +148,405 @@ TASK_PROTECTION = Gauge(
     "1 while ECS scale-in protection is on for this task.",
     registry=REGISTRY,
 )
+READY = Gauge(
+    "komorebi_worker_ready",
+    "1 while the worker is ready (AWS clients created, queue reachable, not shutting down).",
+    registry=REGISTRY,
+)
+
+# Outcomes a job can end with (the `outcome` label of JOBS and JOB_DURATION).
+OUTCOME_SUCCESS = "success"
+OUTCOME_RETRY = "retry"
+OUTCOME_DEAD_LETTER = "dead_letter"
+OUTCOME_DUPLICATE = "duplicate"
+OUTCOME_RELEASED = "released"
+OUTCOMES = (
+    OUTCOME_SUCCESS,
+    OUTCOME_RETRY,
+    OUTCOME_DEAD_LETTER,
+    OUTCOME_DUPLICATE,
+    OUTCOME_RELEASED,
+)
+Outcome = Literal["success", "retry", "dead_letter", "duplicate", "released"]
+
+# Every outcome exists from the first scrape (at 0), so rate() ratios and "increase > 0"
+# alerts work before the first job of each kind.
+for _outcome in OUTCOMES:
+    JOBS.labels(outcome=_outcome)
+    JOB_DURATION.labels(outcome=_outcome)
+
+
+# --- recording helpers -----------------------------------------------------------------------
+
+
+def record_job(outcome: Outcome, duration_seconds: float, *, reason: str | None = None) -> None:
+    """Count one finished job and its wall time; the one call the consumer makes per message.
+
+    ``retry`` also counts ``komorebi_retries_total{reason}``, ``dead_letter`` counts
+    ``komorebi_dlq_sends_total{reason}`` and ``duplicate`` counts
+    ``komorebi_duplicates_total``, so those counters never disagree with the outcome counts.
+    ``reason`` is the error's low-cardinality ``reason`` code (never an id or a message).
+    """
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown job outcome {outcome!r}")
+    JOBS.labels(outcome=outcome).inc()
+    JOB_DURATION.labels(outcome=outcome).observe(max(0.0, duration_seconds))
+    if outcome == OUTCOME_RETRY:
+        RETRIES.labels(reason=reason or "unknown").inc()
+    elif outcome == OUTCOME_DEAD_LETTER:
+        DLQ_SENDS.labels(reason=reason or "unknown").inc()
+    elif outcome == OUTCOME_DUPLICATE:
+        DUPLICATES.inc()
+
+
+def record_merge(media_seconds: float, wall_seconds: float) -> None:
+    """Count merged media seconds and the processing speed (media s per merge wall s)."""
+    if media_seconds <= 0:
+        return
+    MEDIA_SECONDS.inc(media_seconds)
+    if wall_seconds > 0:
+        PROCESSING_SPEED.observe(media_seconds / wall_seconds)
+
+
+def set_slots(concurrency: int, free: int) -> None:
+    """Publish the configured job slots and how many are free right now."""
+    WORKER_CONCURRENCY.set(concurrency)
+    FREE_SLOTS.set(free)
+
+
+@contextmanager
+def job_in_flight() -> Iterator[None]:
+    """Count a job in ``komorebi_jobs_in_flight`` for the duration of the block."""
+    JOBS_IN_FLIGHT.inc()
+    try:
+        yield
+    finally:
+        JOBS_IN_FLIGHT.dec()
+
+
+# --- health ----------------------------------------------------------------------------------
+
+
+class HealthState:
+    """Shared by the poll loop and the HTTP server.
+
+    ``/healthz`` (liveness) fails when the poll loop has not iterated for
+    ``stall_after_seconds``: a wedged loop is only cured by a restart. Start-up counts as an
+    iteration, so a worker that never reaches its loop fails too. ``/readyz`` fails until the
+    AWS clients exist and the queue answered, and again while shutting down.
+    """
+
+    def __init__(
+        self, stall_after_seconds: float = 90.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.stall_after_seconds = stall_after_seconds
+        self._clock = clock
+        self._last_tick = clock()
+        self._ready = False
+        self._ready_reason = "starting"
+        self._loop_stopped = False
+        READY.set(0)
+
+    def loop_tick(self) -> None:
+        """The poll loop made progress (every iteration, also while waiting for a slot)."""
+        self._last_tick = self._clock()
+
+    def poll_succeeded(self) -> None:
+        """A ReceiveMessage call succeeded: progress, and the last-poll gauge moves."""
+        self.loop_tick()
+        LAST_POLL.set(time.time())
+
+    def loop_stopped(self) -> None:
+        """The poll loop ended on purpose (shutdown): stop judging liveness by its ticks.
+
+        Without this, a long shutdown grace period would look like a stall and an
+        orchestrator could kill the task while it drains its jobs.
+        """
+        self._loop_stopped = True
+
+    def set_ready(self, ready: bool, reason: str = "") -> None:
+        """Ready: AWS clients created and queue reachable. Not ready: starting or stopping."""
+        self._ready = ready
+        self._ready_reason = "ok" if ready else (reason or "not ready")
+        READY.set(1 if ready else 0)
+
+    def healthz(self) -> tuple[bool, str]:
+        """Liveness: ``(False, why)`` when the poll loop stalled."""
+        if self._loop_stopped:
+            return True, "ok (poll loop stopped for shutdown)"
+        age = self._clock() - self._last_tick
+        if age > self.stall_after_seconds:
+            return (
+                False,
+                f"poll loop stalled: no iteration for {age:.0f} s "
+                f"(limit {self.stall_after_seconds:.0f} s)",
+            )
+        return True, "ok"
+
+    def readyz(self) -> tuple[bool, str]:
+        """Readiness: ``(False, why)`` before the AWS clients are ready and while stopping."""
+        return self._ready, self._ready_reason
+
+
+# --- HTTP: /metrics, /healthz, /readyz ----------------------------------------------------
+
+
+def _build_app(health: HealthState) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        # Content negotiation: OpenMetrics for a Prometheus that asks for it, text otherwise.
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(REGISTRY), headers={"Content-Type": content_type})
+
+    def check(probe: Callable[[], tuple[bool, str]]) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            ok, reason = probe()
+            return web.Response(text=f"{reason}\n", status=200 if ok else 503)
+
+        return handler
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", check(health.healthz))
+    app.router.add_get("/readyz", check(health.readyz))
+    return app
+
+
+async def serve_http(
+    port: int,
+    health: HealthState,
+    *,
+    host: str = "0.0.0.0",  # noqa: S104 - the metrics port must be reachable from the scraper
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` until cancelled.
+
+    Reports the bound port through ``task_status`` (so ``port=0`` picks a free one:
+    ``port = await group.start(serve_http, 0, health)``). On cancellation the listener is
+    closed inside a shielded scope, so the port is free when this returns.
+    """
+    # No access log: a scrape every few seconds would drown the job events.
+    runner = web.AppRunner(_build_app(health), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        structlog.get_logger(__name__).info("http.listening", host=host, port=bound)
+        task_status.started(int(bound))
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()
+
+
+# --- redaction -------------------------------------------------------------------------------
+
+_REDACTED = "[REDACTED]"
+# Query strings of URLs: presigned S3 URLs carry their signature and credential there.
+_URL_QUERY = re.compile(r"""(?i)\b((?:https?|s3)://[^\s?#"'<>]+)\?[^\s"'<>]*""")
+# Signature parameters outside a full URL (ffmpeg and SDKs print fragments).
+_SIGNING_PARAM = re.compile(
+    r"(?i)\b(X-Amz-(?:Signature|Credential|Security-Token|SignedHeaders|Date|Expires|Algorithm)"
+    r"|Signature|Credential|AWSAccessKeyId|Expires)=[^&\s\"',;]+"
+)
+# Access key ids (long-term AKIA, temporary ASIA, ...): 4-letter prefix + 16 characters.
+_ACCESS_KEY_ID = re.compile(
+    r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b"
+)
+# key=value / key: value / "key": "value" for secret-bearing names.
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)\b(aws_secret_access_key|aws_session_token|aws_security_token|secret_?access_?key"
+    r"|session_?token|security_?token|x-amz-security-token|authorization|password)"
+    r"""(["']?\s*[:=]\s*["']?)(?:AWS4-HMAC-SHA256\s+)?[^\s"',;&]+"""
+)
+
+
+def redact(text: str) -> str:
+    """Remove credentials from ``text``: presigned-URL query strings, access key ids, secrets.
+
+    Used on ffmpeg stderr tails and exception messages, and by the log pipeline on every
+    string value, so a secret cannot reach a log line even when a caller forgets.
+    """
+    if not text:
+        return text
+    text = _URL_QUERY.sub(lambda m: f"{m.group(1)}?{_REDACTED}", text)
+    text = _SIGNING_PARAM.sub(lambda m: f"{m.group(1)}={_REDACTED}", text)
+    text = _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{_REDACTED}", text)
+    return _ACCESS_KEY_ID.sub(_REDACTED, text)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_redact_value(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _redact_value(item) for key, item in value.items()}
+    return value
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+_QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3", "aiohttp")
+_KEY_ORDER = ("timestamp", "level", "logger", "event")
+
+
+def _expected_errors_one_line(
+    logger: Any, method_name: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """An expected error (WorkerError) becomes ``error``/``reason`` fields, not a traceback."""
+    exc_info = event_dict.get("exc_info")
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    error = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+    # Imported here: worker.errors is tiny, but keeping observability import-light matters.
+    from worker.errors import WorkerError
+
+    if isinstance(error, WorkerError):
+        event_dict.pop("exc_info", None)
+        event_dict.setdefault("error", str(error))
+        event_dict.setdefault("reason", error.reason)
+        event_dict.setdefault("error_type", type(error).__name__)
+    return event_dict
+
+
+def _redact_event(
+    logger: Any, method_name: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    for key, value in event_dict.items():
+        if key not in ("timestamp", "level", "logger") and not key.startswith("_"):
+            event_dict[key] = _redact_value(value)
+    return event_dict
+
+
+def _order_keys(
+    logger: Any, method_name: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    # Fixed fields first, so lines read well in a terminal tail or CloudWatch.
+    ordered = {key: event_dict.pop(key) for key in _KEY_ORDER if key in event_dict}
+    ordered.update(event_dict)
+    return ordered
+
+
+class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler configure_logging installed, so re-configuring replaces only it."""
+
+
+def configure_logging(
+    level: str = "INFO",
+    fmt: Literal["json", "console"] = "json",
+    stream: TextIO | None = None,
+) -> None:
+    """Set up structlog and stdlib logging to write one format to ``stream`` (stderr).
+
+    ``json``: one JSON object per line with ``timestamp`` (ISO 8601, UTC), ``level``,
+    ``logger``, ``event`` and every bound context variable. ``console``: structlog's
+    ConsoleRenderer (colours on a TTY). Library loggers (botocore, aiobotocore, ...) go
+    through the same renderer at WARNING. Every string value is passed through
+    :func:`redact`. Safe to call again (tests): it replaces only its own handler.
+    """
+    target = sys.stderr if stream is None else stream
+    numeric_level = logging.getLevelName(level.upper())
+    if not isinstance(numeric_level, int):
+        raise ValueError(f"unknown log level {level!r}")
+
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.stdlib.PositionalArgumentsFormatter(),
+        structlog.processors.StackInfoRenderer(),
+        _expected_errors_one_line,
+        structlog.processors.format_exc_info,
+        _redact_event,
+    ]
+    renderer: structlog.typing.Processor
+    if fmt == "console":
+        isatty = getattr(target, "isatty", None)
+        renderer = structlog.dev.ConsoleRenderer(colors=bool(isatty and isatty()))
+    else:
+        renderer = structlog.processors.JSONRenderer()
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        # Not cached: tests (and `dev`) re-configure, and module-level loggers must follow.
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _order_keys,
+            renderer,
+        ],
+    )
+    handler = _OurHandler(target)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _OurHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric_level)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, numeric_level))
+
+
+@contextmanager
+def job_context(*, recording_id: str | None, message_id: str, receive_count: int) -> Iterator[None]:
+    """Bind ``recording_id``, ``message_id`` and ``receive_count`` to every log line of a job.
+
+    structlog keeps them in contextvars; each anyio task runs in its own copy of the context,
+    so concurrent jobs never see each other's values. ``recording_id`` is left out while it
+    is unknown (a message that did not parse).
+    """
+    bound: dict[str, Any] = {"message_id": message_id, "receive_count": receive_count}
+    if recording_id is not None:
+        bound["recording_id"] = recording_id
+    with structlog.contextvars.bound_contextvars(**bound):
+        yield
+
+
+_stage_log = structlog.get_logger("worker.stage")
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Time one job stage: binds ``stage``, logs ``stage.finished`` with ``duration_seconds``.
+
+    Successful stages are observed in ``komorebi_stage_duration_seconds{stage}``. On an
+    exception it logs ``stage.failed`` with a redacted one-line ``error`` (and ``reason`` for
+    a WorkerError) and re-raises; on cancellation it logs ``stage.cancelled`` and re-raises.
+    """
+    from worker.errors import WorkerError
+
+    started = time.perf_counter()
+    with structlog.contextvars.bound_contextvars(stage=name):
+        try:
+            yield
+        except Exception as error:
+            elapsed = time.perf_counter() - started
+            fields: dict[str, Any] = {
+                "duration_seconds": round(elapsed, 3),
+                "error": redact(str(error)) or type(error).__name__,
+                "error_type": type(error).__name__,
+            }
+            if isinstance(error, WorkerError):
+                _stage_log.warning("stage.failed", reason=error.reason, **fields)
+            else:
+                _stage_log.error("stage.failed", **fields)
+            raise
+        except BaseException:
+            # Cancellation (shutdown, timeout) or KeyboardInterrupt: not a failure of the stage.
+            elapsed = time.perf_counter() - started
+            _stage_log.info("stage.cancelled", duration_seconds=round(elapsed, 3))
+            raise
+        elapsed = time.perf_counter() - started
+        STAGE_DURATION.labels(stage=name).observe(elapsed)
+        _stage_log.info("stage.finished", duration_seconds=round(elapsed, 3))
