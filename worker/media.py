@@ -1,9 +1,749 @@
-"""Media engine (SPEC §5). PLACEHOLDER: the media helper replaces this file.
+"""The media engine (SPEC §5): probe, plan, one-pass merge, thumbnail, post-write check.
 
-Contract (other modules code against it):
+Layers, pure core first:
 
-    async def probe(path: Path, *, timeout: float = 60.0) -> MediaInfo
-    def container_for(video_codec: str) -> Container  # .extension, .content_type
-    async def merge(request: MergeRequest, *, on_progress: ProgressCallback | None = None)
-        -> MergeResult
+- :func:`container_for`, :func:`plan_merge`, :func:`build_audio_graph`,
+  :func:`build_merge_args`, :func:`build_thumbnail_args` are pure functions of probe results
+  and options (unit-tested without ffmpeg).
+- :func:`probe` runs ffprobe (with the allow-lists of :mod:`worker.ffmpeg`) and computes the
+  recording's real end, scanning packet timestamps when the header has no usable duration
+  (MediaRecorder WebM never has one).
+- :func:`merge` runs one ffmpeg process for the merge, a second short one for the thumbnail,
+  then probes the output and rejects it when its duration or streams are wrong.
+
+Timeline: ffmpeg shifts every input so that its earliest timestamp is 0; all durations and
+offsets here are on that shifted timeline, which is also where ``callEnd`` is measured from
+(the start of the Komorebi recording).
 """
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+
+from worker import ffmpeg
+from worker.config import AudioSettings
+from worker.errors import (
+    MediaError,
+    NoAudioStream,
+    NoVideoStream,
+    OutputRejected,
+    UnsupportedMedia,
+)
+from worker.observability import CALL_END_CLAMPS, FFMPEG_FAILURES
+
+log = structlog.get_logger(__name__)
+
+ProgressCallback = Callable[[float], None]
+
+# A header that claims fewer bits per second than this for the whole file is not believed
+# (e.g. "3 hours" on a 400 kB file): the real end is then read from packet timestamps.
+# Screen recordings, even of a static screen, and speech audio stay well above it.
+MIN_PLAUSIBLE_BITRATE = 4000.0
+# Nothing we process is longer than a week (messages.MAX_CALL_END_SECONDS likewise).
+MAX_PLAUSIBLE_DURATION = 7 * 24 * 3600.0
+# Container timestamp rounding allowed on top of one audio frame in the output check:
+# WebM stores milliseconds, and ffmpeg shifts WebM video by the Opus pre-skip (6.5 ms).
+CONTAINER_ROUNDING_SECONDS = 0.010
+PROGRESS_LOG_INTERVAL_SECONDS = 30.0
+THUMBNAIL_AT_SECONDS = 1.0
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """One stream of a probed file (times in seconds, on the file's own timeline)."""
+
+    index: int
+    codec_type: str
+    codec_name: str
+    start_time: float
+    duration: float | None
+    sample_rate: int | None
+    channels: int | None
+    width: int | None
+    height: int | None
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """A probed file. ``duration`` is its real end on ffmpeg's timeline (see module doc):
+    the end of the video stream when there is one, else of the audio stream."""
+
+    path: Path
+    format_name: str
+    duration: float
+    video: StreamInfo | None
+    audio: StreamInfo | None
+    start_time: float = 0.0
+    size_bytes: int = 0
+    duration_source: Literal["header", "packets"] = "header"
+
+
+@dataclass(frozen=True)
+class Container:
+    """An output container and the audio codec that goes in it."""
+
+    extension: str
+    content_type: str
+    audio_codec: str
+    muxer: str = ""
+    audio_frame_samples: int = 1024  # AAC; Opus frames are 20 ms (see audio_frame_seconds)
+
+    def audio_frame_seconds(self, sample_rate: int) -> float:
+        """Duration of one encoded audio frame at ``sample_rate``."""
+        if self.audio_codec == "libopus":
+            return 0.020
+        return self.audio_frame_samples / sample_rate
+
+
+MP4 = Container("mp4", "video/mp4", "aac", muxer="mp4")
+WEBM = Container("webm", "video/webm", "libopus", muxer="webm")
+_CONTAINERS = {"h264": MP4, "hevc": MP4, "vp8": WEBM, "vp9": WEBM, "av1": WEBM}
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """How to merge: alignment, output audio format, time-limit scaling."""
+
+    align: Literal["end", "start"] = "end"
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    timeout_base_seconds: float = 120.0
+    timeout_per_media_second: float = 1.0
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    """One merge: local input files, the call end, where to write the results."""
+
+    recording: Path
+    connect_audio: Path
+    call_end_seconds: float
+    output: Path
+    thumbnail: Path | None
+    options: MergeOptions = field(default_factory=MergeOptions)
+    recording_info: MediaInfo | None = None
+    connect_info: MediaInfo | None = None
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What a merge produced and the numbers stored in the table (SPEC §4)."""
+
+    output: Path
+    thumbnail: Path | None
+    container: Container
+    media_duration_seconds: float
+    call_end_seconds: float
+    call_end_clamped: bool
+    connect_duration_seconds: float
+    connect_audio_offset_seconds: float
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """The numbers of one merge, in seconds and in output audio samples."""
+
+    duration: float
+    call_end: float
+    call_end_clamped: bool
+    connect_duration: float
+    offset: float  # callEnd - connectDuration (END alignment's placement of the Connect audio)
+    sample_rate: int
+    channels: int
+    total_samples: int
+    call_end_samples: int
+    offset_samples: int
+
+    @property
+    def tail_samples(self) -> int:
+        """Samples of the recording's own audio after the call end."""
+        return self.total_samples - self.call_end_samples
+
+
+# --- pure core -------------------------------------------------------------------------------
+
+
+def container_for(video_codec: str) -> Container:
+    """The output container for a video codec; :class:`UnsupportedMedia` for any other."""
+    try:
+        return _CONTAINERS[video_codec]
+    except KeyError:
+        raise UnsupportedMedia(
+            f"video codec {video_codec!r} is not supported (h264, hevc, vp8, vp9, av1)"
+        ) from None
+
+
+def plan_merge(
+    recording: MediaInfo, connect: MediaInfo, call_end: float, options: MergeOptions
+) -> MergePlan:
+    """Clamp ``call_end`` to the recording and place the Connect audio (pure)."""
+    if not math.isfinite(call_end) or call_end < 0:
+        raise ValueError("call end must be a finite number >= 0")
+    rate = options.audio.sample_rate
+    duration = recording.duration
+    clamped = call_end > duration
+    end = min(call_end, duration)
+    total = round(duration * rate)
+    end_samples = min(round(end * rate), total)
+    offset = end - connect.duration
+    return MergePlan(
+        duration=duration,
+        call_end=end,
+        call_end_clamped=clamped,
+        connect_duration=connect.duration,
+        offset=offset,
+        sample_rate=rate,
+        channels=options.audio.channels,
+        total_samples=total,
+        call_end_samples=end_samples,
+        offset_samples=round(offset * rate),
+    )
+
+
+def _layout(channels: int) -> str:
+    return "mono" if channels == 1 else "stereo"
+
+
+def _normalize(plan: MergePlan) -> str:
+    # One format for both sources so concat (and the encoder) see identical streams.
+    return (
+        f"aformat=sample_fmts=fltp:sample_rates={plan.sample_rate}"
+        f":channel_layouts={_layout(plan.channels)}"
+    )
+
+
+def _resample(plan: MergePlan) -> str:
+    # async=1 with first_pts=0 makes the stream continuous from t=0 on its input's timeline:
+    # a late start (audio at 0.040 s) or a gap becomes silence instead of shifting the audio,
+    # so the original timestamps hold. Small timestamp jitter (below 0.1 s) is left alone.
+    return f"aresample={plan.sample_rate}:async=1:first_pts=0"
+
+
+def _connect_mix(in_channels: int | None, out_channels: int) -> list[str]:
+    """Connect: stereo is customer-left/agent-right; mono output is their average (no clip)."""
+    if in_channels == 2:
+        if out_channels == 1:
+            return ["pan=mono|c0=0.5*c0+0.5*c1"]
+        return ["pan=stereo|c0=c0|c1=c1"]
+    if in_channels == 1:
+        return ["pan=mono|c0=c0"] if out_channels == 1 else ["pan=stereo|c0=c0|c1=c0"]
+    return []  # other layouts: aformat's standard downmix
+
+
+def _mic_mix(in_channels: int | None, out_channels: int) -> list[str]:
+    """The recording's microphone is one voice: mono, in both channels of a stereo output."""
+    if in_channels == 2:
+        mono = "0.5*c0+0.5*c1"
+    elif in_channels == 1:
+        mono = "c0"
+    else:
+        return []
+    return [f"pan=mono|c0={mono}"] if out_channels == 1 else [f"pan=stereo|c0={mono}|c1={mono}"]
+
+
+def build_audio_graph(
+    plan: MergePlan,
+    *,
+    align: Literal["end", "start"],
+    recording_audio: StreamInfo | None,
+    connect_audio: StreamInfo,
+    recording_input: int = 0,
+    connect_input: int = 1,
+) -> str:
+    """The ``-filter_complex`` graph whose ``[aout]`` is the merged audio (pure).
+
+    ``[aout]`` has exactly ``plan.total_samples`` samples: the Connect segment covers
+    [0, callEnd), the recording's own audio covers [callEnd, duration).
+    """
+    chains: list[str] = []
+    labels: list[str] = []
+    norm = _normalize(plan)
+    cs = plan.call_end_samples
+    if cs > 0:
+        steps = [*_connect_mix(connect_audio.channels, plan.channels), _resample(plan), norm]
+        if align == "end":
+            if plan.offset_samples < 0:  # Connect longer than callEnd: cut its head
+                steps += [f"atrim=start_sample={-plan.offset_samples}", "asetpts=PTS-STARTPTS"]
+            elif plan.offset_samples > 0:  # shorter: silence before it
+                steps.append(f"adelay=delays={plan.offset_samples}S:all=1")
+        # Exactly callEnd long: pad a short Connect with silence, cut a long one.
+        steps += [f"apad=whole_len={cs}", f"atrim=end_sample={cs}"]
+        chains.append(f"[{connect_input}:{connect_audio.index}]" + ",".join(steps) + "[conn]")
+        labels.append("[conn]")
+    tail = plan.tail_samples
+    if tail > 0:
+        if recording_audio is not None:
+            steps = [
+                *_mic_mix(recording_audio.channels, plan.channels),
+                _resample(plan),
+                norm,
+                f"atrim=start_sample={cs}",
+                "asetpts=PTS-STARTPTS",
+                f"apad=whole_len={tail}",
+                f"atrim=end_sample={tail}",
+            ]
+            source = f"[{recording_input}:{recording_audio.index}]"
+        else:  # screen recorded without a microphone: silence after the call
+            steps = [
+                f"anullsrc=r={plan.sample_rate}:cl={_layout(plan.channels)}",
+                norm,
+                f"atrim=end_sample={tail}",
+            ]
+            source = ""
+        chains.append(source + ",".join(steps) + "[rec]")
+        labels.append("[rec]")
+    if len(labels) == 2:
+        chains.append("[conn][rec]concat=n=2:v=0:a=1[aout]")
+    elif labels:
+        # A single segment: rename its label (anull is a no-op pass-through).
+        chains.append(f"{labels[0]}anull[aout]")
+    else:
+        raise MediaError("recording has no duration")
+    return ";".join(chains)
+
+
+def _base_args() -> list[str]:
+    return [ffmpeg.FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error"]
+
+
+def build_merge_args(
+    *,
+    recording: MediaInfo,
+    connect: MediaInfo,
+    plan: MergePlan,
+    output: Path,
+    options: MergeOptions,
+    progress: bool = True,
+) -> list[str]:
+    """The complete ffmpeg command line of the one-pass merge (pure)."""
+    if recording.video is None:
+        raise NoVideoStream(f"{recording.path.name} has no video stream")
+    if connect.audio is None:
+        raise NoAudioStream(f"{connect.path.name} has no audio stream")
+    container = container_for(recording.video.codec_name)
+    graph = build_audio_graph(
+        plan,
+        align=options.align,
+        recording_audio=recording.audio,
+        connect_audio=connect.audio,
+    )
+    args = _base_args()
+    if progress:
+        args += ["-nostats", "-progress", "pipe:1", "-stats_period", "1"]
+    args += ffmpeg.input_args(recording.path)
+    args += ffmpeg.input_args(connect.path)
+    args += ["-filter_complex", graph]
+    args += ["-map", f"0:{recording.video.index}", "-map", "[aout]"]
+    args += ["-c:v", "copy"]
+    args += ["-c:a", container.audio_codec, "-b:a", options.audio.bitrate]
+    args += ["-ar", str(plan.sample_rate), "-ac", str(plan.channels)]
+    args += ["-map_chapters", "-1", "-dn", "-sn"]
+    if container is MP4:
+        args += ["-movflags", "+faststart"]
+    args += ["-f", container.muxer, "-y", ffmpeg.file_url(output)]
+    return args
+
+
+def thumbnail_time(duration: float) -> float:
+    """Where the thumbnail is taken: min(1 s, duration/2)."""
+    return max(0.0, min(THUMBNAIL_AT_SECONDS, duration / 2))
+
+
+def build_thumbnail_args(recording: MediaInfo, thumbnail: Path) -> list[str]:
+    """One PNG frame at :func:`thumbnail_time`, with a fast input seek (``-ss`` before ``-i``)."""
+    if recording.video is None:
+        raise NoVideoStream(f"{recording.path.name} has no video stream")
+    args = _base_args()
+    args += ["-ss", f"{thumbnail_time(recording.duration):.3f}"]
+    args += ffmpeg.input_args(recording.path)
+    args += ["-map", f"0:{recording.video.index}", "-frames:v", "1", "-an", "-sn", "-dn"]
+    args += ["-c:v", "png", "-f", "image2", "-update", "1", "-y", ffmpeg.file_url(thumbnail)]
+    return args
+
+
+def build_probe_args(path: Path) -> list[str]:
+    """ffprobe of format and streams, as JSON (pure)."""
+    return [
+        ffmpeg.FFPROBE,
+        "-hide_banner",
+        "-v",
+        "error",
+        "-show_format",
+        "-show_streams",
+        "-of",
+        "json",
+        *ffmpeg.input_args(path),
+    ]
+
+
+def build_packet_scan_args(path: Path, stream_index: int) -> list[str]:
+    """ffprobe listing one stream's packet timestamps, one line per packet (pure)."""
+    return [
+        ffmpeg.FFPROBE,
+        "-hide_banner",
+        "-v",
+        "error",
+        "-select_streams",
+        str(stream_index),
+        "-show_entries",
+        "packet=pts_time,dts_time,duration_time",
+        "-of",
+        "compact=p=0",
+        *ffmpeg.input_args(path),
+    ]
+
+
+# --- probing ---------------------------------------------------------------------------------
+
+
+def _float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _stream(raw: dict[str, Any]) -> StreamInfo:
+    return StreamInfo(
+        index=int(raw["index"]),
+        codec_type=str(raw.get("codec_type", "")),
+        codec_name=str(raw.get("codec_name", "unknown")),
+        start_time=_float(raw.get("start_time")) or 0.0,
+        duration=_float(raw.get("duration")),
+        sample_rate=_int(raw.get("sample_rate")),
+        channels=_int(raw.get("channels")),
+        width=_int(raw.get("width")),
+        height=_int(raw.get("height")),
+    )
+
+
+def parse_probe_json(path: Path, text: str, size_bytes: int) -> tuple[MediaInfo, float | None]:
+    """MediaInfo from ffprobe's JSON, and the header's end of the anchor stream (or None).
+
+    The anchor is the video stream, else the audio stream. ``MediaInfo.duration`` is set to
+    the header value (0 when absent); :func:`probe` replaces it when it is not plausible.
+    """
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise MediaError(f"{path.name}: ffprobe output is not JSON") from None
+    fmt = data.get("format") or {}
+    streams = data.get("streams") or []
+    video = next(
+        (
+            _stream(s)
+            for s in streams
+            if s.get("codec_type") == "video"
+            and not (s.get("disposition") or {}).get("attached_pic")
+        ),
+        None,
+    )
+    audio = next((_stream(s) for s in streams if s.get("codec_type") == "audio"), None)
+    origin = _float(fmt.get("start_time")) or 0.0
+    anchor = video or audio
+    header_end: float | None = None
+    if anchor is not None and anchor.duration is not None:
+        header_end = anchor.start_time + anchor.duration - origin
+    elif _float(fmt.get("duration")) is not None:
+        header_end = _float(fmt.get("duration"))
+    info = MediaInfo(
+        path=path,
+        format_name=str(fmt.get("format_name", "unknown")),
+        duration=header_end or 0.0,
+        video=video,
+        audio=audio,
+        start_time=origin,
+        size_bytes=size_bytes,
+    )
+    return info, header_end
+
+
+def header_duration_plausible(duration: float | None, size_bytes: int) -> bool:
+    """Whether a header duration can be believed for a file of ``size_bytes``."""
+    if duration is None or not 0 < duration <= MAX_PLAUSIBLE_DURATION:
+        return False
+    return size_bytes * 8 / duration >= MIN_PLAUSIBLE_BITRATE
+
+
+class PacketEnd:
+    """Streaming maximum of ``pts + duration`` over ffprobe ``compact`` packet lines."""
+
+    def __init__(self) -> None:
+        self.end: float | None = None
+        self.packets = 0
+
+    def feed(self, line: str) -> None:
+        """Take one output line (non-packet lines, e.g. side data, are ignored)."""
+        values = dict(part.split("=", 1) for part in line.split("|") if "=" in part)
+        when = _float(values.get("pts_time"))
+        if when is None:
+            when = _float(values.get("dts_time"))
+        if when is None:
+            return
+        self.packets += 1
+        end = when + (_float(values.get("duration_time")) or 0.0)
+        if self.end is None or end > self.end:
+            self.end = end
+
+
+async def probe(path: Path, *, timeout: float = 60.0) -> MediaInfo:  # noqa: ASYNC109
+    """Probe ``path`` with the allow-lists; find its real end (see :class:`MediaInfo`).
+
+    Raises :class:`MediaError` (or a subclass) for files ffprobe refuses or cannot read,
+    :class:`worker.errors.MediaTimeout` past ``timeout``.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise MediaError(f"{path.name}: cannot read ({error.strerror})") from None
+    if size == 0:
+        FFMPEG_FAILURES.labels(reason="invalid_data").inc()
+        raise MediaError(f"{path.name} is empty (0 bytes)")
+    lines: list[str] = []
+    await ffmpeg.run(
+        build_probe_args(path),
+        timeout=timeout,
+        what=f"probe of {path.name}",
+        on_stdout_line=lines.append,
+    )
+    info, header_end = parse_probe_json(path, "\n".join(lines), size)
+    anchor = info.video or info.audio
+    if anchor is None:
+        FFMPEG_FAILURES.labels(reason="no_streams").inc()
+        raise MediaError(f"{path.name} has neither video nor audio")
+    if not header_duration_plausible(header_end, size):
+        scanner = PacketEnd()
+        # Reading every packet is a demux pass (no decoding): allow for the file's size.
+        scan_timeout = timeout + size / 20e6
+        await ffmpeg.run(
+            build_packet_scan_args(path, anchor.index),
+            timeout=scan_timeout,
+            what=f"packet scan of {path.name}",
+            on_stdout_line=scanner.feed,
+        )
+        if scanner.end is None or scanner.end - info.start_time <= 0:
+            FFMPEG_FAILURES.labels(reason="invalid_data").inc()
+            raise MediaError(f"{path.name}: no readable {anchor.codec_type} packets")
+        info = MediaInfo(
+            path=info.path,
+            format_name=info.format_name,
+            duration=scanner.end - info.start_time,
+            video=info.video,
+            audio=info.audio,
+            start_time=info.start_time,
+            size_bytes=size,
+            duration_source="packets",
+        )
+        log.info(
+            "media_duration_from_packets",
+            file=path.name,
+            header_duration=header_end,
+            packets=scanner.packets,
+            duration=round(info.duration, 3),
+        )
+    log.info(
+        "media_probed",
+        file=path.name,
+        format=info.format_name,
+        duration=round(info.duration, 3),
+        duration_source=info.duration_source,
+        video=info.video and f"{info.video.codec_name} {info.video.width}x{info.video.height}",
+        audio=info.audio
+        and f"{info.audio.codec_name} {info.audio.sample_rate} Hz {info.audio.channels} ch"
+        f" start {info.audio.start_time:.3f}",
+    )
+    return info
+
+
+# --- merging ---------------------------------------------------------------------------------
+
+
+def check_output(
+    output: MediaInfo, expected_duration: float, container: Container, sample_rate: int
+) -> None:
+    """Reject an output without video or audio, or whose duration is not the recording's.
+
+    Tolerance: one encoded audio frame (AAC 1024 samples, Opus 20 ms) plus
+    :data:`CONTAINER_ROUNDING_SECONDS`.
+    """
+    name = output.path.name
+    if output.video is None:
+        raise OutputRejected(f"{name}: output has no video stream")
+    if output.audio is None:
+        raise OutputRejected(f"{name}: output has no audio stream")
+    tolerance = container.audio_frame_seconds(sample_rate) + CONTAINER_ROUNDING_SECONDS
+    ends = {"output": output.duration}
+    if output.audio.duration is not None:
+        ends["audio"] = output.audio.start_time + output.audio.duration - output.start_time
+    for what, end in ends.items():
+        if abs(end - expected_duration) > tolerance:
+            raise OutputRejected(
+                f"{name}: {what} duration {end:.3f} s differs from the recording's "
+                f"{expected_duration:.3f} s by more than {tolerance:.3f} s"
+            )
+
+
+def _media_timeout(options: MergeOptions, duration: float) -> float:
+    return options.timeout_base_seconds + options.timeout_per_media_second * duration
+
+
+class _Progress:
+    """Parses ``-progress`` lines; reports output seconds; logs every 30 s of wall time."""
+
+    def __init__(self, total: float, callback: ProgressCallback | None) -> None:
+        self.total = total
+        self.callback = callback
+        self.last_log = time.monotonic()
+
+    def feed(self, line: str) -> None:
+        key, _, value = line.partition("=")
+        if key not in ("out_time_us", "out_time_ms"):  # both are microseconds
+            return
+        micros = _float(value)
+        if micros is None:
+            return
+        seconds = max(0.0, micros / 1e6)
+        if self.callback is not None:
+            self.callback(seconds)
+        now = time.monotonic()
+        if now - self.last_log >= PROGRESS_LOG_INTERVAL_SECONDS:
+            self.last_log = now
+            log.info(
+                "merge_progress",
+                seconds_written=round(seconds, 1),
+                total_seconds=round(self.total, 1),
+                percent=round(100 * seconds / self.total, 1) if self.total else None,
+            )
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def check_output_path(recording: MediaInfo, output: Path) -> Container:
+    """The container for the recording; :class:`UnsupportedMedia` if ``output`` cannot hold it."""
+    if recording.video is None:
+        raise NoVideoStream(f"{recording.path.name} has no video stream")
+    container = container_for(recording.video.codec_name)
+    suffix = output.suffix.lower().lstrip(".")
+    if suffix != container.extension:
+        raise UnsupportedMedia(
+            f"output .{suffix or '(none)'} cannot hold {recording.video.codec_name} video; "
+            f"use .{container.extension}"
+        )
+    return container
+
+
+async def merge(
+    request: MergeRequest, *, on_progress: ProgressCallback | None = None
+) -> MergeResult:
+    """The SPEC §5 merge of ``request``: one ffmpeg run, thumbnail, output check.
+
+    Raises :class:`NoVideoStream`, :class:`NoAudioStream`, :class:`UnsupportedMedia`,
+    :class:`MediaError`, :class:`OutputRejected`, :class:`worker.errors.MediaTimeout`,
+    :class:`worker.errors.ScratchFull`. A failed or rejected output is deleted.
+    """
+    options = request.options
+    recording = request.recording_info or await probe(request.recording)
+    if recording.video is None:
+        raise NoVideoStream(f"{request.recording.name} has no video stream")
+    container = check_output_path(recording, request.output)
+    connect = request.connect_info or await probe(request.connect_audio)
+    if connect.audio is None:
+        raise NoAudioStream(f"{request.connect_audio.name} has no audio stream")
+    outputs = {request.output.absolute(), *(p.absolute() for p in [request.thumbnail] if p)}
+    if outputs & {request.recording.absolute(), request.connect_audio.absolute()}:
+        raise MediaError("an output path is also an input path")
+
+    plan = plan_merge(recording, connect, request.call_end_seconds, options)
+    if plan.call_end_clamped:
+        CALL_END_CLAMPS.inc()
+        log.warning(
+            "call_end_clamped",
+            call_end=request.call_end_seconds,
+            media_duration=round(plan.duration, 3),
+        )
+    log.info(
+        "merge_plan",
+        align=options.align,
+        media_duration=round(plan.duration, 3),
+        call_end=round(plan.call_end, 3),
+        connect_duration=round(plan.connect_duration, 3),
+        connect_audio_offset=round(plan.offset, 3),
+        container=container.extension,
+        recording_audio=recording.audio is not None,
+    )
+    args = build_merge_args(
+        recording=recording, connect=connect, plan=plan, output=request.output, options=options
+    )
+    progress = _Progress(plan.duration, on_progress)
+    started = time.monotonic()
+    try:
+        await ffmpeg.run(
+            args,
+            timeout=_media_timeout(options, plan.duration),
+            what="merge",
+            on_stdout_line=progress.feed,
+        )
+        written = await probe(request.output)
+        try:
+            check_output(written, plan.duration, container, plan.sample_rate)
+        except OutputRejected:
+            FFMPEG_FAILURES.labels(reason="output_rejected").inc()
+            raise
+        if request.thumbnail is not None:
+            await ffmpeg.run(
+                build_thumbnail_args(recording, request.thumbnail),
+                timeout=options.timeout_base_seconds,
+                what="thumbnail",
+            )
+            if not request.thumbnail.is_file() or request.thumbnail.stat().st_size == 0:
+                FFMPEG_FAILURES.labels(reason="no_thumbnail").inc()
+                raise MediaError("thumbnail: ffmpeg wrote no frame")
+    except BaseException:
+        # Never leave a partial or rejected file where a caller might upload it.
+        # (Synchronous, so a cancellation cannot interrupt it.)
+        _remove(request.output)
+        _remove(request.thumbnail)
+        raise
+    log.info(
+        "merge_done",
+        seconds=round(time.monotonic() - started, 3),
+        output_duration=round(written.duration, 3),
+        output_bytes=written.size_bytes,
+    )
+    if on_progress is not None:
+        on_progress(plan.duration)
+    return MergeResult(
+        output=request.output,
+        thumbnail=request.thumbnail,
+        container=container,
+        media_duration_seconds=plan.duration,
+        call_end_seconds=plan.call_end,
+        call_end_clamped=plan.call_end_clamped,
+        connect_duration_seconds=plan.connect_duration,
+        connect_audio_offset_seconds=plan.offset,
+    )

@@ -1,0 +1,276 @@
+"""Reusable media analysis and generation helpers for tests (real ffmpeg, numpy).
+
+Analysis: :func:`decode_pcm` (any file -> float32 samples), :func:`band_share` /
+:func:`dominant_frequency` / :func:`rms` per window, :func:`tone_profile`, :func:`framemd5`
+(decoded video frame hashes), :func:`probe_duration` / :func:`stream_end` (durations).
+Generation: :func:`make_recording` and :func:`make_tone_wav` (ffmpeg lavfi sources).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+Samples = npt.NDArray[np.float32]
+
+FFMPEG = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error"]
+
+
+def _run(args: Sequence[str]) -> bytes:
+    done = subprocess.run(list(args), capture_output=True, check=False)
+    if done.returncode != 0:
+        raise AssertionError(
+            f"{args[0]} failed ({done.returncode}): {done.stderr.decode(errors='replace')[-800:]}"
+        )
+    return done.stdout
+
+
+# --- analysis --------------------------------------------------------------------------------
+
+
+def decode_pcm(path: Path, *, rate: int = 16000, channels: int = 1) -> Samples:
+    """The first audio stream of ``path`` as float32 samples, shape (n, channels).
+
+    Sample 0 is at t=0 of the file's timeline as ffmpeg plays it (late starts are padded).
+    """
+    raw = _run(
+        [
+            *FFMPEG,
+            "-i",
+            str(path),
+            "-map",
+            "0:a:0",
+            "-af",
+            "aresample=async=1:first_pts=0",
+            "-ac",
+            str(channels),
+            "-ar",
+            str(rate),
+            "-f",
+            "f32le",
+            "-",
+        ]
+    )
+    return np.frombuffer(raw, dtype="<f4").reshape(-1, channels).astype(np.float32)
+
+
+def window(samples: Samples, rate: int, start: float, end: float, channel: int = 0) -> Samples:
+    """One channel of ``samples`` between ``start`` and ``end`` seconds."""
+    return samples[round(start * rate) : round(end * rate), channel]
+
+
+def rms(signal: Samples) -> float:
+    """Root mean square of a 1-D signal (0 for an empty one)."""
+    return float(np.sqrt(np.mean(np.square(signal, dtype=np.float64)))) if signal.size else 0.0
+
+
+def _spectrum(
+    signal: Samples, rate: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    tapered = signal.astype(np.float64) * np.hanning(signal.size)
+    power = np.abs(np.fft.rfft(tapered)) ** 2
+    freqs = np.fft.rfftfreq(signal.size, 1 / rate)
+    return freqs, power
+
+
+def band_share(signal: Samples, rate: int, freq: float, width: float = 25.0) -> float:
+    """Fraction of the signal's energy within ``freq`` +- ``width`` Hz (0 for silence)."""
+    if signal.size < 64:
+        return 0.0
+    freqs, power = _spectrum(signal, rate)
+    total = float(power.sum())
+    if total <= 1e-12:
+        return 0.0
+    band = (freqs >= freq - width) & (freqs <= freq + width)
+    return float(power[band].sum()) / total
+
+
+def dominant_frequency(signal: Samples, rate: int) -> float:
+    """The frequency (Hz) with the most energy in ``signal``."""
+    freqs, power = _spectrum(signal, rate)
+    power[freqs < 20] = 0  # ignore DC
+    return float(freqs[int(np.argmax(power))])
+
+
+def tone_profile(
+    samples: Samples, rate: int, freqs: Sequence[float], *, step: float = 0.25, channel: int = 0
+) -> list[tuple[float, float, dict[float, float]]]:
+    """Per window of ``step`` seconds: (start, rms, {freq: band share})."""
+    out = []
+    n = samples.shape[0]
+    hop = int(step * rate)
+    for begin in range(0, n - hop + 1, hop):
+        sig = samples[begin : begin + hop, channel]
+        out.append((begin / rate, rms(sig), {f: band_share(sig, rate, f) for f in freqs}))
+    return out
+
+
+def framemd5(path: Path) -> list[str]:
+    """MD5 of every decoded video frame of the first video stream, in order.
+
+    ``-fps_mode passthrough`` keeps exactly the coded frames (no duplication or dropping for
+    VFR), so equal lists prove the video was not re-encoded.
+    """
+    text = _run(
+        [
+            *FFMPEG,
+            "-i",
+            str(path),
+            "-map",
+            "0:v:0",
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "framemd5",
+            "-",
+        ]
+    ).decode()
+    return [line.rsplit(",", 1)[1].strip() for line in text.splitlines() if line and line[0] != "#"]
+
+
+def ffprobe_json(path: Path) -> dict[str, object]:
+    """ffprobe's format + streams as a dict."""
+    raw = _run(
+        ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)]
+    )
+    data: dict[str, object] = json.loads(raw)
+    return data
+
+
+def probe_duration(path: Path) -> float:
+    """The container's duration (header) in seconds."""
+    fmt = ffprobe_json(path)["format"]
+    assert isinstance(fmt, dict)
+    return float(fmt["duration"])
+
+
+def stream_end(path: Path, selector: str = "v:0") -> float:
+    """End (max pts + duration) of a stream from its packets, relative to the file's start."""
+    fmt = ffprobe_json(path)["format"]
+    assert isinstance(fmt, dict)
+    origin = float(fmt.get("start_time", 0) or 0)
+    text = _run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            selector,
+            "-show_entries",
+            "packet=pts_time,duration_time",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ]
+    ).decode()
+    end = 0.0
+    for line in text.splitlines():
+        parts = line.split(",")
+        try:
+            pts = float(parts[0])
+        except (ValueError, IndexError):
+            continue
+        dur = float(parts[1]) if len(parts) > 1 and parts[1] not in ("", "N/A") else 0.0
+        end = max(end, pts + dur)
+    return end - origin
+
+
+def decoded_audio_seconds(path: Path, rate: int = 16000) -> float:
+    """Length of the decoded first audio stream, in seconds (from t=0)."""
+    return decode_pcm(path, rate=rate).shape[0] / rate
+
+
+# --- generation ------------------------------------------------------------------------------
+
+
+def make_recording(
+    path: Path,
+    *,
+    video_codec: str = "libx264",
+    audio_codec: str | None = "aac",
+    duration: float = 4.0,
+    tone: float = 1000.0,
+    audio_delay: float = 0.0,
+    size: str = "160x120",
+    fps: int = 15,
+) -> Path:
+    """A small screen-recording-like file: testsrc2 video + a sine tone (or no audio).
+
+    ``audio_delay`` starts the audio that many seconds after the video (like MediaRecorder).
+    """
+    args = [*FFMPEG, "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={duration}"]
+    if audio_codec is not None:
+        if audio_delay:
+            args += ["-itsoffset", str(audio_delay)]
+        args += [
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency={tone}:sample_rate=48000:duration={duration - audio_delay}",
+        ]
+    args += ["-map", "0:v"]
+    if audio_codec is not None:
+        args += ["-map", "1:a", "-c:a", audio_codec, "-ac", "2"]
+    args += ["-c:v", video_codec, "-pix_fmt", "yuv420p"]
+    if video_codec == "libx264":
+        args += ["-preset", "ultrafast", "-g", "30"]
+    elif video_codec.startswith("libvpx"):
+        args += ["-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k"]
+    args += ["-y", str(path)]
+    _run(args)
+    return path
+
+
+def make_tone_wav(
+    path: Path,
+    segments: Sequence[tuple[float, Sequence[float]]],
+    *,
+    rate: int = 8000,
+) -> Path:
+    """A pcm_s16le WAV made of ``(seconds, [freq per channel])`` segments, played in order.
+
+    Channel count = length of the frequency lists. 0 Hz means silence on that channel.
+    """
+    channels = len(segments[0][1])
+    inputs: list[str] = []
+    for seconds, freqs in segments:
+        for freq in freqs:
+            source = (
+                f"sine=frequency={freq}:sample_rate={rate}:duration={seconds}"
+                if freq
+                else f"anullsrc=r={rate}:cl=mono,atrim=duration={seconds}"
+            )
+            inputs += ["-f", "lavfi", "-i", source]
+    parts = []
+    k = 0
+    for i, (_seconds, freqs) in enumerate(segments):
+        labels = "".join(f"[{k + c}:a]" for c in range(len(freqs)))
+        k += len(freqs)
+        if channels == 1:
+            parts.append(f"{labels}anull[s{i}]")
+        else:
+            parts.append(f"{labels}amerge=inputs={channels}[s{i}]")
+    concat = "".join(f"[s{i}]" for i in range(len(segments)))
+    graph = ";".join(parts) + f";{concat}concat=n={len(segments)}:v=0:a=1[out]"
+    _run(
+        [
+            *FFMPEG,
+            *inputs,
+            "-filter_complex",
+            graph,
+            "-map",
+            "[out]",
+            "-c:a",
+            "pcm_s16le",
+            "-ar",
+            str(rate),
+            "-y",
+            str(path),
+        ]
+    )
+    return path

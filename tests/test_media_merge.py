@@ -1,0 +1,530 @@
+"""The SPEC §5 merge on real media with the real ffmpeg, checked by content.
+
+Every merged file is checked for: duration equal to the recording's (+- one audio frame and
+container rounding), decoded video frames hash-equal to the input's (stream copy), and an
+audio timeline of tones: silence / Connect 440+660 Hz / the recording's 1000 Hz, window by
+window (FFT band energy), with 50 ms guards at the boundaries.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import psutil
+import pytest
+
+from tests.fixtures_media import (
+    AGENT_TONE,
+    CHROME_AVC1_OPUS_MP4,
+    CHROME_H264_OPUS_WEBM,
+    CHROME_VP8_NOAUDIO,
+    CHROME_VP8_OPUS,
+    CONNECT_WAV,
+    CUSTOMER_TONE,
+    HEAD_TONE,
+    RECORDING_TONE,
+    hls_playlist_to,
+)
+from tests.media_tools import (
+    band_share,
+    decode_pcm,
+    ffprobe_json,
+    framemd5,
+    rms,
+    stream_end,
+    window,
+)
+from worker import media
+from worker.config import AudioSettings
+from worker.errors import (
+    MediaError,
+    MediaTimeout,
+    NoAudioStream,
+    NoVideoStream,
+    UnsupportedMedia,
+)
+from worker.observability import CALL_END_CLAMPS, FFMPEG_FAILURES
+
+GUARD = 0.05  # seconds skipped at each boundary (codec transitions, frame rounding)
+STEP = 0.1  # analysis window
+SILENCE_RMS = 0.003
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    kind: str  # silence | connect | head | recording
+
+
+def run_merge(
+    recording: Path,
+    connect: Path,
+    call_end: float,
+    out_dir: Path,
+    *,
+    ext: str,
+    align: str = "end",
+    audio: AudioSettings | None = None,
+    thumbnail: bool = False,
+) -> media.MergeResult:
+    options = media.MergeOptions(align=align, audio=audio or AudioSettings())  # type: ignore[arg-type]
+    request = media.MergeRequest(
+        recording=recording,
+        connect_audio=connect,
+        call_end_seconds=call_end,
+        output=out_dir / f"recording.{ext}",
+        thumbnail=out_dir / "thumbnail.png" if thumbnail else None,
+        options=options,
+    )
+    return anyio.run(media.merge, request)
+
+
+def expected_segments(
+    duration: float,
+    call_end: float,
+    connect_duration: float,
+    *,
+    align: str = "end",
+    recording_audio_start: float | None = 0.0,
+    head: float = 0.0,
+) -> list[Segment]:
+    """The audio timeline a correct merge produces (``head``: seconds of HEAD_TONE at the
+    Connect file's start)."""
+    c = min(call_end, duration)
+    segs: list[Segment] = []
+    # Where the Connect file's t=0 lands.
+    conn_start = c - connect_duration if align == "end" else 0.0
+    if conn_start > 0:
+        segs.append(Segment(0.0, conn_start, "silence"))
+    if head and conn_start + head > 0:
+        segs.append(Segment(max(0.0, conn_start), min(c, conn_start + head), "head"))
+    call_from = max(0.0, conn_start + head)
+    call_to = min(c, conn_start + connect_duration)
+    if call_to > call_from:
+        segs.append(Segment(call_from, call_to, "connect"))
+    if call_to < c:
+        segs.append(Segment(call_to, c, "silence"))
+    if recording_audio_start is None:
+        segs.append(Segment(c, duration, "silence"))
+    else:
+        if recording_audio_start > c:
+            segs.append(Segment(c, recording_audio_start, "silence"))
+        segs.append(Segment(max(c, recording_audio_start), duration, "recording"))
+    return [s for s in segs if s.end - s.start > 2 * GUARD + 0.02]
+
+
+def assert_timeline(path: Path, segments: list[Segment], *, stereo: bool = False) -> None:
+    """Window-by-window tone checks of ``path``'s audio against ``segments``."""
+    rate = 16000
+    channels = 2 if stereo else 1
+    pcm = decode_pcm(path, rate=rate, channels=channels)
+    for seg in segments:
+        t = seg.start + GUARD
+        while t + STEP <= seg.end - GUARD + 1e-9:
+            where = f"{path.name} {seg.kind} window {t:.2f}-{t + STEP:.2f}s"
+            left = window(pcm, rate, t, t + STEP, 0)
+            right = window(pcm, rate, t, t + STEP, channels - 1)
+            both = (left + right) / 2
+            if seg.kind == "silence":
+                assert rms(left) < SILENCE_RMS and rms(right) < SILENCE_RMS, where
+            elif seg.kind == "head":
+                assert band_share(both, rate, HEAD_TONE) > 0.8, where
+            elif seg.kind == "connect":
+                assert band_share(both, rate, HEAD_TONE) < 0.05, where
+                assert band_share(both, rate, RECORDING_TONE) < 0.05, where
+                if stereo:
+                    assert band_share(left, rate, CUSTOMER_TONE) > 0.8, where
+                    assert band_share(right, rate, AGENT_TONE) > 0.8, where
+                else:
+                    call = band_share(both, rate, CUSTOMER_TONE) + band_share(
+                        both, rate, AGENT_TONE
+                    )
+                    assert call > 0.8, where
+            elif seg.kind == "recording":
+                assert band_share(left, rate, RECORDING_TONE) > 0.8, where
+                assert band_share(right, rate, RECORDING_TONE) > 0.8, where
+            t += STEP
+
+
+def assert_same_video_and_duration(
+    output: Path, recording: Path, result: media.MergeResult, audio: AudioSettings
+) -> None:
+    """Output: same video frames as the input, audio and video as long as the recording."""
+    assert framemd5(output) == input_frames(recording), "video frames differ: re-encoded?"
+    frame = 0.020 if output.suffix == ".webm" else 1024 / audio.sample_rate
+    tolerance = frame + media.CONTAINER_ROUNDING_SECONDS
+    expected = result.media_duration_seconds
+    # The recording's real end, measured independently of the engine.
+    assert abs(input_video_end(recording) - expected) < 0.02
+    pcm = decode_pcm(output, rate=16000)
+    assert abs(pcm.shape[0] / 16000 - expected) <= tolerance
+    assert abs(stream_end(output, "v:0") - expected) <= tolerance
+    kinds = {s["codec_type"] for s in ffprobe_json(output)["streams"]}  # type: ignore[index, union-attr]
+    assert kinds == {"video", "audio"}
+
+
+@functools.cache
+def input_frames(path: Path) -> list[str]:
+    """framemd5 of an input (inputs never change during a session)."""
+    return framemd5(path)
+
+
+@functools.cache
+def input_video_end(path: Path) -> float:
+    return stream_end(path, "v:0")
+
+
+FIXTURE_CASES = [
+    (CHROME_VP8_OPUS, "webm", 0.040),
+    (CHROME_H264_OPUS_WEBM, "mp4", 0.021),
+    (CHROME_AVC1_OPUS_MP4, "mp4", 0.0),
+    (CHROME_VP8_NOAUDIO, "webm", None),
+]
+
+
+@pytest.mark.parametrize(("name", "ext", "audio_start"), FIXTURE_CASES)
+def test_browser_fixture_end_aligned(
+    data_dir: Path, tmp_path: Path, name: str, ext: str, audio_start: float | None
+) -> None:
+    """Connect (5 s) shorter than callEnd (6 s): 1 s of silence, the call, then the ACW."""
+    recording = data_dir / name
+    result = run_merge(recording, data_dir / CONNECT_WAV, 6.0, tmp_path, ext=ext, thumbnail=True)
+    assert result.output.suffix == f".{ext}"
+    assert result.container.extension == ext
+    assert result.connect_duration_seconds == pytest.approx(5.0, abs=0.001)
+    assert result.connect_audio_offset_seconds == pytest.approx(1.0, abs=0.001)
+    assert result.media_duration_seconds == pytest.approx(8.0, abs=0.05)
+    assert not result.call_end_clamped
+    assert_same_video_and_duration(result.output, recording, result, AudioSettings())
+    assert_timeline(
+        result.output,
+        expected_segments(
+            result.media_duration_seconds, 6.0, 5.0, recording_audio_start=audio_start
+        ),
+    )
+    assert result.thumbnail is not None
+    thumb = ffprobe_json(result.thumbnail)["streams"][0]  # type: ignore[index]
+    assert (thumb["codec_name"], thumb["width"], thumb["height"]) == ("png", 640, 360)
+
+
+def test_webm_without_header_duration_uses_packets(data_dir: Path) -> None:
+    info = anyio.run(media.probe, data_dir / CHROME_VP8_OPUS)
+    assert info.duration_source == "packets"
+    assert info.duration == pytest.approx(stream_end(data_dir / CHROME_VP8_OPUS), abs=0.001)
+    assert info.video is not None and info.video.codec_name == "vp8"
+    assert info.audio is not None and info.audio.start_time == pytest.approx(0.040)
+
+
+def test_connect_longer_than_call_end_head_is_cut(
+    data_dir: Path, generated: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Connect 4 s (first second 300 Hz), callEnd 2.5 s: the 300 Hz head must be gone."""
+    recording = data_dir / CHROME_VP8_OPUS
+    result = run_merge(recording, generated("connect-8k-stereo-head-4s"), 2.5, tmp_path, ext="webm")
+    assert result.connect_audio_offset_seconds == pytest.approx(-1.5, abs=0.001)
+    segs = expected_segments(result.media_duration_seconds, 2.5, 4.0, head=1.0)
+    assert [s.kind for s in segs] == ["connect", "recording"]
+    assert_timeline(result.output, segs)
+    pcm = decode_pcm(result.output)
+    assert band_share(window(pcm, 16000, 0.0, 2.5), 16000, HEAD_TONE) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("name", "ext", "call_end"),
+    [("h264-aac", "mp4", 3.0), ("vp9-opus", "webm", 2.5), ("h264-aac", "mp4", 1.0)],
+)
+def test_generated_recordings(
+    generated: Callable[[str], Path], tmp_path: Path, name: str, ext: str, call_end: float
+) -> None:
+    recording = generated(name)
+    connect = generated("connect-16k-stereo-2s")
+    result = run_merge(recording, connect, call_end, tmp_path, ext=ext)
+    assert result.media_duration_seconds == pytest.approx(4.0, abs=0.07)
+    assert_same_video_and_duration(result.output, recording, result, AudioSettings())
+    assert_timeline(result.output, expected_segments(result.media_duration_seconds, call_end, 2.0))
+
+
+@pytest.mark.parametrize(
+    ("name", "ext", "call_end"),
+    [("h264-aac-late", "mp4", 0.0), ("vp9-opus-late", "webm", 0.25)],
+)
+def test_late_recording_audio_keeps_its_timestamps(
+    generated: Callable[[str], Path], tmp_path: Path, name: str, ext: str, call_end: float
+) -> None:
+    """Recording audio starting at 0.5 s stays at 0.5 s (silence before it, not shifted)."""
+    recording = generated(name)
+    result = run_merge(recording, generated("connect-8k-mono-2s"), call_end, tmp_path, ext=ext)
+    segs = expected_segments(
+        result.media_duration_seconds, call_end, 2.0, recording_audio_start=0.5
+    )
+    assert "silence" in [s.kind for s in segs]
+    assert_same_video_and_duration(result.output, recording, result, AudioSettings())
+    assert_timeline(result.output, segs)
+
+
+def test_recording_without_audio_gets_silence(
+    generated: Callable[[str], Path], tmp_path: Path
+) -> None:
+    recording = generated("h264-noaudio")
+    result = run_merge(recording, generated("connect-8k-mono-2s"), 2.0, tmp_path, ext="mp4")
+    segs = expected_segments(result.media_duration_seconds, 2.0, 2.0, recording_audio_start=None)
+    assert [s.kind for s in segs] == ["connect", "silence"]
+    assert_same_video_and_duration(result.output, recording, result, AudioSettings())
+    assert_timeline(result.output, segs)
+
+
+@pytest.mark.parametrize(
+    "connect_name", ["connect-8k-mono-2s", "connect-16k-stereo-2s", "connect-44k-stereo-2s"]
+)
+def test_connect_formats(
+    generated: Callable[[str], Path], tmp_path: Path, connect_name: str
+) -> None:
+    """Any Connect rate/layout combines: 8k mono, 16k and 44.1k stereo."""
+    recording = generated("h264-aac")
+    result = run_merge(recording, generated(connect_name), 3.0, tmp_path, ext="mp4")
+    assert result.connect_duration_seconds == pytest.approx(2.0, abs=0.01)
+    assert_timeline(result.output, expected_segments(result.media_duration_seconds, 3.0, 2.0))
+
+
+def test_call_end_beyond_end_is_clamped(generated: Callable[[str], Path], tmp_path: Path) -> None:
+    before = CALL_END_CLAMPS._value.get()
+    recording = generated("h264-aac")
+    result = run_merge(recording, generated("connect-16k-stereo-2s"), 20.0, tmp_path, ext="mp4")
+    assert result.call_end_clamped
+    assert result.call_end_seconds == pytest.approx(result.media_duration_seconds)
+    assert CALL_END_CLAMPS._value.get() == before + 1
+    duration = result.media_duration_seconds
+    assert result.connect_audio_offset_seconds == pytest.approx(duration - 2.0, abs=0.001)
+    assert_same_video_and_duration(result.output, recording, result, AudioSettings())
+    segs = expected_segments(duration, 20.0, 2.0)
+    assert [s.kind for s in segs] == ["silence", "connect"]
+    assert_timeline(result.output, segs)
+
+
+def test_call_end_zero_is_all_recording_audio(
+    generated: Callable[[str], Path], tmp_path: Path
+) -> None:
+    recording = generated("vp9-opus")
+    result = run_merge(recording, generated("connect-16k-stereo-2s"), 0.0, tmp_path, ext="webm")
+    segs = expected_segments(result.media_duration_seconds, 0.0, 2.0)
+    assert [s.kind for s in segs] == ["recording"]
+    assert_same_video_and_duration(result.output, recording, result, AudioSettings())
+    assert_timeline(result.output, segs)
+
+
+@pytest.mark.parametrize(
+    ("connect_name", "call_end", "head", "connect_duration", "kinds"),
+    [
+        ("connect-8k-stereo-head-4s", 2.5, 1.0, 4.0, ["head", "connect", "recording"]),
+        ("connect-16k-stereo-2s", 3.0, 0.0, 2.0, ["connect", "silence", "recording"]),
+    ],
+)
+def test_start_alignment(
+    generated: Callable[[str], Path],
+    tmp_path: Path,
+    connect_name: str,
+    call_end: float,
+    head: float,
+    connect_duration: float,
+    kinds: list[str],
+) -> None:
+    """The Lambda's behaviour: Connect from t=0 for callEnd seconds (padded if shorter)."""
+    recording = generated("h264-aac")
+    result = run_merge(
+        recording, generated(connect_name), call_end, tmp_path, ext="mp4", align="start"
+    )
+    segs = expected_segments(
+        result.media_duration_seconds, call_end, connect_duration, align="start", head=head
+    )
+    assert [s.kind for s in segs] == kinds
+    assert_timeline(result.output, segs)
+
+
+def test_stereo_output_keeps_customer_left_agent_right(data_dir: Path, tmp_path: Path) -> None:
+    audio = AudioSettings(channels=2, sample_rate=48000, bitrate="96k")
+    recording = data_dir / CHROME_H264_OPUS_WEBM
+    result = run_merge(recording, data_dir / CONNECT_WAV, 6.0, tmp_path, ext="mp4", audio=audio)
+    stream = next(
+        s
+        for s in ffprobe_json(result.output)["streams"]  # type: ignore[union-attr]
+        if s["codec_type"] == "audio"  # type: ignore[index]
+    )
+    assert (stream["channels"], stream["sample_rate"]) == (2, "48000")  # type: ignore[index]
+    assert_same_video_and_duration(result.output, recording, result, audio)
+    segs = expected_segments(result.media_duration_seconds, 6.0, 5.0, recording_audio_start=0.021)
+    assert_timeline(result.output, segs, stereo=True)
+
+
+def test_mono_downmix_is_half_left_half_right_not_clipped(data_dir: Path, tmp_path: Path) -> None:
+    result = run_merge(
+        data_dir / CHROME_VP8_OPUS, data_dir / CONNECT_WAV, 6.0, tmp_path, ext="webm"
+    )
+    pcm = decode_pcm(result.output)
+    call = window(pcm, 16000, 2.0, 5.0)
+    source = decode_pcm(data_dir / CONNECT_WAV, channels=2)
+    expected = rms((source[16000:64000, 0] + source[16000:64000, 1]) / 2)
+    assert rms(call) == pytest.approx(expected, rel=0.15)
+    assert abs(call).max() < 0.99
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def test_recording_without_video(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(NoVideoStream):
+        run_merge(data_dir / CONNECT_WAV, data_dir / CONNECT_WAV, 1.0, tmp_path, ext="mp4")
+
+
+def test_connect_without_audio(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(NoAudioStream):
+        run_merge(
+            data_dir / CHROME_VP8_OPUS, data_dir / CHROME_VP8_NOAUDIO, 1.0, tmp_path, ext="webm"
+        )
+    assert not (tmp_path / "recording.webm").exists()
+
+
+def test_unsupported_video_codec(
+    generated: Callable[[str], Path], data_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(UnsupportedMedia, match="mpeg4"):
+        run_merge(generated("mpeg4-aac"), data_dir / CONNECT_WAV, 0.5, tmp_path, ext="mp4")
+
+
+def test_output_extension_must_fit_codec(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedMedia, match=r"\.webm"):
+        run_merge(data_dir / CHROME_VP8_OPUS, data_dir / CONNECT_WAV, 1.0, tmp_path, ext="mp4")
+
+
+@pytest.mark.parametrize("name", ["hls-file", "ffconcat", "empty", "text", "truncated"])
+@pytest.mark.parametrize("role", ["recording", "connect"])
+def test_hostile_inputs_are_refused(
+    hostile_files: dict[str, Path], data_dir: Path, tmp_path: Path, name: str, role: str
+) -> None:
+    bad = hostile_files[name]
+    recording, connect = (
+        (bad, data_dir / CONNECT_WAV) if role == "recording" else (data_dir / CHROME_VP8_OPUS, bad)
+    )
+    if name == "truncated" and role == "recording":
+        # A truncated MP4 may probe fine (moov first) and fail in the merge or its check.
+        pass
+    with pytest.raises(MediaError) as caught:
+        run_merge(recording, connect, 1.0, tmp_path, ext="webm" if role == "connect" else "mp4")
+    message = str(caught.value)
+    assert "\n" not in message and message
+    if name in ("hls-file", "ffconcat"):
+        assert "not an allowed media container" in message
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing leaked
+
+
+def test_hls_playlist_never_connects(data_dir: Path, tmp_path: Path) -> None:
+    """A playlist pointing at a listening local port: refused, and no connection is made."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    try:
+        playlist = hls_playlist_to(f"http://127.0.0.1:{port}/seg.ts", tmp_path / "in.mp4")
+        out = tmp_path / "out"
+        out.mkdir()
+        for role in ("recording", "connect"):
+            rec, conn = (
+                (playlist, data_dir / CONNECT_WAV)
+                if role == "recording"
+                else (data_dir / CHROME_VP8_OPUS, playlist)
+            )
+            with pytest.raises(MediaError, match="not an allowed media container"):
+                run_merge(rec, conn, 1.0, out, ext="webm")
+        with pytest.raises(BlockingIOError):
+            server.accept()  # nobody ever connected
+        assert list(out.iterdir()) == []
+    finally:
+        server.close()
+
+
+def test_passwd_never_leaks_through_playlist(
+    tmp_path: Path, hostile_files: dict[str, Path]
+) -> None:
+    with pytest.raises(MediaError, match="not an allowed"):
+        anyio.run(media.probe, hostile_files["hls-file"])
+    with pytest.raises(MediaError, match="not an allowed"):
+        anyio.run(media.probe, hostile_files["ffconcat"])
+
+
+def test_timeout_kills_ffmpeg(data_dir: Path, tmp_path: Path) -> None:
+    before = FFMPEG_FAILURES.labels(reason="timeout")._value.get()
+    options = media.MergeOptions(timeout_base_seconds=0.001, timeout_per_media_second=0.0)
+
+    async def go() -> None:
+        recording = await media.probe(data_dir / CHROME_VP8_OPUS)
+        request = media.MergeRequest(
+            data_dir / CHROME_VP8_OPUS,
+            data_dir / CONNECT_WAV,
+            6.0,
+            tmp_path / "recording.webm",
+            None,
+            options,
+            recording_info=recording,
+        )
+        await media.merge(request)
+
+    with pytest.raises(MediaTimeout):
+        anyio.run(go)
+    assert FFMPEG_FAILURES.labels(reason="timeout")._value.get() == before + 1
+    assert not _ffmpeg_children()
+    assert not (tmp_path / "recording.webm").exists()
+
+
+def test_cancellation_kills_ffmpeg(data_dir: Path, tmp_path: Path) -> None:
+    """Cancelling the caller's scope mid-merge kills and reaps ffmpeg, leaves no output."""
+    seen: list[int] = []
+    finished: list[bool] = []
+
+    async def go() -> None:
+        async with anyio.create_task_group() as group:
+            request = media.MergeRequest(
+                data_dir / CHROME_VP8_OPUS,
+                data_dir / CONNECT_WAV,
+                6.0,
+                tmp_path / "recording.webm",
+                None,
+            )
+
+            async def do_merge() -> None:
+                await media.merge(request)
+                finished.append(True)
+
+            group.start_soon(do_merge)
+            # Wait until the merge's ffmpeg (not a probe) runs, then cancel everything.
+            while not finished:
+                running = [p for p in _ffmpeg_children() if p.name() == "ffmpeg"]
+                if running:
+                    seen.extend(p.pid for p in running)
+                    group.cancel_scope.cancel()
+                    break
+                await anyio.sleep(0.005)
+
+    anyio.run(go)
+    assert seen and not finished, "the merge finished before it could be cancelled"
+    assert not _ffmpeg_children()
+    assert not any(_is_live(pid) for pid in seen)
+    assert not (tmp_path / "recording.webm").exists()
+
+
+def _ffmpeg_children() -> list[psutil.Process]:
+    me = psutil.Process(os.getpid())
+    return [p for p in me.children(recursive=True) if p.name() in ("ffmpeg", "ffprobe")]
+
+
+def _is_live(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,0 +1,205 @@
+"""Running ffmpeg/ffprobe safely: allow-lists, time limits, kill on cancel, stderr tails.
+
+Every input we hand to ffmpeg or ffprobe is untrusted (SPEC §5). The helpers here make sure
+that each run:
+
+- restricts demuxers and protocols (:func:`input_args`), so a playlist or concat script
+  disguised as ``.mp4`` cannot make ffmpeg open other files or URLs;
+- names files with an explicit ``file:`` prefix, so a path such as ``http:x.mp4`` is never
+  read as a URL;
+- is killed (and reaped) when its time limit passes or when the calling anyio scope is
+  cancelled, so no ffmpeg outlives its job;
+- keeps only the last lines of stderr (bounded memory) for a one-line error message.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import structlog
+from anyio.abc import ByteReceiveStream, Process
+
+from worker.errors import MediaError, MediaTimeout, ScratchFull
+from worker.observability import FFMPEG_FAILURES
+
+log = structlog.get_logger(__name__)
+
+FFMPEG = "ffmpeg"
+FFPROBE = "ffprobe"
+
+# Demuxers an input may use: browser recordings (mov/mp4, matroska/webm) and Connect's WAV.
+# The names are ffmpeg's demuxer names; HLS, concat, image2, ... are all refused.
+FORMAT_WHITELIST = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,wav"
+# Local files only; `pipe` is harmless (we never pass a pipe URL) and is what SPEC §5 names.
+PROTOCOL_WHITELIST = "file,pipe"
+
+STDERR_TAIL_LINES = 20
+_KILL_GRACE_SECONDS = 5.0
+
+
+def input_args(path: Path) -> list[str]:
+    """The options that must precede every ``-i`` (and every ffprobe input), then the input."""
+    return [
+        "-format_whitelist",
+        FORMAT_WHITELIST,
+        "-protocol_whitelist",
+        PROTOCOL_WHITELIST,
+        "-i",
+        file_url(path),
+    ]
+
+
+def file_url(path: Path) -> str:
+    """``file:`` + absolute path: never interpreted as another protocol or an option."""
+    return "file:" + str(Path(path).absolute())
+
+
+@dataclass
+class RunResult:
+    """What a finished (successful) run left behind."""
+
+    returncode: int
+    stderr_tail: list[str]
+
+
+class StderrTail:
+    """The last ``limit`` non-empty stderr lines (bounded memory, however chatty ffmpeg is)."""
+
+    def __init__(self, limit: int = STDERR_TAIL_LINES) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=limit)
+
+    def add(self, line: str) -> None:
+        """Keep ``line`` if it says something."""
+        line = line.strip()
+        if line:
+            self.lines.append(line)
+
+    def most_relevant(self) -> str:
+        """The line that best explains a failure: the last one that is not boilerplate."""
+        for line in reversed(self.lines):
+            if not _BOILERPLATE.search(line):
+                return line
+        return self.lines[-1] if self.lines else "no error output"
+
+
+_BOILERPLATE = re.compile(
+    r"^(Conversion failed!|Exiting normally|Error while filtering: |"
+    r"Error opening output files?: Invalid argument$)"
+)
+
+
+def classify(tail: StderrTail) -> str:
+    """A low-cardinality reason for a failed run, from its stderr."""
+    text = "\n".join(tail.lines)
+    if "No space left on device" in text:
+        return "scratch_full"
+    if "not on whitelist" in text or "not in allowed" in text:
+        return "not_allowed"
+    if "Invalid data found" in text or "moov atom not found" in text:
+        return "invalid_data"
+    return "ffmpeg_error"
+
+
+async def _read_lines(stream: ByteReceiveStream, handle: Callable[[str], None]) -> None:
+    """Feed ``handle`` one decoded line at a time; memory is bounded by the longest line."""
+    buffer = b""
+    async for chunk in stream:
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for raw in lines:
+            handle(raw.decode("utf-8", "replace").rstrip("\r"))
+        if len(buffer) > 1 << 16:
+            # A pathological "line" (no newline): keep only its end.
+            buffer = buffer[-(1 << 12) :]
+    if buffer:
+        handle(buffer.decode("utf-8", "replace"))
+
+
+async def run(
+    args: Sequence[str],
+    *,
+    timeout: float,  # noqa: ASYNC109 - the limit is per process, enforced inside
+    what: str,
+    on_stdout_line: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Run ``args``, stream its stdout lines to ``on_stdout_line``, enforce ``timeout``.
+
+    Raises :class:`MediaTimeout` past the limit, :class:`ScratchFull` on ENOSPC and
+    :class:`MediaError` for any other non-zero exit, each with one line taken from the
+    stderr tail. When the calling scope is cancelled, the process is killed and reaped before
+    the cancellation propagates.
+    """
+    tail = StderrTail()
+    started = time.monotonic()
+    process: Process | None = None
+    timed_out = False
+    try:
+        process = await anyio.open_process(
+            list(args), stdin=None, stdout=-1, stderr=-1, start_new_session=True
+        )
+        with anyio.move_on_after(timeout) as scope:
+            async with anyio.create_task_group() as group:
+                assert process.stdout is not None and process.stderr is not None
+                group.start_soon(_read_lines, process.stderr, tail.add)
+                group.start_soon(_read_lines, process.stdout, on_stdout_line or _ignore)
+            await process.wait()
+        timed_out = scope.cancelled_caught
+    finally:
+        if process is not None:
+            await _reap(process)
+    assert process is not None
+    if timed_out:
+        FFMPEG_FAILURES.labels(reason="timeout").inc()
+        log.warning("ffmpeg_timeout", what=what, limit_seconds=round(timeout, 1))
+        raise MediaTimeout(f"{what} took longer than its {math.ceil(timeout)} s limit")
+    returncode = process.returncode
+    if returncode != 0:
+        reason = classify(tail)
+        FFMPEG_FAILURES.labels(reason=reason).inc()
+        log.warning(
+            "ffmpeg_failed",
+            what=what,
+            returncode=returncode,
+            reason=reason,
+            stderr_tail=list(tail.lines),
+            seconds=round(time.monotonic() - started, 3),
+        )
+        detail = tail.most_relevant()
+        if reason == "scratch_full":
+            raise ScratchFull(f"{what}: no space left on device")
+        if reason == "not_allowed":
+            raise MediaError(
+                f"{what}: input is not an allowed media container (playlist or script?): {detail}",
+                reason="media_not_allowed",
+            )
+        raise MediaError(f"{what} failed: {detail}")
+    return RunResult(returncode or 0, list(tail.lines))
+
+
+async def _reap(process: Process) -> None:
+    """Kill ``process`` if still running and reap it, even from inside a cancelled scope."""
+    with anyio.CancelScope(shield=True):
+        if process.returncode is None:
+            try:
+                process.kill()
+            except ProcessLookupError:  # exited in the meantime
+                pass
+        with anyio.move_on_after(_KILL_GRACE_SECONDS):
+            await process.aclose()
+
+
+def _ignore(_line: str) -> None:
+    return None
+
+
+def which_tools() -> dict[str, str | None]:
+    """Where ffmpeg/ffprobe live (None when missing): for clear start-up errors."""
+    return {name: shutil.which(name) for name in (FFMPEG, FFPROBE)}
