@@ -6,7 +6,7 @@
   without sampling.
 - Peak RSS: the SUM of the resident set sizes of the child and all its descendants, sampled
   every ``interval`` seconds with psutil (a short-lived peak between samples can be missed;
-  at 20 ms the error is small against multi-second runs).
+  at 50 ms the error is small against multi-second runs).
 - Peak scratch: the bytes allocated on disk (``st_blocks * 512``, each inode once) under the
   scratch directory, sampled at the same times. Inputs are hard-linked into the scratch
   directory before the run so they count, as in the worker where they are downloaded there.
@@ -97,7 +97,7 @@ def measure(
     scratch: Path | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-    interval: float = 0.02,
+    interval: float = 0.05,
 ) -> Measurement:
     """Run ``argv`` to completion and return what it cost (see the module docstring)."""
     started = time.perf_counter()

@@ -64,7 +64,9 @@ def _run(args: list[str]) -> None:
     subprocess.run([*_nice(), *args], check=True)
 
 
-def _segment(cache: Path) -> Path:
+def segment_file(cache: Path = CACHE_DIR) -> Path:
+    """The cached 60-second segment every recording is built from (generated if missing)."""
+    cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"segment-{SEGMENT_SECONDS}s.mp4"
     if path.exists():
         return path
@@ -112,9 +114,13 @@ def _recording(cache: Path, minutes: int, segment: Path) -> Path:
 
 def _connect_wav(cache: Path, minutes: int) -> Path:
     path = cache / f"connect-{minutes}min.wav"
-    if path.exists():
-        return path
-    seconds = minutes * 60 * CALL_FRACTION
+    if not path.exists():
+        write_connect_wav(path, minutes * 60 * CALL_FRACTION)
+    return path
+
+
+def write_connect_wav(path: Path, seconds: float) -> Path:
+    """Write a Connect-shaped WAV (pcm_s16le, 8 kHz, stereo 440/660 Hz) of ``seconds``."""
     tmp = path.with_suffix(".part.wav")
     _run(
         [
@@ -147,7 +153,7 @@ def ensure_media(minutes_list: list[int], cache: Path = CACHE_DIR) -> list[Bench
             if stale.suffix in {".mp4", ".wav", ".txt"}:
                 stale.unlink()
         (cache / "manifest.json").write_text(json.dumps(RECIPE))
-    segment = _segment(cache)
+    segment = segment_file(cache)
     cases = []
     for minutes in minutes_list:
         cases.append(

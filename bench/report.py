@@ -135,7 +135,7 @@ def render(results: dict[str, Any]) -> str:
             "",
             "Wall = in-process wall time of the work (interpreter start-up excluded: a running",
             "worker has paid it). CPU = user+sys of the whole process tree (wait4 rusage). Peak",
-            "RSS = sum over the process tree (Python + ffmpeg), sampled every 20 ms. Peak scratch",
+            "RSS = sum over the process tree (Python + ffmpeg), sampled every 50 ms. Peak scratch",
             "= bytes allocated in the run's directory, inputs included (hard-linked in).",
             "",
             "![wall time vs recording length](chart.png)",
