@@ -91,7 +91,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    raise ConfigError("dev is not implemented yet")
+    from worker.devenv import run_dev
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: must be a TCP port (0 for any free port)")
+    return run_dev(once=args.once, output_dir=args.output_dir, port=args.port)
 
 
 def _cmd_provision(args: argparse.Namespace) -> int:
