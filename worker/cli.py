@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from worker import __version__
 from worker.config import SettingsError
@@ -83,7 +85,123 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    raise ConfigError("merge is not implemented yet")
+    """`merge`: the SPEC §5 merge on local files (no AWS). Prints the output path(s)."""
+    import os
+
+    import anyio
+
+    from worker import media
+    from worker.config import AudioSettings
+    from worker.errors import UnsupportedMedia
+    from worker.messages import parse_timestamp
+    from worker.observability import configure_logging
+
+    try:
+        call_end = parse_timestamp(args.call_end)
+    except ValueError as error:
+        raise ConfigError(f"--call-end {args.call_end!r}: {error}") from None
+    for option, path in (("--recording", args.recording), ("--connect-audio", args.connect_audio)):
+        if not path.is_file():
+            raise ConfigError(f"{option} {path}: no such file")
+    outputs = [("--output", args.output)]
+    if args.thumbnail is not None:
+        outputs.append(("--thumbnail", args.thumbnail))
+    for option, path in outputs:
+        if not path.absolute().parent.is_dir():
+            raise ConfigError(f"{option} {path}: folder {path.absolute().parent} does not exist")
+    if args.output.suffix.lower() not in (".mp4", ".webm"):
+        raise ConfigError(f"--output {args.output}: must end in .mp4 or .webm")
+    if args.thumbnail is not None and args.thumbnail.suffix.lower() != ".png":
+        raise ConfigError(f"--thumbnail {args.thumbnail}: must end in .png")
+    defaults = AudioSettings()
+    rate = args.audio_sample_rate or defaults.sample_rate
+    if rate not in (8000, 12000, 16000, 24000, 48000):
+        raise ConfigError("--audio-sample-rate: must be 8000, 12000, 16000, 24000 or 48000")
+    bitrate = (args.audio_bitrate or defaults.bitrate).strip().lower()
+    if not bitrate.removesuffix("k").isdigit() or int(bitrate.removesuffix("k")) <= 0:
+        raise ConfigError("--audio-bitrate: must look like 48k or 48000")
+    audio = AudioSettings(
+        channels=args.audio_channels or defaults.channels, sample_rate=rate, bitrate=bitrate
+    )
+    options = media.MergeOptions(align=args.align, audio=audio)
+
+    # Logs go to stderr; by default only errors, so a failure stays one clear line.
+    configure_logging(
+        level=os.environ.get("LOG_LEVEL") or "ERROR",
+        fmt="console" if os.environ.get("LOG_FORMAT", "console") == "console" else "json",
+    )
+    mode = args.progress
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "lines"
+
+    async def run() -> media.MergeResult:
+        recording = await media.probe(args.recording)
+        try:
+            media.check_output_path(recording, args.output)
+        except UnsupportedMedia as error:
+            if recording.video is not None and recording.video.codec_name in media.CODECS:
+                raise ConfigError(f"--output {args.output}: {error}") from None
+            raise
+        with _MergeProgress(mode, recording.duration) as progress:
+            request = media.MergeRequest(
+                recording=args.recording,
+                connect_audio=args.connect_audio,
+                call_end_seconds=call_end,
+                output=args.output,
+                thumbnail=args.thumbnail,
+                options=options,
+                recording_info=recording,
+            )
+            return await media.merge(request, on_progress=progress.update)
+
+    result = anyio.run(run)
+    if result.call_end_clamped:
+        print(
+            f"komorebi-worker: warning: --call-end {call_end:.3f} s is beyond the recording's "
+            f"end; clamped to {result.call_end_seconds:.3f} s",
+            file=sys.stderr,
+        )
+    print(result.output)
+    if result.thumbnail is not None:
+        print(result.thumbnail)
+    return EXIT_OK
+
+
+class _MergeProgress:
+    """Merge progress on stderr: a tqdm bar (TTY), plain lines every 5 s ("lines"), or none."""
+
+    def __init__(self, mode: str, total: float) -> None:
+        self.mode = mode
+        self.total = max(total, 1e-3)
+        self.bar: Any = None
+        self.last_line = time.monotonic()
+
+    def __enter__(self) -> _MergeProgress:
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=round(self.total, 1), unit="s", desc="merge", file=sys.stderr, leave=False
+            )
+        return self
+
+    def update(self, seconds: float) -> None:
+        """ffmpeg has written ``seconds`` of output."""
+        done = min(seconds, self.total)
+        if self.bar is not None:
+            self.bar.update(round(done, 1) - self.bar.n)
+        elif self.mode == "lines":
+            # Plain lines for logs and pipes: at most one per 5 s of wall time, so a short
+            # merge prints none.
+            now = time.monotonic()
+            if now - self.last_line >= 5.0:
+                self.last_line = now
+                percent = 100 * done / self.total
+                print(f"merge: {percent:.0f}% ({done:.1f}/{self.total:.1f} s)", file=sys.stderr)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

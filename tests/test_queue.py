@@ -1,0 +1,140 @@
+"""JobQueue against a real moto SQS server."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.fixtures_aws import AwsEnv
+from worker.aws import AwsClients, open_clients
+from worker.errors import ConfigError, InvalidMessage, MediaError
+from worker.queue import JobQueue, ReceiptHandleInvalid, ReceivedMessage
+
+pytestmark = pytest.mark.anyio
+
+BODY = json.dumps({"recordingID": "rec-1", "callEndingTimestamp": "00:00:14"})
+
+
+@pytest.fixture
+async def clients(aws: AwsEnv) -> AsyncIterator[AwsClients]:
+    async with open_clients(aws.settings()) as opened:
+        yield opened
+
+
+@pytest.fixture
+def queue(aws: AwsEnv, clients: AwsClients) -> JobQueue:
+    return JobQueue(clients.sqs, aws.queue_url, aws.dlq_url)
+
+
+def _counts(aws: AwsEnv, url: str) -> tuple[int, int]:
+    attributes = aws.client("sqs").get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (
+        int(attributes["ApproximateNumberOfMessages"]),
+        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+async def _receive_one(queue: JobQueue) -> ReceivedMessage:
+    messages = await queue.receive(10, wait_seconds=0)
+    assert len(messages) == 1
+    return messages[0]
+
+
+async def test_send_and_receive_with_receive_count(queue: JobQueue) -> None:
+    before_ms = int(time.time() * 1000) - 60_000
+    message_id = await queue.send(BODY)
+
+    first = await _receive_one(queue)
+    assert first.message_id == message_id
+    assert first.body == BODY
+    assert first.receive_count == 1
+    assert first.sent_timestamp_ms is not None and first.sent_timestamp_ms >= before_ms
+
+    await queue.change_visibility(first, 0)  # release: visible again at once
+    second = await _receive_one(queue)
+    assert second.message_id == message_id
+    assert second.receive_count == 2
+    assert second.receipt_handle != first.receipt_handle
+
+
+async def test_receive_clamps_batch_size_and_returns_empty(aws: AwsEnv, queue: JobQueue) -> None:
+    assert await queue.receive(0, wait_seconds=0) == []
+    sqs = aws.client("sqs")
+    for index in range(12):
+        sqs.send_message(QueueUrl=aws.queue_url, MessageBody=f"m{index}")
+    got = await queue.receive(50, wait_seconds=0)
+    assert 1 <= len(got) <= 10  # SQS rejects MaxNumberOfMessages > 10; it was clamped
+    one = await queue.receive(0, wait_seconds=0)
+    assert len(one) == 1
+
+
+async def test_change_visibility_hides_the_message(aws: AwsEnv, queue: JobQueue) -> None:
+    await queue.send(BODY)
+    message = await _receive_one(queue)
+    await queue.change_visibility(message, 600)  # a heartbeat
+    assert await queue.receive(10, wait_seconds=0) == []
+    assert _counts(aws, aws.queue_url) == (0, 1)
+
+
+async def test_delete_removes_the_message(aws: AwsEnv, queue: JobQueue) -> None:
+    await queue.send(BODY)
+    message = await _receive_one(queue)
+    await queue.delete(message)
+    assert _counts(aws, aws.queue_url) == (0, 0)
+
+
+async def test_stale_receipt_handle_is_a_typed_error(queue: JobQueue) -> None:
+    await queue.send(BODY)
+    message = await _receive_one(queue)
+    await queue.delete(message)
+    bogus = ReceivedMessage("id", "not-a-receipt-handle", BODY, 1, None)
+    with pytest.raises(ReceiptHandleInvalid):
+        await queue.change_visibility(bogus, 30)
+
+
+async def test_dead_letter_sends_body_and_reason_attributes(aws: AwsEnv, queue: JobQueue) -> None:
+    await queue.send(BODY)
+    message = await _receive_one(queue)
+    error = MediaError("undecodable input: moov atom not found\n" + "x" * 400)
+
+    await queue.dead_letter(message, error)
+    await queue.delete(message)
+
+    received = aws.client("sqs").receive_message(
+        QueueUrl=aws.dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=0
+    )["Messages"]
+    assert len(received) == 1
+    assert received[0]["Body"] == BODY
+    attributes = {k: v["StringValue"] for k, v in received[0]["MessageAttributes"].items()}
+    assert attributes["errorClass"] == "MediaError"
+    assert attributes["errorReason"] == "media_invalid"
+    assert attributes["errorMessage"].startswith("undecodable input: moov atom not found x")
+    assert len(attributes["errorMessage"]) <= 256 and "\n" not in attributes["errorMessage"]
+    assert attributes["receiveCount"] == "1"
+    assert received[0]["MessageAttributes"]["receiveCount"]["DataType"] == "Number"
+    assert attributes["originalMessageId"] == message.message_id
+    assert attributes["failedAt"].endswith("Z")
+    assert _counts(aws, aws.queue_url) == (0, 0)
+
+
+async def test_dlq_url_resolved_from_redrive_policy(aws: AwsEnv, clients: AwsClients) -> None:
+    queue = JobQueue(clients.sqs, aws.queue_url, None)
+    assert await queue.resolve_dlq_url() == aws.dlq_url
+    await queue.send("not json")
+    message = await _receive_one(queue)
+    await queue.dead_letter(message, InvalidMessage("body is not JSON"))
+    assert _counts(aws, aws.dlq_url) == (1, 0)
+    configured = JobQueue(clients.sqs, aws.queue_url, "https://example.invalid/q")
+    assert await configured.resolve_dlq_url() == "https://example.invalid/q"
+
+
+async def test_no_dlq_anywhere_is_a_config_error(aws: AwsEnv, clients: AwsClients) -> None:
+    bare_url = aws.client("sqs").create_queue(QueueName=f"bare-{time.time_ns()}")["QueueUrl"]
+    with pytest.raises(ConfigError, match="RedrivePolicy"):
+        await JobQueue(clients.sqs, bare_url, None).resolve_dlq_url()

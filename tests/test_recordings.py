@@ -1,0 +1,412 @@
+"""Key layout and creationDate parsing (pure), and the Recording table on a real moto server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
+from worker.aws import AwsClients, open_clients
+from worker.config import KeyTemplates
+from worker.errors import (
+    ConfigError,
+    ConnectAudioNotReady,
+    InvalidRow,
+    LeaseHeld,
+    RowNotFound,
+)
+from worker.recordings import (
+    STATUS_DONE,
+    STATUS_FAILED,
+    STATUS_PROCESSING,
+    DoneRecord,
+    RecordingTable,
+    choose_connect_audio,
+    keys_for,
+    parse_creation_date,
+)
+from worker.storage import ObjectSummary
+
+RID = "7165d412-7fe0-4fb6-81ae-68b135a26f7c"
+
+# --- parse_creation_date ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-03-05 23:59:58", datetime(2024, 3, 5, 23, 59, 58, tzinfo=UTC)),
+        (" 2024-03-05 00:00:00 ", datetime(2024, 3, 5, tzinfo=UTC)),
+        ("2024-03-05T23:59:58Z", datetime(2024, 3, 5, 23, 59, 58, tzinfo=UTC)),
+        ("2024-03-05T23:59:58.250Z", datetime(2024, 3, 5, 23, 59, 58, 250000, tzinfo=UTC)),
+        # An aware time in another zone is converted: this is the next day in UTC.
+        ("2024-03-05T20:30:00-05:00", datetime(2024, 3, 6, 1, 30, tzinfo=UTC)),
+        ("2024-03-05T23:59:58", datetime(2024, 3, 5, 23, 59, 58, tzinfo=UTC)),
+    ],
+)
+def test_parse_creation_date_accepts_both_formats(text: str, expected: datetime) -> None:
+    parsed = parse_creation_date(text)
+    assert parsed == expected
+    assert parsed.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "   ", "yesterday", "2024/03/05 10:00:00", "2024-13-01 00:00:00", "05-03-2024"]
+)
+def test_parse_creation_date_rejects_malformed(text: str) -> None:
+    with pytest.raises(InvalidRow):
+        parse_creation_date(text)
+
+
+# --- keys_for --------------------------------------------------------------------------------
+
+
+def test_keys_follow_the_lambda_layout() -> None:
+    keys = keys_for(
+        RID, "agent-42", datetime(2024, 3, 5, 10, 0, tzinfo=UTC), KeyTemplates(), "inst"
+    )
+    assert keys.input_key == f"2024/03/05/agent-42/{RID}.mp4"
+    assert keys.output_key("mp4") == f"2024/03/05/agent-42/{RID}/recording.mp4"
+    assert keys.output_key("webm") == f"2024/03/05/agent-42/{RID}/recording.webm"
+    assert keys.thumbnail_key == f"2024/03/05/agent-42/{RID}/thumbnail.png"
+    assert keys.connect_audio_prefixes == (
+        f"connect/inst/CallRecordings/2024/03/05/{RID}",
+        f"connect/inst/CallRecordings/2024/03/06/{RID}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("day", "next_day"),
+    [
+        (datetime(2024, 1, 31, 23, 59, tzinfo=UTC), "2024/02/01"),
+        (datetime(2023, 12, 31, 23, 0, tzinfo=UTC), "2024/01/01"),
+        (datetime(2024, 2, 28, 12, 0, tzinfo=UTC), "2024/02/29"),  # leap year
+        (datetime(2024, 2, 29, 12, 0, tzinfo=UTC), "2024/03/01"),
+        (datetime(2023, 2, 28, 12, 0, tzinfo=UTC), "2023/03/01"),
+    ],
+)
+def test_connect_prefixes_roll_over_months_and_years(day: datetime, next_day: str) -> None:
+    keys = keys_for("r1", "a", day, KeyTemplates(), "inst")
+    assert keys.connect_audio_prefixes[0] == f"connect/inst/CallRecordings/{day:%Y/%m/%d}/r1"
+    assert keys.connect_audio_prefixes[1] == f"connect/inst/CallRecordings/{next_day}/r1"
+    assert keys.input_key.startswith(f"{day:%Y/%m/%d}/a/")
+
+
+def test_keys_use_the_utc_day_of_an_aware_date() -> None:
+    local = datetime(2024, 3, 5, 21, 0, tzinfo=timezone(timedelta(hours=-5)))  # 02:00Z on the 6th
+    keys = keys_for("r1", "a", local, KeyTemplates(), "inst")
+    assert keys.input_key == "2024/03/06/a/r1.mp4"
+
+
+def test_custom_templates_and_bad_templates() -> None:
+    templates = KeyTemplates(
+        connect_audio_prefix="audio/{instance}/{recording_id}",
+        input_key="in/{agent_id}/{recording_id}.webm",
+        output_key="out/{yyyy}{mm}{dd}/{recording_id}.{ext}",
+        thumbnail_key="out/{recording_id}.png",
+    )
+    keys = keys_for("r1", "a", datetime(2024, 3, 5, tzinfo=UTC), templates, "i")
+    assert keys.connect_audio_prefixes == ("audio/i/r1",)  # same prefix both days: once
+    assert keys.input_key == "in/a/r1.webm"
+    assert keys.output_key("mp4") == "out/20240305/r1.mp4"
+    assert keys.thumbnail_key == "out/r1.png"
+    with pytest.raises(ConfigError):
+        keys_for("r1", "a", datetime(2024, 3, 5, tzinfo=UTC), KeyTemplates(input_key="{nope}"), "i")
+    with pytest.raises(ValueError, match="extension"):
+        keys.output_key("../mp4")
+
+
+# --- choose_connect_audio --------------------------------------------------------------------
+
+
+def _summary(key: str, minute: int, size: int = 100) -> ObjectSummary:
+    return ObjectSummary(key, size, datetime(2024, 3, 5, 10, minute, tzinfo=UTC))
+
+
+def test_choose_connect_audio_takes_the_newest() -> None:
+    ivr = _summary(f"p/{RID}_20240305T10:00_UTC.wav", 1)
+    agent = _summary(f"p/{RID}_20240305T10:02_UTC.wav", 9)
+    assert choose_connect_audio([agent, ivr]) == agent
+    assert choose_connect_audio([ivr]) == ivr
+
+
+def test_choose_connect_audio_tie_breaks_on_key_and_prefers_wav() -> None:
+    first = _summary(f"p/{RID}_20240305T10:00_UTC.wav", 5)
+    second = _summary(f"p/{RID}_20240305T10:03_UTC.wav", 5)
+    assert choose_connect_audio([second, first]) == second
+    newer_other = _summary(f"p/{RID}_20240305T10:04_UTC.json", 30)
+    assert choose_connect_audio([first, newer_other]) == first
+    assert choose_connect_audio([newer_other]) == newer_other
+
+
+def test_choose_connect_audio_ignores_other_contacts_and_empty_objects() -> None:
+    mine = _summary("p/abc_20240305T10:00_UTC.wav", 1)
+    longer_id = _summary("p/abcd_20240305T10:05_UTC.wav", 9)
+    empty = _summary("p/abc_20240305T10:09_UTC.wav", 20, size=0)
+    assert choose_connect_audio([mine, longer_id, empty], recording_id="abc") == mine
+    with pytest.raises(ConnectAudioNotReady):
+        choose_connect_audio([longer_id], recording_id="abc")
+    with pytest.raises(ConnectAudioNotReady):
+        choose_connect_audio([])
+
+
+# --- RecordingTable on moto ------------------------------------------------------------------
+
+pytest_anyio = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def world(moto_server: str) -> Iterator[AwsEnv]:
+    """One provisioned world for the module; each test gets its own fresh table below."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in aws_base_env(moto_server).items():
+            patch.setenv(name, value)
+        yield provision_world(moto_server)
+
+
+@pytest.fixture
+async def clients(world: AwsEnv) -> AsyncIterator[AwsClients]:
+    async with open_clients(world.settings()) as opened:
+        yield opened
+
+
+@dataclass
+class Db:
+    """A fresh Recording table, the repository under test and boto3 helpers to seed/inspect."""
+
+    table: RecordingTable
+    name: str
+    boto: Any
+
+    def seed(self, recording_id: str = RID, **extra: Any) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "videoID": {"S": recording_id},
+            "agentID": {"S": "agent-42"},
+            "creationDate": {"S": "2024-03-05 10:00:00"},
+            "title": {"S": "backend-owned"},
+            "tags": {"SS": ["a", "b"]},
+            "nested": {"M": {"k": {"N": "1"}}},
+            "isProcessed": {"BOOL": False},
+        }
+        item.update(extra)
+        self.boto.put_item(TableName=self.name, Item=item)
+        return item
+
+    def row(self, recording_id: str = RID) -> dict[str, Any]:
+        response = self.boto.get_item(
+            TableName=self.name, Key={"videoID": {"S": recording_id}}, ConsistentRead=True
+        )
+        item: dict[str, Any] = response.get("Item", {})
+        return item
+
+
+@pytest.fixture
+def db(world: AwsEnv, clients: AwsClients) -> Db:
+    name = f"Recording-{uuid.uuid4().hex[:10]}"
+    boto = world.client("dynamodb")
+    boto.create_table(
+        TableName=name,
+        AttributeDefinitions=[{"AttributeName": "videoID", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "videoID", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return Db(RecordingTable(clients.dynamodb, name), name, boto)
+
+
+@pytest_anyio
+async def test_get_reads_the_row(db: Db) -> None:
+    db.seed(callEndSeconds={"N": "14.5"}, processingStatus={"S": "DONE"})
+    row = await db.table.get(RID)
+    assert row.recording_id == RID
+    assert row.agent_id == "agent-42"
+    assert row.creation_date == datetime(2024, 3, 5, 10, tzinfo=UTC)
+    assert row.status == STATUS_DONE
+    assert row.is_processed is False
+    assert row.call_end_seconds == 14.5
+    assert row.lease_owner is None
+
+
+@pytest_anyio
+async def test_get_missing_row_and_invalid_rows(db: Db) -> None:
+    with pytest.raises(RowNotFound):
+        await db.table.get("nope")
+    db.boto.put_item(TableName=db.name, Item={"videoID": {"S": "no-agent"}})
+    with pytest.raises(InvalidRow, match="agentID"):
+        await db.table.get("no-agent")
+    db.seed("bad-date", creationDate={"S": "05/03/2024"})
+    with pytest.raises(InvalidRow, match="creationDate"):
+        await db.table.get("bad-date")
+    db.seed("slash-agent", agentID={"S": "../etc"})
+    with pytest.raises(InvalidRow, match="agentID"):
+        await db.table.get("slash-agent")
+
+
+@pytest_anyio
+async def test_claim_lease_excludes_a_second_owner(db: Db) -> None:
+    db.seed()
+    await db.table.claim_lease(RID, "worker-a", 300)
+    row = db.row()
+    assert row["leaseOwner"] == {"S": "worker-a"}
+    assert float(row["leaseExpiresAt"]["N"]) > time.time() + 200
+    assert row["processingStatus"] == {"S": STATUS_PROCESSING}
+    assert row["processingAttempts"] == {"N": "1"}
+
+    with pytest.raises(LeaseHeld, match="worker-a"):
+        await db.table.claim_lease(RID, "worker-b", 300)
+    assert db.row()["leaseOwner"] == {"S": "worker-a"}
+    # The owner itself may re-claim (a redelivery to the same worker).
+    await db.table.claim_lease(RID, "worker-a", 300)
+    assert db.row()["processingAttempts"] == {"N": "2"}
+
+
+@pytest_anyio
+async def test_expired_lease_is_taken_over(db: Db) -> None:
+    db.seed(
+        leaseOwner={"S": "dead-worker"},
+        leaseExpiresAt={"N": str(time.time() - 1)},
+        processingAttempts={"N": "3"},
+    )
+    await db.table.claim_lease(RID, "worker-b", 300)
+    row = db.row()
+    assert row["leaseOwner"] == {"S": "worker-b"}
+    assert row["processingAttempts"] == {"N": "4"}
+    with pytest.raises(LeaseHeld):  # the dead worker comes back: its lease is gone
+        await db.table.renew_lease(RID, "dead-worker", 300)
+
+
+@pytest_anyio
+async def test_claim_lease_on_missing_row(db: Db) -> None:
+    with pytest.raises(RowNotFound):
+        await db.table.claim_lease("missing", "worker-a", 300)
+
+
+@pytest_anyio
+async def test_renew_lease_extends_expiry(db: Db) -> None:
+    db.seed()
+    await db.table.claim_lease(RID, "worker-a", 10)
+    first = float(db.row()["leaseExpiresAt"]["N"])
+    await db.table.renew_lease(RID, "worker-a", 1000)
+    assert float(db.row()["leaseExpiresAt"]["N"]) > first + 900
+    assert db.row()["processingAttempts"] == {"N": "1"}  # renewing is not a new attempt
+
+
+@pytest_anyio
+async def test_mark_done_sets_exactly_the_spec_attributes(db: Db) -> None:
+    seeded = db.seed(processingError={"S": "old failure"})
+    await db.table.claim_lease(RID, "worker-a", 300)
+    done = DoneRecord(
+        video_key="2024/03/05/agent-42/r/recording.mp4",
+        thumbnail_key="2024/03/05/agent-42/r/thumbnail.png",
+        media_duration_seconds=61.253,
+        call_end_seconds=14.0,
+        connect_audio_offset_seconds=-0.5,
+    )
+    await db.table.mark_done(RID, "worker-a", done)
+
+    row = db.row()
+    written = {
+        "isProcessed": {"BOOL": True},
+        "processingStatus": {"S": STATUS_DONE},
+        "videoKey": {"S": done.video_key},
+        "thumbnailKey": {"S": done.thumbnail_key},
+        "mediaDurationSeconds": {"N": "61.253"},
+        "callEndSeconds": {"N": "14"},
+        "connectAudioOffsetSeconds": {"N": "-0.5"},
+    }
+    for name, value in written.items():
+        if "N" in value:
+            assert Decimal(row[name]["N"]) == Decimal(value["N"]), name
+        else:
+            assert row[name] == value, name
+    processed_at = row["processedAt"]["S"]
+    assert processed_at.endswith("Z")
+    parsed = datetime.fromisoformat(processed_at)
+    assert abs((datetime.now(UTC) - parsed).total_seconds()) < 3600
+    # Everything else is exactly as the backend left it; lease and old error are gone.
+    untouched = {k: v for k, v in seeded.items() if k not in written and k != "processingError"}
+    for name, value in untouched.items():
+        assert row[name] == value, name
+    expected_names = set(untouched) | set(written) | {"processedAt", "processingAttempts"}
+    assert set(row) == expected_names
+
+
+@pytest_anyio
+async def test_mark_done_without_the_lease_fails(db: Db) -> None:
+    db.seed()
+    await db.table.claim_lease(RID, "worker-a", 300)
+    done = DoneRecord("v", "t", 1.0, 1.0, 0.0)
+    with pytest.raises(LeaseHeld):
+        await db.table.mark_done(RID, "worker-b", done)
+    assert "isProcessed" in db.row() and db.row()["isProcessed"] == {"BOOL": False}
+
+
+@pytest_anyio
+async def test_mark_failed_never_overwrites_done(db: Db) -> None:
+    db.seed()
+    await db.table.claim_lease(RID, "worker-a", 300)
+    await db.table.mark_done(RID, "worker-a", DoneRecord("v", "t", 1.0, 1.0, 0.0))
+    await db.table.mark_failed(RID, "media_invalid: corrupt")
+    row = db.row()
+    assert row["processingStatus"] == {"S": STATUS_DONE}
+    assert "processingError" not in row
+
+
+@pytest_anyio
+async def test_mark_failed_writes_one_short_line(db: Db) -> None:
+    seeded = db.seed()
+    await db.table.claim_lease(RID, "worker-a", 300)
+    await db.table.mark_failed(RID, "bad\nmedia " + "x" * 2000, owner="worker-a")
+    row = db.row()
+    assert row["processingStatus"] == {"S": STATUS_FAILED}
+    error = row["processingError"]["S"]
+    assert "\n" not in error and error.startswith("bad media x") and len(error) <= 500
+    assert "leaseOwner" not in row and "leaseExpiresAt" not in row
+    assert row["title"] == seeded["title"] and row["isProcessed"] == {"BOOL": False}
+
+
+@pytest_anyio
+async def test_mark_failed_respects_another_workers_live_lease(db: Db) -> None:
+    db.seed()
+    await db.table.claim_lease(RID, "worker-a", 300)
+    await db.table.mark_failed(RID, "invalid message seen by worker-b", owner="worker-b")
+    row = db.row()
+    assert row["processingStatus"] == {"S": STATUS_PROCESSING}
+    assert row["leaseOwner"] == {"S": "worker-a"}
+
+
+@pytest_anyio
+async def test_mark_failed_on_missing_row_is_a_no_op(db: Db) -> None:
+    await db.table.mark_failed("missing", "row_not_found")
+    assert db.row("missing") == {}  # and no row was created
+
+
+@pytest_anyio
+async def test_release_lease(db: Db) -> None:
+    db.seed()
+    await db.table.claim_lease(RID, "worker-a", 300)
+    await db.table.release_lease(RID, "worker-b")  # not ours: nothing happens, no error
+    assert db.row()["leaseOwner"] == {"S": "worker-a"}
+    await db.table.release_lease(RID, "worker-a")
+    row = db.row()
+    assert "leaseOwner" not in row and "leaseExpiresAt" not in row
+    assert "processingStatus" not in row
+    assert row["processingAttempts"] == {"N": "1"} and row["title"] == {"S": "backend-owned"}
+    await db.table.claim_lease(RID, "worker-b", 300)  # free for the next worker
+    await db.table.release_lease("missing", "worker-a")  # no row: no error, nothing created
+    assert db.row("missing") == {}
+
+
+@pytest_anyio
+async def test_release_lease_keeps_a_previous_done(db: Db) -> None:
+    db.seed(processingStatus={"S": STATUS_DONE}, leaseOwner={"S": "worker-a"})
+    await db.table.release_lease(RID, "worker-a")
+    row = db.row()
+    assert row["processingStatus"] == {"S": STATUS_DONE}
+    assert "leaseOwner" not in row

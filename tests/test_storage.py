@@ -1,0 +1,292 @@
+"""ObjectStore against a real moto server: listing, streamed/ranged downloads, uploads."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import subprocess
+import zlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.fixtures_aws import AwsEnv
+from worker.aws import AwsClients, open_clients
+from worker.errors import AwsUnavailable, ScratchFull
+from worker.observability import BYTES_TRANSFERRED
+from worker.storage import MIB, ObjectNotFound, ObjectStore
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def clients(aws: AwsEnv) -> AsyncIterator[AwsClients]:
+    async with open_clients(aws.settings()) as opened:
+        yield opened
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _crc32_b64(data: bytes) -> bytes:
+    return zlib.crc32(data).to_bytes(4, "big")
+
+
+def _transferred(direction: str) -> float:
+    return BYTES_TRANSFERRED.labels(direction=direction)._value.get()
+
+
+def _record_calls(client: Any, operation: str) -> list[dict[str, Any]]:
+    """Record the parameters of every ``operation`` call the real client makes."""
+    seen: list[dict[str, Any]] = []
+
+    def hook(params: dict[str, Any], **_: Any) -> None:
+        seen.append(dict(params))
+
+    client.meta.events.register(f"provide-client-params.s3.{operation}", hook)
+    return seen
+
+
+async def test_list_prefix_paginates_and_filters(aws: AwsEnv, clients: AwsClients) -> None:
+    s3 = aws.client("s3")
+    wanted = [f"connect/x/2024/01/02/rec-{i:02d}_x.wav" for i in range(7)]
+    for index, key in enumerate(wanted):
+        s3.put_object(Bucket=aws.ac_audio_bucket, Key=key, Body=b"a" * (index + 1))
+    s3.put_object(Bucket=aws.ac_audio_bucket, Key="connect/x/2024/01/03/other.wav", Body=b"b")
+    calls = _record_calls(clients.s3, "ListObjectsV2")
+
+    found = await ObjectStore(clients.s3).list_prefix(
+        aws.ac_audio_bucket, "connect/x/2024/01/02/", page_size=3
+    )
+
+    assert [o.key for o in found] == wanted
+    assert [o.size for o in found] == list(range(1, 8))
+    assert all(o.last_modified.tzinfo is not None for o in found)
+    assert len(calls) == 3  # 3 + 3 + 1: every page was followed
+    assert await ObjectStore(clients.s3).list_prefix(aws.ac_audio_bucket, "nothing/") == []
+
+
+async def test_download_small_object(aws: AwsEnv, clients: AwsClients, tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    aws.client("s3").put_object(Bucket=aws.input_bucket, Key="a/b.mp4", Body=data)
+    before = _transferred("download")
+    destination = tmp_path / "b.mp4"
+
+    size = await ObjectStore(clients.s3).download(aws.input_bucket, "a/b.mp4", destination)
+
+    assert size == len(data)
+    assert destination.read_bytes() == data
+    assert _transferred("download") - before == len(data)
+
+
+async def test_download_empty_object(aws: AwsEnv, clients: AwsClients, tmp_path: Path) -> None:
+    aws.client("s3").put_object(Bucket=aws.input_bucket, Key="empty", Body=b"")
+    destination = tmp_path / "empty"
+    assert await ObjectStore(clients.s3).download(aws.input_bucket, "empty", destination) == 0
+    assert destination.read_bytes() == b""
+
+
+async def test_large_download_uses_parallel_ranges(
+    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+) -> None:
+    data = os.urandom(12 * MIB + 12345)
+    aws.client("s3").put_object(Bucket=aws.input_bucket, Key="big.webm", Body=data)
+    calls = _record_calls(clients.s3, "GetObject")
+    destination = tmp_path / "big.webm"
+
+    store = ObjectStore(clients.s3, part_size=5 * MIB, max_concurrency=3)
+    size = await store.download(aws.input_bucket, "big.webm", destination)
+
+    assert size == len(data)
+    assert _sha(destination.read_bytes()) == _sha(data)
+    ranges = sorted(call["Range"] for call in calls)
+    assert ranges == sorted(
+        [
+            f"bytes=0-{5 * MIB - 1}",
+            f"bytes={5 * MIB}-{10 * MIB - 1}",
+            f"bytes={10 * MIB}-{len(data) - 1}",
+        ]
+    )
+    assert all(call.get("IfMatch") for call in calls)  # pinned to one version of the object
+
+
+async def test_download_missing_key_raises_object_not_found(
+    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+) -> None:
+    destination = tmp_path / "missing.mp4"
+    with pytest.raises(ObjectNotFound) as caught:
+        await ObjectStore(clients.s3).download(aws.input_bucket, "no/such.mp4", destination)
+    assert caught.value.key == "no/such.mp4"
+    assert not destination.exists()
+    with pytest.raises(ObjectNotFound):
+        await ObjectStore(clients.s3).download("no-such-bucket-xyz", "k", destination)
+
+
+async def test_download_over_scratch_cap_raises_before_writing(
+    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+) -> None:
+    aws.client("s3").put_object(Bucket=aws.input_bucket, Key="k", Body=b"x" * 5000)
+    destination = tmp_path / "k"
+    store = ObjectStore(clients.s3, scratch_max_bytes=4999)
+    with pytest.raises(ScratchFull):
+        await store.download(aws.input_bucket, "k", destination)
+    assert not destination.exists()
+    # At the cap exactly it fits.
+    assert await ObjectStore(clients.s3, scratch_max_bytes=5000).download(
+        aws.input_bucket, "k", destination
+    )
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a real full disk (needs root; skipped where mounting is not allowed)."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+async def test_download_to_full_disk_raises_scratch_full(
+    aws: AwsEnv, clients: AwsClients, tiny_tmpfs: Path
+) -> None:
+    aws.client("s3").put_object(Bucket=aws.input_bucket, Key="k", Body=os.urandom(2 * MIB))
+    with pytest.raises(ScratchFull):
+        await ObjectStore(clients.s3).download(aws.input_bucket, "k", tiny_tmpfs / "k")
+    assert list(tiny_tmpfs.iterdir()) == []
+
+
+async def test_small_upload_has_content_type_and_crc32(
+    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+) -> None:
+    data = os.urandom(100_000)
+    source = tmp_path / "thumbnail.png"
+    source.write_bytes(data)
+    before = _transferred("upload")
+
+    size = await ObjectStore(clients.s3).upload(
+        source, aws.output_bucket, "o/thumbnail.png", content_type="image/png"
+    )
+
+    assert size == len(data)
+    assert _transferred("upload") - before == len(data)
+    s3 = aws.client("s3")
+    head = s3.head_object(Bucket=aws.output_bucket, Key="o/thumbnail.png", ChecksumMode="ENABLED")
+    assert head["ContentType"] == "image/png"
+    assert base64.b64decode(head["ChecksumCRC32"]) == _crc32_b64(data)
+    body = s3.get_object(Bucket=aws.output_bucket, Key="o/thumbnail.png")["Body"].read()
+    assert body == data
+
+
+async def test_multipart_upload_above_part_size(
+    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+) -> None:
+    data = os.urandom(11 * MIB + 777)
+    source = tmp_path / "recording.mp4"
+    source.write_bytes(data)
+    calls = _record_calls(clients.s3, "UploadPart")
+
+    store = ObjectStore(clients.s3, part_size=5 * MIB, max_concurrency=2)
+    size = await store.upload(
+        source, aws.output_bucket, "o/recording.mp4", content_type="video/mp4"
+    )
+
+    assert size == len(data)
+    assert sorted(call["PartNumber"] for call in calls) == [1, 2, 3]
+    s3 = aws.client("s3")
+    head = s3.head_object(Bucket=aws.output_bucket, Key="o/recording.mp4", ChecksumMode="ENABLED")
+    assert head["ContentType"] == "video/mp4"
+    assert head["ContentLength"] == len(data)
+    attributes = s3.get_object_attributes(
+        Bucket=aws.output_bucket, Key="o/recording.mp4", ObjectAttributes=["Checksum"]
+    )
+    # A multipart CRC32 is the CRC32 of the parts' CRC32s (S3's COMPOSITE checksum).
+    parts = [data[i : i + 5 * MIB] for i in range(0, len(data), 5 * MIB)]
+    composite = zlib.crc32(b"".join(_crc32_b64(p) for p in parts)).to_bytes(4, "big")
+    checksum = attributes["Checksum"]["ChecksumCRC32"].split("-")[0]
+    assert base64.b64decode(checksum) == composite
+    body = s3.get_object(Bucket=aws.output_bucket, Key="o/recording.mp4")["Body"].read()
+    assert _sha(body) == _sha(data)
+    assert s3.list_multipart_uploads(Bucket=aws.output_bucket).get("Uploads", []) == []
+
+
+async def test_failed_multipart_upload_is_aborted(
+    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+) -> None:
+    source = tmp_path / "recording.mp4"
+    source.write_bytes(os.urandom(11 * MIB))
+
+    def fail_part_two(params: dict[str, Any], **_: Any) -> None:
+        if params["PartNumber"] == 2:
+            raise ConnectionResetError("injected: connection reset while sending part 2")
+
+    clients.s3.meta.events.register("provide-client-params.s3.UploadPart", fail_part_two)
+    store = ObjectStore(clients.s3, part_size=5 * MIB, max_concurrency=1)
+    with pytest.raises(AwsUnavailable, match="ConnectionResetError"):
+        await store.upload(source, aws.output_bucket, "o/failed.mp4", content_type="video/mp4")
+
+    s3 = aws.client("s3")
+    assert s3.list_multipart_uploads(Bucket=aws.output_bucket).get("Uploads", []) == []
+    assert s3.list_objects_v2(Bucket=aws.output_bucket).get("KeyCount", 0) == 0
+
+
+async def test_cancelled_multipart_upload_is_aborted(
+    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+) -> None:
+    source = tmp_path / "recording.mp4"
+    source.write_bytes(os.urandom(11 * MIB))
+    store = ObjectStore(clients.s3, part_size=5 * MIB, max_concurrency=1)
+
+    with anyio.CancelScope() as scope:
+
+        def cancel_at_part_two(params: dict[str, Any], **_: Any) -> None:
+            if params["PartNumber"] == 2:
+                scope.cancel()  # as a SIGTERM past the grace period would
+
+        clients.s3.meta.events.register("provide-client-params.s3.UploadPart", cancel_at_part_two)
+        await store.upload(source, aws.output_bucket, "o/cancel.mp4", content_type="video/mp4")
+    assert scope.cancelled_caught
+
+    s3 = aws.client("s3")
+    assert s3.list_multipart_uploads(Bucket=aws.output_bucket).get("Uploads", []) == []
+    assert s3.list_objects_v2(Bucket=aws.output_bucket).get("KeyCount", 0) == 0
+
+
+async def test_cancelled_download_leaves_no_partial_file(
+    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+) -> None:
+    aws.client("s3").put_object(Bucket=aws.input_bucket, Key="big", Body=os.urandom(11 * MIB))
+    destination = tmp_path / "big"
+    store = ObjectStore(clients.s3, part_size=5 * MIB, max_concurrency=1)
+    with anyio.CancelScope() as scope:
+        ranges_seen: list[str] = []
+
+        def cancel_on_second_range(params: dict[str, Any], **_: Any) -> None:
+            ranges_seen.append(params.get("Range", ""))
+            if len(ranges_seen) == 2:
+                scope.cancel()
+
+        clients.s3.meta.events.register(
+            "provide-client-params.s3.GetObject", cancel_on_second_range
+        )
+        await store.download(aws.input_bucket, "big", destination)
+    assert scope.cancelled_caught
+    assert not destination.exists()
+
+
+def test_part_size_below_s3_minimum_is_rejected() -> None:
+    with pytest.raises(ValueError, match="part_size"):
+        ObjectStore(object(), part_size=MIB)

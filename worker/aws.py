@@ -1,0 +1,148 @@
+"""AWS clients (aiobotocore) and the one place that turns SDK errors into worker errors.
+
+Endpoint, region and credentials come from the SDK's standard configuration (SPEC §3):
+``AWS_ENDPOINT_URL`` is honoured by botocore itself (>= 1.31), credentials by its chain.
+``AWS_REGION`` is read here because botocore only looks at ``AWS_DEFAULT_REGION``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from worker.config import Settings
+from worker.errors import AwsUnavailable, WorkerError
+
+# Generous per-request timeouts: a read timeout is per socket read, not per transfer, so long
+# streaming downloads are not cut; a silent connection still fails within a minute.
+CONNECT_TIMEOUT_SECONDS = 5
+READ_TIMEOUT_SECONDS = 60
+
+
+@dataclass
+class AwsClients:
+    """The three service clients one worker process shares."""
+
+    s3: Any
+    sqs: Any
+    dynamodb: Any
+
+
+def client_config(settings: Settings) -> AioConfig:
+    """The botocore configuration every client uses.
+
+    The connection pool must cover every request that can be open at once: each job slot can
+    run a receive-independent heartbeat and row update plus S3 transfers.
+    """
+    pool = max(10, 2 * settings.worker_concurrency + settings.s3_max_concurrency * 2)
+    return AioConfig(
+        # total_max_attempts counts the first try (botocore's "max_attempts" would not), which
+        # is what AWS_MAX_ATTEMPTS means in every SDK.
+        retries={"total_max_attempts": settings.aws_max_attempts, "mode": "standard"},
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=READ_TIMEOUT_SECONDS,
+        max_pool_connections=pool,
+    )
+
+
+def region_name(session: AioSession) -> str | None:
+    """The region from ``AWS_REGION`` (SPEC §3), else the SDK's own resolution."""
+    region = os.environ.get("AWS_REGION", "").strip()
+    if region:
+        return region
+    configured = session.get_config_variable("region")
+    return str(configured) if configured else None
+
+
+@asynccontextmanager
+async def open_clients(settings: Settings) -> AsyncIterator[AwsClients]:
+    """Open S3, SQS and DynamoDB clients on one session; closed when the context exits."""
+    session = get_session()
+    config = client_config(settings)
+    region = region_name(session)
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                session.create_client(service, region_name=region, config=config)
+            )
+            for service in ("s3", "sqs", "dynamodb")
+        ]
+        yield AwsClients(s3=clients[0], sqs=clients[1], dynamodb=clients[2])
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+# Everything the SDK or its HTTP layer raises for "the service could not be reached / answered
+# badly". TimeoutError covers anyio/asyncio timeouts; ConnectionError covers resets.
+AWS_ERRORS: tuple[type[BaseException], ...] = (
+    BotoCoreError,
+    ClientError,
+    aiohttp.ClientError,
+    TimeoutError,
+    ConnectionError,
+)
+
+_URL = re.compile(r"""["']?\b[a-z][a-z0-9+.-]*://[^\s"']+["']?""", re.IGNORECASE)
+_MAX_MESSAGE = 300
+
+
+def error_code(error: BaseException) -> str:
+    """The AWS error code of a ``ClientError`` ("" for anything else)."""
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code", "") or "")
+    return ""
+
+
+def http_status(error: BaseException) -> int | None:
+    """The HTTP status of a ``ClientError`` response, when known."""
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return int(status) if status is not None else None
+    return None
+
+
+def _scrub(text: str) -> str:
+    # URLs can carry presigned query strings or internal endpoints: never let them out.
+    one_line = " ".join(_URL.sub("<url>", text).split())
+    return one_line[:_MAX_MESSAGE]
+
+
+def translate(error: BaseException) -> WorkerError:
+    """Turn an SDK/network error into :class:`AwsUnavailable` (transient) with one line.
+
+    The message is ``"<Operation>: <Code>: <Message>"`` for service errors, and
+    ``"<ErrorType>: <detail>"`` for connection problems; URLs and signatures are removed.
+    Worker errors pass through unchanged. Missing objects/rows are not special-cased here:
+    the adapters check for them before calling this.
+    """
+    if isinstance(error, WorkerError):
+        return error
+    if isinstance(error, ClientError):
+        info = error.response.get("Error", {})
+        code = str(info.get("Code") or http_status(error) or "Unknown")
+        message = str(info.get("Message") or "").strip()
+        operation = getattr(error, "operation_name", None) or "AWS"
+        text = f"{operation}: {code}: {message}" if message else f"{operation}: {code}"
+        return AwsUnavailable(_scrub(text))
+    detail = str(error).strip() or "no detail"
+    return AwsUnavailable(_scrub(f"{type(error).__name__}: {detail}"))
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Re-raise SDK/network errors inside the block as :class:`AwsUnavailable`."""
+    try:
+        yield
+    except WorkerError:
+        raise
+    except AWS_ERRORS as error:
+        raise translate(error) from error

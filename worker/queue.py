@@ -1,0 +1,194 @@
+"""The SQS job queue and its dead-letter queue (SPEC §6)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from worker.aws import AWS_ERRORS, error_code, translate
+from worker.config import SQS_MAX_VISIBILITY_SECONDS
+from worker.errors import ConfigError, JobError, TransientError
+
+MAX_BATCH = 10
+MAX_WAIT_SECONDS = 20
+MAX_ERROR_MESSAGE_CHARS = 256
+# Codes SQS uses when a receipt handle no longer refers to an in-flight message (deleted,
+# visibility already expired and redelivered, or garbage).
+_RECEIPT_CODES = {
+    "ReceiptHandleIsInvalid",
+    "InvalidReceiptHandle",
+    "AWS.SimpleQueueService.ReceiptHandleIsInvalid",
+    "MessageNotInflight",
+    "AWS.SimpleQueueService.MessageNotInflight",
+}
+
+
+class ReceiptHandleInvalid(TransientError):
+    """The message is no longer ours: its receipt handle expired or it was redelivered."""
+
+    reason = "receipt_handle_invalid"
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """One message as received (the receipt handle identifies this delivery)."""
+
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+    sent_timestamp_ms: int | None
+
+
+def _int_or_none(raw: Any) -> int | None:
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_receipt_error(error: BaseException) -> bool:
+    code = error_code(error)
+    if code in _RECEIPT_CODES:
+        return True
+    # SQS reports an expired handle as InvalidParameterValue with this wording.
+    message = str(getattr(error, "response", {}).get("Error", {}).get("Message", "")).lower()
+    return code == "InvalidParameterValue" and "receipt handle" in message
+
+
+def _attribute(value: str, data_type: str = "String") -> dict[str, str]:
+    return {"DataType": data_type, "StringValue": value}
+
+
+class JobQueue:
+    """Receive, heartbeat, acknowledge and dead-letter job messages."""
+
+    def __init__(self, sqs_client: Any, queue_url: str, dlq_url: str | None) -> None:
+        self._sqs = sqs_client
+        self.queue_url = queue_url
+        self._dlq_url = dlq_url
+
+    async def resolve_dlq_url(self) -> str:
+        """``DLQ_URL`` if configured, else the queue's RedrivePolicy target (cached).
+
+        Raises :class:`ConfigError` when neither gives a DLQ.
+        """
+        if self._dlq_url:
+            return self._dlq_url
+        try:
+            response = await self._sqs.get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=["RedrivePolicy"]
+            )
+            policy = response.get("Attributes", {}).get("RedrivePolicy")
+            if not policy:
+                raise ConfigError(
+                    "DLQ_URL is not set and the queue has no RedrivePolicy to find the DLQ"
+                )
+            try:
+                arn = str(json.loads(policy)["deadLetterTargetArn"])
+            except (ValueError, KeyError, TypeError):
+                raise ConfigError("the queue's RedrivePolicy has no deadLetterTargetArn") from None
+            # arn:aws:sqs:<region>:<account>:<name>
+            parts = arn.split(":")
+            if len(parts) < 6:
+                raise ConfigError(f"the queue's dead-letter target {arn!r} is not an SQS ARN")
+            resolved = await self._sqs.get_queue_url(
+                QueueName=parts[5], QueueOwnerAWSAccountId=parts[4]
+            )
+        except AWS_ERRORS as error:
+            raise translate(error) from error
+        self._dlq_url = str(resolved["QueueUrl"])
+        return self._dlq_url
+
+    async def receive(self, max_messages: int, wait_seconds: int = 20) -> list[ReceivedMessage]:
+        """Long-poll for up to ``max_messages`` (clamped to 1..10) messages."""
+        try:
+            response = await self._sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=max(1, min(MAX_BATCH, max_messages)),
+                WaitTimeSeconds=max(0, min(MAX_WAIT_SECONDS, wait_seconds)),
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                MessageAttributeNames=["All"],
+            )
+        except AWS_ERRORS as error:
+            raise translate(error) from error
+        messages = []
+        for raw in response.get("Messages", []):
+            attributes = raw.get("Attributes", {})
+            messages.append(
+                ReceivedMessage(
+                    message_id=raw["MessageId"],
+                    receipt_handle=raw["ReceiptHandle"],
+                    body=raw.get("Body", ""),
+                    receive_count=_int_or_none(attributes.get("ApproximateReceiveCount")) or 1,
+                    sent_timestamp_ms=_int_or_none(attributes.get("SentTimestamp")),
+                )
+            )
+        return messages
+
+    async def change_visibility(self, message: ReceivedMessage, seconds: int) -> None:
+        """Set the message's visibility timeout from now (heartbeat, backoff, or 0 = release).
+
+        Raises :class:`ReceiptHandleInvalid` when the delivery is no longer ours.
+        """
+        seconds = max(0, min(SQS_MAX_VISIBILITY_SECONDS, int(seconds)))
+        try:
+            await self._sqs.change_message_visibility(
+                QueueUrl=self.queue_url,
+                ReceiptHandle=message.receipt_handle,
+                VisibilityTimeout=seconds,
+            )
+        except AWS_ERRORS as error:
+            if _is_receipt_error(error):
+                raise ReceiptHandleInvalid(
+                    f"message {message.message_id}: receipt handle no longer valid"
+                ) from None
+            raise translate(error) from error
+
+    async def delete(self, message: ReceivedMessage) -> None:
+        """Acknowledge the message. :class:`ReceiptHandleInvalid` if the delivery expired."""
+        try:
+            await self._sqs.delete_message(
+                QueueUrl=self.queue_url, ReceiptHandle=message.receipt_handle
+            )
+        except AWS_ERRORS as error:
+            if _is_receipt_error(error):
+                raise ReceiptHandleInvalid(
+                    f"message {message.message_id}: receipt handle no longer valid"
+                ) from None
+            raise translate(error) from error
+
+    async def dead_letter(self, message: ReceivedMessage, error: JobError) -> None:
+        """Send the original body to the DLQ with attributes saying why (SPEC §6).
+
+        The caller deletes the message from the queue afterwards.
+        """
+        dlq_url = await self.resolve_dlq_url()
+        failed_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        text = " ".join(str(error).split()) or type(error).__name__
+        attributes = {
+            "errorClass": _attribute(type(error).__name__),
+            "errorReason": _attribute(str(getattr(error, "reason", "error"))),
+            "errorMessage": _attribute(text[:MAX_ERROR_MESSAGE_CHARS]),
+            "receiveCount": _attribute(str(message.receive_count), "Number"),
+            "originalMessageId": _attribute(message.message_id),
+            "failedAt": _attribute(failed_at),
+        }
+        try:
+            await self._sqs.send_message(
+                QueueUrl=dlq_url, MessageBody=message.body, MessageAttributes=attributes
+            )
+        except AWS_ERRORS as error_:
+            raise translate(error_) from error_
+
+    async def send(self, body: str, *, queue_url: str | None = None) -> str:
+        """Enqueue ``body`` (on this queue, or ``queue_url``); return the message id."""
+        try:
+            response = await self._sqs.send_message(
+                QueueUrl=queue_url or self.queue_url, MessageBody=body
+            )
+        except AWS_ERRORS as error:
+            raise translate(error) from error
+        return str(response["MessageId"])

@@ -1,0 +1,425 @@
+"""The Recording row (SPEC §4), the S3 key layout (SPEC §5) and the DynamoDB repository.
+
+The backend owns the row: this module never puts a whole item. Every write is an UpdateItem
+that names exactly the attributes it sets or removes, guarded by a condition expression, so
+attributes the worker does not know about are never touched.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from worker.aws import AWS_ERRORS, error_code, translate
+from worker.config import KeyTemplates
+from worker.errors import ConfigError, ConnectAudioNotReady, InvalidRow, LeaseHeld, RowNotFound
+from worker.storage import ObjectSummary
+
+log = structlog.get_logger(__name__)
+
+STATUS_PROCESSING, STATUS_DONE, STATUS_FAILED = "PROCESSING", "DONE", "FAILED"
+
+PARTITION_KEY = "videoID"
+MAX_ERROR_CHARS = 500
+_LEGACY_FORMAT = "%Y-%m-%d %H:%M:%S"
+_CONDITION_FAILED = "ConditionalCheckFailedException"
+# agentID becomes an S3 key segment: one path segment, printable, no traversal.
+_AGENT_ID = re.compile(r"^[^/\x00-\x1f\x7f]{1,256}$")
+_EXTENSION = re.compile(r"^[A-Za-z0-9]{1,10}$")
+
+
+@dataclass(frozen=True)
+class RecordingRow:
+    """What the worker reads from a Recording row."""
+
+    recording_id: str
+    agent_id: str
+    creation_date: datetime
+    status: str | None
+    is_processed: bool
+    call_end_seconds: float | None
+    lease_owner: str | None
+    lease_expires_at: float | None
+
+
+def parse_creation_date(text: str) -> datetime:
+    """Parse ``creationDate``: ``yyyy-MM-dd HH:mm:ss`` (UTC) or ISO 8601; result is UTC-aware.
+
+    Naive ISO values are taken as UTC (the backend writes UTC); aware ones are converted.
+    Raises :class:`InvalidRow` for anything else.
+    """
+    value = text.strip() if isinstance(text, str) else ""
+    if not value:
+        raise InvalidRow("creationDate is empty")
+    try:
+        parsed = datetime.strptime(value, _LEGACY_FORMAT)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidRow(f"creationDate {value[:64]!r} is not a date") from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+# --- key layout ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordingKeys:
+    """Where one recording's objects live (SPEC §5)."""
+
+    connect_audio_prefixes: tuple[str, ...]
+    input_key: str
+    output_key_template: str
+    thumbnail_key: str
+
+    def output_key(self, extension: str) -> str:
+        """The output key for a container extension such as ``mp4`` or ``webm``."""
+        if not _EXTENSION.match(extension):
+            raise ValueError(f"invalid output extension {extension!r}")
+        return self.output_key_template.replace("{ext}", extension)
+
+
+def _fill(template: str, values: Mapping[str, str], name: str) -> str:
+    try:
+        return template.format_map(values)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ConfigError(f"key template {name} {template!r} is invalid: {error}") from None
+
+
+def keys_for(
+    recording_id: str,
+    agent_id: str,
+    creation_date: datetime,
+    templates: KeyTemplates,
+    instance_alias: str,
+) -> RecordingKeys:
+    """The S3 keys of a recording (pure).
+
+    Connect audio prefixes cover the ``creationDate`` day and the next day (UTC): a call that
+    crosses midnight is filed under the day it ended.
+    """
+    day = creation_date.astimezone(UTC) if creation_date.tzinfo else creation_date
+
+    def values(when: datetime) -> dict[str, str]:
+        return {
+            "yyyy": f"{when.year:04d}",
+            "mm": f"{when.month:02d}",
+            "dd": f"{when.day:02d}",
+            "agent_id": agent_id,
+            "recording_id": recording_id,
+            "instance": instance_alias,
+            # Kept as a placeholder: the extension is known only after probing the video.
+            "ext": "{ext}",
+        }
+
+    today = values(day)
+    prefixes = tuple(
+        dict.fromkeys(
+            _fill(templates.connect_audio_prefix, values(when), "CONNECT_AUDIO_PREFIX_TEMPLATE")
+            for when in (day, day + timedelta(days=1))
+        )
+    )
+    return RecordingKeys(
+        connect_audio_prefixes=prefixes,
+        input_key=_fill(templates.input_key, today, "INPUT_KEY_TEMPLATE"),
+        output_key_template=_fill(templates.output_key, today, "OUTPUT_KEY_TEMPLATE"),
+        thumbnail_key=_fill(templates.thumbnail_key, today, "THUMBNAIL_KEY_TEMPLATE"),
+    )
+
+
+def _belongs_to(key: str, recording_id: str) -> bool:
+    # A prefix search for "abc" also returns "abcd_...wav": keep keys where the id is not
+    # immediately followed by another id character.
+    index = key.rfind(recording_id)
+    if index < 0:
+        return False
+    following = key[index + len(recording_id) : index + len(recording_id) + 1]
+    return not (following.isalnum() or following == "-")
+
+
+def choose_connect_audio(
+    candidates: Sequence[ObjectSummary], *, recording_id: str | None = None
+) -> ObjectSummary:
+    """Pick the Connect recording among prefix-search results (pure).
+
+    ``.wav`` keys are preferred (Connect writes WAV); among them the newest by
+    ``last_modified`` wins, ties broken by key order (Connect keys embed the start time).
+    With ``recording_id``, keys of other contacts whose id merely starts with it are ignored.
+    Raises :class:`ConnectAudioNotReady` when nothing is left.
+    """
+    pool = [c for c in candidates if c.size > 0]
+    if recording_id is not None:
+        pool = [c for c in pool if _belongs_to(c.key, recording_id)]
+    if not pool:
+        raise ConnectAudioNotReady("no Connect recording found under the expected prefixes")
+    wavs = [c for c in pool if c.key.lower().endswith(".wav")]
+    return max(wavs or pool, key=lambda c: (c.last_modified, c.key))
+
+
+# --- DynamoDB --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DoneRecord:
+    """What a successful job writes to the row (SPEC §4)."""
+
+    video_key: str
+    thumbnail_key: str
+    media_duration_seconds: float
+    call_end_seconds: float
+    connect_audio_offset_seconds: float
+
+
+def _number(value: float) -> dict[str, str]:
+    # DynamoDB numbers travel as decimal strings; repr() round-trips a float exactly and
+    # Decimal normalises forms like 1e-05 that DynamoDB would still accept, but keep it plain.
+    return {"N": format(Decimal(repr(float(value))), "f")}
+
+
+def _string(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _read_number(attribute: Mapping[str, Any] | None) -> float | None:
+    if not attribute:
+        return None
+    raw = attribute.get("N", attribute.get("S"))
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_string(attribute: Mapping[str, Any] | None) -> str | None:
+    if not attribute:
+        return None
+    value = attribute.get("S")
+    return str(value) if value is not None else None
+
+
+def _read_bool(attribute: Mapping[str, Any] | None) -> bool:
+    # The backend writes a BOOL; tolerate the number/string spellings older writers used.
+    if not attribute:
+        return False
+    if "BOOL" in attribute:
+        return bool(attribute["BOOL"])
+    if "N" in attribute:
+        return str(attribute["N"]) not in ("0", "0.0")
+    if "S" in attribute:
+        return str(attribute["S"]).strip().lower() == "true"
+    return False
+
+
+def one_line(text: str, limit: int) -> str:
+    """Collapse whitespace to one line and cut to ``limit`` characters."""
+    collapsed = " ".join(text.split())
+    return collapsed if len(collapsed) <= limit else collapsed[: limit - 1] + "…"
+
+
+def _utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class RecordingTable:
+    """Reads and conditional updates of Recording rows."""
+
+    def __init__(self, dynamodb_client: Any, table_name: str) -> None:
+        self._db = dynamodb_client
+        self.table_name = table_name
+
+    def _key(self, recording_id: str) -> dict[str, dict[str, str]]:
+        return {PARTITION_KEY: _string(recording_id)}
+
+    async def _update(self, recording_id: str, **kwargs: Any) -> bool:
+        """Run one UpdateItem; False when its condition failed, AwsUnavailable on errors."""
+        try:
+            await self._db.update_item(
+                TableName=self.table_name, Key=self._key(recording_id), **kwargs
+            )
+        except AWS_ERRORS as error:
+            if error_code(error) == _CONDITION_FAILED:
+                return False
+            raise translate(error) from error
+        return True
+
+    async def _raw(self, recording_id: str) -> dict[str, Any] | None:
+        try:
+            response = await self._db.get_item(
+                TableName=self.table_name, Key=self._key(recording_id), ConsistentRead=True
+            )
+        except AWS_ERRORS as error:
+            raise translate(error) from error
+        item: dict[str, Any] | None = response.get("Item")
+        return item
+
+    async def get(self, recording_id: str) -> RecordingRow:
+        """Read the row (strongly consistent).
+
+        Raises :class:`RowNotFound` when absent, :class:`InvalidRow` when ``agentID`` is
+        missing or unusable in a key, or ``creationDate`` is missing or malformed.
+        """
+        item = await self._raw(recording_id)
+        if item is None:
+            raise RowNotFound(f"no row for recording {recording_id} in {self.table_name}")
+        agent_id = _read_string(item.get("agentID"))
+        if agent_id is None or not agent_id.strip():
+            raise InvalidRow(f"row {recording_id} has no agentID")
+        if not _AGENT_ID.match(agent_id) or agent_id in (".", ".."):
+            raise InvalidRow(f"row {recording_id} has an agentID unusable in an S3 key")
+        created = _read_string(item.get("creationDate"))
+        if created is None:
+            raise InvalidRow(f"row {recording_id} has no creationDate")
+        return RecordingRow(
+            recording_id=recording_id,
+            agent_id=agent_id,
+            creation_date=parse_creation_date(created),
+            status=_read_string(item.get("processingStatus")),
+            is_processed=_read_bool(item.get("isProcessed")),
+            call_end_seconds=_read_number(item.get("callEndSeconds")),
+            lease_owner=_read_string(item.get("leaseOwner")),
+            lease_expires_at=_read_number(item.get("leaseExpiresAt")),
+        )
+
+    async def claim_lease(self, recording_id: str, owner: str, lease_seconds: int) -> None:
+        """Take the recording's lease (or renew our own), mark it PROCESSING, count the attempt.
+
+        Raises :class:`LeaseHeld` while another owner's lease is live, :class:`RowNotFound`
+        if the row is gone.
+        """
+        now = time.time()
+        ok = await self._update(
+            recording_id,
+            UpdateExpression=(
+                "SET leaseOwner = :me, leaseExpiresAt = :expires, processingStatus = :processing "
+                "ADD processingAttempts :one"
+            ),
+            ConditionExpression=(
+                "attribute_exists(videoID) AND (attribute_not_exists(leaseOwner) "
+                "OR leaseExpiresAt < :now OR leaseOwner = :me)"
+            ),
+            ExpressionAttributeValues={
+                ":me": _string(owner),
+                ":expires": _number(round(now + lease_seconds, 3)),
+                ":processing": _string(STATUS_PROCESSING),
+                ":one": {"N": "1"},
+                ":now": _number(round(now, 3)),
+            },
+        )
+        if not ok:
+            await self._raise_lease_lost(recording_id, owner)
+
+    async def renew_lease(self, recording_id: str, owner: str, lease_seconds: int) -> None:
+        """Extend our lease; :class:`LeaseHeld` if another owner took it over."""
+        now = time.time()
+        ok = await self._update(
+            recording_id,
+            UpdateExpression="SET leaseExpiresAt = :expires",
+            ConditionExpression="leaseOwner = :me",
+            ExpressionAttributeValues={
+                ":me": _string(owner),
+                ":expires": _number(round(now + lease_seconds, 3)),
+            },
+        )
+        if not ok:
+            await self._raise_lease_lost(recording_id, owner)
+
+    async def _raise_lease_lost(self, recording_id: str, owner: str) -> None:
+        item = await self._raw(recording_id)
+        if item is None:
+            raise RowNotFound(f"no row for recording {recording_id} in {self.table_name}")
+        holder = _read_string(item.get("leaseOwner")) or "nobody"
+        raise LeaseHeld(f"recording {recording_id} is leased by {holder}, not {owner}")
+
+    async def release_lease(self, recording_id: str, owner: str) -> None:
+        """Give our lease up (job retried or cancelled); a no-op if we no longer hold it.
+
+        ``processingStatus`` PROCESSING is removed with it (nothing is processing any more);
+        any other status (DONE of an earlier run, FAILED) is left as it is.
+        """
+        values = {":me": _string(owner), ":processing": _string(STATUS_PROCESSING)}
+        if await self._update(
+            recording_id,
+            UpdateExpression="REMOVE leaseOwner, leaseExpiresAt, processingStatus",
+            ConditionExpression="leaseOwner = :me AND processingStatus = :processing",
+            ExpressionAttributeValues=values,
+        ):
+            return
+        await self._update(
+            recording_id,
+            UpdateExpression="REMOVE leaseOwner, leaseExpiresAt",
+            ConditionExpression="leaseOwner = :me",
+            ExpressionAttributeValues={":me": values[":me"]},
+        )
+
+    async def mark_done(self, recording_id: str, owner: str, done: DoneRecord) -> None:
+        """Record success (SPEC §4) and drop the lease; :class:`LeaseHeld` if we lost it."""
+        ok = await self._update(
+            recording_id,
+            UpdateExpression=(
+                "SET isProcessed = :true, processingStatus = :done, videoKey = :video, "
+                "thumbnailKey = :thumb, processedAt = :at, mediaDurationSeconds = :duration, "
+                "callEndSeconds = :call_end, connectAudioOffsetSeconds = :offset "
+                "REMOVE leaseOwner, leaseExpiresAt, processingError"
+            ),
+            ConditionExpression="leaseOwner = :me",
+            ExpressionAttributeValues={
+                ":me": _string(owner),
+                ":true": {"BOOL": True},
+                ":done": _string(STATUS_DONE),
+                ":video": _string(done.video_key),
+                ":thumb": _string(done.thumbnail_key),
+                ":at": _string(_utc_now_iso()),
+                ":duration": _number(done.media_duration_seconds),
+                ":call_end": _number(done.call_end_seconds),
+                ":offset": _number(done.connect_audio_offset_seconds),
+            },
+        )
+        if not ok:
+            await self._raise_lease_lost(recording_id, owner)
+
+    async def mark_failed(
+        self, recording_id: str, reason: str, *, owner: str | None = None
+    ) -> None:
+        """Record a permanent failure (SPEC §4) with a one-line ``processingError``.
+
+        Never overwrites DONE, never interrupts another worker's live lease (``owner`` is ours,
+        if we hold one), and is a silent no-op when the row is missing.
+        """
+        now = time.time()
+        values: dict[str, Any] = {
+            ":failed": _string(STATUS_FAILED),
+            ":error": _string(one_line(reason, MAX_ERROR_CHARS) or "failed"),
+            ":done": _string(STATUS_DONE),
+            ":now": _number(round(now, 3)),
+        }
+        lease_free = "attribute_not_exists(leaseOwner) OR leaseExpiresAt < :now"
+        if owner is not None:
+            lease_free += " OR leaseOwner = :me"
+            values[":me"] = _string(owner)
+        ok = await self._update(
+            recording_id,
+            UpdateExpression=(
+                "SET processingStatus = :failed, processingError = :error "
+                "REMOVE leaseOwner, leaseExpiresAt"
+            ),
+            ConditionExpression=(
+                "attribute_exists(videoID) AND "
+                "(attribute_not_exists(processingStatus) OR processingStatus <> :done) AND "
+                f"({lease_free})"
+            ),
+            ExpressionAttributeValues=values,
+        )
+        if not ok:
+            log.info("mark_failed_skipped", recording_id=recording_id, error_reason=reason[:100])
