@@ -96,6 +96,9 @@ _BOILERPLATE = re.compile(
 )
 
 
+_REFUSED_FORMAT = re.compile(r"\[(\w+) @ [^\]]*\] Format not on whitelist")
+
+
 def classify(tail: StderrTail) -> str:
     """A low-cardinality reason for a failed run, from its stderr."""
     text = "\n".join(tail.lines)
@@ -176,8 +179,11 @@ async def run(
         if reason == "scratch_full":
             raise ScratchFull(f"{what}: no space left on device")
         if reason == "not_allowed":
+            refused = _REFUSED_FORMAT.search("\n".join(tail.lines))
+            kind = f"a {refused[1]} file" if refused else "a playlist, script or URL"
             raise MediaError(
-                f"{what}: input is not an allowed media container (playlist or script?): {detail}",
+                f"{what}: input is {kind}, not an allowed media container "
+                "(mp4/mov, webm/matroska, wav)",
                 reason="media_not_allowed",
             )
         raise MediaError(f"{what} failed: {detail}")

@@ -109,6 +109,7 @@ class Container:
 MP4 = Container("mp4", "video/mp4", "aac", muxer="mp4")
 WEBM = Container("webm", "video/webm", "libopus", muxer="webm")
 _CONTAINERS = {"h264": MP4, "hevc": MP4, "vp8": WEBM, "vp9": WEBM, "av1": WEBM}
+CODECS = frozenset(_CONTAINERS)  # video codecs the merge accepts
 
 
 @dataclass(frozen=True)
