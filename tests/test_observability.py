@@ -1,0 +1,485 @@
+"""Metrics, health endpoints, redaction and the shipped Prometheus/Grafana configuration.
+
+The HTTP server is the real aiohttp server on 127.0.0.1; the exposition is parsed back with
+prometheus_client's parser and checked by ``promtool``; the alert rules are unit-tested by
+``promtool test rules``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import anyio
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker.observability import (
+    JOBS_IN_FLIGHT,
+    OUTCOMES,
+    REGISTRY,
+    HealthState,
+    job_in_flight,
+    record_job,
+    record_merge,
+    redact,
+    serve_http,
+    set_slots,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMETHEUS_DIR = ROOT / "infra" / "prometheus"
+DASHBOARD = ROOT / "infra" / "grafana" / "dashboards" / "komorebi-worker.json"
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed")
+
+
+def sample(name: str, **labels: str) -> float:
+    """Current value of one sample in the worker's registry (0 when absent)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- metric helpers --------------------------------------------------------------------------
+
+
+def test_record_job_counts_outcomes_and_their_side_counters() -> None:
+    before = {
+        "success": sample("komorebi_jobs_total", outcome="success"),
+        "retry": sample("komorebi_jobs_total", outcome="retry"),
+        "dead_letter": sample("komorebi_jobs_total", outcome="dead_letter"),
+        "duplicate": sample("komorebi_jobs_total", outcome="duplicate"),
+        "retries": sample("komorebi_retries_total", reason="aws_unavailable"),
+        "dlq": sample("komorebi_dlq_sends_total", reason="media_invalid"),
+        "dups": sample("komorebi_duplicates_total"),
+        "success_count": sample("komorebi_job_duration_seconds_count", outcome="success"),
+        "success_sum": sample("komorebi_job_duration_seconds_sum", outcome="success"),
+        "slow_bucket": sample(
+            "komorebi_job_duration_seconds_bucket", outcome="success", le="3600.0"
+        ),
+        "fast_bucket": sample("komorebi_job_duration_seconds_bucket", outcome="success", le="60.0"),
+    }
+    record_job("success", 42.0)
+    record_job("success", 1800.0)  # a half-hour recording lands in an hour-scale bucket
+    record_job("retry", 3.0, reason="aws_unavailable")
+    record_job("dead_letter", 1.0, reason="media_invalid")
+    record_job("duplicate", 0.2)
+
+    assert sample("komorebi_jobs_total", outcome="success") == before["success"] + 2
+    assert sample("komorebi_jobs_total", outcome="retry") == before["retry"] + 1
+    assert sample("komorebi_jobs_total", outcome="dead_letter") == before["dead_letter"] + 1
+    assert sample("komorebi_jobs_total", outcome="duplicate") == before["duplicate"] + 1
+    assert sample("komorebi_retries_total", reason="aws_unavailable") == before["retries"] + 1
+    assert sample("komorebi_dlq_sends_total", reason="media_invalid") == before["dlq"] + 1
+    assert sample("komorebi_duplicates_total") == before["dups"] + 1
+    count = sample("komorebi_job_duration_seconds_count", outcome="success")
+    assert count == before["success_count"] + 2
+    total = sample("komorebi_job_duration_seconds_sum", outcome="success")
+    assert total == pytest.approx(before["success_sum"] + 1842.0)
+    fast = sample("komorebi_job_duration_seconds_bucket", outcome="success", le="60.0")
+    slow = sample("komorebi_job_duration_seconds_bucket", outcome="success", le="3600.0")
+    assert fast == before["fast_bucket"] + 1
+    assert slow == before["slow_bucket"] + 2
+
+
+def test_record_job_refuses_unknown_outcomes() -> None:
+    with pytest.raises(ValueError, match="unknown job outcome"):
+        record_job("exploded", 1.0)  # type: ignore[arg-type]
+
+
+def test_every_outcome_is_exposed_before_its_first_job() -> None:
+    # Ratios and "increase > 0" alerts need the series to exist at 0.
+    text = exposition()
+    for outcome in OUTCOMES:
+        assert f'komorebi_jobs_total{{outcome="{outcome}"}}' in text
+
+
+def test_record_merge_counts_media_seconds_and_speed() -> None:
+    media_before = sample("komorebi_media_processed_seconds_total")
+    count_before = sample("komorebi_processing_speed_ratio_count")
+    sum_before = sample("komorebi_processing_speed_ratio_sum")
+    slow_before = sample("komorebi_processing_speed_ratio_bucket", le="1.0")
+
+    record_merge(600.0, 12.0)  # 10 minutes merged in 12 s: 50x real time
+    record_merge(30.0, 60.0)  # slower than real time
+    record_merge(0.0, 5.0)  # nothing merged: nothing counted
+
+    assert sample("komorebi_media_processed_seconds_total") == media_before + 630.0
+    assert sample("komorebi_processing_speed_ratio_count") == count_before + 2
+    assert sample("komorebi_processing_speed_ratio_sum") == pytest.approx(sum_before + 50.5)
+    assert sample("komorebi_processing_speed_ratio_bucket", le="1.0") == slow_before + 1
+
+
+def test_in_flight_gauge_follows_jobs_even_when_they_fail() -> None:
+    start = JOBS_IN_FLIGHT._value.get()
+    with job_in_flight():
+        assert JOBS_IN_FLIGHT._value.get() == start + 1
+        with pytest.raises(RuntimeError), job_in_flight():
+            assert JOBS_IN_FLIGHT._value.get() == start + 2
+            raise RuntimeError("job failed")
+        assert JOBS_IN_FLIGHT._value.get() == start + 1
+    assert JOBS_IN_FLIGHT._value.get() == start
+
+
+def test_set_slots_publishes_concurrency_and_free_slots() -> None:
+    set_slots(4, 1)
+    assert sample("komorebi_worker_concurrency") == 4
+    assert sample("komorebi_free_slots") == 1
+
+
+# --- health ----------------------------------------------------------------------------------
+
+
+def test_healthz_fails_when_the_poll_loop_stalls_and_recovers_on_a_tick() -> None:
+    clock = FakeClock()
+    health = HealthState(stall_after_seconds=90, clock=clock)
+    assert health.healthz() == (True, "ok")  # start-up counts as an iteration
+    clock.now += 60
+    health.loop_tick()
+    clock.now += 89
+    assert health.healthz()[0] is True
+    clock.now += 2  # 91 s since the last iteration
+    ok, reason = health.healthz()
+    assert not ok
+    assert "stalled" in reason and "91" in reason
+    health.loop_tick()
+    assert health.healthz() == (True, "ok")
+
+
+def test_a_worker_that_never_reaches_its_loop_is_unhealthy() -> None:
+    clock = FakeClock()
+    health = HealthState(stall_after_seconds=30, clock=clock)
+    clock.now += 31
+    assert health.healthz()[0] is False
+
+
+def test_poll_success_counts_as_progress_and_sets_the_last_poll_time() -> None:
+    clock = FakeClock()
+    health = HealthState(stall_after_seconds=10, clock=clock)
+    before = sample("komorebi_last_successful_poll_timestamp_seconds")
+    clock.now += 9
+    health.poll_succeeded()
+    clock.now += 9
+    assert health.healthz()[0] is True
+    after = sample("komorebi_last_successful_poll_timestamp_seconds")
+    assert after > 1_600_000_000 and after >= before  # a Unix time, not a monotonic one
+
+
+def test_a_stopped_loop_is_not_a_stall() -> None:
+    # During the shutdown grace period nothing polls; liveness must not kill the draining task.
+    clock = FakeClock()
+    health = HealthState(stall_after_seconds=10, clock=clock)
+    health.loop_stopped()
+    clock.now += 1000
+    assert health.healthz()[0] is True
+
+
+def test_readyz_is_false_until_ready_and_again_while_stopping() -> None:
+    health = HealthState()
+    assert health.readyz() == (False, "starting")
+    assert sample("komorebi_worker_ready") == 0
+    health.set_ready(True)
+    assert health.readyz() == (True, "ok")
+    assert sample("komorebi_worker_ready") == 1
+    health.set_ready(False, "stopping")
+    assert health.readyz() == (False, "stopping")
+    assert sample("komorebi_worker_ready") == 0
+    health.set_ready(False)
+    assert health.readyz() == (False, "not ready")
+
+
+# --- HTTP endpoints --------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    port: int
+    health: HealthState
+    clock: FakeClock
+
+    def get(self, path: str, accept: str | None = None) -> tuple[int, str, str]:
+        """GET from the server: status, content type, body."""
+        headers = {"Accept": accept} if accept else {}
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.headers["Content-Type"], response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers["Content-Type"], error.read().decode()
+
+    async def aget(self, path: str, accept: str | None = None) -> tuple[int, str, str]:
+        return await anyio.to_thread.run_sync(self.get, path, accept)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    clock = FakeClock()
+    health = HealthState(stall_after_seconds=90, clock=clock)
+    async with anyio.create_task_group() as group:
+        port = await group.start(partial(serve_http, 0, health, host="127.0.0.1"))
+        yield Server(port, health, clock)
+        group.cancel_scope.cancel()
+
+
+def exposition() -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(REGISTRY).decode()
+
+
+@pytest.mark.anyio
+async def test_health_endpoints_flip_with_the_state(server: Server) -> None:
+    assert (await server.aget("/healthz"))[0] == 200
+    status, _, body = await server.aget("/readyz")
+    assert (status, body.strip()) == (503, "starting")
+
+    server.health.set_ready(True)
+    assert (await server.aget("/readyz"))[:1] == (200,)
+    assert (await server.aget("/readyz"))[2].strip() == "ok"
+
+    server.clock.now += 120  # the loop stalls
+    status, _, body = await server.aget("/healthz")
+    assert status == 503 and "stalled" in body
+    server.health.loop_tick()
+    assert (await server.aget("/healthz"))[0] == 200
+
+    server.health.set_ready(False, "stopping")
+    assert (await server.aget("/readyz"))[:1] == (503,)
+    assert (await server.aget("/nope"))[0] == 404
+
+
+@pytest.mark.anyio
+async def test_metrics_exposition_parses_back(server: Server) -> None:
+    record_job("success", 12.5)
+    record_job("dead_letter", 0.5, reason="invalid_message")
+    status, content_type, body = await server.aget("/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain; version=0.0.4")
+    families = {family.name: family for family in text_string_to_metric_families(body)}
+    # Counters are exposed as <name>_total; the parser strips the suffix from the family name.
+    for name in (
+        "komorebi_jobs",
+        "komorebi_job_duration_seconds",
+        "komorebi_stage_duration_seconds",
+        "komorebi_media_processed_seconds",
+        "komorebi_processing_speed_ratio",
+        "komorebi_jobs_in_flight",
+        "komorebi_free_slots",
+        "komorebi_worker_concurrency",
+        "komorebi_s3_transferred_bytes",
+        "komorebi_visibility_extensions",
+        "komorebi_retries",
+        "komorebi_dlq_sends",
+        "komorebi_ffmpeg_failures",
+        "komorebi_call_end_clamps",
+        "komorebi_duplicates",
+        "komorebi_last_successful_poll_timestamp_seconds",
+        "komorebi_task_protection_enabled",
+        "komorebi_worker_ready",
+    ):
+        assert name in families, name
+    assert families["komorebi_jobs"].type == "counter"
+    assert families["komorebi_job_duration_seconds"].type == "histogram"
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for s in families["komorebi_dlq_sends"].samples
+    }
+    assert values[("komorebi_dlq_sends_total", (("reason", "invalid_message"),))] >= 1
+    # Histogram buckets reach hours.
+    les = {
+        s.labels["le"]
+        for s in families["komorebi_job_duration_seconds"].samples
+        if s.name.endswith("_bucket")
+    }
+    assert "28800.0" in les and "+Inf" in les
+    # No per-recording labels anywhere: every label is from a small, fixed set.
+    label_names = {key for family in families.values() for s in family.samples for key in s.labels}
+    assert label_names <= {"outcome", "stage", "reason", "direction", "le"}
+
+
+@pytest.mark.anyio
+async def test_metrics_offer_openmetrics_to_a_scraper_that_asks(server: Server) -> None:
+    status, content_type, body = await server.aget(
+        "/metrics", accept="application/openmetrics-text; version=1.0.0"
+    )
+    assert status == 200
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.rstrip().endswith("# EOF")
+
+
+@needs_promtool
+@pytest.mark.anyio
+async def test_promtool_check_metrics_is_clean(server: Server) -> None:
+    record_job("retry", 2.0, reason="connect_audio_not_ready")
+    record_merge(100.0, 2.0)
+    _, _, body = await server.aget("/metrics")
+    assert PROMTOOL is not None
+    result = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # promtool prints lint problems (naming, units) even on some exit-0 paths.
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout
+
+
+@pytest.mark.anyio
+async def test_server_releases_its_port_on_cancel() -> None:
+    health = HealthState()
+    async with anyio.create_task_group() as group:
+        port = await group.start(partial(serve_http, 0, health, host="127.0.0.1"))
+        group.cancel_scope.cancel()
+    with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
+        sock.connect(("127.0.0.1", port))
+
+
+# --- redaction -------------------------------------------------------------------------------
+
+PRESIGNED = (
+    "https://input-bucket.s3.us-east-1.amazonaws.com/2024/01/02/agent/rec.mp4"
+    "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20240102"
+    "&X-Amz-Date=20240102T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
+    "&X-Amz-Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
+)
+
+
+def test_redact_strips_presigned_url_query_strings() -> None:
+    text = f"[https @ 0x55] HTTP error 403 Forbidden\n{PRESIGNED}: Server returned 403"
+    cleaned = redact(text)
+    assert "5d672d79c15b" not in cleaned
+    assert "AKIAIOSFODNN7EXAMPLE" not in cleaned
+    assert "X-Amz-Credential" not in cleaned
+    # What helps an operator stays: the object's URL without its query, the error.
+    assert "https://input-bucket.s3.us-east-1.amazonaws.com/2024/01/02/agent/rec.mp4?" in cleaned
+    assert "Server returned 403" in cleaned
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "wJalrXUtnFEMI"),
+        ("AWS_SECRET_ACCESS_KEY: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "wJalrXUtnFEMI"),
+        ('{"SecretAccessKey": "wJalrXUtnFEMI/K7MDENG"}', "wJalrXUtnFEMI"),
+        ("aws_session_token = IQoJb3JpZ2luX2VjEBcaCXVz", "IQoJb3JpZ2luX2VjEBcaCXVz"),
+        ("key id ASIAY34FZKBOKMUTVV7A expired", "ASIAY34FZKBOKMUTVV7A"),
+        (
+            "Authorization: AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20240102/us-east-1"
+            "/s3/aws4_request, SignedHeaders=host, Signature=fe5f80f77d5fa3beca038a248ff027",
+            "fe5f80f77d5fa3beca038a248ff027",
+        ),
+        ("partial ...&X-Amz-Signature=abcdef0123456789 in stderr", "abcdef0123456789"),
+        ("X-Amz-Security-Token=FwoGZXIvYXdzEJr%2F in url", "FwoGZXIvYXdzEJr"),
+    ],
+)
+def test_redact_removes_credentials(text: str, secret: str) -> None:
+    cleaned = redact(text)
+    assert secret not in cleaned
+    assert "[REDACTED]" in cleaned
+
+
+def test_redact_leaves_ordinary_text_alone() -> None:
+    text = (
+        "file:/scratch/job-1/recording.mp4: Invalid data found when processing input; "
+        "recording 0f8e6c1a-2b3d-4e5f-8a9b-0c1d2e3f4a5b, key 2024/01/02/agent-7/rec.mp4"
+    )
+    assert redact(text) == text
+    assert redact("") == ""
+
+
+# --- shipped Prometheus and Grafana configuration --------------------------------------------
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None
+    return subprocess.run(
+        [PROMTOOL, *args], capture_output=True, text=True, timeout=60, cwd=PROMETHEUS_DIR
+    )
+
+
+@needs_promtool
+def test_promtool_check_config_is_clean() -> None:
+    result = _promtool("check", "config", "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout  # alerts.yml is loaded by the config
+
+
+@needs_promtool
+def test_promtool_check_rules_is_clean() -> None:
+    result = _promtool("check", "rules", "alerts.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_alert_rules_fire_on_the_series_they_are_meant_for() -> None:
+    # alerts.test.yml: each alert fires on a failing worker's series and stays quiet otherwise.
+    result = _promtool("test", "rules", "alerts.test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_config_scrapes_the_worker_every_5_seconds() -> None:
+    import yaml
+
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "komorebi-worker"]
+    assert job["scrape_interval"] == "5s"
+    assert job["static_configs"][0]["targets"] == ["worker:9657"]
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression of the dashboard's panels."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [
+        target["expr"]
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        if target.get("expr")
+    ]
+
+
+def test_dashboard_has_the_panels_operators_need() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "komorebi-worker"
+    titles = {panel["title"] for panel in dashboard["panels"]}
+    for wanted in (
+        "Throughput by outcome",
+        "Job duration p50 / p90 / p99 (success)",
+        "In flight vs slots",
+        "Failures by reason",
+        "DLQ sends",
+        "Processing speed (media s per merge wall s)",
+        "Bytes transferred",
+        "Visibility extensions",
+        "Retries",
+    ):
+        assert wanted in titles, wanted
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_dashboard_queries_use_only_metrics_the_worker_exposes() -> None:
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    exposed = {
+        f"{family.name}{suffix}"
+        for family in REGISTRY.collect()
+        for suffix in suffixes[family.type]
+    }
+    used = {name for expr in dashboard_queries() for name in re.findall(r"komorebi_\w+", expr)}
+    assert len(used) >= 15, used
+    assert used <= exposed, used - exposed
