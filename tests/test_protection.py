@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -12,8 +13,11 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from tests.fixtures_aws import free_port
-from worker.observability import TASK_PROTECTION
+from tests.fixtures_aws import AwsEnv, free_port
+from worker.aws import open_clients
+from worker.consumer import Consumer
+from worker.devenv import seed_demo_contact
+from worker.observability import TASK_PROTECTION, HealthState
 from worker.protection import PROTECTION_PATH, TaskProtector
 
 pytestmark = pytest.mark.anyio
@@ -29,6 +33,9 @@ class FakeAgent:
     requests: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     status: int = 200
     body: dict[str, Any] | None = None
+    # Called on every request; its results are kept in ``observations`` (same order).
+    observe: Callable[[dict[str, Any]], Any] | None = None
+    observations: list[Any] = field(default_factory=list)
 
     def bodies(self) -> list[dict[str, Any]]:
         return [body for _, _, body in self.requests]
@@ -52,6 +59,8 @@ async def agent() -> AsyncIterator[FakeAgent]:
     async def handle(request: web.Request) -> web.Response:
         payload = json.loads(await request.text() or "{}")
         fake.requests.append((request.method, request.path, payload))
+        if fake.observe is not None:
+            fake.observations.append(await asyncio.to_thread(fake.observe, payload))
         if fake.status != 200:
             return web.Response(status=fake.status, text="internal error")
         answer = fake.body or {
@@ -172,3 +181,31 @@ async def test_no_agent_uri_means_no_requests(agent: FakeAgent) -> None:
         tg.cancel_scope.cancel()
     assert agent.requests == []
     assert TaskProtector.from_env(5, {"ECS_AGENT_URI": agent.uri}).active
+
+
+# --- with the real consumer --------------------------------------------------------------------
+
+
+async def test_consumer_protects_the_task_while_a_job_runs(agent: FakeAgent, aws: AwsEnv) -> None:
+    settings = aws.settings(WORKER_CONCURRENCY="1", LOG_FORMAT="json")
+    contact = seed_demo_contact(settings, aws.session)
+    s3 = aws.client("s3")
+
+    def output_exists() -> bool:
+        listing = s3.list_objects_v2(Bucket=aws.output_bucket, Prefix="")
+        return any(contact.recording_id in item["Key"] for item in listing.get("Contents", []))
+
+    # Whether the job's output existed when the agent was called.
+    agent.observe = lambda body: (bool(body["ProtectionEnabled"]), output_exists())
+    protector = TaskProtector.from_env(5, {"ECS_AGENT_URI": agent.uri})
+    async with open_clients(settings) as clients:
+        consumer = Consumer(settings, clients, HealthState(), protector, poll_wait_seconds=1)
+        await consumer.run(once=True)
+    row = aws.client("dynamodb").get_item(
+        TableName=aws.table_name, Key={"videoID": {"S": contact.recording_id}}
+    )["Item"]
+    assert row["processingStatus"]["S"] == "DONE"
+    # Enabled before the job produced anything, disabled after it finished, nothing else.
+    assert agent.bodies() == [ENABLE, DISABLE]
+    assert agent.observations == [(True, False), (False, True)]
+    assert not protector.protected
