@@ -14,6 +14,7 @@ RECORDING_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 # S3 keys are at most 1024 bytes; anything near that is not a key someone meant.
 _MAX_KEY_LENGTH = 1024
 _CLOCK = re.compile(r"(?:(?P<h>\d+):)?(?P<m>\d{1,2}):(?P<s>\d{1,2}(?:\.\d+)?)")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # Recordings longer than a week are not recordings; bounding keeps arithmetic and ffmpeg sane.
 MAX_CALL_END_SECONDS = 7 * 24 * 3600.0
 
@@ -46,7 +47,10 @@ def parse_timestamp(value: object) -> float:
     if isinstance(value, bool) or value is None:
         raise ValueError(f"must be a timestamp or a number of seconds, not {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # a JSON integer with hundreds of digits
+            raise ValueError("is implausibly large (more than 7 days)") from None
     elif isinstance(value, str):
         seconds = _parse_text(value.strip())
     else:
@@ -57,7 +61,7 @@ def parse_timestamp(value: object) -> float:
         raise ValueError("must not be negative")
     if seconds > MAX_CALL_END_SECONDS:
         raise ValueError("is implausibly large (more than 7 days)")
-    return seconds
+    return seconds + 0.0  # -0.0 -> 0.0
 
 
 def _parse_text(text: str) -> float:
@@ -69,10 +73,10 @@ def _parse_text(text: str) -> float:
         if (minutes >= 60 and clock["h"] is not None) or secs >= 60:
             raise ValueError(f"{text!r} is not a valid clock time")
         return hours * 3600 + minutes * 60 + secs
-    try:
+    # Plain decimal numbers only: float() alone would also take "1_000", "infinity", "nan".
+    if _NUMBER.fullmatch(text):
         return float(text)
-    except ValueError:
-        raise ValueError(f"{text[:40]!r} is not HH:MM:SS, MM:SS or a number of seconds") from None
+    raise ValueError(f"{text[:40]!r} is not HH:MM:SS, MM:SS or a number of seconds")
 
 
 def format_timestamp(seconds: float) -> str:

@@ -1,0 +1,382 @@
+"""The pure argument builders of worker.media: no ffmpeg is run here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker import media
+from worker.config import AudioSettings
+from worker.errors import NoAudioStream, NoVideoStream, UnsupportedMedia
+from worker.ffmpeg import FORMAT_WHITELIST, PROTOCOL_WHITELIST, StderrTail, classify
+
+
+def stream(index: int, kind: str, codec: str, *, channels: int | None = None) -> media.StreamInfo:
+    return media.StreamInfo(
+        index=index,
+        codec_type=kind,
+        codec_name=codec,
+        start_time=0.0,
+        duration=None,
+        sample_rate=48000 if kind == "audio" else None,
+        channels=channels,
+        width=640 if kind == "video" else None,
+        height=360 if kind == "video" else None,
+    )
+
+
+def recording(
+    codec: str = "vp8", *, audio: bool = True, duration: float = 8.0, audio_channels: int = 2
+) -> media.MediaInfo:
+    return media.MediaInfo(
+        path=Path("/in/rec.webm"),
+        format_name="matroska,webm",
+        duration=duration,
+        video=stream(0, "video", codec),
+        audio=stream(1, "audio", "opus", channels=audio_channels) if audio else None,
+    )
+
+
+def connect(duration: float = 5.0, channels: int = 2) -> media.MediaInfo:
+    return media.MediaInfo(
+        path=Path("/in/connect.wav"),
+        format_name="wav",
+        duration=duration,
+        video=None,
+        audio=stream(0, "audio", "pcm_s16le", channels=channels),
+    )
+
+
+def build(
+    rec: media.MediaInfo,
+    conn: media.MediaInfo,
+    call_end: float,
+    *,
+    align: str = "end",
+    audio: AudioSettings | None = None,
+    output: str = "/out/recording.webm",
+) -> tuple[list[str], media.MergePlan]:
+    options = media.MergeOptions(align=align, audio=audio or AudioSettings())  # type: ignore[arg-type]
+    plan = media.plan_merge(rec, conn, call_end, options)
+    args = media.build_merge_args(
+        recording=rec, connect=conn, plan=plan, output=Path(output), options=options
+    )
+    return args, plan
+
+
+def graph_of(args: list[str]) -> str:
+    return args[args.index("-filter_complex") + 1]
+
+
+def value_after(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == flag]
+
+
+@pytest.mark.parametrize(
+    ("codec", "ext", "content_type", "audio_codec"),
+    [
+        ("h264", "mp4", "video/mp4", "aac"),
+        ("hevc", "mp4", "video/mp4", "aac"),
+        ("vp8", "webm", "video/webm", "libopus"),
+        ("vp9", "webm", "video/webm", "libopus"),
+        ("av1", "webm", "video/webm", "libopus"),
+    ],
+)
+def test_container_for(codec: str, ext: str, content_type: str, audio_codec: str) -> None:
+    container = media.container_for(codec)
+    assert (container.extension, container.content_type, container.audio_codec) == (
+        ext,
+        content_type,
+        audio_codec,
+    )
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "mjpeg", "theora", "prores", ""])
+def test_container_for_refuses_other_codecs(codec: str) -> None:
+    with pytest.raises(UnsupportedMedia):
+        media.container_for(codec)
+
+
+def test_every_input_has_the_allow_lists_and_file_prefix() -> None:
+    args, _ = build(recording(), connect(), 6.0)
+    inputs = [i for i, a in enumerate(args) if a == "-i"]
+    assert len(inputs) == 2
+    for i in inputs:
+        assert args[i - 4 : i] == [
+            "-format_whitelist",
+            FORMAT_WHITELIST,
+            "-protocol_whitelist",
+            PROTOCOL_WHITELIST,
+        ]
+        assert args[i + 1].startswith("file:/")
+    assert set(FORMAT_WHITELIST.split(",")) == {
+        "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "wav"
+    }  # fmt: skip
+    assert PROTOCOL_WHITELIST == "file,pipe"
+    assert args[:2] == ["ffmpeg", "-nostdin"]
+    assert "-hide_banner" in args
+    # -y appears once, right before our own output.
+    assert args.count("-y") == 1
+    assert args[-2:] == ["-y", "file:/out/recording.webm"]
+
+
+def test_path_that_looks_like_a_url_stays_a_file() -> None:
+    rec = recording()
+    rec = media.MediaInfo(Path("http:evil.webm"), rec.format_name, 8.0, rec.video, rec.audio)
+    args, _ = build(rec, connect(), 6.0)
+    first_input = args[args.index("-i") + 1]
+    assert first_input.startswith("file:/") and first_input.endswith("/http:evil.webm")
+
+
+def test_video_is_stream_copied_and_mapped_by_index() -> None:
+    args, _ = build(recording(), connect(), 6.0)
+    assert value_after(args, "-c:v") == ["copy"]
+    assert value_after(args, "-map") == ["0:0", "[aout]"]
+    assert "-vf" not in args and "-r" not in args
+
+
+def test_mp4_output_has_aac_and_faststart() -> None:
+    args, _ = build(recording("h264"), connect(), 6.0, output="/out/recording.mp4")
+    assert value_after(args, "-c:a") == ["aac"]
+    assert value_after(args, "-movflags") == ["+faststart"]
+    assert value_after(args, "-f") == ["mp4"]
+
+
+def test_webm_output_has_opus_no_faststart() -> None:
+    args, _ = build(recording("vp9"), connect(), 6.0)
+    assert value_after(args, "-c:a") == ["libopus"]
+    assert "-movflags" not in args
+    assert value_after(args, "-f") == ["webm"]
+
+
+def test_audio_settings_reach_the_encoder() -> None:
+    audio = AudioSettings(channels=2, sample_rate=48000, bitrate="64k")
+    args, _ = build(recording(), connect(), 6.0, audio=audio)
+    assert value_after(args, "-b:a") == ["64k"]
+    assert value_after(args, "-ar") == ["48000"]
+    assert value_after(args, "-ac") == ["2"]
+
+
+def test_end_alignment_connect_shorter_pads_with_silence() -> None:
+    args, plan = build(recording(duration=8.0), connect(5.0), 6.0)
+    assert plan.offset == pytest.approx(1.0)
+    assert (plan.total_samples, plan.call_end_samples, plan.offset_samples) == (
+        128000,
+        96000,
+        16000,
+    )
+    graph = graph_of(args)
+    conn, rec, join = graph.split(";")
+    assert conn.startswith("[1:0]pan=mono|c0=0.5*c0+0.5*c1,aresample=16000:async=1:first_pts=0")
+    assert "aformat=sample_fmts=fltp:sample_rates=16000:channel_layouts=mono" in conn
+    assert "adelay=delays=16000S:all=1" in conn
+    assert "atrim=start_sample" not in conn
+    assert conn.endswith("apad=whole_len=96000,atrim=end_sample=96000[conn]")
+    assert rec.startswith("[0:1]pan=mono|c0=0.5*c0+0.5*c1,aresample=16000:async=1:first_pts=0")
+    assert (
+        "atrim=start_sample=96000,asetpts=PTS-STARTPTS,apad=whole_len=32000,"
+        "atrim=end_sample=32000[rec]" in rec
+    )
+    assert join == "[conn][rec]concat=n=2:v=0:a=1[aout]"
+
+
+def test_end_alignment_connect_longer_cuts_its_head() -> None:
+    args, plan = build(recording(duration=8.0), connect(5.0), 3.0)
+    assert plan.offset == pytest.approx(-2.0)
+    conn = graph_of(args).split(";")[0]
+    assert "atrim=start_sample=32000,asetpts=PTS-STARTPTS" in conn
+    assert "adelay" not in conn
+    assert conn.endswith("apad=whole_len=48000,atrim=end_sample=48000[conn]")
+
+
+def test_end_alignment_exact_fit_needs_neither() -> None:
+    args, plan = build(recording(duration=8.0), connect(5.0), 5.0)
+    conn = graph_of(args).split(";")[0]
+    assert plan.offset_samples == 0
+    assert "adelay" not in conn and "atrim=start_sample" not in conn
+
+
+def test_start_alignment_ignores_the_offset() -> None:
+    args, plan = build(recording(duration=8.0), connect(5.0), 3.0, align="start")
+    conn = graph_of(args).split(";")[0]
+    assert plan.offset == pytest.approx(-2.0)  # still reported
+    assert "adelay" not in conn and "atrim=start_sample" not in conn
+    assert conn.endswith("apad=whole_len=48000,atrim=end_sample=48000[conn]")
+    args, _ = build(recording(duration=8.0), connect(2.0), 3.0, align="start")
+    conn = graph_of(args).split(";")[0]
+    assert "adelay" not in conn
+    assert conn.endswith("apad=whole_len=48000,atrim=end_sample=48000[conn]")
+
+
+def test_recording_without_audio_uses_generated_silence() -> None:
+    args, _ = build(recording(audio=False), connect(), 6.0)
+    graph = graph_of(args)
+    assert "[0:" not in graph
+    rec = graph.split(";")[1]
+    assert rec.startswith("anullsrc=r=16000:cl=mono,")
+    assert rec.endswith("atrim=end_sample=32000[rec]")
+
+
+def test_stereo_output_keeps_sides_and_centres_the_mic() -> None:
+    audio = AudioSettings(channels=2, sample_rate=48000)
+    args, _ = build(recording(), connect(), 6.0, audio=audio)
+    conn, rec, _join = graph_of(args).split(";")
+    assert conn.startswith("[1:0]pan=stereo|c0=c0|c1=c1,")
+    assert "channel_layouts=stereo" in conn
+    assert rec.startswith("[0:1]pan=stereo|c0=0.5*c0+0.5*c1|c1=0.5*c0+0.5*c1,")
+
+
+def test_mono_connect_into_stereo_output_is_duplicated() -> None:
+    audio = AudioSettings(channels=2, sample_rate=48000)
+    args, _ = build(recording(audio_channels=1), connect(channels=1), 6.0, audio=audio)
+    conn, rec, _ = graph_of(args).split(";")
+    assert conn.startswith("[1:0]pan=stereo|c0=c0|c1=c0,")
+    assert rec.startswith("[0:1]pan=stereo|c0=c0|c1=c0,")
+
+
+def test_call_end_zero_is_only_the_recording() -> None:
+    args, _plan = build(recording(), connect(), 0.0)
+    graph = graph_of(args)
+    assert "[conn]" not in graph and "concat" not in graph
+    assert graph.endswith("[rec]anull[aout]")
+    assert "atrim=start_sample=0," in graph
+
+
+def test_call_end_beyond_the_end_is_clamped() -> None:
+    args, plan = build(recording(duration=8.0), connect(5.0), 20.0)
+    assert plan.call_end_clamped and plan.call_end == 8.0
+    assert plan.offset == pytest.approx(3.0)
+    graph = graph_of(args)
+    assert "[rec]" not in graph.replace("[conn]anull[aout]", "")
+    assert graph.endswith("[conn]anull[aout]")
+    assert "apad=whole_len=128000,atrim=end_sample=128000[conn]" in graph
+
+
+def test_plan_rejects_negative_call_end() -> None:
+    with pytest.raises(ValueError):
+        media.plan_merge(recording(), connect(), -1.0, media.MergeOptions())
+
+
+def test_missing_streams() -> None:
+    options = media.MergeOptions()
+    plan = media.plan_merge(recording(), connect(), 1.0, options)
+    no_video = media.MediaInfo(Path("/a.webm"), "matroska,webm", 8.0, None, None)
+    with pytest.raises(NoVideoStream):
+        media.build_merge_args(
+            recording=no_video,
+            connect=connect(),
+            plan=plan,
+            output=Path("/o.webm"),
+            options=options,
+        )
+    silent = media.MediaInfo(Path("/c.wav"), "wav", 5.0, None, None)
+    with pytest.raises(NoAudioStream):
+        media.build_merge_args(
+            recording=recording(),
+            connect=silent,
+            plan=plan,
+            output=Path("/o.webm"),
+            options=options,
+        )
+
+
+def test_output_path_must_fit_the_codec() -> None:
+    assert media.check_output_path(recording("vp8"), Path("/o/x.webm")).extension == "webm"
+    with pytest.raises(UnsupportedMedia, match=r"use \.webm"):
+        media.check_output_path(recording("vp8"), Path("/o/x.mp4"))
+    with pytest.raises(UnsupportedMedia, match=r"use \.mp4"):
+        media.check_output_path(recording("h264"), Path("/o/x.webm"))
+
+
+@pytest.mark.parametrize(("duration", "at"), [(8.0, "1.000"), (1.0, "0.500"), (0.2, "0.100")])
+def test_thumbnail_fast_seek(duration: float, at: str) -> None:
+    args = media.build_thumbnail_args(recording(duration=duration), Path("/out/t.png"))
+    assert args.index("-ss") < args.index("-i")  # input seek: no decoding up to the frame
+    assert value_after(args, "-ss") == [at]
+    assert value_after(args, "-frames:v") == ["1"]
+    assert value_after(args, "-c:v") == ["png"]
+    i = args.index("-i")
+    assert args[i - 4 : i] == [
+        "-format_whitelist",
+        FORMAT_WHITELIST,
+        "-protocol_whitelist",
+        PROTOCOL_WHITELIST,
+    ]
+    assert args[-2:] == ["-y", "file:/out/t.png"]
+
+
+def test_probe_args_have_the_allow_lists() -> None:
+    for args in (
+        media.build_probe_args(Path("/in/x.mp4")),
+        media.build_packet_scan_args(Path("/in/x.mp4"), 0),
+    ):
+        assert args[0] == "ffprobe"
+        i = args.index("-i")
+        assert args[i - 4 : i] == [
+            "-format_whitelist",
+            FORMAT_WHITELIST,
+            "-protocol_whitelist",
+            PROTOCOL_WHITELIST,
+        ]
+        assert args[i + 1] == "file:/in/x.mp4"
+
+
+@pytest.mark.parametrize(
+    ("duration", "size", "plausible"),
+    [
+        (None, 10**6, False),
+        (0.0, 10**6, False),
+        (8.0, 400_000, True),
+        (3 * 3600.0, 400_000, False),  # "hours" on a tiny file
+        (3600.0, 50_000_000, True),
+        (8 * 24 * 3600.0, 10**12, False),
+    ],
+)
+def test_header_duration_plausibility(duration: float | None, size: int, plausible: bool) -> None:
+    assert media.header_duration_plausible(duration, size) is plausible
+
+
+def test_packet_end_parser() -> None:
+    scan = media.PacketEnd()
+    for line in [
+        "pts_time=0.000000|dts_time=0.000000|duration_time=N/A",
+        "",
+        "side_data|",
+        "pts_time=7.992000|dts_time=7.992000|duration_time=0.008000",
+        "pts_time=7.500000|dts_time=7.500000|duration_time=0.033000",
+        "pts_time=N/A|dts_time=7.995000|duration_time=0.001000",
+        "garbage",
+    ]:
+        scan.feed(line)
+    assert scan.packets == 4
+    assert scan.end == pytest.approx(8.0)
+
+
+def test_check_output_tolerance() -> None:
+    out = media.MediaInfo(
+        Path("/o.mp4"),
+        "mov,mp4",
+        8.06,
+        stream(0, "video", "h264"),
+        stream(1, "audio", "aac"),
+    )
+    media.check_output(out, 8.0, media.MP4, 16000)  # 60 ms < 64 ms (AAC frame) + 10 ms
+    with pytest.raises(media.OutputRejected):
+        media.check_output(out, 7.9, media.MP4, 16000)
+    with pytest.raises(media.OutputRejected):
+        media.check_output(out, 8.0, media.WEBM, 48000)  # Opus: 20 ms + 10 ms
+    no_audio = media.MediaInfo(Path("/o.mp4"), "mov,mp4", 8.0, stream(0, "video", "h264"), None)
+    with pytest.raises(media.OutputRejected, match="no audio"):
+        media.check_output(no_audio, 8.0, media.MP4, 16000)
+
+
+def test_stderr_tail_is_bounded_and_picks_the_reason() -> None:
+    tail = StderrTail(limit=3)
+    for i in range(100):
+        tail.add(f"line {i}")
+    tail.add("[out#0] No space left on device")
+    tail.add("Conversion failed!")
+    assert list(tail.lines) == ["line 99", "[out#0] No space left on device", "Conversion failed!"]
+    assert tail.most_relevant() == "[out#0] No space left on device"
+    assert classify(tail) == "scratch_full"
