@@ -7,6 +7,7 @@ AWS endpoint, region and credentials come from the SDK's standard variables
 from __future__ import annotations
 
 import os
+import string
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -185,11 +186,24 @@ def _sample_rate(raw: str) -> int:
     return value
 
 
+TEMPLATE_PLACEHOLDERS = ("yyyy", "mm", "dd", "agent_id", "recording_id", "instance", "ext")
+
+
 def _template(*required: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         missing = [name for name in required if "{" + name + "}" not in raw]
         if missing:
             raise ValueError(f"must contain {', '.join('{' + m + '}' for m in missing)}")
+        # An unknown or malformed placeholder would only fail at job time (KeyError in
+        # str.format): refuse it at start-up instead.
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(raw) if name is not None}
+        except ValueError:
+            raise ValueError("must be a valid template (unbalanced { or })") from None
+        unknown = sorted(names - set(TEMPLATE_PLACEHOLDERS))
+        if unknown:
+            allowed = ", ".join("{" + n + "}" for n in TEMPLATE_PLACEHOLDERS)
+            raise ValueError(f"must only use the placeholders {allowed}, not {{{unknown[0]}}}")
         return raw
 
     return parse
