@@ -1,0 +1,267 @@
+"""process_job (SPEC §1) against a real moto server and real ffmpeg, and the consumer's pure
+helpers (backoff, error selection)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
+from tests.media_tools import band_share, decode_pcm, ffprobe_json, probe_duration, window
+from tests.worker_harness import (
+    CONNECT_WAV,
+    Contact,
+    get_row,
+    seed_contact,
+    settings_for,
+)
+from worker.aws import open_clients
+from worker.consumer import backoff_seconds
+from worker.errors import (
+    AwsUnavailable,
+    ConnectAudioNotReady,
+    InvalidRow,
+    LeaseHeld,
+    MediaError,
+    PermanentError,
+    RecordingNotFound,
+    RowNotFound,
+)
+from worker.job import JobDeps, first_error, process_job
+from worker.messages import JobMessage
+from worker.recordings import RecordingTable
+from worker.storage import ObjectStore
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def aws(moto_server: str) -> Iterator[AwsEnv]:
+    """One provisioned world for this module (every test uses its own recording ids)."""
+    world = provision_world(moto_server)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in aws_base_env(moto_server).items():
+            patch.setenv(name, value)
+        yield world
+
+
+@pytest.fixture(scope="module")
+def short_recording(generated: Callable[[str], Path]) -> Path:
+    """4 s, 160x120 H.264 + AAC (1000 Hz): quick to merge."""
+    return generated("h264-aac")
+
+
+@pytest.fixture
+async def deps(aws: AwsEnv, tmp_path: Path) -> AsyncIterator[JobDeps]:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    settings = settings_for(aws, scratch)
+    async with open_clients(settings) as clients:
+        yield JobDeps(
+            settings=settings,
+            table=RecordingTable(clients.dynamodb, settings.table_name),
+            store=ObjectStore(clients.s3),
+            worker_id="test-worker",
+        )
+
+
+def _download(aws: AwsEnv, key: str, path: Path) -> Path:
+    aws.client("s3").download_file(aws.output_bucket, key, str(path))
+    return path
+
+
+async def test_happy_path_output_thumbnail_and_row(
+    aws: AwsEnv, deps: JobDeps, tmp_path: Path
+) -> None:
+    contact = seed_contact(
+        aws, extra={"customerName": {"S": "Ada"}, "isProcessed": {"BOOL": False}}
+    )
+    result = await process_job(
+        JobMessage(contact.recording_id, 5.0), deps, scratch=deps.settings.scratch_dir
+    )
+
+    # The Lambda's keys; VP8 video stays WebM.
+    assert result.output_key == f"{contact.output_dir}/recording.webm"
+    assert not result.duplicate
+    output = _download(aws, result.output_key, tmp_path / "out.webm")
+    thumbnail = _download(aws, contact.thumbnail_key, tmp_path / "thumb.png")
+    assert thumbnail.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    head = aws.client("s3").head_object(Bucket=aws.output_bucket, Key=result.output_key)
+    assert head["ContentType"] == "video/webm"
+
+    # Content, lightly: the recording's duration, video copied, Connect tones before the call
+    # end (5 s) and the recording's 1000 Hz after it.
+    assert probe_duration(output) == pytest.approx(8.0, abs=0.3)
+    codecs = {s["codec_type"]: s["codec_name"] for s in ffprobe_json(output)["streams"]}  # type: ignore[union-attr,index]
+    assert codecs == {"video": "vp8", "audio": "opus"}
+    pcm = decode_pcm(output)
+    call = window(pcm, 16000, 1.0, 4.5)
+    after = window(pcm, 16000, 5.5, 7.5)
+    assert band_share(call, 16000, 440) + band_share(call, 16000, 660) > 0.8
+    assert band_share(after, 16000, 1000) > 0.8
+
+    row = get_row(aws, contact.recording_id)
+    assert row["isProcessed"] is True
+    assert row["processingStatus"] == "DONE"
+    assert row["videoKey"] == result.output_key
+    assert row["thumbnailKey"] == contact.thumbnail_key
+    assert row["processedAt"].endswith("Z")
+    assert float(row["mediaDurationSeconds"]) == pytest.approx(8.0, abs=0.3)
+    assert float(row["callEndSeconds"]) == 5.0
+    # The Connect WAV lasts 5 s and ends at the call end: offset 0.
+    assert float(row["connectAudioOffsetSeconds"]) == pytest.approx(0.0, abs=0.05)
+    assert int(row["processingAttempts"]) == 1
+    assert "leaseOwner" not in row and "leaseExpiresAt" not in row
+    # The backend's attributes are untouched.
+    assert row["customerName"] == "Ada"
+    assert row["agentID"] == contact.agent_id
+    assert row["creationDate"] == "2026-03-14 23:26:53"
+    # Scratch is cleaned up.
+    assert list(deps.settings.scratch_dir.iterdir()) == []
+
+
+async def test_same_job_twice_is_a_duplicate(
+    aws: AwsEnv, deps: JobDeps, short_recording: Path
+) -> None:
+    contact = seed_contact(aws, recording=short_recording)
+    job = JobMessage(contact.recording_id, 3.0)
+    first = await process_job(job, deps, scratch=deps.settings.scratch_dir)
+    processed_at = get_row(aws, contact.recording_id)["processedAt"]
+    second = await process_job(job, deps, scratch=deps.settings.scratch_dir)
+    assert not first.duplicate and second.duplicate
+    row = get_row(aws, contact.recording_id)
+    assert int(row["processingAttempts"]) == 1
+    assert row["processedAt"] == processed_at
+    # A corrected call end is new work, not a duplicate.
+    third = await process_job(
+        JobMessage(contact.recording_id, 2.5), deps, scratch=deps.settings.scratch_dir
+    )
+    assert not third.duplicate
+    assert float(get_row(aws, contact.recording_id)["callEndSeconds"]) == 2.5
+
+
+async def test_connect_audio_missing_is_transient_and_releases_lease(
+    aws: AwsEnv, deps: JobDeps
+) -> None:
+    contact = seed_contact(aws, connect_audio=None)
+    with pytest.raises(ConnectAudioNotReady):
+        await process_job(
+            JobMessage(contact.recording_id, 5.0), deps, scratch=deps.settings.scratch_dir
+        )
+    row = get_row(aws, contact.recording_id)
+    assert "leaseOwner" not in row
+    assert "processingStatus" not in row
+    assert int(row["processingAttempts"]) == 1
+    assert list(deps.settings.scratch_dir.iterdir()) == []
+
+
+async def test_connect_audio_key_from_message(
+    aws: AwsEnv, deps: JobDeps, short_recording: Path
+) -> None:
+    contact = seed_contact(aws, recording=short_recording, connect_audio=None)
+    aws.client("s3").put_object(
+        Bucket=aws.ac_audio_bucket, Key="elsewhere/call.wav", Body=CONNECT_WAV.read_bytes()
+    )
+    job = JobMessage(contact.recording_id, 3.0, connect_audio_key="elsewhere/call.wav")
+    result = await process_job(job, deps, scratch=deps.settings.scratch_dir)
+    assert result.output_key == f"{contact.output_dir}/recording.mp4"
+    row = get_row(aws, contact.recording_id)
+    # 5 s of Connect audio ending at the 3 s call end: its first 2 s are cut.
+    assert float(row["connectAudioOffsetSeconds"]) == pytest.approx(-2.0, abs=0.05)
+    missing = JobMessage(contact.recording_id, 2.0, connect_audio_key="elsewhere/none.wav")
+    with pytest.raises(ConnectAudioNotReady):
+        await process_job(missing, deps, scratch=deps.settings.scratch_dir)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("no_row", RowNotFound),
+        ("no_recording", RecordingNotFound),
+        ("corrupt", MediaError),
+        ("no_agent", InvalidRow),
+    ],
+)
+async def test_permanent_failures(
+    aws: AwsEnv, deps: JobDeps, case: str, expected: type[Exception]
+) -> None:
+    contact: Contact
+    if case == "no_row":
+        contact = seed_contact(aws, row=False)
+    elif case == "no_recording":
+        contact = seed_contact(aws, recording=None)
+    elif case == "corrupt":
+        contact = seed_contact(aws, recording=b"\x1a\x45\xdf\xa3 this is not a webm" * 50)
+    else:
+        contact = seed_contact(aws)
+        aws.client("dynamodb").update_item(
+            TableName=aws.table_name,
+            Key={"videoID": {"S": contact.recording_id}},
+            UpdateExpression="REMOVE agentID",
+        )
+    with pytest.raises(expected) as caught:
+        await process_job(
+            JobMessage(contact.recording_id, 5.0), deps, scratch=deps.settings.scratch_dir
+        )
+    assert isinstance(caught.value, PermanentError)
+    assert "\n" not in str(caught.value)
+    row = get_row(aws, contact.recording_id)
+    assert "leaseOwner" not in row
+    assert list(deps.settings.scratch_dir.iterdir()) == []
+
+
+async def test_live_lease_of_another_worker_blocks(aws: AwsEnv, deps: JobDeps) -> None:
+    contact = seed_contact(aws)
+    aws.client("dynamodb").update_item(
+        TableName=aws.table_name,
+        Key={"videoID": {"S": contact.recording_id}},
+        UpdateExpression="SET leaseOwner = :o, leaseExpiresAt = :e",
+        ExpressionAttributeValues={":o": {"S": "other"}, ":e": {"N": str(time.time() + 300)}},
+    )
+    with pytest.raises(LeaseHeld):
+        await process_job(
+            JobMessage(contact.recording_id, 5.0), deps, scratch=deps.settings.scratch_dir
+        )
+    assert get_row(aws, contact.recording_id)["leaseOwner"] == "other"
+
+
+async def test_cancelled_job_releases_lease_and_scratch(aws: AwsEnv, deps: JobDeps) -> None:
+    contact = seed_contact(aws)
+    job = JobMessage(contact.recording_id, 5.0)
+
+    with anyio.move_on_after(0.5) as scope:
+        # Cancelled somewhere inside (download or merge): the lease must not outlive it.
+        await process_job(job, deps, scratch=deps.settings.scratch_dir)
+    row = get_row(aws, contact.recording_id)
+    if scope.cancelled_caught:
+        assert "leaseOwner" not in row
+        assert "processingStatus" not in row
+    else:  # a very fast machine finished first: then it must be done
+        assert row["processingStatus"] == "DONE"
+    assert list(deps.settings.scratch_dir.iterdir()) == []
+
+
+def test_backoff_grows_exponentially_with_jitter_and_bounds() -> None:
+    rng = random.Random(7)
+    for count in range(1, 8):
+        delays = {backoff_seconds(count, 15, 900, rng) for _ in range(50)}
+        top = min(900, 15 * 2 ** (count - 1))
+        assert all(max(1, top // 2) <= d <= top for d in delays), (count, delays)
+        assert len(delays) > 1  # jittered
+    assert backoff_seconds(10_000, 15, 900) <= 900
+    assert backoff_seconds(1, 0.1, 0.1) == 1  # never 0: 0 would mean "retry at once"
+    assert backoff_seconds(5, 10**6, 10**6) <= 43200
+
+
+async def test_first_error_prefers_permanent_and_skips_cancellation() -> None:
+    transient = AwsUnavailable("x")
+    permanent = RecordingNotFound("y")
+    group = BaseExceptionGroup("g", [transient, ExceptionGroup("h", [permanent])])
+    assert first_error(group) is permanent
+    assert first_error(ExceptionGroup("g", [ValueError("v"), transient])) is transient
+    assert first_error(permanent) is permanent

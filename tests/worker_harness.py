@@ -1,0 +1,377 @@
+"""Test harness for the queue worker: seeded contacts, in-process consumers, worker processes.
+
+- :func:`seed_contact` writes what the backend and Amazon Connect leave behind for a contact:
+  the Recording row (``agentID`` + ``creationDate``), the Komorebi recording in the input
+  bucket and the Connect WAV under the Connect prefix.
+- :func:`running_consumer` runs a :class:`worker.consumer.Consumer` in the test's event loop.
+- :class:`WorkerProcess` runs ``komorebi-worker run`` as a subprocess (this module's ``main``
+  wraps the real CLI; ``--readrate R`` makes ffmpeg read the recording at R x real time, so a
+  job lasts long enough to be interrupted, without any test code inside ``worker/``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.fixtures_aws import AwsEnv
+    from worker.config import Settings
+    from worker.consumer import Consumer
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(__file__).parent / "data"
+RECORDING = DATA_DIR / "chrome-vp8-opus-8s.webm"  # 1000 Hz tone, ~8 s, VP8 + Opus
+CONNECT_WAV = DATA_DIR / "connect-8k-stereo-5s.wav"  # 440 Hz left, 660 Hz right, 5 s
+CREATED = datetime(2026, 3, 14, 23, 26, 53, tzinfo=UTC)
+AGENT_ID = "agent-7"
+CONNECT_ALIAS = "komorebi-test"
+
+
+@dataclass(frozen=True)
+class Contact:
+    """Where a seeded contact's objects are."""
+
+    recording_id: str
+    agent_id: str
+    input_key: str
+    connect_key: str
+    output_dir: str
+
+    @property
+    def thumbnail_key(self) -> str:
+        """The Lambda's thumbnail key."""
+        return f"{self.output_dir}/thumbnail.png"
+
+
+def new_recording_id() -> str:
+    """A valid, unique recording id (UUID, like the backend's)."""
+    return str(uuid.uuid4())
+
+
+def seed_contact(
+    aws: AwsEnv,
+    recording_id: str | None = None,
+    *,
+    recording: Path | bytes | None = RECORDING,
+    connect_audio: Path | None = CONNECT_WAV,
+    row: bool = True,
+    extra: dict[str, Any] | None = None,
+    agent_id: str = AGENT_ID,
+) -> Contact:
+    """Seed one contact; ``None`` for a part leaves it out (to test its absence)."""
+    rid = recording_id or new_recording_id()
+    day = CREATED.strftime("%Y/%m/%d")
+    contact = Contact(
+        recording_id=rid,
+        agent_id=agent_id,
+        input_key=f"{day}/{agent_id}/{rid}.mp4",
+        connect_key=(
+            f"connect/{CONNECT_ALIAS}/CallRecordings/{day}/{rid}_{CREATED:%Y%m%dT%H:%M}_UTC.wav"
+        ),
+        output_dir=f"{day}/{agent_id}/{rid}",
+    )
+    if row:
+        item = {
+            "videoID": {"S": rid},
+            "agentID": {"S": agent_id},
+            "creationDate": {"S": CREATED.strftime("%Y-%m-%d %H:%M:%S")},
+            **(extra or {}),
+        }
+        aws.client("dynamodb").put_item(TableName=aws.table_name, Item=item)
+    s3 = aws.client("s3")
+    if recording is not None:
+        body = recording if isinstance(recording, bytes) else recording.read_bytes()
+        s3.put_object(Bucket=aws.input_bucket, Key=contact.input_key, Body=body)
+    if connect_audio is not None:
+        upload_connect_audio(aws, contact, connect_audio)
+    return contact
+
+
+def upload_connect_audio(aws: AwsEnv, contact: Contact, path: Path = CONNECT_WAV) -> None:
+    """Put the contact's Connect recording where Amazon Connect writes it."""
+    aws.client("s3").put_object(
+        Bucket=aws.ac_audio_bucket, Key=contact.connect_key, Body=path.read_bytes()
+    )
+
+
+def send_job(aws: AwsEnv, recording_id: str, call_end: str | float = "00:00:05") -> str:
+    """Enqueue a job in the Lambda's message format; returns the message id."""
+    body = json.dumps({"recordingID": recording_id, "callEndingTimestamp": call_end})
+    return send_raw(aws, body)
+
+
+def send_raw(aws: AwsEnv, body: str) -> str:
+    """Enqueue any body."""
+    response = aws.client("sqs").send_message(QueueUrl=aws.queue_url, MessageBody=body)
+    return str(response["MessageId"])
+
+
+def get_row(aws: AwsEnv, recording_id: str) -> dict[str, Any]:
+    """The row as plain Python values ({} when absent)."""
+    from boto3.dynamodb.types import TypeDeserializer
+
+    item = aws.client("dynamodb").get_item(
+        TableName=aws.table_name, Key={"videoID": {"S": recording_id}}, ConsistentRead=True
+    )
+    deserializer = TypeDeserializer()
+    return {k: deserializer.deserialize(v) for k, v in item.get("Item", {}).items()}
+
+
+def queue_depth(aws: AwsEnv, queue_url: str | None = None) -> tuple[int, int]:
+    """(visible, in flight) messages of the queue (moto counts exactly)."""
+    attributes = aws.client("sqs").get_queue_attributes(
+        QueueUrl=queue_url or aws.queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (
+        int(attributes["ApproximateNumberOfMessages"]),
+        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+def receive_now(aws: AwsEnv, queue_url: str | None = None, *, hide: int = 300) -> list[Any]:
+    """Every message visible right now (short polls), hidden for ``hide`` seconds."""
+    sqs = aws.client("sqs")
+    found: list[Any] = []
+    while True:
+        response = sqs.receive_message(
+            QueueUrl=queue_url or aws.queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=0,
+            VisibilityTimeout=hide,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        batch = response.get("Messages", [])
+        if not batch:
+            return found
+        found += batch
+
+
+def dlq_messages(aws: AwsEnv) -> list[Any]:
+    """Every message in the DLQ right now (hidden afterwards, so call it once per check)."""
+    return receive_now(aws, aws.dlq_url)
+
+
+def attributes(message: Any) -> dict[str, str]:
+    """A received message's attributes as plain strings."""
+    return {k: v.get("StringValue", "") for k, v in message.get("MessageAttributes", {}).items()}
+
+
+def worker_env(aws: AwsEnv, scratch: Path, **overrides: str) -> dict[str, str]:
+    """Worker environment for the provisioned world: small backoffs, own scratch dir."""
+    from tests.fixtures_aws import free_port
+
+    env = {
+        **aws.env,
+        "SCRATCH_DIR": str(scratch),
+        "METRICS_PORT": str(free_port()),
+        "WORKER_CONCURRENCY": "2",
+        "RETRY_BACKOFF_BASE_SECONDS": "1",
+        "RETRY_BACKOFF_MAX_SECONDS": "1",
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
+    }
+    env.update(overrides)
+    return env
+
+
+def settings_for(aws: AwsEnv, scratch: Path, **overrides: str) -> Settings:
+    """In-process worker settings (see :func:`worker_env`)."""
+    from worker.config import Settings
+
+    return Settings.from_env(worker_env(aws, scratch, **overrides))
+
+
+def metric(name: str, **labels: str) -> float:
+    """A sample of the worker's registry (0 when absent)."""
+    from worker.observability import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def jobs(outcome: str) -> float:
+    """``komorebi_jobs_total{outcome}``."""
+    return metric("komorebi_jobs_total", outcome=outcome)
+
+
+# --- in-process consumers --------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def running_consumer(
+    settings: Settings,
+    *,
+    poll_wait_seconds: int = 1,
+    max_job_seconds: float | None = None,
+    worker_id: str | None = None,
+) -> AsyncIterator[Consumer]:
+    """A consumer polling in the background; stopped (gracefully) when the block exits."""
+    import anyio
+
+    from worker.aws import open_clients
+    from worker.consumer import Consumer
+    from worker.observability import HealthState
+    from worker.protection import TaskProtector
+
+    async with open_clients(settings) as clients, anyio.create_task_group() as group:
+        consumer = Consumer(
+            settings,
+            clients,
+            HealthState(),
+            TaskProtector(None, 60),
+            poll_wait_seconds=poll_wait_seconds,
+            max_job_seconds=max_job_seconds,
+            worker_id=worker_id,
+        )
+        group.start_soon(consumer.run)
+        try:
+            yield consumer
+        finally:
+            consumer.request_stop()
+
+
+async def eventually(
+    check: Callable[[], bool], *, timeout: float = 30.0, interval: float = 0.2, what: str = ""
+) -> None:
+    """Wait until ``check()`` (a blocking call, run in a thread) is true, or fail."""
+    import anyio
+    import anyio.to_thread
+
+    deadline = time.monotonic() + timeout
+    while not await anyio.to_thread.run_sync(check):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
+        await anyio.sleep(interval)
+
+
+def wait_for(
+    check: Callable[[], bool], *, timeout: float = 30.0, interval: float = 0.2, what: str = ""
+) -> None:
+    """Blocking :func:`eventually` for subprocess tests."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
+        time.sleep(interval)
+
+
+def slow_merge(readrate: float) -> Callable[..., list[str]]:
+    """A ``worker.media.build_merge_args`` that makes ffmpeg read the recording at
+    ``readrate`` x real time (a real, long-running, killable ffmpeg)."""
+    from worker import media
+
+    original = media.build_merge_args
+
+    def build(**kwargs: Any) -> list[str]:
+        args = original(**kwargs)
+        first_input = args.index("-format_whitelist")
+        return [*args[:first_input], "-readrate", str(readrate), *args[first_input:]]
+
+    return build
+
+
+# --- worker processes ------------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """``komorebi-worker run`` in a subprocess; its JSON log lines are kept in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *, readrate: float | None = None):
+        self.log_path = log_path
+        command = [sys.executable, "-m", "tests.worker_harness"]
+        if readrate is not None:
+            command += ["--readrate", str(readrate)]
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every JSON log event written so far."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                out.append(event)
+        return out
+
+    def count(self, event: str) -> int:
+        """How many log events named ``event``."""
+        return sum(1 for e in self.events() if e.get("event") == event)
+
+    def wait_for_event(self, event: str, *, timeout: float = 30.0) -> dict[str, Any]:
+        """The first log event named ``event`` (fails if the process exits first)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for found in self.events():
+                if found.get("event") == event:
+                    return found
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited ({self.process.returncode}): {self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {event!r} within {timeout} s: {self.tail()}")
+            time.sleep(0.1)
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        """Send a signal to the worker."""
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the exit; returns the exit code."""
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self._log.flush()
+
+    def stop(self) -> None:
+        """Teardown: SIGTERM, then SIGKILL if it does not go."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def tail(self, lines: int = 15) -> str:
+        """The last log lines (for failure messages)."""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.worker_harness [--readrate R]``: ``komorebi-worker run``."""
+    import argparse
+
+    from worker import cli, media
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--readrate", type=float, default=None)
+    args = parser.parse_args(argv)
+    if args.readrate is not None:
+        media.build_merge_args = slow_merge(args.readrate)  # type: ignore[assignment]
+    return cli.main(["run"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
