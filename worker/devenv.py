@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 import anyio
+import anyio.abc
 import boto3
 from boto3.dynamodb.types import TypeDeserializer
 from moto.server import ThreadedMotoServer
@@ -218,10 +219,13 @@ def seed_demo_contact(
     )
 
 
-async def run_consumer(settings: Settings, *, once: bool) -> None:
+async def run_consumer(
+    settings: Settings, *, once: bool, on_serving: Callable[[], None] | None = None
+) -> None:
     """The real consumer on the emulator; ``once``: until the queue is empty.
 
-    Without ``once`` it serves until SIGINT/SIGTERM, then stops like the service does.
+    Without ``once`` it serves until SIGINT/SIGTERM, then stops like the service does (a
+    second signal interrupts at once). ``on_serving`` is called once signals are handled.
     """
     from worker.aws import open_clients
     from worker.consumer import LONG_POLL_SECONDS, Consumer
@@ -244,13 +248,16 @@ async def run_consumer(settings: Settings, *, once: bool) -> None:
             return
         async with anyio.create_task_group() as tg:
 
-            async def stop_on_signal() -> None:
+            async def stop_on_signal(*, task_status: anyio.abc.TaskStatus[None]) -> None:
                 with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    task_status.started()
                     async for _ in signals:
                         consumer.request_stop()
                         return
 
-            tg.start_soon(stop_on_signal)
+            await tg.start(stop_on_signal)
+            if on_serving is not None:
+                on_serving()
             await consumer.run()
             tg.cancel_scope.cancel()
 
@@ -326,11 +333,17 @@ def run_dev(*, once: bool, output_dir: Path, port: int = 0, out: TextIO | None =
             return 0 if ok else 1
         say()
         say("Still serving; from another shell, for example:")
-        say(f"  export AWS_ENDPOINT_URL={endpoint} AWS_REGION={DEMO_REGION} ")
-        say("         AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing")
-        say(f"  QUEUE_URL={created.queue_url} komorebi-worker enqueue <recordingID> 00:00:06")
-        say("Ctrl-C to stop.")
-        anyio.run(functools.partial(run_consumer, settings, once=False))
+        say(
+            f"  export AWS_ENDPOINT_URL={endpoint} AWS_REGION={DEMO_REGION}"
+            " AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing"
+            f" QUEUE_URL={created.queue_url}"
+        )
+        say(f"  komorebi-worker enqueue {contact.recording_id} 00:00:07")
+        anyio.run(
+            functools.partial(
+                run_consumer, settings, once=False, on_serving=lambda: say("Ctrl-C to stop.")
+            )
+        )
         say("Stopped.")
         return 0
 
