@@ -5,6 +5,7 @@ import pytest
 pytest_plugins = [
     "tests.fixtures_media",
     "tests.fixtures_aws",
+    "tests.hostile_corpus",
 ]
 
 
