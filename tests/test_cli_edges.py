@@ -246,3 +246,5 @@ def test_redrive_bad_arguments_exit_2(aws: AwsEnv) -> None:
     assert_one_line_error(run_cli("redrive", "--max-messages", "0", env=aws.env), 2)
     env = {k: v for k, v in aws.env.items() if k != "QUEUE_URL"}
     assert_one_line_error(run_cli("redrive", env=env), 2)
+    line = assert_one_line_error(run_cli("redrive", env={**aws.env, "DLQ_URL": aws.queue_url}), 2)
+    assert "same queue" in line

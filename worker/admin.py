@@ -160,6 +160,9 @@ def redrive(
         raise ConfigError("--max-messages must be a positive integer")
     client = sqs or sqs_client()
     source = resolve_dlq_url(queue_url, dlq_url, sqs=client)
+    if source.rstrip("/") == queue_url.rstrip("/"):
+        # Receiving and re-sending on one queue would loop until --max-messages.
+        raise ConfigError("the DLQ and the queue are the same queue; nothing to redrive")
     moved = failed = 0
     while max_messages is None or moved + failed < max_messages:
         wanted = SQS_MAX_BATCH
