@@ -4,33 +4,76 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from tests.fixtures_aws import AwsEnv
+from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
 from worker.aws import AwsClients, open_clients
 from worker.errors import ConfigError, InvalidMessage, MediaError
-from worker.queue import JobQueue, ReceiptHandleInvalid, ReceivedMessage
+from worker.provisioning import QUEUE_ATTRIBUTES
+from worker.queue import (
+    JobQueue,
+    ReceiptHandleInvalid,
+    ReceivedMessage,
+    VisibilityLimitReached,
+    fit_attributes,
+)
 
 pytestmark = pytest.mark.anyio
 
 BODY = json.dumps({"recordingID": "rec-1", "callEndingTimestamp": "00:00:14"})
 
 
+@pytest.fixture(scope="module")
+def world(moto_server: str) -> Iterator[AwsEnv]:
+    """One provisioned world per module; each test gets its own queue pair below."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in aws_base_env(moto_server).items():
+            patch.setenv(name, value)
+        yield provision_world(moto_server)
+
+
 @pytest.fixture
-async def clients(aws: AwsEnv) -> AsyncIterator[AwsClients]:
-    async with open_clients(aws.settings()) as opened:
+async def clients(world: AwsEnv) -> AsyncIterator[AwsClients]:
+    async with open_clients(world.settings()) as opened:
         yield opened
 
 
+@dataclass
+class Queues:
+    """A fresh job queue with its DLQ (redrive as provisioned) and a boto3 client."""
+
+    queue_url: str
+    dlq_url: str
+    boto: Any
+
+
 @pytest.fixture
-def queue(aws: AwsEnv, clients: AwsClients) -> JobQueue:
+def aws(world: AwsEnv) -> Queues:
+    boto = world.client("sqs")
+    name = f"q-{uuid.uuid4().hex[:12]}"
+    dlq_url = boto.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    arn = boto.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    redrive = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": 8})
+    queue_url = boto.create_queue(
+        QueueName=name, Attributes={**QUEUE_ATTRIBUTES, "RedrivePolicy": redrive}
+    )["QueueUrl"]
+    return Queues(queue_url, dlq_url, boto)
+
+
+@pytest.fixture
+def queue(aws: Queues, clients: AwsClients) -> JobQueue:
     return JobQueue(clients.sqs, aws.queue_url, aws.dlq_url)
 
 
-def _counts(aws: AwsEnv, url: str) -> tuple[int, int]:
-    attributes = aws.client("sqs").get_queue_attributes(
+def _counts(aws: Queues, url: str) -> tuple[int, int]:
+    attributes = aws.boto.get_queue_attributes(
         QueueUrl=url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
@@ -63,9 +106,9 @@ async def test_send_and_receive_with_receive_count(queue: JobQueue) -> None:
     assert second.receipt_handle != first.receipt_handle
 
 
-async def test_receive_clamps_batch_size_and_returns_empty(aws: AwsEnv, queue: JobQueue) -> None:
+async def test_receive_clamps_batch_size_and_returns_empty(aws: Queues, queue: JobQueue) -> None:
     assert await queue.receive(0, wait_seconds=0) == []
-    sqs = aws.client("sqs")
+    sqs = aws.boto
     for index in range(12):
         sqs.send_message(QueueUrl=aws.queue_url, MessageBody=f"m{index}")
     got = await queue.receive(50, wait_seconds=0)
@@ -74,7 +117,7 @@ async def test_receive_clamps_batch_size_and_returns_empty(aws: AwsEnv, queue: J
     assert len(one) == 1
 
 
-async def test_change_visibility_hides_the_message(aws: AwsEnv, queue: JobQueue) -> None:
+async def test_change_visibility_hides_the_message(aws: Queues, queue: JobQueue) -> None:
     await queue.send(BODY)
     message = await _receive_one(queue)
     await queue.change_visibility(message, 600)  # a heartbeat
@@ -82,7 +125,7 @@ async def test_change_visibility_hides_the_message(aws: AwsEnv, queue: JobQueue)
     assert _counts(aws, aws.queue_url) == (0, 1)
 
 
-async def test_delete_removes_the_message(aws: AwsEnv, queue: JobQueue) -> None:
+async def test_delete_removes_the_message(aws: Queues, queue: JobQueue) -> None:
     await queue.send(BODY)
     message = await _receive_one(queue)
     await queue.delete(message)
@@ -93,12 +136,48 @@ async def test_stale_receipt_handle_is_a_typed_error(queue: JobQueue) -> None:
     await queue.send(BODY)
     message = await _receive_one(queue)
     await queue.delete(message)
+    with pytest.raises(ReceiptHandleInvalid):  # deleted: the handle is stale
+        await queue.change_visibility(message, 30)
     bogus = ReceivedMessage("id", "not-a-receipt-handle", BODY, 1, None)
     with pytest.raises(ReceiptHandleInvalid):
         await queue.change_visibility(bogus, 30)
 
 
-async def test_dead_letter_sends_body_and_reason_attributes(aws: AwsEnv, queue: JobQueue) -> None:
+async def test_visibility_past_twelve_hours_is_a_typed_error(aws: Queues, queue: JobQueue) -> None:
+    await queue.send(BODY)
+    message = await _receive_one(queue)
+    await queue.change_visibility(message, 3600)
+    with pytest.raises(VisibilityLimitReached):
+        await queue.change_visibility(message, 12 * 3600)
+
+
+async def test_dead_letter_strips_characters_sqs_rejects(aws: Queues, queue: JobQueue) -> None:
+    await queue.send(BODY)
+    message = await _receive_one(queue)
+    await queue.dead_letter(message, MediaError("ffmpeg: \x1b[31mInvalid data\x1b[0m \x00 end"))
+    received = aws.boto.receive_message(
+        QueueUrl=aws.dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=0
+    )["Messages"]
+    text = received[0]["MessageAttributes"]["errorMessage"]["StringValue"]
+    assert text == "ffmpeg: ?[31mInvalid data?[0m ? end"
+
+
+def test_fit_attributes_drops_detail_before_the_reason() -> None:
+    attributes = {
+        "errorClass": {"DataType": "String", "StringValue": "InvalidMessage"},
+        "errorReason": {"DataType": "String", "StringValue": "invalid_message"},
+        "errorMessage": {"DataType": "String", "StringValue": "x" * 256},
+        "receiveCount": {"DataType": "Number", "StringValue": "1"},
+    }
+    assert fit_attributes(attributes, "b" * 1000) == attributes
+    near_limit = fit_attributes(attributes, "b" * (262_144 - 100))
+    assert set(near_limit) == {"errorClass", "errorReason", "receiveCount"}
+    tight = fit_attributes(attributes, "b" * (262_144 - 40))
+    assert set(tight) == {"errorReason"}
+    assert fit_attributes(attributes, "b" * 262_144) == {}
+
+
+async def test_dead_letter_sends_body_and_reason_attributes(aws: Queues, queue: JobQueue) -> None:
     await queue.send(BODY)
     message = await _receive_one(queue)
     error = MediaError("undecodable input: moov atom not found\n" + "x" * 400)
@@ -106,7 +185,7 @@ async def test_dead_letter_sends_body_and_reason_attributes(aws: AwsEnv, queue: 
     await queue.dead_letter(message, error)
     await queue.delete(message)
 
-    received = aws.client("sqs").receive_message(
+    received = aws.boto.receive_message(
         QueueUrl=aws.dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=0
     )["Messages"]
     assert len(received) == 1
@@ -123,7 +202,7 @@ async def test_dead_letter_sends_body_and_reason_attributes(aws: AwsEnv, queue: 
     assert _counts(aws, aws.queue_url) == (0, 0)
 
 
-async def test_dlq_url_resolved_from_redrive_policy(aws: AwsEnv, clients: AwsClients) -> None:
+async def test_dlq_url_resolved_from_redrive_policy(aws: Queues, clients: AwsClients) -> None:
     queue = JobQueue(clients.sqs, aws.queue_url, None)
     assert await queue.resolve_dlq_url() == aws.dlq_url
     await queue.send("not json")
@@ -134,7 +213,7 @@ async def test_dlq_url_resolved_from_redrive_policy(aws: AwsEnv, clients: AwsCli
     assert await configured.resolve_dlq_url() == "https://example.invalid/q"
 
 
-async def test_no_dlq_anywhere_is_a_config_error(aws: AwsEnv, clients: AwsClients) -> None:
-    bare_url = aws.client("sqs").create_queue(QueueName=f"bare-{time.time_ns()}")["QueueUrl"]
+async def test_no_dlq_anywhere_is_a_config_error(aws: Queues, clients: AwsClients) -> None:
+    bare_url = aws.boto.create_queue(QueueName=f"bare-{time.time_ns()}")["QueueUrl"]
     with pytest.raises(ConfigError, match="RedrivePolicy"):
         await JobQueue(clients.sqs, bare_url, None).resolve_dlq_url()

@@ -6,15 +6,17 @@ import base64
 import hashlib
 import os
 import subprocess
+import uuid
 import zlib
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from tests.fixtures_aws import AwsEnv
+from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
 from worker.aws import AwsClients, open_clients
 from worker.errors import AwsUnavailable, ScratchFull
 from worker.observability import BYTES_TRANSFERRED
@@ -23,10 +25,35 @@ from worker.storage import MIB, ObjectNotFound, ObjectStore
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(scope="module")
+def world(moto_server: str) -> Iterator[AwsEnv]:
+    """One provisioned world per module (provisioning is the slow part of a test's set-up)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in aws_base_env(moto_server).items():
+            patch.setenv(name, value)
+        yield provision_world(moto_server)
+
+
 @pytest.fixture
-async def clients(aws: AwsEnv) -> AsyncIterator[AwsClients]:
-    async with open_clients(aws.settings()) as opened:
+async def clients(world: AwsEnv) -> AsyncIterator[AwsClients]:
+    async with open_clients(world.settings()) as opened:
         yield opened
+
+
+@dataclass
+class S3Env:
+    """A fresh, empty bucket for one test and a boto3 client to seed and inspect it."""
+
+    bucket: str
+    boto: Any
+
+
+@pytest.fixture
+def s3env(world: AwsEnv) -> S3Env:
+    boto = world.client("s3")
+    bucket = f"t-{uuid.uuid4().hex[:16]}"
+    boto.create_bucket(Bucket=bucket)
+    return S3Env(bucket, boto)
 
 
 def _sha(data: bytes) -> str:
@@ -52,55 +79,55 @@ def _record_calls(client: Any, operation: str) -> list[dict[str, Any]]:
     return seen
 
 
-async def test_list_prefix_paginates_and_filters(aws: AwsEnv, clients: AwsClients) -> None:
-    s3 = aws.client("s3")
+async def test_list_prefix_paginates_and_filters(s3env: S3Env, clients: AwsClients) -> None:
+    s3 = s3env.boto
     wanted = [f"connect/x/2024/01/02/rec-{i:02d}_x.wav" for i in range(7)]
     for index, key in enumerate(wanted):
-        s3.put_object(Bucket=aws.ac_audio_bucket, Key=key, Body=b"a" * (index + 1))
-    s3.put_object(Bucket=aws.ac_audio_bucket, Key="connect/x/2024/01/03/other.wav", Body=b"b")
+        s3.put_object(Bucket=s3env.bucket, Key=key, Body=b"a" * (index + 1))
+    s3.put_object(Bucket=s3env.bucket, Key="connect/x/2024/01/03/other.wav", Body=b"b")
     calls = _record_calls(clients.s3, "ListObjectsV2")
 
     found = await ObjectStore(clients.s3).list_prefix(
-        aws.ac_audio_bucket, "connect/x/2024/01/02/", page_size=3
+        s3env.bucket, "connect/x/2024/01/02/", page_size=3
     )
 
     assert [o.key for o in found] == wanted
     assert [o.size for o in found] == list(range(1, 8))
     assert all(o.last_modified.tzinfo is not None for o in found)
     assert len(calls) == 3  # 3 + 3 + 1: every page was followed
-    assert await ObjectStore(clients.s3).list_prefix(aws.ac_audio_bucket, "nothing/") == []
+    assert await ObjectStore(clients.s3).list_prefix(s3env.bucket, "nothing/") == []
 
 
-async def test_download_small_object(aws: AwsEnv, clients: AwsClients, tmp_path: Path) -> None:
+async def test_download_small_object(s3env: S3Env, clients: AwsClients, tmp_path: Path) -> None:
     data = os.urandom(300_000)
-    aws.client("s3").put_object(Bucket=aws.input_bucket, Key="a/b.mp4", Body=data)
+    s3env.boto.put_object(Bucket=s3env.bucket, Key="a/b.mp4", Body=data)
     before = _transferred("download")
     destination = tmp_path / "b.mp4"
 
-    size = await ObjectStore(clients.s3).download(aws.input_bucket, "a/b.mp4", destination)
+    size = await ObjectStore(clients.s3).download(s3env.bucket, "a/b.mp4", destination)
 
     assert size == len(data)
     assert destination.read_bytes() == data
     assert _transferred("download") - before == len(data)
 
 
-async def test_download_empty_object(aws: AwsEnv, clients: AwsClients, tmp_path: Path) -> None:
-    aws.client("s3").put_object(Bucket=aws.input_bucket, Key="empty", Body=b"")
+async def test_download_empty_object(s3env: S3Env, clients: AwsClients, tmp_path: Path) -> None:
+    s3env.boto.put_object(Bucket=s3env.bucket, Key="empty", Body=b"")
     destination = tmp_path / "empty"
-    assert await ObjectStore(clients.s3).download(aws.input_bucket, "empty", destination) == 0
+    assert await ObjectStore(clients.s3).download(s3env.bucket, "empty", destination) == 0
     assert destination.read_bytes() == b""
 
 
 async def test_large_download_uses_parallel_ranges(
-    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+    s3env: S3Env, clients: AwsClients, tmp_path: Path
 ) -> None:
     data = os.urandom(12 * MIB + 12345)
-    aws.client("s3").put_object(Bucket=aws.input_bucket, Key="big.webm", Body=data)
+    s3env.boto.put_object(Bucket=s3env.bucket, Key="big.webm", Body=data)
     calls = _record_calls(clients.s3, "GetObject")
     destination = tmp_path / "big.webm"
 
     store = ObjectStore(clients.s3, part_size=5 * MIB, max_concurrency=3)
-    size = await store.download(aws.input_bucket, "big.webm", destination)
+    size = await store.download(s3env.bucket, "big.webm", destination)
 
     assert size == len(data)
     assert _sha(destination.read_bytes()) == _sha(data)
@@ -116,11 +143,11 @@ async def test_large_download_uses_parallel_ranges(
 
 
 async def test_download_missing_key_raises_object_not_found(
-    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+    s3env: S3Env, clients: AwsClients, tmp_path: Path
 ) -> None:
     destination = tmp_path / "missing.mp4"
     with pytest.raises(ObjectNotFound) as caught:
-        await ObjectStore(clients.s3).download(aws.input_bucket, "no/such.mp4", destination)
+        await ObjectStore(clients.s3).download(s3env.bucket, "no/such.mp4", destination)
     assert caught.value.key == "no/such.mp4"
     assert not destination.exists()
     with pytest.raises(ObjectNotFound):
@@ -128,17 +155,17 @@ async def test_download_missing_key_raises_object_not_found(
 
 
 async def test_download_over_scratch_cap_raises_before_writing(
-    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+    s3env: S3Env, clients: AwsClients, tmp_path: Path
 ) -> None:
-    aws.client("s3").put_object(Bucket=aws.input_bucket, Key="k", Body=b"x" * 5000)
+    s3env.boto.put_object(Bucket=s3env.bucket, Key="k", Body=b"x" * 5000)
     destination = tmp_path / "k"
     store = ObjectStore(clients.s3, scratch_max_bytes=4999)
     with pytest.raises(ScratchFull):
-        await store.download(aws.input_bucket, "k", destination)
+        await store.download(s3env.bucket, "k", destination)
     assert not destination.exists()
     # At the cap exactly it fits.
     assert await ObjectStore(clients.s3, scratch_max_bytes=5000).download(
-        aws.input_bucket, "k", destination
+        s3env.bucket, "k", destination
     )
 
 
@@ -161,16 +188,16 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 async def test_download_to_full_disk_raises_scratch_full(
-    aws: AwsEnv, clients: AwsClients, tiny_tmpfs: Path
+    s3env: S3Env, clients: AwsClients, tiny_tmpfs: Path
 ) -> None:
-    aws.client("s3").put_object(Bucket=aws.input_bucket, Key="k", Body=os.urandom(2 * MIB))
+    s3env.boto.put_object(Bucket=s3env.bucket, Key="k", Body=os.urandom(2 * MIB))
     with pytest.raises(ScratchFull):
-        await ObjectStore(clients.s3).download(aws.input_bucket, "k", tiny_tmpfs / "k")
+        await ObjectStore(clients.s3).download(s3env.bucket, "k", tiny_tmpfs / "k")
     assert list(tiny_tmpfs.iterdir()) == []
 
 
 async def test_small_upload_has_content_type_and_crc32(
-    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+    s3env: S3Env, clients: AwsClients, tmp_path: Path
 ) -> None:
     data = os.urandom(100_000)
     source = tmp_path / "thumbnail.png"
@@ -178,21 +205,21 @@ async def test_small_upload_has_content_type_and_crc32(
     before = _transferred("upload")
 
     size = await ObjectStore(clients.s3).upload(
-        source, aws.output_bucket, "o/thumbnail.png", content_type="image/png"
+        source, s3env.bucket, "o/thumbnail.png", content_type="image/png"
     )
 
     assert size == len(data)
     assert _transferred("upload") - before == len(data)
-    s3 = aws.client("s3")
-    head = s3.head_object(Bucket=aws.output_bucket, Key="o/thumbnail.png", ChecksumMode="ENABLED")
+    s3 = s3env.boto
+    head = s3.head_object(Bucket=s3env.bucket, Key="o/thumbnail.png", ChecksumMode="ENABLED")
     assert head["ContentType"] == "image/png"
     assert base64.b64decode(head["ChecksumCRC32"]) == _crc32_b64(data)
-    body = s3.get_object(Bucket=aws.output_bucket, Key="o/thumbnail.png")["Body"].read()
+    body = s3.get_object(Bucket=s3env.bucket, Key="o/thumbnail.png")["Body"].read()
     assert body == data
 
 
 async def test_multipart_upload_above_part_size(
-    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+    s3env: S3Env, clients: AwsClients, tmp_path: Path
 ) -> None:
     data = os.urandom(11 * MIB + 777)
     source = tmp_path / "recording.mp4"
@@ -200,31 +227,29 @@ async def test_multipart_upload_above_part_size(
     calls = _record_calls(clients.s3, "UploadPart")
 
     store = ObjectStore(clients.s3, part_size=5 * MIB, max_concurrency=2)
-    size = await store.upload(
-        source, aws.output_bucket, "o/recording.mp4", content_type="video/mp4"
-    )
+    size = await store.upload(source, s3env.bucket, "o/recording.mp4", content_type="video/mp4")
 
     assert size == len(data)
     assert sorted(call["PartNumber"] for call in calls) == [1, 2, 3]
-    s3 = aws.client("s3")
-    head = s3.head_object(Bucket=aws.output_bucket, Key="o/recording.mp4", ChecksumMode="ENABLED")
+    s3 = s3env.boto
+    head = s3.head_object(Bucket=s3env.bucket, Key="o/recording.mp4", ChecksumMode="ENABLED")
     assert head["ContentType"] == "video/mp4"
     assert head["ContentLength"] == len(data)
     attributes = s3.get_object_attributes(
-        Bucket=aws.output_bucket, Key="o/recording.mp4", ObjectAttributes=["Checksum"]
+        Bucket=s3env.bucket, Key="o/recording.mp4", ObjectAttributes=["Checksum"]
     )
     # A multipart CRC32 is the CRC32 of the parts' CRC32s (S3's COMPOSITE checksum).
     parts = [data[i : i + 5 * MIB] for i in range(0, len(data), 5 * MIB)]
     composite = zlib.crc32(b"".join(_crc32_b64(p) for p in parts)).to_bytes(4, "big")
     checksum = attributes["Checksum"]["ChecksumCRC32"].split("-")[0]
     assert base64.b64decode(checksum) == composite
-    body = s3.get_object(Bucket=aws.output_bucket, Key="o/recording.mp4")["Body"].read()
+    body = s3.get_object(Bucket=s3env.bucket, Key="o/recording.mp4")["Body"].read()
     assert _sha(body) == _sha(data)
-    assert s3.list_multipart_uploads(Bucket=aws.output_bucket).get("Uploads", []) == []
+    assert s3.list_multipart_uploads(Bucket=s3env.bucket).get("Uploads", []) == []
 
 
 async def test_failed_multipart_upload_is_aborted(
-    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+    s3env: S3Env, clients: AwsClients, tmp_path: Path
 ) -> None:
     source = tmp_path / "recording.mp4"
     source.write_bytes(os.urandom(11 * MIB))
@@ -236,15 +261,15 @@ async def test_failed_multipart_upload_is_aborted(
     clients.s3.meta.events.register("provide-client-params.s3.UploadPart", fail_part_two)
     store = ObjectStore(clients.s3, part_size=5 * MIB, max_concurrency=1)
     with pytest.raises(AwsUnavailable, match="ConnectionResetError"):
-        await store.upload(source, aws.output_bucket, "o/failed.mp4", content_type="video/mp4")
+        await store.upload(source, s3env.bucket, "o/failed.mp4", content_type="video/mp4")
 
-    s3 = aws.client("s3")
-    assert s3.list_multipart_uploads(Bucket=aws.output_bucket).get("Uploads", []) == []
-    assert s3.list_objects_v2(Bucket=aws.output_bucket).get("KeyCount", 0) == 0
+    s3 = s3env.boto
+    assert s3.list_multipart_uploads(Bucket=s3env.bucket).get("Uploads", []) == []
+    assert s3.list_objects_v2(Bucket=s3env.bucket).get("KeyCount", 0) == 0
 
 
 async def test_cancelled_multipart_upload_is_aborted(
-    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+    s3env: S3Env, clients: AwsClients, tmp_path: Path
 ) -> None:
     source = tmp_path / "recording.mp4"
     source.write_bytes(os.urandom(11 * MIB))
@@ -257,18 +282,18 @@ async def test_cancelled_multipart_upload_is_aborted(
                 scope.cancel()  # as a SIGTERM past the grace period would
 
         clients.s3.meta.events.register("provide-client-params.s3.UploadPart", cancel_at_part_two)
-        await store.upload(source, aws.output_bucket, "o/cancel.mp4", content_type="video/mp4")
+        await store.upload(source, s3env.bucket, "o/cancel.mp4", content_type="video/mp4")
     assert scope.cancelled_caught
 
-    s3 = aws.client("s3")
-    assert s3.list_multipart_uploads(Bucket=aws.output_bucket).get("Uploads", []) == []
-    assert s3.list_objects_v2(Bucket=aws.output_bucket).get("KeyCount", 0) == 0
+    s3 = s3env.boto
+    assert s3.list_multipart_uploads(Bucket=s3env.bucket).get("Uploads", []) == []
+    assert s3.list_objects_v2(Bucket=s3env.bucket).get("KeyCount", 0) == 0
 
 
 async def test_cancelled_download_leaves_no_partial_file(
-    aws: AwsEnv, clients: AwsClients, tmp_path: Path
+    s3env: S3Env, clients: AwsClients, tmp_path: Path
 ) -> None:
-    aws.client("s3").put_object(Bucket=aws.input_bucket, Key="big", Body=os.urandom(11 * MIB))
+    s3env.boto.put_object(Bucket=s3env.bucket, Key="big", Body=os.urandom(11 * MIB))
     destination = tmp_path / "big"
     store = ObjectStore(clients.s3, part_size=5 * MIB, max_concurrency=1)
     with anyio.CancelScope() as scope:
@@ -282,7 +307,7 @@ async def test_cancelled_download_leaves_no_partial_file(
         clients.s3.meta.events.register(
             "provide-client-params.s3.GetObject", cancel_on_second_range
         )
-        await store.download(aws.input_bucket, "big", destination)
+        await store.download(s3env.bucket, "big", destination)
     assert scope.cancelled_caught
     assert not destination.exists()
 

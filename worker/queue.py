@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,17 @@ from worker.errors import ConfigError, JobError, TransientError
 MAX_BATCH = 10
 MAX_WAIT_SECONDS = 20
 MAX_ERROR_MESSAGE_CHARS = 256
+# The smallest MaximumMessageSize a queue has by default (body + attributes count towards it);
+# newer queues allow 1 MiB, but the DLQ may be an older one.
+SQS_MESSAGE_LIMIT = 262_144
+_DROP_ORDER = (
+    "errorMessage",
+    "failedAt",
+    "receiveCount",
+    "originalMessageId",
+    "errorClass",
+    "errorReason",
+)
 # Codes SQS uses when a receipt handle no longer refers to an in-flight message (deleted,
 # visibility already expired and redelivered, or garbage).
 _RECEIPT_CODES = {
@@ -29,6 +41,12 @@ class ReceiptHandleInvalid(TransientError):
     """The message is no longer ours: its receipt handle expired or it was redelivered."""
 
     reason = "receipt_handle_invalid"
+
+
+class VisibilityLimitReached(TransientError):
+    """SQS refuses to extend visibility past 12 hours after the message was received."""
+
+    reason = "visibility_limit"
 
 
 @dataclass(frozen=True)
@@ -58,8 +76,47 @@ def _is_receipt_error(error: BaseException) -> bool:
     return code == "InvalidParameterValue" and "receipt handle" in message
 
 
+def _is_visibility_limit(error: BaseException) -> bool:
+    message = str(getattr(error, "response", {}).get("Error", {}).get("Message", "")).lower()
+    return error_code(error) == "InvalidParameterValue" and "beyond the limit" in message
+
+
+# SQS accepts only these characters in bodies and attribute values (XML 1.0).
+_NOT_XML = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def sqs_safe(text: str) -> str:
+    """Replace characters SQS rejects (control bytes, ANSI escapes from ffmpeg) with ``?``."""
+    return _NOT_XML.sub("?", text)
+
+
 def _attribute(value: str, data_type: str = "String") -> dict[str, str]:
-    return {"DataType": data_type, "StringValue": value}
+    return {"DataType": data_type, "StringValue": sqs_safe(value)}
+
+
+def _attributes_size(attributes: dict[str, dict[str, str]]) -> int:
+    # How SQS counts attributes against the message size: name + type + value, in bytes.
+    return sum(
+        len(name.encode()) + len(a["DataType"].encode()) + len(a["StringValue"].encode())
+        for name, a in attributes.items()
+    )
+
+
+def fit_attributes(
+    attributes: dict[str, dict[str, str]], body: str, limit: int = SQS_MESSAGE_LIMIT
+) -> dict[str, dict[str, str]]:
+    """Drop the least important attributes until body + attributes fit in ``limit`` bytes.
+
+    A body already near the limit (a hostile or huge message) must still reach the DLQ; the
+    reason code is the last attribute to go.
+    """
+    kept = dict(attributes)
+    budget = limit - len(body.encode())
+    for name in _DROP_ORDER:
+        if _attributes_size(kept) <= budget:
+            break
+        kept.pop(name, None)
+    return kept if _attributes_size(kept) <= budget else {}
 
 
 class JobQueue:
@@ -131,7 +188,8 @@ class JobQueue:
     async def change_visibility(self, message: ReceivedMessage, seconds: int) -> None:
         """Set the message's visibility timeout from now (heartbeat, backoff, or 0 = release).
 
-        Raises :class:`ReceiptHandleInvalid` when the delivery is no longer ours.
+        Raises :class:`ReceiptHandleInvalid` when the delivery is no longer ours and
+        :class:`VisibilityLimitReached` when SQS's 12-hour limit would be passed.
         """
         seconds = max(0, min(SQS_MAX_VISIBILITY_SECONDS, int(seconds)))
         try:
@@ -144,6 +202,10 @@ class JobQueue:
             if _is_receipt_error(error):
                 raise ReceiptHandleInvalid(
                     f"message {message.message_id}: receipt handle no longer valid"
+                ) from None
+            if _is_visibility_limit(error):
+                raise VisibilityLimitReached(
+                    f"message {message.message_id}: visibility cannot be extended past 12 hours"
                 ) from None
             raise translate(error) from error
 
@@ -176,6 +238,7 @@ class JobQueue:
             "originalMessageId": _attribute(message.message_id),
             "failedAt": _attribute(failed_at),
         }
+        attributes = fit_attributes(attributes, message.body)
         try:
             await self._sqs.send_message(
                 QueueUrl=dlq_url, MessageBody=message.body, MessageAttributes=attributes

@@ -7,9 +7,12 @@ at a time. Large objects use up to ``max_concurrency`` parallel requests.
 
 from __future__ import annotations
 
+import base64
 import errno
+import io
 import os
 import shutil
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -336,15 +339,20 @@ class ObjectStore:
                 async def worker() -> None:
                     for number, (start, end) in pending:
                         length = end - start + 1
-                        data = await anyio.to_thread.run_sync(_pread_all, fd, length, start)
+                        # The part is read from disk twice (checksum, then send) and never
+                        # held in memory whole: memory per upload stays at a few buffers.
+                        crc = await anyio.to_thread.run_sync(_crc32_of_range, fd, start, length)
                         try:
                             response = await self._s3.upload_part(
                                 Bucket=bucket,
                                 Key=key,
                                 UploadId=upload_id,
                                 PartNumber=number,
-                                Body=data,
+                                Body=FileWindow(fd, start, length),
+                                ContentLength=length,
                                 ChecksumAlgorithm="CRC32",
+                                # S3 verifies the part against it (BadDigest otherwise).
+                                ChecksumCRC32=crc,
                             )
                         except AWS_ERRORS as error:
                             raise translate(error) from error
@@ -430,6 +438,62 @@ def _pwrite_sync(fd: int, data: bytes, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
+
+
+class FileWindow(io.RawIOBase):
+    """A read-only, seekable view of ``length`` bytes of ``fd`` from ``start``.
+
+    Used as an upload body: the HTTP layer streams it (and botocore may seek it back to the
+    start for signing or a retry) without the part ever being loaded into memory. Reads use
+    ``os.pread``, so windows on one descriptor are independent of each other.
+    """
+
+    def __init__(self, fd: int, start: int, length: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._start = start
+        self._length = length
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
+        self._position = max(0, min(self._length, base + offset))
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        remaining = self._length - self._position
+        wanted = remaining if size is None or size < 0 else min(size, remaining)
+        if wanted <= 0:
+            return b""
+        data = _pread_all(self._fd, wanted, self._start + self._position)
+        self._position += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _crc32_of_range(fd: int, start: int, length: int) -> str:
+    """Base64 CRC32 of a byte range, read in small chunks (S3's ChecksumCRC32 format)."""
+    crc = 0
+    offset = start
+    end = start + length
+    while offset < end:
+        chunk = _pread_all(fd, min(WRITE_CHUNK, end - offset), offset)
+        crc = zlib.crc32(chunk, crc)
+        offset += len(chunk)
+    return base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
 
 
 def _pread_all(fd: int, length: int, offset: int) -> bytes:
