@@ -1,0 +1,380 @@
+"""infra/template.yaml: one source of truth with the code, and a real deployment on moto.
+
+The queue, DLQ and table parameters live in worker/provisioning.py; the worker's settings in
+worker/config.py. These tests fail when the template drifts from either, and deploy the
+template on moto's CloudFormation (a real moto server over HTTP) to check what it creates.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from tests.infra_helpers import ROOT, TEMPLATE_PATH, load_template
+from worker import config, provisioning
+
+REGION = "eu-central-1"
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    """The template with CloudFormation short tags (!Ref, !Sub...) decoded."""
+    return load_template()
+
+
+def resource(template: dict[str, Any], name: str) -> dict[str, Any]:
+    props: dict[str, Any] = template["Resources"][name]["Properties"]
+    return props
+
+
+def container(template: dict[str, Any], name: str) -> dict[str, Any]:
+    for definition in resource(template, "TaskDefinition")["ContainerDefinitions"]:
+        if definition["Name"] == name:
+            found: dict[str, Any] = definition
+            return found
+    raise AssertionError(f"no container {name}")
+
+
+def environment(definition: dict[str, Any]) -> dict[str, Any]:
+    return {item["Name"]: item["Value"] for item in definition["Environment"]}
+
+
+def cfn_value(value: Any) -> str:
+    """A template literal as SQS reports it ('true' for booleans)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# --- one source of truth: worker/provisioning.py ---------------------------------------------
+
+
+def test_queue_properties_equal_provisioning(template: dict[str, Any]) -> None:
+    queue = resource(template, "JobQueue")
+    # SQS attribute names and CloudFormation property names coincide for these attributes.
+    assert {k: cfn_value(queue[k]) for k in provisioning.QUEUE_ATTRIBUTES} == dict(
+        provisioning.QUEUE_ATTRIBUTES
+    )
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == provisioning.QUEUE_MAX_RECEIVE_COUNT
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["DeadLetterQueue", "Arn"]
+    }
+    # Nothing set in the template that provisioning does not also set.
+    extra = set(queue) - set(provisioning.QUEUE_ATTRIBUTES) - {"RedrivePolicy"}
+    assert not extra, f"JobQueue sets {extra}; add them to worker/provisioning.py too"
+
+
+def test_dlq_properties_equal_provisioning(template: dict[str, Any]) -> None:
+    dlq = resource(template, "DeadLetterQueue")
+    assert {k: cfn_value(v) for k, v in dlq.items()} == dict(provisioning.DLQ_ATTRIBUTES)
+    assert provisioning.DLQ_MESSAGE_RETENTION_SECONDS == 14 * 24 * 3600  # SQS maximum
+
+
+def test_table_key_and_billing_equal_provisioning(template: dict[str, Any]) -> None:
+    table = resource(template, "RecordingTable")
+    assert table["BillingMode"] == provisioning.TABLE_BILLING_MODE
+    assert table["KeySchema"] == [
+        {"AttributeName": provisioning.TABLE_PARTITION_KEY, "KeyType": "HASH"}
+    ]
+    assert table["AttributeDefinitions"] == [
+        {"AttributeName": provisioning.TABLE_PARTITION_KEY, "AttributeType": "S"}
+    ]
+
+
+# --- the task definition matches the worker's settings ---------------------------------------
+
+
+def known_env_vars() -> set[str]:
+    names = set(config._REQUIRED) | set(config._OPTIONAL) | set(config._AUDIO) | set(config._KEYS)
+    # SDK and OS variables the worker relies on without parsing them itself.
+    return names | {"AWS_REGION", "TMPDIR"}
+
+
+def test_worker_environment_is_known_and_complete(template: dict[str, Any]) -> None:
+    env = environment(container(template, "worker"))
+    unknown = set(env) - known_env_vars()
+    assert not unknown, f"the task sets variables the worker never reads: {unknown}"
+    missing = set(config._REQUIRED) | {"QUEUE_URL"}
+    assert missing <= set(env)
+    assert env["VISIBILITY_TIMEOUT"] == str(provisioning.QUEUE_VISIBILITY_TIMEOUT_SECONDS)
+    assert env["METRICS_PORT"] == str(config.DEFAULT_METRICS_PORT)
+
+
+def test_shutdown_fits_fargate_stop_timeout(template: dict[str, Any]) -> None:
+    worker = container(template, "worker")
+    grace = float(environment(worker)["SHUTDOWN_GRACE_SECONDS"])
+    assert worker["StopTimeout"] == 120  # Fargate's maximum
+    # In-flight jobs get the grace period, then their messages are released before SIGKILL.
+    assert grace == config.Settings.__dataclass_fields__["shutdown_grace_seconds"].default
+    assert grace + 10 <= worker["StopTimeout"]
+
+
+def test_worker_container_hardening(template: dict[str, Any]) -> None:
+    worker = container(template, "worker")
+    assert worker["Essential"] is True
+    assert worker["ReadonlyRootFilesystem"] is True
+    assert worker["LinuxParameters"]["InitProcessEnabled"] is True
+    uid, gid = (int(part) for part in worker["User"].split(":"))
+    assert uid != 0 and gid != 0
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"USER {worker['User']}" in dockerfile
+    scratch = environment(worker)["SCRATCH_DIR"]
+    assert worker["MountPoints"] == [
+        {"SourceVolume": "scratch", "ContainerPath": scratch, "ReadOnly": False}
+    ]
+    assert resource(template, "TaskDefinition")["Volumes"] == [{"Name": "scratch"}]
+    assert f'VOLUME ["{scratch}"]' in dockerfile
+
+
+def test_health_check_probes_the_metrics_port(template: dict[str, Any]) -> None:
+    command = container(template, "worker")["HealthCheck"]["Command"]
+    assert command[0] == "CMD"  # exec form: the image has no shell tools to rely on
+    assert f"http://127.0.0.1:{config.DEFAULT_METRICS_PORT}/healthz" in command[-1]
+
+
+def test_ephemeral_storage_parameter(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["EphemeralStorageGiB"]
+    assert parameter["MinValue"] == 21 and parameter["MaxValue"] == 200  # Fargate's range
+    storage = resource(template, "TaskDefinition")["EphemeralStorage"]
+    assert storage == {"SizeInGiB": {"Ref": "EphemeralStorageGiB"}}
+
+
+def test_metrics_sidecar_scrapes_the_worker(template: dict[str, Any]) -> None:
+    sidecar = container(template, "metrics-collector")
+    assert sidecar["Essential"] is False  # losing metrics never stops jobs
+    assert re.fullmatch(
+        r"public\.ecr\.aws/.+:v\d+\.\d+\.\d+",
+        template["Parameters"]["AdotCollectorImage"]["Default"],
+    )
+    body, _ = environment(sidecar)["AOT_CONFIG_CONTENT"]["Fn::Sub"]
+    # ${...} are CloudFormation substitutions; replace them to parse the collector config.
+    collector = yaml.safe_load(re.sub(r"\$\{[^}]+\}", "x", body))
+    scrape = collector["receivers"]["prometheus"]["config"]["scrape_configs"][0]
+    assert scrape["static_configs"][0]["targets"] == [f"127.0.0.1:{config.DEFAULT_METRICS_PORT}"]
+    pipeline = collector["service"]["pipelines"]["metrics"]
+    assert pipeline["exporters"] == ["prometheusremotewrite"]
+    exporter = collector["exporters"]["prometheusremotewrite"]
+    assert exporter["endpoint"].endswith("api/v1/remote_write")
+    assert exporter["auth"]["authenticator"] == "sigv4auth"
+    # Each task's series must stay apart: ECS resource attributes become labels.
+    assert "ecs" in collector["processors"]["resourcedetection"]["detectors"]
+    assert exporter["resource_to_telemetry_conversion"]["enabled"] is True
+
+
+def test_service_shape(template: dict[str, Any]) -> None:
+    service = resource(template, "Service")
+    assert "DesiredCount" not in service  # autoscaling owns it; deploys must not reset it
+    assert "LoadBalancers" not in service
+    breaker = service["DeploymentConfiguration"]["DeploymentCircuitBreaker"]
+    assert breaker == {"Enable": True, "Rollback": True}
+    providers = {s["CapacityProvider"] for s in service["CapacityProviderStrategy"]}
+    assert providers == {"FARGATE", "FARGATE_SPOT"}
+    cluster = resource(template, "Cluster")
+    assert {"Name": "containerInsights", "Value": "enabled"} in cluster["ClusterSettings"]
+    assert set(cluster["CapacityProviders"]) == {"FARGATE", "FARGATE_SPOT"}
+
+
+def test_backlog_per_task_target_tracking(template: dict[str, Any]) -> None:
+    policy = resource(template, "BacklogPerTaskScaling")
+    config_ = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert config_["TargetValue"] == {"Ref": "BacklogPerTaskTarget"}
+    metrics = {m["Id"]: m for m in config_["CustomizedMetricSpecification"]["Metrics"]}
+    assert metrics["visible"]["MetricStat"]["Metric"]["MetricName"] == (
+        "ApproximateNumberOfMessagesVisible"
+    )
+    assert metrics["tasks"]["MetricStat"]["Metric"]["MetricName"] == "RunningTaskCount"
+    returned = [m for m in metrics.values() if m.get("ReturnData", True)]
+    assert [m["Expression"] for m in returned] == ["visible / tasks"]
+    target = resource(template, "ScalableTarget")
+    assert target["MinCapacity"] == {"Ref": "MinTasks"}
+    assert target["MaxCapacity"] == {"Ref": "MaxTasks"}
+
+
+def test_scale_out_from_zero(template: dict[str, Any]) -> None:
+    alarm = resource(template, "MessagesWaitingWithNoTasksScaleAlarm")
+    assert alarm["AlarmActions"] == [{"Ref": "ScaleOutFromZero"}]
+    expression = next(m["Expression"] for m in alarm["Metrics"] if m.get("ReturnData"))
+    assert "FILL(tasks, 0) == 0" in expression
+    steps = resource(template, "ScaleOutFromZero")["StepScalingPolicyConfiguration"]
+    assert steps["AdjustmentType"] == "ChangeInCapacity"  # never scales in
+    assert all(step["ScalingAdjustment"] > 0 for step in steps["StepAdjustments"])
+
+
+def test_operator_alarms(template: dict[str, Any]) -> None:
+    dlq = resource(template, "DeadLetterQueueNotEmptyAlarm")
+    assert dlq["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}
+    assert dlq["Threshold"] == 0 and dlq["ComparisonOperator"] == "GreaterThanThreshold"
+    age = resource(template, "OldestMessageAgeAlarm")
+    assert age["MetricName"] == "ApproximateAgeOfOldestMessage"
+    stuck = resource(template, "NoTasksWhileMessagesWaitAlarm")
+    assert any("tasks" in m.get("Expression", "") for m in stuck["Metrics"])
+
+
+def test_outputs(template: dict[str, Any]) -> None:
+    assert {"QueueUrl", "DeadLetterQueueUrl", "ServiceName"} <= set(template["Outputs"])
+
+
+# --- a real deployment on moto's CloudFormation --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint(moto_server: str) -> str:
+    """The session's moto server (tests/fixtures_aws.py); this module uses its own region."""
+    return moto_server
+
+
+def client(endpoint: str, service: str) -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+# moto's CloudFormation has no model for these types; it skips them with a warning and
+# creates the rest. The static tests above cover their properties.
+MOTO_UNSUPPORTED = (
+    "AWS::SQS::QueueInlinePolicy",
+    "AWS::ApplicationAutoScaling::ScalableTarget",
+    "AWS::ApplicationAutoScaling::ScalingPolicy",
+    "AWS::CloudWatch::Alarm",
+)
+pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse .* not supported by moto")
+
+
+@pytest.fixture(scope="module")
+def stack(moto_endpoint: str) -> dict[str, Any]:
+    """The template deployed on moto; returns the stack description."""
+    ec2 = client(moto_endpoint, "ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
+    parameters = {
+        "ImageTag": "test-1",
+        "VpcId": vpc,
+        "SubnetIds": subnet,
+        "AcAudioBucketName": "connect-audio-test",
+        "InputBucketName": "komorebi-input-test",
+        "OutputBucketName": "komorebi-output-test",
+        "ConnectInstanceAlias": "test-instance",
+        "CreateRecordingTable": "true",
+        # moto has no AWS::APS::Workspace: use the "existing workspace" branch.
+        "PrometheusWorkspaceId": "ws-00000000-0000-0000-0000-000000000000",
+    }
+    cfn = client(moto_endpoint, "cloudformation")
+    cfn.create_stack(
+        StackName="komorebi-test",
+        TemplateBody=TEMPLATE_PATH.read_text(),
+        Capabilities=["CAPABILITY_IAM"],
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+    )
+    described: dict[str, Any] = cfn.describe_stacks(StackName="komorebi-test")["Stacks"][0]
+    return described
+
+
+def outputs(stack: dict[str, Any]) -> dict[str, str]:
+    return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+
+
+def test_stack_deploys(stack: dict[str, Any], moto_endpoint: str) -> None:
+    assert stack["StackStatus"] == "CREATE_COMPLETE"
+    created = {
+        r["LogicalResourceId"]: r["ResourceStatus"]
+        for r in client(moto_endpoint, "cloudformation").list_stack_resources(
+            StackName="komorebi-test"
+        )["StackResourceSummaries"]
+        # moto lists each skipped (unsupported) resource as an empty summary.
+        if r["LogicalResourceId"]
+    }
+    declared = load_template()["Resources"]
+    expected = {
+        name
+        for name, spec in declared.items()
+        # MetricsWorkspace: conditional, not created when a workspace id is given.
+        if spec["Type"] not in MOTO_UNSUPPORTED and name != "MetricsWorkspace"
+    }
+    assert set(created) == expected
+    assert {"Service", "TaskDefinition", "TaskRole", "JobQueue"} <= expected
+    assert all(status == "CREATE_COMPLETE" for status in created.values())
+    assert {"QueueUrl", "DeadLetterQueueUrl", "ServiceName"} <= set(outputs(stack))
+
+
+def test_deployed_queue_has_provisioning_attributes(
+    stack: dict[str, Any], moto_endpoint: str
+) -> None:
+    sqs = client(moto_endpoint, "sqs")
+    queue = sqs.get_queue_attributes(QueueUrl=outputs(stack)["QueueUrl"], AttributeNames=["All"])[
+        "Attributes"
+    ]
+    dlq = sqs.get_queue_attributes(
+        QueueUrl=outputs(stack)["DeadLetterQueueUrl"], AttributeNames=["All"]
+    )["Attributes"]
+    for name, value in provisioning.QUEUE_ATTRIBUTES.items():
+        assert queue[name].lower() == value.lower(), name
+    for name, value in provisioning.DLQ_ATTRIBUTES.items():
+        assert dlq[name].lower() == value.lower(), name
+    redrive = json.loads(queue["RedrivePolicy"])
+    assert int(redrive["maxReceiveCount"]) == provisioning.QUEUE_MAX_RECEIVE_COUNT
+    assert redrive["deadLetterTargetArn"] == dlq["QueueArn"]
+
+
+def test_deployed_table(stack: dict[str, Any], moto_endpoint: str) -> None:
+    table = client(moto_endpoint, "dynamodb").describe_table(TableName="Recording")["Table"]
+    assert table["KeySchema"] == [
+        {"AttributeName": provisioning.TABLE_PARTITION_KEY, "KeyType": "HASH"}
+    ]
+    assert table["BillingModeSummary"]["BillingMode"] == provisioning.TABLE_BILLING_MODE
+
+
+def test_deployed_task_definition(stack: dict[str, Any], moto_endpoint: str) -> None:
+    ecs = client(moto_endpoint, "ecs")
+    family = ecs.list_task_definitions()["taskDefinitionArns"][0]
+    task = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
+    worker = next(c for c in task["containerDefinitions"] if c["name"] == "worker")
+    env = {e["name"]: e["value"] for e in worker["environment"]}
+    assert env["QUEUE_URL"] == outputs(stack)["QueueUrl"]
+    assert env["DLQ_URL"] == outputs(stack)["DeadLetterQueueUrl"]
+    assert env["CONNECT_INSTANCE_ALIAS"] == "test-instance"
+    assert worker["image"].endswith("/komorebi-worker:test-1")
+    assert worker["stopTimeout"] == 120
+    assert worker["readonlyRootFilesystem"] is True
+    # moto's ECS keeps only some task-level fields (no cpu, ephemeral storage).
+    assert task["memory"] == "4096"
+    assert task["volumes"][0]["name"] == "scratch"
+
+
+def test_deployed_task_role_resolves_to_concrete_arns(
+    stack: dict[str, Any], moto_endpoint: str
+) -> None:
+    iam = client(moto_endpoint, "iam")
+    role = next(r for r in iam.list_roles()["Roles"] if "TaskRole" in r["RoleName"])
+    [name] = iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"]
+    document = iam.get_role_policy(RoleName=role["RoleName"], PolicyName=name)["PolicyDocument"]
+    if isinstance(document, str):
+        # moto keeps CloudFormation-created inline policies as a Python repr, not JSON.
+        document = ast.literal_eval(document)
+    # moto leaves AWS::NoValue in a list as None where CloudFormation drops the element.
+    document["Statement"] = [s for s in document["Statement"] if s is not None]
+    resources = {
+        resource
+        for statement in document["Statement"]
+        for resource in (
+            statement["Resource"]
+            if isinstance(statement["Resource"], list)
+            else [statement["Resource"]]
+        )
+    }
+    assert "*" not in resources
+    assert "arn:aws:s3:::komorebi-output-test/*" in resources
+    assert "arn:aws:s3:::connect-audio-test/connect/test-instance/CallRecordings/*" in resources
+    queue_arn = client(moto_endpoint, "sqs").get_queue_attributes(
+        QueueUrl=outputs(stack)["QueueUrl"], AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    assert queue_arn in resources
+    # No bucket KMS key given: the conditional KMS statement is absent.
+    assert not any("kms:" in str(s["Action"]) for s in document["Statement"])
