@@ -386,6 +386,13 @@ def test_redact_strips_presigned_url_query_strings() -> None:
         ),
         ("partial ...&X-Amz-Signature=abcdef0123456789 in stderr", "abcdef0123456789"),
         ("X-Amz-Security-Token=FwoGZXIvYXdzEJr%2F in url", "FwoGZXIvYXdzEJr"),
+        # URL-encoded inside another URL or a logged request dict.
+        (
+            "auth_path: /b/k.mp4%3FX-Amz-Credential%3DAKIAIOSFODNN7EXAMPLE%26X-Amz-Signature"
+            "%3D5d672d79c15b13162d9279b0855cf",
+            "5d672d79c15b",
+        ),
+        ("k.mp4%3FX-Amz-Credential%3DAKIAIOSFODNN7EXAMPLE%2F2024", "AKIAIOSFODNN7EXAMPLE"),
     ],
 )
 def test_redact_removes_credentials(text: str, secret: str) -> None:

@@ -344,20 +344,22 @@ async def serve_http(
 _REDACTED = "[REDACTED]"
 # Query strings of URLs: presigned S3 URLs carry their signature and credential there.
 _URL_QUERY = re.compile(r"""(?i)\b((?:https?|s3)://[^\s?#"'<>]+)\?[^\s"'<>]*""")
-# Signature parameters outside a full URL (ffmpeg and SDKs print fragments).
+# Signature parameters outside a full URL (ffmpeg and SDKs print fragments), also URL-encoded
+# inside another URL (`%3D` for `=`, `%26` for `&`). No `\b`: `%26X-Amz-...` has no boundary.
 _SIGNING_PARAM = re.compile(
-    r"(?i)\b(X-Amz-(?:Signature|Credential|Security-Token|SignedHeaders|Date|Expires|Algorithm)"
-    r"|Signature|Credential|AWSAccessKeyId|Expires)=[^&\s\"',;]+"
+    r"(?i)(?<![A-Za-z])(X-Amz-(?:Signature|Credential|Security-Token|SignedHeaders|Date"
+    r"|Expires|Algorithm)|Signature|Credential|AWSAccessKeyId|Expires)(=|%3D)"
+    r"(?:(?!%26)[^&\s\"',;])+"
 )
 # Access key ids (long-term AKIA, temporary ASIA, ...): 4-letter prefix + 16 characters.
 _ACCESS_KEY_ID = re.compile(
-    r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b"
+    r"(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])"
 )
 # key=value / key: value / "key": "value" for secret-bearing names.
 _SECRET_ASSIGNMENT = re.compile(
     r"(?i)\b(aws_secret_access_key|aws_session_token|aws_security_token|secret_?access_?key"
     r"|session_?token|security_?token|x-amz-security-token|authorization|password)"
-    r"""(["']?\s*[:=]\s*["']?)(?:AWS4-HMAC-SHA256\s+)?[^\s"',;&]+"""
+    r"""(["']?\s*(?:[:=]|%3D)\s*["']?)(?:AWS4-HMAC-SHA256\s+)?(?:(?!%26)[^\s"',;&])+"""
 )
 
 
@@ -370,7 +372,7 @@ def redact(text: str) -> str:
     if not text:
         return text
     text = _URL_QUERY.sub(lambda m: f"{m.group(1)}?{_REDACTED}", text)
-    text = _SIGNING_PARAM.sub(lambda m: f"{m.group(1)}={_REDACTED}", text)
+    text = _SIGNING_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}{_REDACTED}", text)
     text = _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{_REDACTED}", text)
     return _ACCESS_KEY_ID.sub(_REDACTED, text)
 

@@ -1,0 +1,272 @@
+"""Structured logs: JSON lines with the job's bound context, one event per stage, no secrets.
+
+The end-to-end tests run the real consumer in-process on the moto server at DEBUG level with
+recognisable fake credentials, capture what ``configure_logging`` writes and parse every line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+
+from tests.fixtures_aws import AwsEnv
+from worker.config import Settings
+from worker.devenv import seed_demo_contact
+from worker.errors import MediaError
+from worker.observability import REGISTRY, configure_logging, job_context, stage
+
+ACCESS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
+SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+SIGNATURE = "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
+PRESIGNED = (
+    "https://input.s3.amazonaws.com/2024/01/02/agent/rec.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    f"&X-Amz-Credential={ACCESS_KEY_ID}%2F20240102%2Fus-east-1%2Fs3%2Faws4_request"
+    f"&X-Amz-Signature={SIGNATURE}"
+)
+SECRETS = (ACCESS_KEY_ID, SECRET_KEY, SIGNATURE, "wJalrXUtnFEMI")
+
+
+@pytest.fixture
+def captured() -> Any:
+    """configure_logging into a buffer; restores a plain set-up afterwards."""
+    buffer = io.StringIO()
+    configure_logging("DEBUG", "json", buffer)
+    yield buffer
+    configure_logging("WARNING", "json", io.StringIO())
+
+
+def lines(buffer: io.StringIO) -> list[dict[str, Any]]:
+    """Every line is one JSON object (a non-JSON line fails the test)."""
+    return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+
+def assert_no_secrets(buffer: io.StringIO) -> None:
+    text = buffer.getvalue()
+    for secret in SECRETS:
+        assert secret not in text, f"{secret} leaked into the logs"
+
+
+# --- the pieces ------------------------------------------------------------------------------
+
+
+def test_a_simulated_job_logs_bound_context_and_one_event_per_stage(
+    captured: io.StringIO,
+) -> None:
+    log = structlog.get_logger("worker.job")
+    merge_count = REGISTRY.get_sample_value(
+        "komorebi_stage_duration_seconds_count", {"stage": "merge"}
+    )
+    with job_context(recording_id="rec-1", message_id="msg-1", receive_count=3):
+        with stage("read_row"):
+            log.debug("row.read", agent_id="agent-7")
+        with stage("download"):
+            pass
+        with pytest.raises(MediaError), stage("merge"):
+            raise MediaError(
+                f"ffmpeg could not open {PRESIGNED} (aws_secret_access_key={SECRET_KEY})"
+            )
+        log.warning("job.dead_lettered", reason="media_invalid")
+    log.info("after.job")
+
+    records = lines(captured)
+    job_lines = [r for r in records if r["event"] != "after.job"]
+    assert len(job_lines) == 5
+    for record in job_lines:
+        assert record["recording_id"] == "rec-1"
+        assert record["message_id"] == "msg-1"
+        assert record["receive_count"] == 3
+        assert record["timestamp"].endswith("Z")  # ISO 8601, UTC
+        assert record["level"] in ("debug", "info", "warning", "error")
+        assert record["logger"]
+    # Context does not outlive the job.
+    (after,) = [r for r in records if r["event"] == "after.job"]
+    assert not {"recording_id", "message_id", "receive_count", "stage"} & after.keys()
+
+    finished = [r for r in records if r["event"] == "stage.finished"]
+    assert [r["stage"] for r in finished] == ["read_row", "download"]
+    assert all(
+        isinstance(r["duration_seconds"], float) and r["duration_seconds"] >= 0 for r in finished
+    )
+    (failed,) = [r for r in records if r["event"] == "stage.failed"]
+    assert failed["stage"] == "merge" and failed["reason"] == "media_invalid"
+    assert failed["error_type"] == "MediaError" and "ffmpeg could not open" in failed["error"]
+    assert "\n" not in failed["error"] and "Traceback" not in captured.getvalue()
+    # The row.read event happened inside its stage.
+    (row_read,) = [r for r in records if r["event"] == "row.read"]
+    assert row_read["stage"] == "read_row"
+    # A failed stage is not a duration sample (it would mix failures into the latencies).
+    assert (
+        REGISTRY.get_sample_value("komorebi_stage_duration_seconds_count", {"stage": "merge"})
+        == merge_count
+    )
+    assert_no_secrets(captured)
+
+
+@pytest.mark.anyio
+async def test_concurrent_jobs_keep_their_own_context(captured: io.StringIO) -> None:
+    log = structlog.get_logger("worker.job")
+    both_bound = anyio.Event()
+    bound = 0
+
+    async def job(recording_id: str) -> None:
+        nonlocal bound
+        with job_context(
+            recording_id=recording_id, message_id=f"m-{recording_id}", receive_count=1
+        ):
+            bound += 1
+            if bound == 2:
+                both_bound.set()
+            await both_bound.wait()  # both jobs are bound at the same time
+            with stage("merge"):
+                await anyio.sleep(0)
+                log.info("job.step", expected=recording_id)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(job, "a")
+        group.start_soon(job, "b")
+    log.info("outside")
+
+    records = lines(captured)
+    steps = [r for r in records if r["event"] == "job.step"]
+    assert sorted(r["recording_id"] for r in steps) == ["a", "b"]
+    for record in steps:
+        assert record["recording_id"] == record["expected"]
+        assert record["message_id"] == f"m-{record['expected']}"
+    (outside,) = [r for r in records if r["event"] == "outside"]
+    assert "recording_id" not in outside
+
+
+def test_library_loggers_go_through_the_same_renderer_at_warning(captured: io.StringIO) -> None:
+    logging.getLogger("botocore.endpoint").debug("Making request with %s", ACCESS_KEY_ID)
+    logging.getLogger("aiobotocore.client").info("chatty")
+    logging.getLogger("botocore.retryhandler").warning("Retry needed for %s", PRESIGNED)
+    records = lines(captured)
+    assert [r["event"] for r in records if r["logger"].startswith(("botocore", "aiobotocore"))] == [
+        "Retry needed for https://input.s3.amazonaws.com/2024/01/02/agent/rec.mp4?[REDACTED]"
+    ]
+    assert_no_secrets(captured)
+
+
+def test_expected_errors_are_one_line_unexpected_ones_keep_their_traceback(
+    captured: io.StringIO,
+) -> None:
+    log = structlog.get_logger("worker.consumer")
+    try:
+        raise MediaError("input is not a video")
+    except MediaError:
+        log.warning("job.failed", exc_info=True)
+    try:
+        raise KeyError("bug")
+    except KeyError:
+        log.exception("job.crashed")
+    expected, unexpected = lines(captured)
+    assert expected["error"] == "input is not a video" and expected["reason"] == "media_invalid"
+    assert "exception" not in expected
+    assert "Traceback" in unexpected["exception"] and "KeyError" in unexpected["exception"]
+
+
+def test_console_format_is_readable_text() -> None:
+    buffer = io.StringIO()
+    configure_logging("INFO", "console", buffer)
+    try:
+        with job_context(recording_id="rec-9", message_id="m", receive_count=1):
+            structlog.get_logger("worker").info("job.succeeded", output_key="out/recording.webm")
+        structlog.get_logger("worker").debug("hidden at INFO")
+    finally:
+        configure_logging("WARNING", "json", io.StringIO())
+    text = buffer.getvalue()
+    assert "job.succeeded" in text and "recording_id=rec-9" in text
+    assert "hidden at INFO" not in text
+    assert not text.lstrip().startswith("{")
+
+
+def test_unknown_level_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown log level"):
+        configure_logging("LOUD", "json", io.StringIO())
+
+
+# --- a real job ------------------------------------------------------------------------------
+
+
+async def run_consumer_once(settings: Settings) -> None:
+    """The real consumer, in-process, until the queue is empty."""
+    from worker.aws import open_clients
+    from worker.consumer import Consumer
+    from worker.observability import HealthState
+    from worker.protection import TaskProtector
+
+    async with open_clients(settings) as clients:
+        consumer = Consumer(
+            settings, clients, HealthState(), TaskProtector(None, 1), poll_wait_seconds=1
+        )
+        await consumer.run(once=True)
+
+
+@pytest.mark.anyio
+async def test_a_real_job_logs_its_context_and_stages_without_secrets(
+    aws: AwsEnv, captured: io.StringIO, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    # Recognisable fake credentials: the emulator accepts any, the logs must show none.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    settings = aws.settings(SCRATCH_DIR=str(tmp_path), LOG_LEVEL="DEBUG")
+    contact = seed_demo_contact(settings, aws.session)
+
+    await run_consumer_once(settings)
+
+    records = lines(captured)
+    job_lines = [r for r in records if r.get("message_id") == contact.message_id]
+    assert job_lines, records[-10:]
+    for record in job_lines:
+        assert record["recording_id"] == contact.recording_id
+        assert record["receive_count"] == 1
+    (succeeded,) = [r for r in job_lines if r["event"] == "job.succeeded"]
+    assert succeeded["level"] == "info"
+
+    stages = [r["stage"] for r in job_lines if r["event"] == "stage.finished"]
+    for name in ("read_row", "download", "merge", "upload", "update_row"):
+        assert stages.count(name) == 1, stages
+    assert all(
+        isinstance(r["duration_seconds"], float)
+        for r in job_lines
+        if r["event"] == "stage.finished"
+    )
+    assert not [r for r in job_lines if r["event"] == "stage.failed"]
+    # Nothing from the job is logged outside its context, and the message body never is.
+    assert contact.message_body not in captured.getvalue()
+    assert_no_secrets(captured)
+
+
+@pytest.mark.anyio
+async def test_a_failing_job_logs_a_redacted_one_line_error(
+    aws: AwsEnv, captured: io.StringIO, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    contact = seed_demo_contact(aws.settings(), aws.session)
+    # An input key template that carries presigned-URL parameters: the job cannot find the
+    # object and its error message (which names the key) holds a signature and a key id.
+    template = (
+        "{yyyy}/{mm}/{dd}/{agent_id}/{recording_id}.mp4"
+        f"?X-Amz-Credential={ACCESS_KEY_ID}&X-Amz-Signature={SIGNATURE}"
+    )
+    settings = aws.settings(SCRATCH_DIR=str(tmp_path), INPUT_KEY_TEMPLATE=template)
+
+    await run_consumer_once(settings)
+
+    records = lines(captured)
+    job_lines = [r for r in records if r.get("message_id") == contact.message_id]
+    (dead,) = [r for r in job_lines if r["event"] == "job.dead_lettered"]
+    assert dead["reason"] == "recording_not_found"
+    assert dead["recording_id"] == contact.recording_id
+    assert "[REDACTED]" in dead["error"] and "\n" not in dead["error"]
+    (failed,) = [r for r in job_lines if r["event"] == "stage.failed"]
+    assert failed["reason"] == "recording_not_found" and "[REDACTED]" in failed["error"]
+    assert "Traceback" not in captured.getvalue()
+    assert_no_secrets(captured)
