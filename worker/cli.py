@@ -205,7 +205,14 @@ class _MergeProgress:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    raise ConfigError("run is not implemented yet")
+    import anyio
+
+    from worker.config import Settings
+    from worker.consumer import run_service
+
+    # Every configuration problem is reported (one line each, exit 2) before anything starts.
+    settings = Settings.from_env(require_queue=True)
+    return anyio.run(run_service, settings)
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:

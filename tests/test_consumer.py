@@ -1,0 +1,288 @@
+"""The consumer (SPEC §6) in-process, on a real moto server with real ffmpeg: outcomes decided
+by error type, retries with backoff, the DLQ, heartbeat, duplicates, leases, the 12-hour cap."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.fixtures_aws import AwsEnv
+from tests.worker_harness import (
+    attributes,
+    dlq_messages,
+    eventually,
+    get_row,
+    jobs,
+    metric,
+    queue_depth,
+    receive_now,
+    running_consumer,
+    seed_contact,
+    send_job,
+    send_raw,
+    settings_for,
+    slow_merge,
+    upload_connect_audio,
+)
+from worker import media
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    path = tmp_path / "scratch"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="module")
+def short_recording(generated: Callable[[str], Path]) -> Path:
+    """4 s, 160x120 H.264 + AAC (1000 Hz): quick to merge."""
+    return generated("h264-aac")
+
+
+def _done(aws: AwsEnv, recording_id: str) -> Callable[[], bool]:
+    return lambda: get_row(aws, recording_id).get("processingStatus") == "DONE"
+
+
+def _queue_empty(aws: AwsEnv) -> Callable[[], bool]:
+    return lambda: queue_depth(aws) == (0, 0)
+
+
+async def test_message_processed_and_deleted(
+    aws: AwsEnv, scratch: Path, short_recording: Path
+) -> None:
+    contact = seed_contact(aws, recording=short_recording, extra={"note": {"S": "keep me"}})
+    send_job(aws, contact.recording_id, "00:00:03")
+    successes = jobs("success")
+    async with running_consumer(settings_for(aws, scratch)):
+        await eventually(_done(aws, contact.recording_id), what="row DONE")
+        await eventually(_queue_empty(aws), what="message deleted")
+    row = get_row(aws, contact.recording_id)
+    assert row["isProcessed"] is True and row["note"] == "keep me"
+    keys = {
+        o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=aws.output_bucket)["Contents"]
+    }
+    assert keys == {f"{contact.output_dir}/recording.mp4", contact.thumbnail_key}
+    assert jobs("success") == successes + 1
+    assert dlq_messages(aws) == []
+    assert list(scratch.iterdir()) == []
+
+
+async def test_connect_audio_uploaded_late_is_retried_then_succeeds(
+    aws: AwsEnv, scratch: Path, short_recording: Path
+) -> None:
+    contact = seed_contact(aws, recording=short_recording, connect_audio=None)
+    send_job(aws, contact.recording_id, 3)
+    retries = metric("komorebi_retries_total", reason="connect_audio_not_ready")
+    async with running_consumer(settings_for(aws, scratch)):
+        await eventually(
+            lambda: (
+                metric("komorebi_retries_total", reason="connect_audio_not_ready") >= retries + 1
+            ),
+            what="a retry for the missing Connect audio",
+        )
+        # Retried, not dead-lettered; the lease was given back for the next attempt.
+        row = get_row(aws, contact.recording_id)
+        assert "leaseOwner" not in row and row.get("processingStatus") != "FAILED"
+        upload_connect_audio(aws, contact)
+        await eventually(_done(aws, contact.recording_id), what="row DONE after the upload")
+        await eventually(_queue_empty(aws), what="message deleted")
+    row = get_row(aws, contact.recording_id)
+    assert int(row["processingAttempts"]) >= 2
+    assert dlq_messages(aws) == []
+
+
+async def test_permanent_failures_go_to_the_dlq_at_once_and_worker_keeps_going(
+    aws: AwsEnv, scratch: Path, short_recording: Path
+) -> None:
+    no_row = seed_contact(aws, row=False)
+    no_recording = seed_contact(aws, recording=None)
+    corrupt = seed_contact(aws, recording=b"\x00\x00\x00\x18ftypmp42 truncated nonsense" * 40)
+    good = seed_contact(aws, recording=short_recording)
+    bodies = {
+        "bad_json": "{not json",
+        "bad_id": json.dumps({"recordingID": "../etc/passwd", "callEndingTimestamp": "00:00:05"}),
+    }
+    sent = {name: send_raw(aws, body) for name, body in bodies.items()}
+    sent["no_row"] = send_job(aws, no_row.recording_id)
+    sent["no_recording"] = send_job(aws, no_recording.recording_id)
+    sent["corrupt"] = send_job(aws, corrupt.recording_id)
+    send_job(aws, good.recording_id, 3)
+
+    async with running_consumer(settings_for(aws, scratch)):
+        await eventually(_done(aws, good.recording_id), what="the valid job done")
+        await eventually(_queue_empty(aws), what="every message handled")
+    dead = {attributes(m)["originalMessageId"]: (m, attributes(m)) for m in dlq_messages(aws)}
+    assert set(dead) == set(sent.values())
+    expected = {
+        "bad_json": "invalid_message",
+        "bad_id": "invalid_message",
+        "no_row": "row_not_found",
+        "no_recording": "recording_not_found",
+        "corrupt": "media_invalid",
+    }
+    for name, message_id in sent.items():
+        _message, attrs = dead[message_id]
+        assert attrs["errorReason"] == expected[name], (name, attrs)
+        assert attrs["errorClass"] and attrs["errorMessage"] and attrs["failedAt"]
+        # At once: dead-lettered by the worker on the first delivery, not by redrive.
+        assert attrs["receiveCount"] == "1"
+        assert "\n" not in attrs["errorMessage"]
+    assert dead[sent["bad_json"]][0]["Body"] == bodies["bad_json"]  # original body kept
+    for contact in (no_recording, corrupt):
+        row = get_row(aws, contact.recording_id)
+        assert row["processingStatus"] == "FAILED"
+        assert row["processingError"] and "\n" not in row["processingError"]
+        assert "leaseOwner" not in row
+    assert get_row(aws, no_row.recording_id) == {}  # no row was invented
+    assert list(scratch.iterdir()) == []
+
+
+async def test_transient_failure_until_max_receive_count_is_redriven_by_sqs(
+    aws: AwsEnv, scratch: Path, short_recording: Path
+) -> None:
+    sqs = aws.client("sqs")
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=aws.dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 2}
+    sqs.set_queue_attributes(
+        QueueUrl=aws.queue_url, Attributes={"RedrivePolicy": json.dumps(redrive)}
+    )
+    contact = seed_contact(aws, recording=short_recording, connect_audio=None)
+    message_id = send_job(aws, contact.recording_id, 3)
+    found: list[Any] = []
+
+    def redriven() -> bool:
+        found.extend(dlq_messages(aws))
+        return bool(found)
+
+    async with running_consumer(settings_for(aws, scratch)):
+        await eventually(redriven, what="SQS redrive to the DLQ")
+    assert [m["MessageId"] for m in found] == [message_id]
+    # Moved by SQS, not dead-lettered by the worker: no reason attributes, row not FAILED.
+    assert "errorReason" not in attributes(found[0])
+    row = get_row(aws, contact.recording_id)
+    assert row.get("processingStatus") != "FAILED"
+    assert int(row["processingAttempts"]) == 2
+    assert queue_depth(aws) == (0, 0)
+
+
+async def test_heartbeat_keeps_a_long_job_from_being_delivered_twice(
+    aws: AwsEnv, scratch: Path, short_recording: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Visibility 2 s everywhere (queue default too): without the heartbeat the message would
+    # be visible again 2 s after the receive. The merge reads the recording at real time:
+    # 4 s of media take about 4 s.
+    aws.client("sqs").set_queue_attributes(
+        QueueUrl=aws.queue_url, Attributes={"VisibilityTimeout": "2"}
+    )
+    monkeypatch.setattr(media, "build_merge_args", slow_merge(1.0))
+    contact = seed_contact(aws, recording=short_recording)
+    send_job(aws, contact.recording_id, 3)
+    extensions = metric("komorebi_visibility_extensions_total")
+    stolen: list[Any] = []
+    settings = settings_for(aws, scratch, VISIBILITY_TIMEOUT="2")
+    async with running_consumer(settings) as consumer:
+        await eventually(lambda: consumer.in_flight == 1, what="the job to start")
+        while consumer.in_flight:
+            # Anyone polling the queue meanwhile must get nothing.
+            stolen += await anyio.to_thread.run_sync(lambda: receive_now(aws, hide=1))
+            await anyio.sleep(0.3)
+        await eventually(_done(aws, contact.recording_id), what="row DONE")
+    assert stolen == []
+    assert metric("komorebi_visibility_extensions_total") >= extensions + 3
+    assert int(get_row(aws, contact.recording_id)["processingAttempts"]) == 1
+    assert queue_depth(aws) == (0, 0)
+
+
+async def test_same_message_twice_is_processed_once(
+    aws: AwsEnv, scratch: Path, short_recording: Path
+) -> None:
+    contact = seed_contact(aws, recording=short_recording)
+    send_job(aws, contact.recording_id, 3)
+    send_job(aws, contact.recording_id, "00:00:03.000")
+    before = {o: jobs(o) for o in ("success", "duplicate")}
+    async with running_consumer(settings_for(aws, scratch, WORKER_CONCURRENCY="1")):
+        await eventually(
+            lambda: jobs("duplicate") >= before["duplicate"] + 1, what="the duplicate acked"
+        )
+        await eventually(_queue_empty(aws), what="both messages deleted")
+    assert jobs("success") == before["success"] + 1
+    assert int(get_row(aws, contact.recording_id)["processingAttempts"]) == 1
+
+
+async def test_two_workers_on_one_recording_are_serialised_by_the_lease(
+    aws: AwsEnv, scratch: Path, short_recording: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slow merges make the two deliveries overlap: one worker holds the lease, the other must
+    # back off (LeaseHeld is transient) and later acknowledge the message as a duplicate.
+    monkeypatch.setattr(media, "build_merge_args", slow_merge(2.0))
+    contact = seed_contact(aws, recording=short_recording)
+    send_job(aws, contact.recording_id, 3)
+    send_job(aws, contact.recording_id, 3)
+    lease_retries = metric("komorebi_retries_total", reason="lease_held")
+    before = {o: jobs(o) for o in ("success", "duplicate")}
+    one = settings_for(aws, scratch, WORKER_CONCURRENCY="1")
+    async with (
+        running_consumer(one, worker_id="worker-a"),
+        running_consumer(one, worker_id="worker-b"),
+    ):
+        await eventually(_done(aws, contact.recording_id), what="row DONE")
+        await eventually(_queue_empty(aws), what="both messages handled", timeout=40)
+    assert metric("komorebi_retries_total", reason="lease_held") >= lease_retries + 1
+    assert jobs("success") == before["success"] + 1
+    assert jobs("duplicate") == before["duplicate"] + 1
+    assert int(get_row(aws, contact.recording_id)["processingAttempts"]) == 1
+
+
+async def test_job_reaching_the_visibility_limit_is_dead_lettered(
+    aws: AwsEnv, scratch: Path, short_recording: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The 12-hour cap, scaled down: a job that cannot finish in time is stopped (ffmpeg
+    # killed, lease released, scratch removed) and dead-lettered as max_duration.
+    monkeypatch.setattr(media, "build_merge_args", slow_merge(0.25))
+    contact = seed_contact(aws, recording=short_recording)
+    message_id = send_job(aws, contact.recording_id, 3)
+    found: list[Any] = []
+
+    def dead() -> bool:
+        found.extend(dlq_messages(aws))
+        return bool(found)
+
+    async with running_consumer(settings_for(aws, scratch), max_job_seconds=2):
+        await eventually(dead, what="the DLQ")
+        await eventually(_queue_empty(aws), what="message deleted")
+    assert attributes(found[0])["errorReason"] == "max_duration"
+    assert attributes(found[0])["originalMessageId"] == message_id
+    row = get_row(aws, contact.recording_id)
+    assert row["processingStatus"] == "FAILED" and "leaseOwner" not in row
+    assert list(scratch.iterdir()) == []
+
+
+async def test_graceful_stop_gives_the_message_back_at_once(
+    aws: AwsEnv, scratch: Path, short_recording: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(media, "build_merge_args", slow_merge(0.25))
+    contact = seed_contact(aws, recording=short_recording)
+    message_id = send_job(aws, contact.recording_id, 3)
+    released = jobs("released")
+    settings = settings_for(aws, scratch, SHUTDOWN_GRACE_SECONDS="0.5")
+    async with running_consumer(settings) as consumer:
+        await eventually(
+            lambda: "leaseOwner" in get_row(aws, contact.recording_id), what="the job to start"
+        )
+        consumer.request_stop()
+    # run() has returned: the job was cancelled after the grace period and cleaned up.
+    assert jobs("released") == released + 1
+    assert [m["MessageId"] for m in receive_now(aws)] == [message_id]
+    row = get_row(aws, contact.recording_id)
+    assert "leaseOwner" not in row and row.get("processingStatus") is None
+    assert list(scratch.iterdir()) == []
