@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -32,13 +33,29 @@ PRESIGNED = (
 SECRETS = (ACCESS_KEY_ID, SECRET_KEY, SIGNATURE, "wJalrXUtnFEMI")
 
 
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Leave structlog and the root logger as other tests expect them."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    structlog.reset_defaults()
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
 @pytest.fixture
-def captured() -> Any:
-    """configure_logging into a buffer; restores a plain set-up afterwards."""
+def captured() -> io.StringIO:
+    """configure_logging (JSON, DEBUG) into a buffer."""
     buffer = io.StringIO()
     configure_logging("DEBUG", "json", buffer)
-    yield buffer
-    configure_logging("WARNING", "json", io.StringIO())
+    return buffer
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def lines(buffer: io.StringIO) -> list[dict[str, Any]]:
@@ -174,12 +191,9 @@ def test_expected_errors_are_one_line_unexpected_ones_keep_their_traceback(
 def test_console_format_is_readable_text() -> None:
     buffer = io.StringIO()
     configure_logging("INFO", "console", buffer)
-    try:
-        with job_context(recording_id="rec-9", message_id="m", receive_count=1):
-            structlog.get_logger("worker").info("job.succeeded", output_key="out/recording.webm")
-        structlog.get_logger("worker").debug("hidden at INFO")
-    finally:
-        configure_logging("WARNING", "json", io.StringIO())
+    with job_context(recording_id="rec-9", message_id="m", receive_count=1):
+        structlog.get_logger("worker").info("job.succeeded", output_key="out/recording.webm")
+    structlog.get_logger("worker").debug("hidden at INFO")
     text = buffer.getvalue()
     assert "job.succeeded" in text and "recording_id=rec-9" in text
     assert "hidden at INFO" not in text
@@ -217,8 +231,20 @@ async def test_a_real_job_logs_its_context_and_stages_without_secrets(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
     settings = aws.settings(SCRATCH_DIR=str(tmp_path), LOG_LEVEL="DEBUG")
     contact = seed_demo_contact(settings, aws.session)
+    before = {
+        "success": sample("komorebi_jobs_total", outcome="success"),
+        "merge": sample("komorebi_stage_duration_seconds_count", stage="merge"),
+        "speed": sample("komorebi_processing_speed_ratio_count"),
+        "media": sample("komorebi_media_processed_seconds_total"),
+    }
 
     await run_consumer_once(settings)
+
+    # The job's metrics moved with it (the consumer records through worker.observability).
+    assert sample("komorebi_jobs_total", outcome="success") == before["success"] + 1
+    assert sample("komorebi_stage_duration_seconds_count", stage="merge") == before["merge"] + 1
+    assert sample("komorebi_processing_speed_ratio_count") == before["speed"] + 1
+    assert sample("komorebi_media_processed_seconds_total") > before["media"] + 5
 
     records = lines(captured)
     job_lines = [r for r in records if r.get("message_id") == contact.message_id]
@@ -257,8 +283,13 @@ async def test_a_failing_job_logs_a_redacted_one_line_error(
         f"?X-Amz-Credential={ACCESS_KEY_ID}&X-Amz-Signature={SIGNATURE}"
     )
     settings = aws.settings(SCRATCH_DIR=str(tmp_path), INPUT_KEY_TEMPLATE=template)
+    dlq_before = sample("komorebi_dlq_sends_total", reason="recording_not_found")
+    dead_before = sample("komorebi_jobs_total", outcome="dead_letter")
 
     await run_consumer_once(settings)
+
+    assert sample("komorebi_dlq_sends_total", reason="recording_not_found") == dlq_before + 1
+    assert sample("komorebi_jobs_total", outcome="dead_letter") == dead_before + 1
 
     records = lines(captured)
     job_lines = [r for r in records if r.get("message_id") == contact.message_id]
