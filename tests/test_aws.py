@@ -7,7 +7,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 
 from tests.fixtures_aws import AwsEnv, free_port
 from worker.aws import open_clients, translate
-from worker.errors import AwsUnavailable, RowNotFound, TransientError
+from worker.errors import AwsUnavailable, ConfigError, RowNotFound, TransientError
 from worker.queue import JobQueue
 
 SECRET_URL = "https://bucket.s3.amazonaws.com/key?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA"
@@ -115,3 +115,15 @@ async def test_unreachable_endpoint_is_aws_unavailable(
     message = str(caught.value)
     assert message.startswith("EndpointConnectionError:")
     assert "127.0.0.1" not in message and "\n" not in message
+
+
+@pytest.mark.anyio
+async def test_missing_region_is_a_config_error(
+    aws: AwsEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    with pytest.raises(ConfigError, match="AWS_REGION"):
+        async with open_clients(aws.settings()):
+            pass

@@ -410,3 +410,37 @@ async def test_release_lease_keeps_a_previous_done(db: Db) -> None:
     row = db.row()
     assert row["processingStatus"] == {"S": STATUS_DONE}
     assert "leaseOwner" not in row
+
+
+@pytest_anyio
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        ({"N": "0"}, {"N": "1"}),  # Java DynamoDBMapper style
+        ({"S": "false"}, {"S": "true"}),
+        ({"BOOL": False}, {"BOOL": True}),
+        (None, {"BOOL": True}),
+    ],
+)
+async def test_mark_done_keeps_the_type_of_is_processed(
+    db: Db, stored: dict[str, Any] | None, expected: dict[str, Any]
+) -> None:
+    db.seed(isProcessed=stored) if stored else db.seed()
+    if stored is None:
+        db.boto.update_item(
+            TableName=db.name, Key={"videoID": {"S": RID}}, UpdateExpression="REMOVE isProcessed"
+        )
+    await db.table.claim_lease(RID, "worker-a", 300)
+    await db.table.mark_done(RID, "worker-a", DoneRecord("v", "t", 1.0, 1.0, 0.0))
+    assert db.row()["isProcessed"] == expected
+    assert (await db.table.get(RID)).is_processed is True
+
+
+@pytest_anyio
+async def test_mark_done_rejects_non_finite_numbers(db: Db) -> None:
+    db.seed()
+    await db.table.claim_lease(RID, "worker-a", 300)
+    with pytest.raises(ValueError, match="DynamoDB"):
+        await db.table.mark_done(RID, "worker-a", DoneRecord("v", "t", float("nan"), 1.0, 0.0))
+    assert db.row()["leaseOwner"] == {"S": "worker-a"}  # nothing half-written
+    assert "videoKey" not in db.row()

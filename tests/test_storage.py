@@ -20,7 +20,7 @@ from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
 from worker.aws import AwsClients, open_clients
 from worker.errors import AwsUnavailable, ScratchFull
 from worker.observability import BYTES_TRANSFERRED
-from worker.storage import MIB, ObjectNotFound, ObjectStore
+from worker.storage import MIB, ObjectChanged, ObjectNotFound, ObjectStore
 
 pytestmark = pytest.mark.anyio
 
@@ -315,3 +315,24 @@ async def test_cancelled_download_leaves_no_partial_file(
 def test_part_size_below_s3_minimum_is_rejected() -> None:
     with pytest.raises(ValueError, match="part_size"):
         ObjectStore(object(), part_size=MIB)
+
+
+async def test_object_replaced_mid_download_is_detected(
+    s3env: S3Env, clients: AwsClients, tmp_path: Path
+) -> None:
+    s3env.boto.put_object(Bucket=s3env.bucket, Key="k", Body=os.urandom(11 * MIB))
+    ranges_seen: list[str] = []
+
+    def replace_before_second_range(params: dict[str, Any], **_: Any) -> None:
+        ranges_seen.append(params.get("Range", ""))
+        if len(ranges_seen) == 2:  # the backend re-uploads the object while we read it
+            s3env.boto.put_object(Bucket=s3env.bucket, Key="k", Body=os.urandom(11 * MIB))
+
+    clients.s3.meta.events.register(
+        "provide-client-params.s3.GetObject", replace_before_second_range
+    )
+    destination = tmp_path / "k"
+    store = ObjectStore(clients.s3, part_size=5 * MIB, max_concurrency=1)
+    with pytest.raises(ObjectChanged):
+        await store.download(s3env.bucket, "k", destination)
+    assert not destination.exists()

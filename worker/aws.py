@@ -20,7 +20,7 @@ from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.config import Settings
-from worker.errors import AwsUnavailable, WorkerError
+from worker.errors import AwsUnavailable, ConfigError, WorkerError
 
 # Generous per-request timeouts: a read timeout is per socket read, not per transfer, so long
 # streaming downloads are not cut; a silent connection still fails within a minute.
@@ -65,10 +65,16 @@ def region_name(session: AioSession) -> str | None:
 
 @asynccontextmanager
 async def open_clients(settings: Settings) -> AsyncIterator[AwsClients]:
-    """Open S3, SQS and DynamoDB clients on one session; closed when the context exits."""
+    """Open S3, SQS and DynamoDB clients on one session; closed when the context exits.
+
+    Raises :class:`ConfigError` when no region is configured (botocore would fail later with
+    a less helpful message).
+    """
     session = get_session()
     config = client_config(settings)
     region = region_name(session)
+    if region is None:
+        raise ConfigError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)")
     async with AsyncExitStack() as stack:
         clients = [
             await stack.enter_async_context(

@@ -7,6 +7,7 @@ attributes the worker does not know about are never touched.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -181,9 +182,22 @@ class DoneRecord:
 
 
 def _number(value: float) -> dict[str, str]:
-    # DynamoDB numbers travel as decimal strings; repr() round-trips a float exactly and
-    # Decimal normalises forms like 1e-05 that DynamoDB would still accept, but keep it plain.
-    return {"N": format(Decimal(repr(float(value))), "f")}
+    # DynamoDB numbers travel as decimal strings: repr() round-trips a float exactly, and the
+    # "f" format keeps it plain (no exponent). NaN/inf cannot be stored at all.
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"cannot store {number!r} in DynamoDB")
+    return {"N": format(Decimal(repr(number)), "f")}
+
+
+def _true_like(existing: Mapping[str, Any] | None) -> dict[str, Any]:
+    # Drop-in compatibility: a row whose isProcessed was written as a number (the Java SDK's
+    # DynamoDBMapper stores booleans as 0/1) or a string keeps that type; otherwise BOOL.
+    if existing and "N" in existing:
+        return {"N": "1"}
+    if existing and "S" in existing:
+        return {"S": "true"}
+    return {"BOOL": True}
 
 
 def _string(value: str) -> dict[str, str]:
@@ -364,7 +378,13 @@ class RecordingTable:
         )
 
     async def mark_done(self, recording_id: str, owner: str, done: DoneRecord) -> None:
-        """Record success (SPEC §4) and drop the lease; :class:`LeaseHeld` if we lost it."""
+        """Record success (SPEC §4) and drop the lease; :class:`LeaseHeld` if we lost it.
+
+        ``isProcessed`` is written as true in the type the row already uses (BOOL if absent).
+        """
+        current = await self._raw(recording_id)
+        if current is None:
+            raise RowNotFound(f"no row for recording {recording_id} in {self.table_name}")
         ok = await self._update(
             recording_id,
             UpdateExpression=(
@@ -376,7 +396,7 @@ class RecordingTable:
             ConditionExpression="leaseOwner = :me",
             ExpressionAttributeValues={
                 ":me": _string(owner),
-                ":true": {"BOOL": True},
+                ":true": _true_like(current.get("isProcessed")),
                 ":done": _string(STATUS_DONE),
                 ":video": _string(done.video_key),
                 ":thumb": _string(done.thumbnail_key),
