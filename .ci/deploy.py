@@ -15,8 +15,9 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
-from cfnlint.decode import cfn_yaml
+import yaml
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "infra" / "template.yaml"
 
@@ -35,9 +36,32 @@ def read_params(path: Path) -> dict[str, str]:
     return values
 
 
+class _CfnLoader(yaml.SafeLoader):
+    """SafeLoader that accepts CloudFormation's short tags (!Ref, !Sub...); only Parameters
+    are read here, so the tagged values need no interpretation."""
+
+
+def _tagged(loader: _CfnLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return {suffix: loader.construct_scalar(node)}
+    if isinstance(node, yaml.SequenceNode):
+        return {suffix: loader.construct_sequence(node, deep=True)}
+    return {suffix: loader.construct_mapping(node, deep=True)}  # type: ignore[arg-type]
+
+
+_CfnLoader.add_multi_constructor("!", _tagged)
+
+
+def template_parameters(template: Path) -> dict[str, Any]:
+    """The template's Parameters section."""
+    loaded = yaml.load(template.read_text(), Loader=_CfnLoader)  # noqa: S506
+    parameters: dict[str, Any] = loaded["Parameters"]
+    return parameters
+
+
 def check_params(template: Path, values: dict[str, str]) -> list[str]:
     """Problems with `values` against the template's Parameters (empty list when fine)."""
-    declared = cfn_yaml.load(str(template))["Parameters"]
+    declared = template_parameters(template)
     problems = [f"unknown parameter {key}" for key in values if key not in declared]
     problems += [
         f"missing parameter {name} (no default)"
