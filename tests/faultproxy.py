@@ -163,7 +163,8 @@ class FaultProxy:
             _close(conn.client)
             _close(conn.upstream)
             conn.closed.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def __enter__(self) -> FaultProxy:
         return self.start()

@@ -267,6 +267,14 @@ class World:
             QueueUrl=self.aws.queue_url, Attributes={"RedrivePolicy": policy}
         )
 
+    def set_queue_visibility(self, seconds: int) -> None:
+        """The queue's own visibility timeout: how long a received message stays hidden before
+        the worker's first heartbeat — and after a receive whose response was lost, or a
+        SIGKILLed worker's last extension."""
+        self.sqs.set_queue_attributes(
+            QueueUrl=self.aws.queue_url, Attributes={"VisibilityTimeout": str(seconds)}
+        )
+
     def put_row(
         self,
         recording_id: str,
