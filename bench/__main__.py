@@ -8,6 +8,7 @@ hold up better than absolute times when the machine is busy.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import statistics
 import sys
@@ -24,6 +25,9 @@ from bench.media_gen import CACHE_DIR, BenchMedia, ensure_media, make_short_case
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_LENGTHS = "5,10,15,30,60"
 IMPLEMENTATIONS = ("merge", "lambda", "floor", "floor_nofaststart")
+# Repeated runs (best wall time kept) for the two numbers the 1.3x target compares; the Lambda
+# is ~5x longer, so its noise matters less against the 1/5 target, and it runs once.
+REPEATED = ("merge", "floor")
 
 
 def _argv(name: str, case: BenchMedia, recording: Path, connect: Path, scratch: Path) -> list[str]:
@@ -58,6 +62,7 @@ def _allocated(path: Path) -> int:
 def run_one(name: str, case: BenchMedia, scratch_root: Path) -> dict[str, Any]:
     """Measure one implementation on one case in a fresh scratch directory."""
     scratch = scratch_root / name
+    load = os.getloadavg()[0]  # how busy the shared machine was when this run started
     recording, connect = prepare_scratch(scratch, [case.recording, case.connect_audio])
     try:
         m: Measurement = measure(_argv(name, case, recording, connect, scratch), scratch=scratch)
@@ -80,6 +85,7 @@ def run_one(name: str, case: BenchMedia, scratch_root: Path) -> dict[str, Any]:
         "required_bytes": required,
         "final_scratch_bytes": final,
         "scratch_ratio": m.peak_scratch_bytes / required if required else 0.0,
+        "load_average": load,
         "report": m.report,
     }
 
@@ -91,6 +97,8 @@ def run_media(cases: list[BenchMedia], repeat: int, scratch_root: Path) -> list[
         runs: dict[str, dict[str, Any]] = {}
         for attempt in range(repeat):
             for name in IMPLEMENTATIONS:
+                if attempt > 0 and name not in REPEATED:
+                    continue
                 result = run_one(name, case, scratch_root)
                 print(
                     f"  {case.minutes:>3} min {name:<18} wall {result['wall_seconds']:7.2f} s  "
@@ -127,17 +135,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         found.append({
             "name": "merge wall <= 1/5 of the Lambda sequence",
             "measured": f"{tag}: {merge['wall_seconds']:.1f} s vs {lam['wall_seconds']:.1f} s "
-                        f"= 1/{lam['wall_seconds'] / merge['wall_seconds']:.1f}",
+                        f"= 1/{lam['wall_seconds'] / merge['wall_seconds']:.1f} "
+                        f"(CPU: 1/{lam['cpu_seconds'] / merge['cpu_seconds']:.1f})",
             "met": merge["wall_seconds"] * 5 <= lam["wall_seconds"],
         })  # fmt: skip
         found.append({
             "name": "merge wall <= 1.3x the floor",
             "measured": f"{tag}: {merge['wall_seconds'] / flo['wall_seconds']:.2f}x "
-                        f"({merge['wall_seconds']:.1f} s vs {flo['wall_seconds']:.1f} s)",
+                        f"({merge['wall_seconds']:.1f} s vs {flo['wall_seconds']:.1f} s; "
+                        f"CPU {merge['cpu_seconds'] / flo['cpu_seconds']:.2f}x)",
             "met": merge["wall_seconds"] <= 1.3 * flo["wall_seconds"],
         })  # fmt: skip
         found.append({
-            "name": "peak RSS of the whole merge job < 200 MB",
+            "name": "peak RSS of the merge (probe+ffmpeg+thumbnail) < 200 MB",
             "measured": f"{tag}: {merge['peak_rss_bytes'] / 1e6:.0f} MB (Python + ffmpeg)",
             "met": merge["peak_rss_bytes"] < 200e6,
         })  # fmt: skip
@@ -146,7 +156,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             large = merge["peak_rss_bytes"]
             growth = large / small - 1
             found.append({
-                "name": "peak RSS within 20% between shortest and longest",
+                "name": "merge peak RSS within 20% between shortest and longest",
                 "measured": f"{media[0]['minutes']} min {small / 1e6:.0f} MB, {tag} "
                             f"{large / 1e6:.0f} MB ({growth:+.1%})",
                 "met": abs(growth) <= 0.20,
@@ -158,6 +168,25 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "met": merge["scratch_ratio"] <= 1.01,
         })  # fmt: skip
     worker = results.get("worker")
+    jobs_rss = sorted((worker or {}).get("jobs_rss", []), key=lambda r: r["minutes"])
+    if jobs_rss:
+        big = jobs_rss[-1]
+        found.append({
+            "name": "peak RSS of the whole worker job < 200 MB",
+            "measured": f"{big['minutes']} min, one job through `komorebi-worker run`: "
+                        f"{big['peak_rss_bytes'] / 1e6:.0f} MB",
+            "met": big["peak_rss_bytes"] < 200e6,
+        })  # fmt: skip
+        if len(jobs_rss) > 1:
+            small = jobs_rss[0]
+            growth = big["peak_rss_bytes"] / small["peak_rss_bytes"] - 1
+            found.append({
+                "name": "whole-job peak RSS within 20% between shortest and longest",
+                "measured": f"{small['minutes']} min {small['peak_rss_bytes'] / 1e6:.0f} MB, "
+                            f"{big['minutes']} min {big['peak_rss_bytes'] / 1e6:.0f} MB "
+                            f"({growth:+.1%})",
+                "met": abs(growth) <= 0.20,
+            })  # fmt: skip
     if worker is not None:
         speedup = worker.get("speedup")
         found.append({
@@ -167,12 +196,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         })  # fmt: skip
     transfer = results.get("transfer")
     if transfer is not None:
-        up, down = transfer["ratios"]["upload"], transfer["ratios"]["download"]
-        found.append({
-            "name": "S3 transfers >= 0.9x boto3 managed transfer",
-            "measured": f"upload {up:.2f}x, download {down:.2f}x",
-            "met": up >= 0.9 and down >= 0.9,
-        })  # fmt: skip
+        for variant, ratio in transfer["ratios"].items():
+            up, down = ratio["upload"], ratio["download"]
+            found.append({
+                "name": f"S3 transfers >= 0.9x boto3 managed transfer ({variant})",
+                "measured": f"upload {up:.2f}x, download {down:.2f}x",
+                "met": up >= 0.9 and down >= 0.9,
+            })  # fmt: skip
     return found
 
 
@@ -191,7 +221,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="runs per implementation and length; the best wall time is kept",
     )
     parser.add_argument("--skip-media", action="store_true", help="no merge/Lambda/floor runs")
-    parser.add_argument("--skip-worker", action="store_true", help="no queue-worker run")
+    parser.add_argument("--skip-worker", action="store_true", help="no queue-worker runs")
+    parser.add_argument(
+        "--skip-job-rss",
+        action="store_true",
+        help="no whole-job runs (one long recording through the worker)",
+    )
     parser.add_argument("--skip-transfer", action="store_true", help="no S3 transfer run")
     parser.add_argument("--transfer-mib", type=int, default=256)
     parser.add_argument("--transfer-rounds", type=int, default=2)
@@ -241,8 +276,12 @@ def main(argv: list[str] | None = None) -> int:
             results["transfer"] = run_transfer_bench(
                 scratch_root / "transfer", args.transfer_mib, args.transfer_rounds
             )
-            for direction, ratio in results["transfer"]["ratios"].items():
-                print(f"  {direction}: project/boto3 = {ratio:.2f}x", flush=True)
+            for variant, ratio in results["transfer"]["ratios"].items():
+                print(
+                    f"  {variant}: project/boto3 upload {ratio['upload']:.2f}x, "
+                    f"download {ratio['download']:.2f}x",
+                    flush=True,
+                )
         if not args.skip_worker:
             print(f"worker: {args.jobs} jobs at concurrency 1 and 2:", flush=True)
             results["worker"] = _worker(args, scratch_root)
@@ -262,15 +301,50 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _worker(args: argparse.Namespace, scratch_root: Path) -> dict[str, Any]:
-    try:
-        from bench.worker_bench import run_worker_bench
+    """Throughput at concurrency 1 and 2, then one whole job on the shortest and longest."""
+    from bench.worker_bench import run_worker_bench
 
-        runs = [run_worker_bench(c, args.jobs, scratch_root / "worker") for c in (1, 2)]
-    except Exception as error:  # report, don't lose the other results
-        return {"error": f"{type(error).__name__}: {error}", "speedup": None, "runs": []}
-    speedup = runs[1]["jobs_per_minute"] / runs[0]["jobs_per_minute"]
-    overhead = statistics.median(r["mean_overhead_seconds"] for r in runs)
-    return {"runs": runs, "speedup": speedup, "median_overhead_seconds": overhead}
+    workdir = scratch_root / "worker"
+    out: dict[str, Any] = {"runs": [], "jobs_rss": [], "speedup": None}
+    try:
+        for concurrency in (1, 2):
+            run = run_worker_bench(concurrency, args.jobs, workdir)
+            print(
+                f"  concurrency {concurrency}: {run['jobs_per_minute']:.1f} jobs/min, "
+                f"overhead {run['mean_overhead_seconds']:.2f} s/job, "
+                f"rss {run['peak_rss_bytes'] / 1e6:.0f} MB",
+                flush=True,
+            )
+            out["runs"].append(run)
+        out["speedup"] = out["runs"][1]["jobs_per_minute"] / out["runs"][0]["jobs_per_minute"]
+        overheads = [r["mean_overhead_seconds"] for r in out["runs"]]
+        out["median_overhead_seconds"] = statistics.median(overheads)
+    except Exception as error:  # report it, keep the other results
+        out["error"] = f"{type(error).__name__}: {error}"
+        print(f"  worker throughput not measured: {out['error']}", flush=True)
+    if args.skip_job_rss:
+        return out
+    lengths = sorted({int(x) for x in args.lengths.split(",") if x.strip()})
+    for minutes in sorted({lengths[0], lengths[-1]}) if lengths else []:
+        try:
+            (case,) = ensure_media([minutes], args.cache_dir)
+            run = run_worker_bench(
+                1, 1, workdir, recording=case.recording, connect=case.connect_audio,
+                call_end=case.call_end_seconds, tag=f"-{minutes}min",
+            )  # fmt: skip
+            run["minutes"] = minutes
+            run["input_bytes"] = case.input_bytes
+            print(
+                f"  one {minutes}-min job: {run['mean_job_seconds']:.1f} s, "
+                f"rss {run['peak_rss_bytes'] / 1e6:.0f} MB, "
+                f"scratch {run['peak_scratch_bytes'] / 1e6:.0f} MB",
+                flush=True,
+            )
+            out["jobs_rss"].append(run)
+        except Exception as error:
+            out.setdefault("jobs_rss_error", f"{type(error).__name__}: {error}")
+            print(f"  whole-job run not measured: {error}", flush=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -67,13 +67,13 @@ def media_rows(results: dict[str, Any]) -> list[str]:
     """The main table, one row per (length, implementation)."""
     lines = [
         "| Recording | Implementation | Wall s | CPU s | Peak RSS MB | Peak scratch MB "
-        "| Scratch / (inputs+outputs) | Wall vs Lambda | Wall vs floor |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| Scratch / (inputs+outputs) | Wall vs Lambda | Wall vs floor | CPU vs Lambda "
+        "| CPU vs floor | Load avg |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for case in results["media"]:
         runs = case["runs"]
-        lam = runs["lambda"]["wall_seconds"]
-        flo = runs["floor"]["wall_seconds"]
+        lam, flo = runs["lambda"], runs["floor"]
         label = case.get("label") or f"{case['minutes']} min"
         for name, run in runs.items():
             lines.append(
@@ -81,7 +81,11 @@ def media_rows(results: dict[str, Any]) -> list[str]:
                 f"| {run['wall_seconds']:.1f} | {run['cpu_seconds']:.1f} "
                 f"| {_mb(run['peak_rss_bytes'])} | {_mb(run['peak_scratch_bytes'])} "
                 f"| {run['scratch_ratio']:.3f} "
-                f"| {run['wall_seconds'] / lam:.2f}x | {run['wall_seconds'] / flo:.2f}x |"
+                f"| {run['wall_seconds'] / lam['wall_seconds']:.2f}x "
+                f"| {run['wall_seconds'] / flo['wall_seconds']:.2f}x "
+                f"| {run['cpu_seconds'] / lam['cpu_seconds']:.2f}x "
+                f"| {run['cpu_seconds'] / flo['cpu_seconds']:.2f}x "
+                f"| {run.get('load_average', 0.0):.1f} |"
             )
     return lines
 
@@ -142,47 +146,10 @@ def render(results: dict[str, Any]) -> str:
             "",
         ]
     if results.get("transfer"):
-        t = results["transfer"]
-        out += [
-            f"## S3 transfer, {t['size_mib']} MiB object (moto server, best of {t['rounds']})",
-            "",
-        ]
-        out += [
-            "| Implementation | Upload MiB/s | Download MiB/s | Peak RSS up/down MB |",
-            "|---|--:|--:|--:|",
-        ]
-        for impl in ("project", "boto3"):
-            b = t["best"][impl]
-            out.append(
-                f"| {impl} | {b['upload']['mib_per_s']:.0f} | {b['download']['mib_per_s']:.0f} "
-                f"| {_mb(b['upload']['peak_rss_bytes'])} / {_mb(b['download']['peak_rss_bytes'])} |"
-            )
-        out.append(
-            f"| **project / boto3** | **{t['ratios']['upload']:.2f}x** "
-            f"| **{t['ratios']['download']:.2f}x** | |"
-        )
-        out.append("")
+        out += _transfer_section(results["transfer"])
     worker = results.get("worker")
     if worker:
-        out += ["## Worker: short jobs through the moto server", ""]
-        if worker.get("error"):
-            out += [f"Not measured: {worker['error']}", ""]
-        else:
-            out += [
-                "| WORKER_CONCURRENCY | Jobs | Wall s | Jobs/min | Mean job s "
-                "| Mean merge s | Mean overhead outside ffmpeg s | Peak RSS MB |",
-                "|--:|--:|--:|--:|--:|--:|--:|--:|",
-            ]
-            for run in worker["runs"]:
-                out.append(
-                    f"| {run['concurrency']} | {run['jobs']} | {run['wall_seconds']:.1f} "
-                    f"| {run['jobs_per_minute']:.1f} | {run['mean_job_seconds']:.2f} "
-                    f"| {run['mean_merge_seconds']:.2f} | {run['mean_overhead_seconds']:.2f} "
-                    f"| {_mb(run['peak_rss_bytes'])} |"
-                )
-            if worker.get("speedup") is not None:
-                out += ["", f"Concurrency 2 / concurrency 1 jobs/min: **{worker['speedup']:.2f}x**"]
-            out.append("")
+        out += _worker_section(worker)
     if results.get("targets"):
         out += [
             "## Targets (longest recording measured)",
@@ -199,3 +166,81 @@ def render(results: dict[str, Any]) -> str:
         out.append(f"- {key}: {value}")
     out += ["", "## Reproduce", "", "```", *results["reproduce"], "```", ""]
     return "\n".join(out)
+
+
+def _worker_section(worker: dict[str, Any]) -> list[str]:
+    out = ["## Worker: jobs through the moto server (`komorebi-worker run`)", ""]
+    if worker.get("error"):
+        out += [f"Throughput not measured: {worker['error']}", ""]
+    if worker.get("runs"):
+        out += [
+            "Short jobs (60 s 720p recording, 45 s Connect WAV), each a fresh world:",
+            "",
+            "| WORKER_CONCURRENCY | Jobs done | Wall s | Jobs/min | Mean job s "
+            "| Mean probe+merge s | Mean overhead outside ffmpeg s | Peak RSS MB |",
+            "|--:|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        for run in worker["runs"]:
+            out.append(
+                f"| {run['concurrency']} | {run['done']}/{run['jobs']} | {run['wall_seconds']:.1f} "
+                f"| {run['jobs_per_minute']:.1f} | {run['mean_job_seconds']:.2f} "
+                f"| {run['mean_merge_seconds']:.2f} | {run['mean_overhead_seconds']:.2f} "
+                f"| {_mb(run['peak_rss_bytes'])} |"
+            )
+        if worker.get("speedup") is not None:
+            out += ["", f"Concurrency 2 / concurrency 1 jobs/min: **{worker['speedup']:.2f}x**"]
+        stages = worker["runs"][0].get("mean_stage_seconds", {})
+        if stages:
+            listed = ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+            out += ["", f"Mean stage seconds at concurrency 1: {listed}."]
+        out.append("")
+    if worker.get("jobs_rss"):
+        out += [
+            "One whole job (download, probe, merge, thumbnail, upload, row update) per length,",
+            "concurrency 1; RSS = the worker process tree (Python + ffmpeg), sampled:",
+            "",
+            "| Recording | Job s | Peak RSS MB | Peak scratch MB | Inputs MB |",
+            "|---|--:|--:|--:|--:|",
+        ]
+        for run in worker["jobs_rss"]:
+            out.append(
+                f"| {run['minutes']} min | {run['mean_job_seconds']:.1f} "
+                f"| {_mb(run['peak_rss_bytes'])} | {_mb(run['peak_scratch_bytes'])} "
+                f"| {_mb(run['input_bytes'])} |"
+            )
+        out.append("")
+    if worker.get("jobs_rss_error"):
+        out += [f"Whole-job runs incomplete: {worker['jobs_rss_error']}", ""]
+    return out
+
+
+def _transfer_section(t: dict[str, Any]) -> list[str]:
+    out = [
+        f"## S3 transfer of a {t['size_mib']} MiB object (moto server in its own process, "
+        f"best of {t['rounds']})",
+        "",
+        "`signed`: as the SDKs behave over plain HTTP (moto): SigV4 hashes every request body "
+        "(SHA-256). `unsigned`: `s3.payload_signing_enabled = false` in the shared config file "
+        "for both clients, which is what both SDKs do by themselves over HTTPS when a CRC32 "
+        "checksum header is present (production S3).",
+        "",
+        "| Variant | Implementation | Upload MiB/s | Download MiB/s | CPU s up/down "
+        "| Peak RSS MB up/down |",
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    for variant, by_impl in t["best"].items():
+        for impl in ("project", "boto3"):
+            b = by_impl[impl]
+            up, down = b["upload"], b["download"]
+            out.append(
+                f"| {variant} | {impl} | {up['mib_per_s']:.0f} | {down['mib_per_s']:.0f} "
+                f"| {up['cpu_seconds']:.1f} / {down['cpu_seconds']:.1f} "
+                f"| {_mb(up['peak_rss_bytes'])} / {_mb(down['peak_rss_bytes'])} |"
+            )
+        r = t["ratios"][variant]
+        out.append(
+            f"| {variant} | **project / boto3** | **{r['upload']:.2f}x** "
+            f"| **{r['download']:.2f}x** | | |"
+        )
+    out.append("")
+    return out

@@ -81,7 +81,7 @@ def moto_process() -> Iterator[str]:
 # --- subprocess side -------------------------------------------------------------------------
 
 
-async def _project(direction: str, bucket: str, key: str, path: Path) -> float:
+async def _project(direction: str, bucket: str, key: str, path: Path) -> tuple[float, float]:
     from worker.aws import open_clients
     from worker.config import Settings
     from worker.storage import ObjectStore
@@ -100,15 +100,15 @@ async def _project(direction: str, bucket: str, key: str, path: Path) -> float:
             part_size=settings.s3_part_size_bytes,
             max_concurrency=settings.s3_max_concurrency,
         )
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         if direction == "upload":
             await store.upload(path, bucket, key, content_type="application/octet-stream")
         else:
             await store.download(bucket, key, path)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu
 
 
-def _boto3(direction: str, bucket: str, key: str, path: Path) -> float:
+def _boto3(direction: str, bucket: str, key: str, path: Path) -> tuple[float, float]:
     import boto3
     from boto3.s3.transfer import TransferConfig
 
@@ -124,24 +124,27 @@ def _boto3(direction: str, bucket: str, key: str, path: Path) -> float:
         max_concurrency=settings.s3_max_concurrency,
     )
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     if direction == "upload":
         s3.upload_file(str(path), bucket, key, Config=config)
     else:
         s3.download_file(bucket, key, str(path), Config=config)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def main(argv: list[str]) -> int:
     """Subprocess entry: one transfer, prints its in-process wall time as JSON."""
     impl, direction, bucket, key, path = argv
+    # Wall and CPU (all threads of the process) of the transfer alone, imports excluded.
     if impl == "project":
         import anyio
 
-        wall = anyio.run(_project, direction, bucket, key, Path(path))
+        wall, cpu = anyio.run(_project, direction, bucket, key, Path(path))
     else:
-        wall = _boto3(direction, bucket, key, Path(path))
-    print(json.dumps({"wall_seconds": wall, "bytes": Path(path).stat().st_size}))
+        wall, cpu = _boto3(direction, bucket, key, Path(path))
+    print(
+        json.dumps({"wall_seconds": wall, "cpu_seconds": cpu, "bytes": Path(path).stat().st_size})
+    )
     return 0
 
 
@@ -160,12 +163,18 @@ def _one(
     return m
 
 
+UNSIGNED_CONFIG = "[default]\ns3 =\n    payload_signing_enabled = false\n"
+
+
 def run_transfer_bench(workdir: Path, size_mib: int = 256, rounds: int = 2) -> dict[str, Any]:
     """Upload+download ``size_mib`` MiB with both implementations, alternating, ``rounds`` times.
 
-    Returns per implementation and direction the best (highest) MiB/s over the rounds, the
-    in-process wall times, CPU time and peak RSS of each transfer process, and the ratios
-    project / boto3.
+    Two variants, both clients alike: ``signed`` is what the SDKs do over plain HTTP (moto):
+    a SHA-256 of every request body for SigV4; ``unsigned`` sets the shared config file's
+    ``s3.payload_signing_enabled = false``, which is what both SDKs do by themselves over HTTPS
+    when a CRC32 checksum header is present (production S3). Returns, per variant,
+    implementation and direction, the best (highest) MiB/s over the rounds with CPU time and
+    peak RSS of that transfer's process, and the ratios project / boto3.
     """
     import boto3
 
@@ -175,47 +184,56 @@ def run_transfer_bench(workdir: Path, size_mib: int = 256, rounds: int = 2) -> d
         with source.open("wb") as out:
             for _ in range(size_mib):
                 out.write(os.urandom(MIB))
+    unsigned_config = workdir / "aws-config-unsigned"
+    unsigned_config.write_text(UNSIGNED_CONFIG)
     runs: list[dict[str, Any]] = []
     with moto_process() as endpoint:
-        env = aws_env(endpoint)
         s3 = boto3.client(
             "s3", endpoint_url=endpoint, region_name=REGION,
             aws_access_key_id="testing", aws_secret_access_key="testing",
         )  # fmt: skip
         bucket = "bench-transfer"
         s3.create_bucket(Bucket=bucket)
-        for round_no in range(rounds):
-            for impl in ("project", "boto3"):
-                key = f"{impl}-{round_no}.bin"
-                target = workdir / f"transfer-{impl}.bin"
-                up = _one(impl, "upload", bucket, key, source, env)
-                down = _one(impl, "download", bucket, key, target, env)
-                if target.stat().st_size != source.stat().st_size:
-                    raise RuntimeError(f"{impl} download has the wrong size")
-                target.unlink()
-                s3.delete_object(Bucket=bucket, Key=key)
-                for direction, m in (("upload", up), ("download", down)):
-                    runs.append(
-                        {
-                            "impl": impl,
-                            "direction": direction,
-                            "round": round_no,
-                            "wall_seconds": m.report["wall_seconds"],
-                            "mib_per_s": size_mib / m.report["wall_seconds"],
-                            "cpu_seconds": m.cpu_seconds,
-                            "peak_rss_bytes": m.peak_rss_bytes,
-                        }
-                    )
+        for variant in ("signed", "unsigned"):
+            env = aws_env(endpoint)
+            env["AWS_CONFIG_FILE"] = str(unsigned_config) if variant == "unsigned" else os.devnull
+            for round_no in range(rounds):
+                for impl in ("project", "boto3"):
+                    key = f"{variant}-{impl}-{round_no}.bin"
+                    target = workdir / f"transfer-{impl}.bin"
+                    up = _one(impl, "upload", bucket, key, source, env)
+                    down = _one(impl, "download", bucket, key, target, env)
+                    if target.stat().st_size != source.stat().st_size:
+                        raise RuntimeError(f"{impl} download has the wrong size")
+                    target.unlink()
+                    s3.delete_object(Bucket=bucket, Key=key)
+                    for direction, m in (("upload", up), ("download", down)):
+                        runs.append(
+                            {
+                                "variant": variant,
+                                "impl": impl,
+                                "direction": direction,
+                                "round": round_no,
+                                "wall_seconds": m.report["wall_seconds"],
+                                "mib_per_s": size_mib / m.report["wall_seconds"],
+                                "cpu_seconds": m.report["cpu_seconds"],
+                                "peak_rss_bytes": m.peak_rss_bytes,
+                            }
+                        )
     source.unlink()
-    best: dict[str, dict[str, dict[str, Any]]] = {}
+    best: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for run in runs:
-        slot = best.setdefault(run["impl"], {})
+        slot = best.setdefault(run["variant"], {}).setdefault(run["impl"], {})
         current = slot.get(run["direction"])
         if current is None or run["mib_per_s"] > current["mib_per_s"]:
             slot[run["direction"]] = run
     ratios = {
-        direction: best["project"][direction]["mib_per_s"] / best["boto3"][direction]["mib_per_s"]
-        for direction in ("upload", "download")
+        variant: {
+            direction: by_impl["project"][direction]["mib_per_s"]
+            / by_impl["boto3"][direction]["mib_per_s"]
+            for direction in ("upload", "download")
+        }
+        for variant, by_impl in best.items()
     }
     return {"size_mib": size_mib, "rounds": rounds, "runs": runs, "best": best, "ratios": ratios}
 

@@ -10,8 +10,9 @@ The worker is the real ``komorebi-worker run`` process (``python -m worker.cli r
 samples its process tree's RSS, polls the table until every row is DONE, then reads the
 worker's own metrics (``/metrics``: job and stage duration histograms) and stops it with
 SIGTERM. Throughput = jobs / (last DONE - first row seen PROCESSING). Per-job overhead outside
-ffmpeg = mean job duration - mean ``merge`` stage duration (the merge stage is the ffprobe +
-ffmpeg + thumbnail work; everything else is S3, DynamoDB, SQS and the worker's own code).
+ffmpeg = mean job duration - mean ``probe`` + ``merge`` stage durations (ffprobe of the inputs;
+ffmpeg, output probe and thumbnail); the rest is S3, DynamoDB, SQS and the worker's own code.
+The same machinery with one long recording gives the peak RSS and scratch of a whole job.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from bench.measure import tree_rss
+from bench.measure import disk_usage, tree_rss
 from bench.media_gen import segment_file, write_connect_wav
 from bench.transfer_bench import free_port, moto_process
 
@@ -57,7 +58,7 @@ def _sum(samples: dict[str, float], pattern: str) -> float:
     return sum(v for k, v in samples.items() if regex.fullmatch(k))
 
 
-def _seed(world: Any, jobs: int, recording: Path, connect: Path) -> list[str]:
+def _seed(world: Any, jobs: int, recording: Path, connect: Path, call_end: float) -> list[str]:
     from worker.config import KeyTemplates
     from worker.messages import JobMessage
     from worker.recordings import keys_for
@@ -86,7 +87,7 @@ def _seed(world: Any, jobs: int, recording: Path, connect: Path) -> list[str]:
             },
         )
         ids.append(recording_id)
-        bodies.append(JobMessage(recording_id, CALL_END_SECONDS).to_body())
+        bodies.append(JobMessage(recording_id, call_end).to_body())
     for start in range(0, len(bodies), 10):
         sqs.send_message_batch(
             QueueUrl=world.queue_url,
@@ -114,21 +115,37 @@ def _statuses(world: Any) -> dict[str, str]:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def run_worker_bench(concurrency: int, jobs: int, workdir: Path) -> dict[str, Any]:
-    """Run ``jobs`` jobs through a fresh world at ``concurrency``; see the module docstring."""
+def run_worker_bench(
+    concurrency: int,
+    jobs: int,
+    workdir: Path,
+    *,
+    recording: Path | None = None,
+    connect: Path | None = None,
+    call_end: float = CALL_END_SECONDS,
+    tag: str = "",
+) -> dict[str, Any]:
+    """Run ``jobs`` jobs through a fresh world at ``concurrency``; see the module docstring.
+
+    Default media: the cached 60-second segment and a 45-second Connect WAV; pass
+    ``recording``/``connect``/``call_end`` to run (for instance) one long recording.
+    """
     from tests.fixtures_aws import provision_world
 
     workdir.mkdir(parents=True, exist_ok=True)
-    recording = segment_file()
-    connect = workdir / "connect-45s.wav"
-    if not connect.exists():
-        write_connect_wav(connect, CALL_END_SECONDS)
-    scratch = workdir / f"scratch-c{concurrency}"
+    if recording is None or connect is None:
+        recording = segment_file()
+        connect = workdir / "connect-45s.wav"
+        if not connect.exists():
+            write_connect_wav(connect, CALL_END_SECONDS)
+    name = f"c{concurrency}{tag}"
+    scratch = workdir / f"scratch-{name}"
     scratch.mkdir(exist_ok=True)
-    log_path = workdir / f"worker-c{concurrency}.log"
+    peak_scratch = 0
+    log_path = workdir / f"worker-{name}.log"
     with moto_process() as endpoint:
         world = provision_world(endpoint)
-        ids = _seed(world, jobs, recording, connect)
+        ids = _seed(world, jobs, recording, connect, call_end)
         metrics_port = free_port()
         env = {
             **os.environ,
@@ -160,6 +177,7 @@ def run_worker_bench(concurrency: int, jobs: int, workdir: Path) -> dict[str, An
                             f"worker exited with {worker.returncode}; log: {log_path}"
                         )
                     peak_rss = max(peak_rss, tree_rss(proc))
+                    peak_scratch = max(peak_scratch, disk_usage(scratch))
                     statuses = _statuses(world)
                     now = time.monotonic()
                     if first_seen is None and any(statuses.get(i) for i in ids):
@@ -199,7 +217,9 @@ def run_worker_bench(concurrency: int, jobs: int, workdir: Path) -> dict[str, An
     done = sum(1 for i in ids if statuses.get(i) == "DONE")
     wall = finished - first_seen
     mean_job = job_sum / job_count if job_count else float("nan")
-    mean_merge = stages.get("merge", float("nan"))
+    # ffprobe of the inputs (job stage "probe") and the merge stage (ffmpeg, output probe,
+    # thumbnail) are the media tools' time; the rest is the worker's own overhead.
+    mean_merge = stages.get("merge", float("nan")) + stages.get("probe", 0.0)
     return {
         "concurrency": concurrency,
         "jobs": jobs,
@@ -212,5 +232,7 @@ def run_worker_bench(concurrency: int, jobs: int, workdir: Path) -> dict[str, An
         "mean_overhead_seconds": mean_job - mean_merge,
         "mean_stage_seconds": stages,
         "peak_rss_bytes": peak_rss,
+        "peak_scratch_bytes": peak_scratch,
+        "recording": recording.name,
         "log": str(log_path),
     }
