@@ -23,6 +23,7 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from worker.errors import ConfigError
 from worker.observability import (
     JOBS_IN_FLIGHT,
     OUTCOMES,
@@ -348,6 +349,16 @@ async def test_server_releases_its_port_on_cancel() -> None:
         group.cancel_scope.cancel()
     with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
         sock.connect(("127.0.0.1", port))
+
+
+@pytest.mark.anyio
+async def test_a_busy_port_is_a_one_line_configuration_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"METRICS_PORT {port}: cannot listen"):
+            await serve_http(port, HealthState(), host="127.0.0.1")
 
 
 # --- redaction -------------------------------------------------------------------------------

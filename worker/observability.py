@@ -324,12 +324,23 @@ async def serve_http(
     ``port = await group.start(serve_http, 0, health)``). On cancellation the listener is
     closed inside a shielded scope, so the port is free when this returns.
     """
-    # No access log: a scrape every few seconds would drown the job events.
-    runner = web.AppRunner(_build_app(health), access_log=None, handle_signals=False)
+    from worker.errors import ConfigError
+
+    # No access log: a scrape every few seconds would drown the job events. A short shutdown
+    # timeout: a scrape in progress must not hold up the worker's exit.
+    runner = web.AppRunner(
+        _build_app(health), access_log=None, handle_signals=False, shutdown_timeout=2.0
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:
+            # One clear line (exit 2), not a traceback: usually another process on the port.
+            raise ConfigError(
+                f"METRICS_PORT {port}: cannot listen on {host}:{port} ({error.strerror or error})"
+            ) from None
         bound = runner.addresses[0][1] if runner.addresses else port
         structlog.get_logger(__name__).info("http.listening", host=host, port=bound)
         task_status.started(int(bound))
