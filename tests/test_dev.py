@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.media_tools import band_share, decode_pcm, ffprobe_json, framemd5, rms, window
-from worker.devenv import DEMO_CALL_END_SECONDS, SAMPLE_RECORDING, sample_path
+from worker.devenv import DEMO_CALL_END_SECONDS, SAMPLE_RECORDING, sample_path, use_emulator
 
 SCRIPT = Path(sys.executable).with_name("komorebi-worker")
 RATE = 16000
@@ -23,8 +23,14 @@ def dev_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
     output_dir = tmp_path_factory.mktemp("dev") / "out"
-    # A clean environment: dev must not need (or use) any AWS configuration of the caller.
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LOG_FORMAT": "json"}
+    # dev must not need, nor use, the caller's AWS configuration (here: a profile that does
+    # not exist and a service endpoint nobody listens on).
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LOG_FORMAT": "json",
+        "AWS_PROFILE": "does-not-exist",
+        "AWS_ENDPOINT_URL_SQS": "http://127.0.0.1:9",
+    }
     result = subprocess.run(
         [str(SCRIPT), "dev", "--once", "--output-dir", str(output_dir)],
         env=env,
@@ -95,3 +101,25 @@ def test_dev_thumbnail_is_a_png_of_the_video(
         360,
     )
     assert f"thumbnail: {thumbnail.resolve()}" in result.stdout
+
+
+def test_use_emulator_leaves_no_way_to_real_aws() -> None:
+    env = {
+        "AWS_PROFILE": "production",
+        "AWS_SESSION_TOKEN": "token",
+        "AWS_ENDPOINT_URL_S3": "https://s3.example.com",
+        "AWS_ACCESS_KEY_ID": "AKIAREAL",
+        "AWS_REGION": "eu-west-1",
+        "HOME": "/root",
+    }
+    use_emulator("http://127.0.0.1:5999", env)
+    assert env == {
+        "HOME": "/root",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:5999",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }

@@ -66,6 +66,7 @@ _REAL_AWS_VARIABLES: Final = (
     "AWS_WEB_IDENTITY_TOKEN_FILE",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
 )
 
 
@@ -130,14 +131,20 @@ def emulator(port: int = 0) -> Iterator[str]:
 def use_emulator(endpoint: str, environ: dict[str, str] | None = None) -> None:
     """Point this process's AWS SDKs at the emulator with dummy credentials.
 
-    Only this process's environment changes (the shell is untouched). Profile and token
-    variables are removed so nothing can fall through to a real account.
+    Only this process's environment changes (the shell is untouched). Profile, token and
+    service-endpoint variables are removed and the profile files ignored, so nothing can fall
+    through to a real account.
     """
     env: Any = os.environ if environ is None else environ
-    for name in _REAL_AWS_VARIABLES:
-        env.pop(name, None)
+    for name in list(env):
+        # Service-specific endpoints (AWS_ENDPOINT_URL_S3, ...) would win over ours.
+        if name in _REAL_AWS_VARIABLES or name.startswith("AWS_ENDPOINT_URL_"):
+            env.pop(name, None)
     env.update(
         {
+            # No profile files either: they can carry endpoints, regions and credentials.
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
             "AWS_ENDPOINT_URL": endpoint,
             "AWS_REGION": DEMO_REGION,
             "AWS_DEFAULT_REGION": DEMO_REGION,
