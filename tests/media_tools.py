@@ -151,9 +151,6 @@ def probe_duration(path: Path) -> float:
 
 def stream_end(path: Path, selector: str = "v:0") -> float:
     """End (max pts + duration) of a stream from its packets, relative to the file's start."""
-    fmt = ffprobe_json(path)["format"]
-    assert isinstance(fmt, dict)
-    origin = float(fmt.get("start_time", 0) or 0)
     text = _run(
         [
             "ffprobe",
@@ -162,21 +159,24 @@ def stream_end(path: Path, selector: str = "v:0") -> float:
             "-select_streams",
             selector,
             "-show_entries",
-            "packet=pts_time,duration_time",
+            "format=start_time:packet=pts_time,duration_time",
             "-of",
-            "csv=p=0",
+            "compact",
             str(path),
         ]
     ).decode()
-    end = 0.0
+    end, origin = 0.0, 0.0
     for line in text.splitlines():
-        parts = line.split(",")
-        try:
-            pts = float(parts[0])
-        except (ValueError, IndexError):
-            continue
-        dur = float(parts[1]) if len(parts) > 1 and parts[1] not in ("", "N/A") else 0.0
-        end = max(end, pts + dur)
+        fields = dict(part.split("=", 1) for part in line.split("|") if "=" in part)
+        if line.startswith("format|"):
+            origin = float(fields.get("start_time", "0").replace("N/A", "0"))
+        elif line.startswith("packet|"):
+            try:
+                pts = float(fields["pts_time"])
+            except (KeyError, ValueError):
+                continue
+            duration = fields.get("duration_time", "N/A")
+            end = max(end, pts + (float(duration) if duration != "N/A" else 0.0))
     return end - origin
 
 

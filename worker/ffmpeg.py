@@ -18,6 +18,7 @@ import collections
 import math
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import anyio
 import structlog
 from anyio.abc import ByteReceiveStream, Process
 
-from worker.errors import MediaError, MediaTimeout, ScratchFull
+from worker.errors import ConfigError, MediaError, MediaTimeout, ScratchFull
 from worker.observability import FFMPEG_FAILURES
 
 log = structlog.get_logger(__name__)
@@ -145,9 +146,13 @@ async def run(
     process: Process | None = None
     timed_out = False
     try:
-        process = await anyio.open_process(
-            list(args), stdin=None, stdout=-1, stderr=-1, start_new_session=True
-        )
+        try:
+            # Own session: a terminal's Ctrl-C reaches us, and we stop ffmpeg ourselves.
+            process = await anyio.open_process(
+                list(args), stdin=subprocess.DEVNULL, stdout=-1, stderr=-1, start_new_session=True
+            )
+        except FileNotFoundError:
+            raise ConfigError(f"{args[0]} is not installed (not found on PATH)") from None
         with anyio.move_on_after(timeout) as scope:
             async with anyio.create_task_group() as group:
                 assert process.stdout is not None and process.stderr is not None

@@ -72,6 +72,16 @@ class StreamInfo:
     channels: int | None
     width: int | None
     height: int | None
+    # Matroska's per-track DURATION tag (the track's end timestamp), when a muxer wrote one.
+    tag_end: float | None = None
+
+    def end(self, origin: float) -> float | None:
+        """The stream's end on the file's shifted timeline, if the header says."""
+        if self.duration is not None:
+            return self.start_time + self.duration - origin
+        if self.tag_end is not None:
+            return self.tag_end - origin
+        return None
 
 
 @dataclass(frozen=True)
@@ -433,7 +443,21 @@ def _stream(raw: dict[str, Any]) -> StreamInfo:
         channels=_int(raw.get("channels")),
         width=_int(raw.get("width")),
         height=_int(raw.get("height")),
+        tag_end=_clock((raw.get("tags") or {}).get("DURATION")),
     )
+
+
+def _clock(value: Any) -> float | None:
+    """Seconds from ``HH:MM:SS.fffffffff`` (Matroska DURATION tags), else None."""
+    if not isinstance(value, str):
+        return None
+    parts = value.strip().split(":")
+    if len(parts) != 3:
+        return None
+    hours, minutes, seconds = (_float(part) for part in parts)
+    if hours is None or minutes is None or seconds is None:
+        return None
+    return hours * 3600 + minutes * 60 + seconds
 
 
 def parse_probe_json(path: Path, text: str, size_bytes: int) -> tuple[MediaInfo, float | None]:
@@ -592,11 +616,13 @@ def check_output(
     if output.audio is None:
         raise OutputRejected(f"{name}: output has no audio stream")
     tolerance = container.audio_frame_seconds(sample_rate) + CONTAINER_ROUNDING_SECONDS
-    ends = {"output": output.duration}
-    if output.audio.duration is not None:
-        ends["audio"] = output.audio.start_time + output.audio.duration - output.start_time
+    ends = {
+        "output": output.duration,
+        "video": output.video.end(output.start_time),
+        "audio": output.audio.end(output.start_time),
+    }
     for what, end in ends.items():
-        if abs(end - expected_duration) > tolerance:
+        if end is not None and abs(end - expected_duration) > tolerance:
             raise OutputRejected(
                 f"{name}: {what} duration {end:.3f} s differs from the recording's "
                 f"{expected_duration:.3f} s by more than {tolerance:.3f} s"
