@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiobotocore.session import get_session
 
 from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
 from worker.aws import AwsClients, open_clients
@@ -23,6 +24,8 @@ from worker.queue import (
     fit_attributes,
 )
 
+# One session for the module: loading service models dominates a fresh client's set-up.
+SESSION = get_session()
 pytestmark = pytest.mark.anyio
 
 BODY = json.dumps({"recordingID": "rec-1", "callEndingTimestamp": "00:00:14"})
@@ -39,7 +42,7 @@ def world(moto_server: str) -> Iterator[AwsEnv]:
 
 @pytest.fixture
 async def clients(world: AwsEnv) -> AsyncIterator[AwsClients]:
-    async with open_clients(world.settings()) as opened:
+    async with open_clients(world.settings(), session=SESSION) as opened:
         yield opened
 
 

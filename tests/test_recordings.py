@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from aiobotocore.session import get_session
 
 from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
 from worker.aws import AwsClients, open_clients
@@ -34,6 +35,8 @@ from worker.recordings import (
 )
 from worker.storage import ObjectSummary
 
+# One session for the module: loading service models dominates a fresh client's set-up.
+SESSION = get_session()
 RID = "7165d412-7fe0-4fb6-81ae-68b135a26f7c"
 
 # --- parse_creation_date ---------------------------------------------------------------------
@@ -173,7 +176,7 @@ def world(moto_server: str) -> Iterator[AwsEnv]:
 
 @pytest.fixture
 async def clients(world: AwsEnv) -> AsyncIterator[AwsClients]:
-    async with open_clients(world.settings()) as opened:
+    async with open_clients(world.settings(), session=SESSION) as opened:
         yield opened
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
+from aiobotocore.session import get_session
 
 from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
 from worker.aws import AwsClients, open_clients
@@ -22,6 +23,8 @@ from worker.errors import AwsUnavailable, ScratchFull
 from worker.observability import BYTES_TRANSFERRED
 from worker.storage import MIB, ObjectChanged, ObjectNotFound, ObjectStore
 
+# One session for the module: loading service models dominates a fresh client's set-up.
+SESSION = get_session()
 pytestmark = pytest.mark.anyio
 
 
@@ -36,7 +39,7 @@ def world(moto_server: str) -> Iterator[AwsEnv]:
 
 @pytest.fixture
 async def clients(world: AwsEnv) -> AsyncIterator[AwsClients]:
-    async with open_clients(world.settings()) as opened:
+    async with open_clients(world.settings(), session=SESSION) as opened:
         yield opened
 
 

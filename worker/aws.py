@@ -64,13 +64,16 @@ def region_name(session: AioSession) -> str | None:
 
 
 @asynccontextmanager
-async def open_clients(settings: Settings) -> AsyncIterator[AwsClients]:
+async def open_clients(
+    settings: Settings, *, session: AioSession | None = None
+) -> AsyncIterator[AwsClients]:
     """Open S3, SQS and DynamoDB clients on one session; closed when the context exits.
 
     Raises :class:`ConfigError` when no region is configured (botocore would fail later with
-    a less helpful message).
+    a less helpful message). ``session`` reuses an existing session (its loaded service models
+    and credentials); by default a new one is made.
     """
-    session = get_session()
+    session = session or get_session()
     config = client_config(settings)
     region = region_name(session)
     if region is None:
