@@ -141,6 +141,33 @@ async def test_agent_error_is_logged_not_raised_and_retried(agent: FakeAgent) ->
     assert not protector.protected
 
 
+async def test_broken_agent_is_not_called_on_every_job_start(agent: FakeAgent) -> None:
+    agent.status = 500
+    protector = TaskProtector(agent.uri, 5, retry_seconds=60)
+    for _ in range(3):
+        await protector.job_started()
+        await protector.job_finished()
+    # One failed call; later job starts wait for run()'s retry instead of calling again.
+    assert agent.bodies() == [ENABLE]
+
+
+async def test_job_started_during_backoff_is_still_protected_by_the_retry(
+    agent: FakeAgent,
+) -> None:
+    agent.status = 500
+    protector = TaskProtector(agent.uri, 5, renew_after_seconds=10, retry_seconds=0.2)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(protector.run)
+        await protector.job_started()  # fails
+        await protector.job_finished()  # idle: nothing to retry
+        agent.status = 200
+        await protector.job_started()  # within the back-off: no call now ...
+        await agent.wait_for(lambda _: protector.protected)  # ... but run() retries
+        await protector.job_finished()
+        tg.cancel_scope.cancel()
+    assert agent.bodies() == [ENABLE, ENABLE, DISABLE]
+
+
 async def test_failure_body_counts_as_failure(agent: FakeAgent) -> None:
     agent.body = {"failure": {"Arn": "arn:task", "Reason": "TASK_NOT_VALID"}}
     protector = TaskProtector(agent.uri, 5)

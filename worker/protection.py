@@ -78,6 +78,9 @@ class TaskProtector:
         self._protected = False
         # Monotonic deadline of the next renewal (or retry); inf while nothing is due.
         self._next_action = math.inf
+        # After a failed call, job starts do not call the agent again before this time (run()
+        # retries): a broken agent must not add its timeout to every job.
+        self._retry_at = 0.0
         # Serialises state changes with their agent call, so a quick finish/start pair can
         # never leave protection off while a job runs.
         self._lock = anyio.Lock()
@@ -112,7 +115,12 @@ class TaskProtector:
         async with self._lock:
             self._busy += 1
             if self._url is not None and self._busy == 1 and not self._protected:
-                await self._apply(enable=True)
+                if anyio.current_time() >= self._retry_at:
+                    await self._apply(enable=True)
+                else:
+                    # The agent failed moments ago: let run() retry at the retry time.
+                    self._next_action = min(self._next_action, self._retry_at)
+                    self._changed.set()
 
     async def job_finished(self) -> None:
         """A job ends: when none is left running, protection goes off."""
@@ -169,8 +177,9 @@ class TaskProtector:
                 "task protection " + ("enabled" if enable else "disabled"),
                 expires_minutes=self._expires_minutes if enable else None,
             )
+            self._retry_at = 0.0
         else:
-            self._next_action = now + self._retry_seconds
+            self._next_action = self._retry_at = now + self._retry_seconds
         self._changed.set()
 
     async def _put(self, body: dict[str, Any]) -> bool:
