@@ -113,6 +113,7 @@ def test_clamp_is_a_warning_not_an_error(
         ("negative", 2, "must not be negative"),
         ("garbage", 2, "is not HH:MM:SS"),
         ("bad-extension", 2, ".mp4 or .webm"),
+        ("overwrite-input", 2, "would overwrite an input file"),
         ("codec-vs-extension", 2, "cannot hold vp8 video; use .webm"),
         ("no-video", 1, "has no video stream"),
         ("connect-no-audio", 1, "has no audio stream"),
@@ -147,6 +148,10 @@ def test_errors_are_one_clear_line(
         call_end = "-3"
     elif case == "garbage":
         call_end = "five"
+    elif case == "overwrite-input":
+        rec = tmp_path / "in.webm"
+        rec.write_bytes((data_dir / CHROME_VP8_OPUS).read_bytes())
+        out = rec
     elif case == "bad-extension":
         out = tmp_path / "o.avi"
     elif case == "codec-vs-extension":
@@ -167,7 +172,7 @@ def test_errors_are_one_clear_line(
     assert got == code
     assert stdout == ""
     assert needle in one_line(stderr)
-    assert not out.exists()
+    assert out.exists() == (case == "overwrite-input")
 
 
 def test_console_script_exit_codes(data_dir: Path, tmp_path: Path) -> None:

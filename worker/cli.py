@@ -109,6 +109,10 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     for option, path in outputs:
         if not path.absolute().parent.is_dir():
             raise ConfigError(f"{option} {path}: folder {path.absolute().parent} does not exist")
+    inputs = {args.recording.resolve(), args.connect_audio.resolve()}
+    for option, path in outputs:
+        if path.resolve() in inputs:
+            raise ConfigError(f"{option} {path}: would overwrite an input file")
     if args.output.suffix.lower() not in (".mp4", ".webm"):
         raise ConfigError(f"--output {args.output}: must end in .mp4 or .webm")
     if args.thumbnail is not None and args.thumbnail.suffix.lower() != ".png":

@@ -370,12 +370,16 @@ def thumbnail_time(duration: float) -> float:
     return max(0.0, min(THUMBNAIL_AT_SECONDS, duration / 2))
 
 
-def build_thumbnail_args(recording: MediaInfo, thumbnail: Path) -> list[str]:
-    """One PNG frame at :func:`thumbnail_time`, with a fast input seek (``-ss`` before ``-i``)."""
+def build_thumbnail_args(
+    recording: MediaInfo, thumbnail: Path, *, at: float | None = None
+) -> list[str]:
+    """One PNG frame at ``at`` (default :func:`thumbnail_time`), with a fast input seek
+    (``-ss`` before ``-i``: ffmpeg seeks in the container instead of decoding up to it)."""
     if recording.video is None:
         raise NoVideoStream(f"{recording.path.name} has no video stream")
+    when = thumbnail_time(recording.duration) if at is None else at
     args = _base_args()
-    args += ["-ss", f"{thumbnail_time(recording.duration):.3f}"]
+    args += ["-ss", f"{when:.3f}"]
     args += ffmpeg.input_args(recording.path)
     args += ["-map", f"0:{recording.video.index}", "-frames:v", "1", "-an", "-sn", "-dn"]
     args += ["-c:v", "png", "-f", "image2", "-update", "1", "-y", ffmpeg.file_url(thumbnail)]
@@ -662,12 +666,32 @@ class _Progress:
             )
 
 
+def _nonempty_file(path: Path) -> bool:
+    # A local stat: fast enough not to need a worker thread.
+    return path.is_file() and path.stat().st_size > 0
+
+
 def _remove(path: Path | None) -> None:
     if path is not None:
         try:
             path.unlink()
         except FileNotFoundError:
             pass
+
+
+async def _thumbnail(recording: MediaInfo, thumbnail: Path, options: MergeOptions) -> None:
+    """Write the thumbnail; a very short or sparse video may have no frame after the seek
+    point, so fall back to the first frame before giving up."""
+    for at in (None, 0.0):
+        await ffmpeg.run(
+            build_thumbnail_args(recording, thumbnail, at=at),
+            timeout=options.timeout_base_seconds,
+            what="thumbnail",
+        )
+        if _nonempty_file(thumbnail):
+            return
+    FFMPEG_FAILURES.labels(reason="no_thumbnail").inc()
+    raise MediaError("thumbnail: ffmpeg wrote no frame")
 
 
 def check_output_path(recording: MediaInfo, output: Path) -> Container:
@@ -742,14 +766,7 @@ async def merge(
             FFMPEG_FAILURES.labels(reason="output_rejected").inc()
             raise
         if request.thumbnail is not None:
-            await ffmpeg.run(
-                build_thumbnail_args(recording, request.thumbnail),
-                timeout=options.timeout_base_seconds,
-                what="thumbnail",
-            )
-            if not request.thumbnail.is_file() or request.thumbnail.stat().st_size == 0:
-                FFMPEG_FAILURES.labels(reason="no_thumbnail").inc()
-                raise MediaError("thumbnail: ffmpeg wrote no frame")
+            await _thumbnail(recording, request.thumbnail, options)
     except BaseException:
         # Never leave a partial or rejected file where a caller might upload it.
         # (Synchronous, so a cancellation cannot interrupt it.)
