@@ -27,14 +27,22 @@ the deadline is cancelled (ffmpeg killed, lease released, scratch removed) and d
 as :class:`JobTooLong` (permanent, reason ``max_duration``): a retry would meet the same limit
 on the same media, so retrying would only burn ``maxReceiveCount`` x 12 hours.
 
-Stopping (SIGTERM/SIGINT): the first signal stops polling at once (the long poll in progress
-is cancelled), marks the worker not ready and gives in-flight jobs ``SHUTDOWN_GRACE_SECONDS``
-to finish. Jobs still running then are cancelled: their ffmpeg is killed by the media
-runner's cancel scope, their lease is released and their message made visible again
-(visibility 0) in shielded, time-bounded clean-ups; the process exits 0. A second signal
-cancels the in-flight jobs immediately (same clean-ups, bounded to a few seconds, so no
-message waits out a timeout and no ffmpeg is orphaned) and exits with 128 + signal number.
-``os._exit`` is deliberately not used: ffmpeg runs in its own session and would survive us.
+Stopping (SIGTERM/SIGINT): the first signal stops polling at once and marks the worker not
+ready; in-flight jobs get ``SHUTDOWN_GRACE_SECONDS`` to finish. Jobs still running then are
+cancelled: their ffmpeg is killed by the media runner's cancel scope, their lease is released
+and their message made visible again (visibility 0) in shielded, time-bounded clean-ups; the
+process exits 0. A second signal cancels the in-flight jobs immediately (same clean-ups,
+bounded to a few seconds) and exits with 128 + signal number. ``os._exit`` is deliberately not
+used: ffmpeg runs in its own session and would survive us.
+
+The long poll in progress at the first signal needs care: SQS keeps delivering to a long poll
+whose connection was dropped, so cancelling it can hide messages for a whole visibility
+timeout (aws/aws-sdk-java-v2#1395, aws/aws-sdk-go-v2#2068; moto behaves the same). When no job
+is in flight it is cancelled at once (exit is immediate; the risk is limited to a message that
+arrives within the poll's remaining seconds). With jobs in flight, polls are started with a
+wait of at most half the grace period, and the one in progress is left to finish: whatever it
+returns is given back at once, and it is over before the grace period ends, so the messages
+of cancelled jobs, given back after it, are visible at once. A second signal cancels it too.
 """
 
 from __future__ import annotations
@@ -163,7 +171,8 @@ class Consumer:
         self._in_flight = 0
         self._stopping = False
         self.forced = False
-        self._poll_scope: anyio.CancelScope | None = None
+        self._receive_scope: anyio.CancelScope | None = None
+        self._stop_deadline = math.inf
         self._service_scope: anyio.CancelScope | None = None
         self._changed: anyio.Event | None = None
 
@@ -202,25 +211,42 @@ class Consumer:
             log.info("worker.stopped", forced=self.forced)
 
     def request_stop(self) -> None:
-        """Graceful stop: no more polling; in-flight jobs get SHUTDOWN_GRACE_SECONDS."""
+        """Graceful stop: no more polls; in-flight jobs get SHUTDOWN_GRACE_SECONDS.
+
+        A long poll in progress is cancelled at once only when no job is in flight. With jobs
+        in flight it is left to finish (it was started with a wait of at most half the grace
+        period, see :meth:`_poll_wait_seconds`) and whatever it returns is given back at once:
+        SQS still delivers messages to an abandoned long poll, and such an orphan would
+        swallow the messages our cancelled jobs give back (they would stay invisible for the
+        queue's visibility timeout instead of being visible at once).
+        """
         if self._stopping:
             return
         self._stopping = True
+        grace = self.settings.shutdown_grace_seconds
+        self._stop_deadline = anyio.current_time() + grace
         self._health.set_ready(False, "stopping")
         self._health.loop_stopped()
-        log.info(
-            "worker.stopping",
-            in_flight=self._in_flight,
-            grace_seconds=self.settings.shutdown_grace_seconds,
-        )
-        if self._poll_scope is not None:
-            self._poll_scope.cancel()
+        log.info("worker.stopping", in_flight=self._in_flight, grace_seconds=grace)
+        self._end_receive()
         self._notify()
+
+    def _end_receive(self) -> None:
+        """While stopping: cancel the receive in progress if nothing of ours is in flight;
+        otherwise let it finish, but never past the end of the grace period."""
+        scope = self._receive_scope
+        if scope is None or not self._stopping:
+            return
+        if self._in_flight == 0 or self.forced:
+            scope.cancel()
+        else:
+            scope.deadline = min(scope.deadline, self._stop_deadline)
 
     def force_stop(self) -> None:
         """Immediate stop: cancel in-flight jobs now (their clean-ups still run, bounded)."""
         self.forced = True
         self.request_stop()
+        self._end_receive()
         log.warning("worker.stopping_now", in_flight=self._in_flight)
         if self._service_scope is not None:
             self._service_scope.cancel()
@@ -257,9 +283,7 @@ class Consumer:
             except TransientError as error:
                 self._health.set_ready(False, error.message)
                 log.warning("worker.not_ready", error=error.message, retry_in_seconds=delay)
-                with anyio.CancelScope() as self._poll_scope:
-                    await anyio.sleep(delay)
-                self._poll_scope = None
+                await self._wait_for_change(delay)
                 delay = min(POLL_RETRY_MAX_SECONDS, delay * 2)
                 continue
             self._health.set_ready(True)
@@ -274,6 +298,14 @@ class Consumer:
 
     # --- polling -----------------------------------------------------------------------------
 
+    def _poll_wait_seconds(self) -> int:
+        """Long-poll length: 20 s while idle; with jobs in flight at most half the grace
+        period, so that a poll running when SIGTERM comes ends well within the grace (see
+        :meth:`request_stop`)."""
+        if self._in_flight == 0:
+            return self._poll_wait
+        return max(0, min(self._poll_wait, int(self.settings.shutdown_grace_seconds / 2)))
+
     async def _poll(self, jobs: anyio.abc.TaskGroup, *, once: bool) -> None:
         """The poll loop: receive only while a slot is free, at most the free slots."""
         failures = 0
@@ -284,23 +316,25 @@ class Consumer:
             if free <= 0:
                 await self._wait_for_change(IDLE_TICK_SECONDS)
                 continue
+            wait = self._poll_wait_seconds()
             messages: list[ReceivedMessage] = []
-            with anyio.CancelScope() as self._poll_scope:
-                if self._stopping:
-                    self._poll_scope.cancel()
-                try:
-                    messages = await self.queue.receive(
-                        min(free, MAX_BATCH), wait_seconds=self._poll_wait
-                    )
-                    failures = 0
-                    self._health.poll_succeeded()
-                except JobError as error:
-                    failures += 1
-                    delay = min(POLL_RETRY_MAX_SECONDS, 2.0 ** min(failures, 5))
-                    log.warning("poll.failed", error=error.message, retry_in_seconds=delay)
-                    await anyio.sleep(delay)
-            self._poll_scope = None
+            try:
+                with anyio.CancelScope() as self._receive_scope:
+                    messages = await self.queue.receive(min(free, MAX_BATCH), wait_seconds=wait)
+                failures = 0
+                self._health.poll_succeeded()
+            except JobError as error:
+                failures += 1
+                delay = min(POLL_RETRY_MAX_SECONDS, 2.0 ** min(failures, 5))
+                log.warning("poll.failed", error=error.message, retry_in_seconds=delay)
+                await self._wait_for_change(delay)
+            finally:
+                self._receive_scope = None
             received_at = time.monotonic()
+            if self._stopping:
+                # Received while stopping: not ours to start; visible again at once.
+                await self._give_back(messages)
+                return
             for message in messages:
                 # Counted here, not in the task: the next iteration must see the slot taken.
                 self._in_flight += 1
@@ -308,14 +342,33 @@ class Consumer:
             set_slots(self._concurrency, self._concurrency - self._in_flight)
             if once and not messages and self._in_flight == 0:
                 return
+            if not messages and wait == 0:
+                # Short polls (tiny grace period): do not hammer the queue.
+                await self._wait_for_change(1.0)
+
+    async def _give_back(self, messages: list[ReceivedMessage]) -> None:
+        """Make messages we will not process visible again at once (shielded, bounded)."""
+        if not messages:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(RELEASE_TIMEOUT_SECONDS):
+            for message in messages:
+                try:
+                    await self.queue.change_visibility(message, 0)
+                except JobError as error:
+                    log.warning("message.release_failed", error=error.message)
+                record_job("released", 0.0)
+        log.info("poll.released_on_stop", messages=len(messages))
 
     async def _drain(self, jobs_scope: anyio.CancelScope) -> None:
         """After polling stopped: let jobs finish within the grace period, then cancel them."""
         if self._in_flight == 0:
             return
-        grace = self.settings.shutdown_grace_seconds
-        log.info("worker.draining", in_flight=self._in_flight, grace_seconds=grace)
-        with anyio.move_on_after(grace):
+        log.info(
+            "worker.draining",
+            in_flight=self._in_flight,
+            grace_seconds=self.settings.shutdown_grace_seconds,
+        )
+        with anyio.move_on_after(max(0.0, self._stop_deadline - anyio.current_time())):
             while self._in_flight > 0:
                 await self._wait_for_change(IDLE_TICK_SECONDS)
         if self._in_flight > 0:
@@ -357,6 +410,8 @@ class Consumer:
         finally:
             self._in_flight -= 1
             set_slots(self._concurrency, self._concurrency - self._in_flight)
+            if self._in_flight == 0:
+                self._end_receive()  # stopping and nothing left to give back: stop waiting
             self._notify()
 
     async def _attempt(

@@ -1,0 +1,188 @@
+"""``komorebi-worker run`` as a real process: configuration errors, SIGTERM mid-job, a second
+signal, several processes sharing one queue (moto server, real ffmpeg)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.fixtures_aws import AwsEnv
+from tests.worker_harness import (
+    ROOT,
+    WorkerProcess,
+    get_row,
+    queue_depth,
+    receive_now,
+    seed_contact,
+    send_job,
+    wait_for,
+    worker_env,
+)
+
+KOMOREBI = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "komorebi-worker"
+
+
+@pytest.fixture(scope="module")
+def short_recording(generated: Callable[[str], Path]) -> Path:
+    """4 s, 160x120 H.264 + AAC: quick to merge."""
+    return generated("h264-aac")
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    path = tmp_path / "scratch"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker processes; every one is stopped (by its PID) at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(env: dict[str, str], *, readrate: float | None = None) -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log", readrate=readrate)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def _ffmpeg_children_using(folder: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(process.info.get("cmdline") or [])
+        if (process.info.get("name") or "").startswith("ff") and str(folder) in cmdline:
+            found.append(process)
+    return found
+
+
+def test_run_reports_every_configuration_problem_and_exits_2() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_BUCKET_NAME")}
+    for name in ("QUEUE_URL", "CONNECT_INSTANCE_ALIAS", "WORKER_CONCURRENCY"):
+        env.pop(name, None)
+    env["WORKER_CONCURRENCY"] = "zero"
+    done = subprocess.run(
+        [str(KOMOREBI), "run"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) >= 5
+    assert all(line.startswith("komorebi-worker: configuration: ") for line in lines)
+    text = done.stderr
+    for name in (
+        "AC_AUDIO_BUCKET_NAME",
+        "QUEUE_URL",
+        "CONNECT_INSTANCE_ALIAS",
+        "WORKER_CONCURRENCY",
+    ):
+        assert name in text
+    assert "Traceback" not in text
+
+
+def test_sigterm_mid_job_releases_the_message_and_exits_0(
+    aws: AwsEnv,
+    scratch: Path,
+    short_recording: Path,
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    contact = seed_contact(aws, recording=short_recording)
+    message_id = send_job(aws, contact.recording_id, 3)
+    # ffmpeg reads the recording at a quarter of real time: the merge takes ~16 s.
+    env = worker_env(aws, scratch, SHUTDOWN_GRACE_SECONDS="1")
+    first = workers(env, readrate=0.25)
+    first.wait_for_event("worker.ready")
+    first.wait_for_event("merge_plan")  # ffmpeg is about to start
+    wait_for(lambda: bool(_ffmpeg_children_using(scratch)), what="ffmpeg running")
+    first.signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0, first.tail()
+    assert first.count("job.released") == 1
+    assert first.count("worker.grace_expired") == 1
+
+    # Visible again at once (the queue's own visibility timeout is 300 s).
+    messages = receive_now(aws)
+    assert [m["MessageId"] for m in messages] == [message_id]
+    aws.client("sqs").change_message_visibility(
+        QueueUrl=aws.queue_url, ReceiptHandle=messages[0]["ReceiptHandle"], VisibilityTimeout=0
+    )
+    row = get_row(aws, contact.recording_id)
+    assert "leaseOwner" not in row and row.get("processingStatus") is None
+    assert list(scratch.iterdir()) == []
+    assert _ffmpeg_children_using(scratch) == []
+
+    # A second worker completes it.
+    second = workers(worker_env(aws, scratch))
+    wait_for(
+        lambda: get_row(aws, contact.recording_id).get("processingStatus") == "DONE",
+        timeout=60,
+        what="the second worker to finish the job",
+    )
+    wait_for(lambda: queue_depth(aws) == (0, 0), what="message deleted")
+    second.signal(signal.SIGTERM)
+    assert second.wait(timeout=30) == 0, second.tail()
+    assert second.count("job.succeeded") == 1
+
+
+def test_second_signal_stops_at_once_and_still_releases(
+    aws: AwsEnv,
+    scratch: Path,
+    short_recording: Path,
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    contact = seed_contact(aws, recording=short_recording)
+    message_id = send_job(aws, contact.recording_id, 3)
+    # A grace period far longer than the test may wait: only the second signal ends it.
+    # One slot: no long poll is outstanding while the job runs (a second signal cancels
+    # everything, an outstanding poll included, and SQS may hand that orphan the message).
+    env = worker_env(aws, scratch, SHUTDOWN_GRACE_SECONDS="600", WORKER_CONCURRENCY="1")
+    worker = workers(env, readrate=0.25)
+    worker.wait_for_event("merge_plan")
+    worker.signal(signal.SIGTERM)
+    worker.wait_for_event("worker.draining")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 128 + signal.SIGTERM, worker.tail()
+    assert worker.count("job.released") == 1
+    assert [m["MessageId"] for m in receive_now(aws)] == [message_id]
+    assert "leaseOwner" not in get_row(aws, contact.recording_id)
+    assert _ffmpeg_children_using(scratch) == []
+
+
+def test_two_processes_process_six_messages_exactly_once(
+    aws: AwsEnv,
+    scratch: Path,
+    short_recording: Path,
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    contacts = [seed_contact(aws, recording=short_recording) for _ in range(6)]
+    processes = [workers(worker_env(aws, scratch)) for _ in range(2)]
+    for process in processes:
+        process.wait_for_event("worker.ready")
+    port = int(processes[0].wait_for_event("http.listening")["port"])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+        assert response.status == 200
+    for contact in contacts:
+        send_job(aws, contact.recording_id, 3)
+
+    def all_done() -> bool:
+        return all(get_row(aws, c.recording_id).get("processingStatus") == "DONE" for c in contacts)
+
+    wait_for(all_done, timeout=90, what="all six rows DONE")
+    wait_for(lambda: queue_depth(aws) == (0, 0), what="all messages deleted")
+    for process in processes:
+        process.signal(signal.SIGTERM)
+    for process in processes:
+        assert process.wait(timeout=30) == 0, process.tail()
+    assert sum(p.count("job.succeeded") for p in processes) == 6
+    assert sum(p.count("job.retry") + p.count("job.dead_lettered") for p in processes) == 0
+    for contact in contacts:
+        assert int(get_row(aws, contact.recording_id)["processingAttempts"]) == 1
+    assert receive_now(aws, aws.dlq_url) == []
