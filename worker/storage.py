@@ -175,13 +175,12 @@ class ObjectStore:
         try:
             try:
                 if size > 0:
-                    # Reserve the space now: a full disk fails here, before any transfer.
-                    os.posix_fallocate(fd, 0, size)
+                    _reserve(fd, size)
                 ranges = list(_ranges(size, self.part_size)) if size > self.part_size else []
                 if ranges:
                     await self._download_ranges(bucket, key, etag, fd, ranges)
                 else:
-                    written = await self._download_range(bucket, key, None, fd, None)
+                    written = await self._download_range(bucket, key, None, fd, etag)
                     if written != size:
                         raise AwsUnavailable(
                             f"GetObject: s3://{bucket}/{key} returned {written} of {size} bytes"
@@ -412,6 +411,19 @@ async def _run_workers(worker: Callable[[], Awaitable[None]], count: int) -> Non
             group.start_soon(guarded, group)
     if failures:
         raise failures[0]
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes on disk so a full scratch disk fails before any transfer.
+
+    Only "no space" matters; a filesystem that cannot preallocate just gets a sparse file.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if _is_enospc(error):
+            raise
+        os.ftruncate(fd, size)
 
 
 def _remove(path: Path) -> None:
