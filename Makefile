@@ -86,13 +86,13 @@ DEPLOY_PARAMS ?= infra/params/$(DEPLOY_ENV).env
 DEPLOY := $(BIN)/python .ci/deploy.py --image-tag $(IMAGE_TAG) --stack-name $(STACK_NAME) \
 	--region $(AWS_REGION)
 
-image: ## build the worker image $(IMAGE_REPO):$(IMAGE_TAG)
+image: ## build the worker image (IMAGE_REPO:IMAGE_TAG, tag defaults to the commit)
 	docker build --pull -t $(IMAGE_REPO):$(IMAGE_TAG) .
 
 push: ## push the image to ECR (creates the repository on first use)
 	./.ci/push-image $(IMAGE_REPO) $(IMAGE_TAG) $(AWS_REGION)
 
-deploy: $(STAMP) ## aws cloudformation deploy with IMAGE_TAG (params: infra/params/$(DEPLOY_ENV).env)
+deploy: $(STAMP) ## aws cloudformation deploy with IMAGE_TAG (params: infra/params/DEPLOY_ENV.env)
 	$(DEPLOY) --params $(DEPLOY_PARAMS)
 
 deploy-dry-run: $(STAMP) ## validate infra/params/example.env, print the deploy command
