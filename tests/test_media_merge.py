@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import numpy as np
 import psutil
 import pytest
 
@@ -226,6 +227,18 @@ def test_browser_fixture_end_aligned(
             result.media_duration_seconds, 6.0, 5.0, recording_audio_start=audio_start
         ),
     )
+    # Boundaries to the millisecond scale (the window checks above skip 50 ms guards):
+    # the Connect audio starts at offset = 1 s, the recording's tone takes over at 6 s.
+    pcm = decoded(result.output, 1)[:, 0]
+    onset = int(np.argmax(np.abs(pcm) > 0.02)) / 16000
+    assert onset == pytest.approx(1.0, abs=0.010)
+    if audio_start is not None:
+        takeover = next(
+            t / 1000
+            for t in range(5900, 6100)
+            if band_share(pcm[t * 16 : t * 16 + 160], 16000, RECORDING_TONE, 100) > 0.5
+        )
+        assert takeover == pytest.approx(6.0, abs=0.010)
     assert result.thumbnail is not None
     thumb = ffprobe_json(result.thumbnail)["streams"][0]  # type: ignore[index]
     assert (thumb["codec_name"], thumb["width"], thumb["height"]) == ("png", 640, 360)
