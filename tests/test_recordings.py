@@ -156,6 +156,12 @@ def test_choose_connect_audio_ignores_other_contacts_and_empty_objects() -> None
     assert choose_connect_audio([mine, longer_id, empty], recording_id="abc") == mine
     with pytest.raises(ConnectAudioNotReady):
         choose_connect_audio([longer_id], recording_id="abc")
+    # An id that also occurs inside the Connect timestamp matches its own file only.
+    numeric = _summary("connect/i/CallRecordings/2024/03/05/0305_20240305T10:00_UTC.wav", 1)
+    other = _summary("connect/i/CallRecordings/2024/03/05/03051_20240305T10:09_UTC.wav", 9)
+    assert choose_connect_audio([numeric, other], recording_id="0305") == numeric
+    nested = _summary("audio/abc/call.wav", 1)  # a template with the id as a folder
+    assert choose_connect_audio([nested], recording_id="abc") == nested
     with pytest.raises(ConnectAudioNotReady):
         choose_connect_audio([])
 

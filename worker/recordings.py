@@ -139,13 +139,16 @@ def keys_for(
 
 
 def _belongs_to(key: str, recording_id: str) -> bool:
-    # A prefix search for "abc" also returns "abcd_...wav": keep keys where the id is not
-    # immediately followed by another id character.
-    index = key.rfind(recording_id)
-    if index < 0:
-        return False
-    following = key[index + len(recording_id) : index + len(recording_id) + 1]
-    return not (following.isalnum() or following == "-")
+    # A prefix search for "abc" also returns "abcd_...wav". Connect names the file
+    # "<contactId>_<timestamp>_UTC.wav": the file name must start with the id followed by a
+    # character that cannot continue an id. A custom template may instead use the id as a
+    # folder: then a folder named exactly like the id counts.
+    *folders, name = key.split("/")
+    if name.startswith(recording_id):
+        following = name[len(recording_id) : len(recording_id) + 1]
+        if not (following.isalnum() or following == "-"):
+            return True
+    return recording_id in folders
 
 
 def choose_connect_audio(
