@@ -77,7 +77,9 @@ def run_one(name: str, case: BenchMedia, scratch_root: Path) -> dict[str, Any]:
     return {
         "wall_seconds": m.report.get("wall_seconds", m.wall_seconds),
         "process_wall_seconds": m.wall_seconds,
-        "cpu_seconds": m.cpu_seconds,
+        # The work's CPU: the whole tree minus the runner interpreter's own start-up.
+        "cpu_seconds": m.cpu_seconds - m.report.get("startup_cpu_seconds", 0.0),
+        "process_cpu_seconds": m.cpu_seconds,
         "user_seconds": m.user_seconds,
         "system_seconds": m.system_seconds,
         "peak_rss_bytes": m.peak_rss_bytes,

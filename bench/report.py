@@ -138,7 +138,10 @@ def render(results: dict[str, Any]) -> str:
         out += [
             "",
             "Wall = in-process wall time of the work (interpreter start-up excluded: a running",
-            "worker has paid it). CPU = user+sys of the whole process tree (wait4 rusage). Peak",
+            "worker has paid it). CPU = user+sys of the whole process tree (wait4 rusage) minus",
+            "the runner interpreter's start-up CPU; every implementation is essentially",
+            "single-threaded ffmpeg work, so CPU is close to the wall time on an idle machine",
+            "(the load column shows how busy the shared machine was when each run started). Peak",
             "RSS = sum over the process tree (Python + ffmpeg), sampled every 50 ms. Peak scratch",
             "= bytes allocated in the run's directory, inputs included (hard-linked in).",
             "",

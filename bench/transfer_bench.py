@@ -81,7 +81,9 @@ def moto_process() -> Iterator[str]:
 # --- subprocess side -------------------------------------------------------------------------
 
 
-async def _project(direction: str, bucket: str, key: str, path: Path) -> tuple[float, float]:
+async def _project(
+    direction: str, bucket: str, key: str, path: Path, tuned: bool = False
+) -> tuple[float, float]:
     from worker.aws import open_clients
     from worker.config import Settings
     from worker.storage import ObjectStore
@@ -95,7 +97,9 @@ async def _project(direction: str, bucket: str, key: str, path: Path) -> tuple[f
         }
     )
     async with open_clients(settings) as clients:
-        store = ObjectStore(
+        from bench.storage_tuned import TunedObjectStore
+
+        store = (TunedObjectStore if tuned else ObjectStore)(
             clients.s3,
             part_size=settings.s3_part_size_bytes,
             max_concurrency=settings.s3_max_concurrency,
@@ -136,10 +140,10 @@ def main(argv: list[str]) -> int:
     """Subprocess entry: one transfer, prints its in-process wall time as JSON."""
     impl, direction, bucket, key, path = argv
     # Wall and CPU (all threads of the process) of the transfer alone, imports excluded.
-    if impl == "project":
+    if impl in ("project", "tuned"):
         import anyio
 
-        wall, cpu = anyio.run(_project, direction, bucket, key, Path(path))
+        wall, cpu = anyio.run(_project, direction, bucket, key, Path(path), impl == "tuned")
     else:
         wall, cpu = _boto3(direction, bucket, key, Path(path))
     print(
@@ -166,7 +170,13 @@ def _one(
 UNSIGNED_CONFIG = "[default]\ns3 =\n    payload_signing_enabled = false\n"
 
 
-def run_transfer_bench(workdir: Path, size_mib: int = 256, rounds: int = 2) -> dict[str, Any]:
+def run_transfer_bench(
+    workdir: Path,
+    size_mib: int = 256,
+    rounds: int = 2,
+    impls: tuple[str, ...] = ("project", "boto3"),
+    variants: tuple[str, ...] = ("signed", "unsigned"),
+) -> dict[str, Any]:
     """Upload+download ``size_mib`` MiB with both implementations, alternating, ``rounds`` times.
 
     Two variants, both clients alike: ``signed`` is what the SDKs do over plain HTTP (moto):
@@ -194,11 +204,11 @@ def run_transfer_bench(workdir: Path, size_mib: int = 256, rounds: int = 2) -> d
         )  # fmt: skip
         bucket = "bench-transfer"
         s3.create_bucket(Bucket=bucket)
-        for variant in ("signed", "unsigned"):
+        for variant in variants:
             env = aws_env(endpoint)
             env["AWS_CONFIG_FILE"] = str(unsigned_config) if variant == "unsigned" else os.devnull
             for round_no in range(rounds):
-                for impl in ("project", "boto3"):
+                for impl in impls:
                     key = f"{variant}-{impl}-{round_no}.bin"
                     target = workdir / f"transfer-{impl}.bin"
                     up = _one(impl, "upload", bucket, key, source, env)
