@@ -3,13 +3,16 @@ by error type, retries with backoff, the DLQ, heartbeat, duplicates, leases, the
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import structlog
 
 from tests.fixtures_aws import AwsEnv
 from tests.worker_harness import (
@@ -30,6 +33,7 @@ from tests.worker_harness import (
     upload_connect_audio,
 )
 from worker import media
+from worker.observability import configure_logging
 
 pytestmark = pytest.mark.anyio
 
@@ -286,3 +290,55 @@ async def test_graceful_stop_gives_the_message_back_at_once(
     row = get_row(aws, contact.recording_id)
     assert "leaseOwner" not in row and row.get("processingStatus") is None
     assert list(scratch.iterdir()) == []
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """The worker's logging as configured in production (JSON, INFO) into a buffer."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    buffer = io.StringIO()
+    configure_logging("INFO", "json", buffer)
+    yield buffer
+    structlog.reset_defaults()
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+async def test_unexpected_error_is_retried_and_logged_as_one_line(
+    aws: AwsEnv,
+    scratch: Path,
+    short_recording: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    json_logs: io.StringIO,
+) -> None:
+    # A bug (not a JobError) in the first attempt: the message must not be lost or
+    # dead-lettered, the worker must not crash, and the log gets one line, no traceback.
+    real_merge = media.merge
+    calls: list[int] = []
+
+    async def buggy_merge(request: media.MergeRequest, **kwargs: Any) -> media.MergeResult:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("boom\nsecond line")
+        return await real_merge(request, **kwargs)
+
+    monkeypatch.setattr(media, "merge", buggy_merge)
+    contact = seed_contact(aws, recording=short_recording)
+    message_id = send_job(aws, contact.recording_id, 3)
+    unexpected = metric("komorebi_retries_total", reason="unexpected")
+    async with running_consumer(settings_for(aws, scratch)):
+        await eventually(_done(aws, contact.recording_id), what="row DONE after the retry")
+        await eventually(_queue_empty(aws), what="message deleted")
+    assert metric("komorebi_retries_total", reason="unexpected") == unexpected + 1
+    records = [json.loads(line) for line in json_logs.getvalue().splitlines()]
+    mine = [r for r in records if r.get("message_id") == message_id]
+    (retry,) = [r for r in mine if r["event"] == "job.retry"]
+    assert retry["level"] == "error"
+    assert retry["reason"] == "unexpected" and retry["error_type"] == "KeyError"
+    assert "\n" not in retry["error"] and retry["retry_in_seconds"] >= 1
+    assert [r["event"] for r in mine].count("job.succeeded") == 1
+    assert "Traceback" not in json_logs.getvalue()
+    assert dlq_messages(aws) == []

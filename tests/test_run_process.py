@@ -98,7 +98,9 @@ def test_sigterm_mid_job_releases_the_message_and_exits_0(
     contact = seed_contact(aws, recording=short_recording)
     message_id = send_job(aws, contact.recording_id, 3)
     # ffmpeg reads the recording at a quarter of real time: the merge takes ~16 s.
-    env = worker_env(aws, scratch, SHUTDOWN_GRACE_SECONDS="1")
+    # Grace 4 s: polls made while the job runs wait up to 2 s, and the one in progress at
+    # SIGTERM is left to finish, so no orphaned poll can swallow the released message.
+    env = worker_env(aws, scratch, SHUTDOWN_GRACE_SECONDS="4")
     first = workers(env, readrate=0.25)
     first.wait_for_event("worker.ready")
     first.wait_for_event("merge_plan")  # ffmpeg is about to start

@@ -394,7 +394,6 @@ class Consumer:
                     receive_count=message.receive_count,
                 ),
             ):
-                await self._protector.job_started()
                 try:
                     await self._attempt(message, job, parse_error, received_at)
                 finally:
@@ -424,15 +423,17 @@ class Consumer:
         started = time.monotonic()
         result: JobResult | None = None
         error: BaseException | None = parse_error
-        if job is not None:
-            try:
+        try:
+            # Protection on before any work (the agent call is bounded by the protector).
+            await self._protector.job_started()
+            if job is not None:
                 result = await self._run_job(message, job, received_at)
-            except anyio.get_cancelled_exc_class():
-                # Shutdown (grace expired, or second signal): give the message back now.
-                await self._release(message, started)
-                raise
-            except Exception as exc:  # noqa: BLE001 - classified in _settle, never lost
-                error = exc
+        except anyio.get_cancelled_exc_class():
+            # Shutdown (grace expired, or second signal): give the message back now.
+            await self._release(message, started)
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified in _settle, never lost
+            error = exc
         with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT_SECONDS) as scope:
             await self._settle(message, job, result, error, started)
         if scope.cancelled_caught:
