@@ -87,6 +87,11 @@ async def test_clients_use_the_standard_sdk_environment(aws: AwsEnv) -> None:
         retries = clients.s3.meta.config.retries
         assert retries["mode"] == "standard"
         assert retries["total_max_attempts"] == aws.settings().aws_max_attempts
+        # Two transfers per job slot, each with s3_max_concurrency parallel requests.
+        settings = aws.settings()
+        assert clients.s3.meta.config.max_pool_connections >= (
+            settings.worker_concurrency * 2 * settings.s3_max_concurrency
+        )
         names = (await clients.dynamodb.list_tables())["TableNames"]
         assert aws.table_name in names
 

@@ -37,20 +37,27 @@ class AwsClients:
     dynamodb: Any
 
 
-def client_config(settings: Settings) -> AioConfig:
-    """The botocore configuration every client uses.
+def pool_size(settings: Settings, service: str) -> int:
+    """Connections a client may open at once, sized so no request waits for a free one.
 
-    The connection pool must cover every request that can be open at once: each job slot can
-    run a receive-independent heartbeat and row update plus S3 transfers.
+    S3: every job can run two transfers at once (Connect audio + recording, or recording +
+    thumbnail), each with up to ``s3_max_concurrency`` parallel requests. SQS and DynamoDB:
+    per job a heartbeat and a row update, plus the poll and slack for shutdown clean-up.
     """
-    pool = max(10, 2 * settings.worker_concurrency + settings.s3_max_concurrency * 2)
+    if service == "s3":
+        return max(10, settings.worker_concurrency * 2 * settings.s3_max_concurrency)
+    return max(10, 2 * settings.worker_concurrency + 4)
+
+
+def client_config(settings: Settings, service: str = "s3") -> AioConfig:
+    """The botocore configuration of the client for ``service``."""
     return AioConfig(
         # total_max_attempts counts the first try (botocore's "max_attempts" would not), which
         # is what AWS_MAX_ATTEMPTS means in every SDK.
         retries={"total_max_attempts": settings.aws_max_attempts, "mode": "standard"},
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         read_timeout=READ_TIMEOUT_SECONDS,
-        max_pool_connections=pool,
+        max_pool_connections=pool_size(settings, service),
     )
 
 
@@ -74,14 +81,15 @@ async def open_clients(
     and credentials); by default a new one is made.
     """
     session = session or get_session()
-    config = client_config(settings)
     region = region_name(session)
     if region is None:
         raise ConfigError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)")
     async with AsyncExitStack() as stack:
         clients = [
             await stack.enter_async_context(
-                session.create_client(service, region_name=region, config=config)
+                session.create_client(
+                    service, region_name=region, config=client_config(settings, service)
+                )
             )
             for service in ("s3", "sqs", "dynamodb")
         ]
