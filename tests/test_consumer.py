@@ -33,7 +33,11 @@ from tests.worker_harness import (
     upload_connect_audio,
 )
 from worker import media
-from worker.observability import configure_logging
+from worker.aws import open_clients
+from worker.consumer import Consumer
+from worker.errors import ConfigError
+from worker.observability import HealthState, configure_logging
+from worker.protection import TaskProtector
 
 pytestmark = pytest.mark.anyio
 
@@ -214,13 +218,33 @@ async def test_same_message_twice_is_processed_once(
     send_job(aws, contact.recording_id, 3)
     send_job(aws, contact.recording_id, "00:00:03.000")
     before = {o: jobs(o) for o in ("success", "duplicate")}
-    async with running_consumer(settings_for(aws, scratch, WORKER_CONCURRENCY="1")):
+    polls: list[tuple[int, int]] = []
+    async with running_consumer(settings_for(aws, scratch, WORKER_CONCURRENCY="1")) as consumer:
+        receive = consumer.queue.receive
+
+        async def spy(max_messages: int, wait_seconds: int = 20) -> list[Any]:
+            polls.append((max_messages, consumer.in_flight))
+            return await receive(max_messages, wait_seconds)
+
+        consumer.queue.receive = spy  # type: ignore[method-assign]
         await eventually(
             lambda: jobs("duplicate") >= before["duplicate"] + 1, what="the duplicate acked"
         )
         await eventually(_queue_empty(aws), what="both messages deleted")
     assert jobs("success") == before["success"] + 1
     assert int(get_row(aws, contact.recording_id)["processingAttempts"]) == 1
+    # Polled only with the slot free, for at most the free slots.
+    assert polls and all(poll == (1, 0) for poll in polls), polls
+
+
+async def test_a_queue_without_dlq_is_a_configuration_error(aws: AwsEnv, scratch: Path) -> None:
+    sqs = aws.client("sqs")
+    bare = sqs.create_queue(QueueName=f"bare-{aws.table_name[-10:]}")["QueueUrl"]
+    settings = settings_for(aws, scratch, QUEUE_URL=bare, DLQ_URL="")
+    async with open_clients(settings) as clients:
+        consumer = Consumer(settings, clients, HealthState(), TaskProtector(None, 1))
+        with pytest.raises(ConfigError, match="DLQ"):
+            await consumer.run()
 
 
 async def test_two_workers_on_one_recording_are_serialised_by_the_lease(
