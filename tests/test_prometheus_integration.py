@@ -322,15 +322,30 @@ def test_prometheus_scrapes_job_metrics_from_a_running_worker(aws: AwsEnv, tmp_p
             if a["labels"]["alertname"] in ("KomorebiWorkerDown", "KomorebiPollStalled")
         ]
 
-        # Every dashboard query is valid PromQL that returns data from this worker.
-        empty = []
-        for expr in dashboard_queries():
-            if not prom.query(expr):  # raises on a PromQL error
-                empty.append(expr)
-        # Series that only exist after rare events (ffmpeg failures, duplicates, clamps,
-        # task protection off ECS) may be empty; everything else must have data.
+        # Every dashboard query is valid PromQL (a PromQL error raises) that returns data from
+        # this worker. Series that only exist after rare events (ffmpeg failures, duplicates,
+        # clamps, task protection off ECS) may be empty. rate() needs two samples of a series
+        # born late (the retry), so wait for data rather than asking once.
         rare = ("ffmpeg_failures", "duplicates", "call_end_clamps", "task_protection")
-        assert [e for e in empty if not any(r in e for r in rare)] == []
+        for expr in dashboard_queries():
+            if any(name in expr for name in rare):
+                prom.query(expr)
+            else:
+                wait_for(f"data for {expr}", lambda expr=expr: prom.query(expr), deadline=30)
+
+        # The real process's exposition, every family populated by real jobs, is lint-clean.
+        status, exposition = http_get(f"{worker.metrics_url}/metrics")
+        assert status == 200 and "komorebi_stage_duration_seconds_bucket" in exposition
+        promtool = shutil.which("promtool")
+        if promtool is not None:
+            lint = subprocess.run(
+                [promtool, "check", "metrics"],
+                input=exposition,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout + lint.stderr
 
         # The health endpoints of the real process.
         assert http_get(f"{worker.metrics_url}/healthz") == (200, "ok\n")
