@@ -291,6 +291,13 @@ async def test_expired_lease_is_taken_over(db: Db) -> None:
 
 
 @pytest_anyio
+async def test_lease_without_expiry_is_not_held_forever(db: Db) -> None:
+    db.seed(leaseOwner={"S": "half-written"})  # no leaseExpiresAt: treat as expired
+    await db.table.claim_lease(RID, "worker-b", 300)
+    assert db.row()["leaseOwner"] == {"S": "worker-b"}
+
+
+@pytest_anyio
 async def test_claim_lease_on_missing_row(db: Db) -> None:
     with pytest.raises(RowNotFound):
         await db.table.claim_lease("missing", "worker-a", 300)

@@ -324,7 +324,8 @@ class RecordingTable:
             ),
             ConditionExpression=(
                 "attribute_exists(videoID) AND (attribute_not_exists(leaseOwner) "
-                "OR leaseExpiresAt < :now OR leaseOwner = :me)"
+                "OR attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now "
+                "OR leaseOwner = :me)"
             ),
             ExpressionAttributeValues={
                 ":me": _string(owner),
@@ -427,7 +428,10 @@ class RecordingTable:
             ":done": _string(STATUS_DONE),
             ":now": _number(round(now, 3)),
         }
-        lease_free = "attribute_not_exists(leaseOwner) OR leaseExpiresAt < :now"
+        lease_free = (
+            "attribute_not_exists(leaseOwner) OR attribute_not_exists(leaseExpiresAt) "
+            "OR leaseExpiresAt < :now"
+        )
         if owner is not None:
             lease_free += " OR leaseOwner = :me"
             values[":me"] = _string(owner)
