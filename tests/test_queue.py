@@ -220,3 +220,22 @@ async def test_no_dlq_anywhere_is_a_config_error(aws: Queues, clients: AwsClient
     bare_url = aws.boto.create_queue(QueueName=f"bare-{time.time_ns()}")["QueueUrl"]
     with pytest.raises(ConfigError, match="RedrivePolicy"):
         await JobQueue(clients.sqs, bare_url, None).resolve_dlq_url()
+
+
+async def test_dead_letter_fits_attributes_to_the_dlq_size(
+    world: AwsEnv, clients: AwsClients
+) -> None:
+    boto = world.client("sqs")
+    small_dlq = boto.create_queue(
+        QueueName=f"small-{uuid.uuid4().hex[:8]}", Attributes={"MaximumMessageSize": "1024"}
+    )["QueueUrl"]
+    queue = JobQueue(clients.sqs, small_dlq, small_dlq)
+    body = "b" * 900  # fits alone, not with a 256-character errorMessage as well
+    message = ReceivedMessage("m-1", "unused", body, 3, None)
+    await queue.dead_letter(message, InvalidMessage("x" * 300))
+    received = boto.receive_message(
+        QueueUrl=small_dlq, MessageAttributeNames=["All"], WaitTimeSeconds=0
+    )["Messages"][0]
+    assert received["Body"] == body
+    names = set(received["MessageAttributes"])
+    assert "errorMessage" not in names and "errorReason" in names

@@ -8,9 +8,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from worker.aws import AWS_ERRORS, error_code, translate
 from worker.config import SQS_MAX_VISIBILITY_SECONDS
 from worker.errors import ConfigError, JobError, TransientError
+
+log = structlog.get_logger(__name__)
 
 MAX_BATCH = 10
 MAX_WAIT_SECONDS = 20
@@ -35,6 +39,9 @@ _RECEIPT_CODES = {
     "MessageNotInflight",
     "AWS.SimpleQueueService.MessageNotInflight",
 }
+
+
+_LIMIT_ERRORS: tuple[type[BaseException], ...] = (*AWS_ERRORS, ValueError, TypeError)
 
 
 class ReceiptHandleInvalid(TransientError):
@@ -126,6 +133,7 @@ class JobQueue:
         self._sqs = sqs_client
         self.queue_url = queue_url
         self._dlq_url = dlq_url
+        self._dlq_limit: int | None = None
 
     async def resolve_dlq_url(self) -> str:
         """``DLQ_URL`` if configured, else the queue's RedrivePolicy target (cached).
@@ -158,6 +166,20 @@ class JobQueue:
             raise translate(error) from error
         self._dlq_url = str(resolved["QueueUrl"])
         return self._dlq_url
+
+    async def _dlq_size_limit(self) -> int:
+        """The DLQ's MaximumMessageSize (cached); the 256 KiB classic limit if unreadable."""
+        if self._dlq_limit is None:
+            limit = SQS_MESSAGE_LIMIT
+            try:
+                response = await self._sqs.get_queue_attributes(
+                    QueueUrl=await self.resolve_dlq_url(), AttributeNames=["MaximumMessageSize"]
+                )
+                limit = int(response.get("Attributes", {}).get("MaximumMessageSize", limit))
+            except _LIMIT_ERRORS as error:
+                log.warning("dlq_size_unknown", error=translate(error).message)
+            self._dlq_limit = limit
+        return self._dlq_limit
 
     async def receive(self, max_messages: int, wait_seconds: int = 20) -> list[ReceivedMessage]:
         """Long-poll for up to ``max_messages`` (clamped to 1..10) messages."""
@@ -238,7 +260,7 @@ class JobQueue:
             "originalMessageId": _attribute(message.message_id),
             "failedAt": _attribute(failed_at),
         }
-        attributes = fit_attributes(attributes, message.body)
+        attributes = fit_attributes(attributes, message.body, await self._dlq_size_limit())
         try:
             await self._sqs.send_message(
                 QueueUrl=dlq_url, MessageBody=message.body, MessageAttributes=attributes
