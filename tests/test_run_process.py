@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.fixtures_aws import AwsEnv
+from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
 from tests.worker_harness import (
     ROOT,
     WorkerProcess,
@@ -23,6 +23,7 @@ from tests.worker_harness import (
     seed_contact,
     send_job,
     wait_for,
+    with_fresh_queues,
     worker_env,
 )
 
@@ -33,6 +34,21 @@ KOMOREBI = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "komore
 def short_recording(generated: Callable[[str], Path]) -> Path:
     """4 s, 160x120 H.264 + AAC: quick to merge."""
     return generated("h264-aac")
+
+
+@pytest.fixture(scope="module")
+def world(moto_server: str) -> Iterator[AwsEnv]:
+    """Buckets and table shared by this module's tests (unique recording ids)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in aws_base_env(moto_server).items():
+            patch.setenv(name, value)
+        yield provision_world(moto_server)
+
+
+@pytest.fixture
+def aws(world: AwsEnv) -> AwsEnv:
+    """The shared world with this test's own empty queue and DLQ."""
+    return with_fresh_queues(world)
 
 
 @pytest.fixture
@@ -98,9 +114,9 @@ def test_sigterm_mid_job_releases_the_message_and_exits_0(
     contact = seed_contact(aws, recording=short_recording)
     message_id = send_job(aws, contact.recording_id, 3)
     # ffmpeg reads the recording at a quarter of real time: the merge takes ~16 s.
-    # Grace 4 s: polls made while the job runs wait up to 2 s, and the one in progress at
+    # Grace 2 s: polls made while the job runs wait up to 1 s, and the one in progress at
     # SIGTERM is left to finish, so no orphaned poll can swallow the released message.
-    env = worker_env(aws, scratch, SHUTDOWN_GRACE_SECONDS="4")
+    env = worker_env(aws, scratch, SHUTDOWN_GRACE_SECONDS="2")
     first = workers(env, readrate=0.25)
     first.wait_for_event("worker.ready")
     first.wait_for_event("merge_plan")  # ffmpeg is about to start

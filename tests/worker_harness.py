@@ -375,3 +375,29 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def with_fresh_queues(world: AwsEnv) -> AwsEnv:
+    """``world`` with a new, empty job queue and DLQ (same parameters as ``provision``).
+
+    Buckets and table are shared (tests use unique recording ids); creating two queues is much
+    cheaper than provisioning a whole world (the table waiter dominates).
+    """
+    import dataclasses
+
+    from worker.provisioning import DLQ_ATTRIBUTES, QUEUE_ATTRIBUTES, QUEUE_MAX_RECEIVE_COUNT
+
+    sqs = world.client("sqs")
+    name = f"jobs-{uuid.uuid4().hex[:10]}"
+    dlq_url = sqs.create_queue(QueueName=f"{name}-dlq", Attributes=dict(DLQ_ATTRIBUTES))["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    redrive = json.dumps(
+        {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": QUEUE_MAX_RECEIVE_COUNT}
+    )
+    queue_url = sqs.create_queue(
+        QueueName=name, Attributes={**QUEUE_ATTRIBUTES, "RedrivePolicy": redrive}
+    )["QueueUrl"]
+    env = {**world.env, "QUEUE_URL": queue_url, "DLQ_URL": dlq_url}
+    return dataclasses.replace(world, env=env, queue_url=queue_url, dlq_url=dlq_url)
