@@ -153,6 +153,21 @@ CASES: list[Case] = [
         ("media_not_allowed", "media_invalid", "media_no_audio"),
         connect=("png",),
     ),
+    Case(
+        "connect_key_missing_object",
+        "connect",
+        "redrive",
+        ("connect_audio_not_ready",),
+        connect=(),
+        extra={"connectAudioKey": "connect/komorebi-test/CallRecordings/2026/11/27/none.wav"},
+    ),
+    Case(
+        "connect_key_traversal",
+        "connect",
+        "redrive",
+        ("connect_audio_not_ready",),
+        extra={"connectAudioKey": "../../../../etc/passwd"},
+    ),
     Case("connect_video_only", "connect", "dlq", ("media_no_audio",), connect=("video_only",)),
     Case(
         "connect_several_newest",
