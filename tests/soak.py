@@ -75,6 +75,7 @@ class SoakConfig:
     faults: bool = True
     visibility: int = 15
     concurrency: int = 2
+    grace: float = 10.0  # SHUTDOWN_GRACE_SECONDS: short makes the SIGTERM release jobs
     timeout: float = 1200.0
     seed: int = 1
     workdir: Path | None = None
@@ -350,7 +351,7 @@ def run_soak(config: SoakConfig, say: Any = print) -> SoakReport:
             AWS_ENDPOINT_URL=proxy.endpoint,
             WORKER_CONCURRENCY=str(config.concurrency),
             VISIBILITY_TIMEOUT=str(config.visibility),
-            SHUTDOWN_GRACE_SECONDS="10",
+            SHUTDOWN_GRACE_SECONDS=str(config.grace),
             RETRY_BACKOFF_BASE_SECONDS="2",
             RETRY_BACKOFF_MAX_SECONDS="10",
             AWS_MAX_ATTEMPTS="6",
@@ -465,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sigterm", action="store_true")
     parser.add_argument("--no-faults", action="store_true")
     parser.add_argument("--visibility", type=int, default=15)
+    parser.add_argument("--grace", type=float, default=10.0, help="SHUTDOWN_GRACE_SECONDS")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=1200.0)
     parser.add_argument("--workdir", type=Path, default=None, help="keep logs here")
@@ -478,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         sigterm=not args.no_sigterm,
         faults=not args.no_faults,
         visibility=args.visibility,
+        grace=args.grace,
         seed=args.seed,
         timeout=args.timeout,
         workdir=args.workdir,
