@@ -15,7 +15,8 @@ import pytest
 from tests.infra_helpers import load_template
 
 # (action, how the resource ends) -> why the wildcard is unavoidable. s3:ListBucket needs no
-# entry: its resource is the bucket ARN, narrowed by an s3:prefix condition (tested below).
+# entry: its resource is a bucket ARN (on the Connect bucket narrowed by an s3:prefix
+# condition, tested below; on the input bucket it makes a missing key a 404, not a 403).
 ALLOWED_WILDCARDS: dict[tuple[str, str], str] = {
     ("ecr:GetAuthorizationToken", "*"): (
         "GetAuthorizationToken has no resource-level permissions; '*' is the only valid form"
@@ -40,7 +41,10 @@ TASK_ROLE: dict[str, set[str]] = {
         "arn:${AWS::Partition}:s3:::${AcAudioBucketName}/connect/${ConnectInstanceAlias}"
         "/CallRecordings/*",
     },
-    "s3:ListBucket": {"arn:${AWS::Partition}:s3:::${AcAudioBucketName}"},
+    "s3:ListBucket": {
+        "arn:${AWS::Partition}:s3:::${AcAudioBucketName}",
+        "arn:${AWS::Partition}:s3:::${InputBucketName}",
+    },
     "s3:PutObject": {"arn:${AWS::Partition}:s3:::${OutputBucketName}/*"},
     "s3:AbortMultipartUpload": {"arn:${AWS::Partition}:s3:::${OutputBucketName}/*"},
     "dynamodb:GetItem": {
@@ -175,7 +179,10 @@ def test_task_role_has_exactly_the_needed_permissions(template: dict[str, Any]) 
 
 def test_list_bucket_is_limited_by_prefix(template: dict[str, Any]) -> None:
     [listing] = [
-        s for s in role_statements(template, "TaskRole") if "s3:ListBucket" in as_list(s["Action"])
+        s
+        for s in role_statements(template, "TaskRole")
+        if "s3:ListBucket" in as_list(s["Action"])
+        and render(s["Resource"]) == ["arn:${AWS::Partition}:s3:::${AcAudioBucketName}"]
     ]
     prefix = listing["Condition"]["StringLike"]["s3:prefix"]
     assert render(prefix) == ["connect/${ConnectInstanceAlias}/CallRecordings/*"]
