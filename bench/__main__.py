@@ -88,6 +88,7 @@ def run_one(name: str, case: BenchMedia, scratch_root: Path) -> dict[str, Any]:
         "final_scratch_bytes": final,
         "scratch_ratio": m.peak_scratch_bytes / required if required else 0.0,
         "load_average": load,
+        "cpu_pressure": m.cpu_pressure,
         "report": m.report,
     }
 
@@ -231,7 +232,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--skip-transfer", action="store_true", help="no S3 transfer run")
     parser.add_argument("--transfer-mib", type=int, default=256)
-    parser.add_argument("--transfer-rounds", type=int, default=2)
+    parser.add_argument("--transfer-rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=40, help="jobs per worker run")
     parser.add_argument(
         "--short-seconds",

@@ -43,6 +43,9 @@ class Measurement:
     # The last JSON object the command printed on stdout (runner-reported details).
     report: dict[str, Any] = field(default_factory=dict)
     stderr_tail: str = ""
+    # Share of the run's wall time during which some runnable task on the machine waited for a
+    # CPU (Linux PSI, /proc/pressure/cpu "some"): how contended the shared machine was.
+    cpu_pressure: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
@@ -91,6 +94,16 @@ def disk_usage(directory: Path) -> int:
     return total
 
 
+def cpu_pressure_total() -> int | None:
+    """Cumulative microseconds with some task waiting for a CPU (None without PSI)."""
+    try:
+        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    fields = dict(part.split("=", 1) for part in first.split()[1:])
+    return int(fields["total"])
+
+
 def measure(
     argv: Sequence[str],
     *,
@@ -100,6 +113,7 @@ def measure(
     interval: float = 0.05,
 ) -> Measurement:
     """Run ``argv`` to completion and return what it cost (see the module docstring)."""
+    pressure_before = cpu_pressure_total()
     started = time.perf_counter()
     child = subprocess.Popen(
         list(argv),
@@ -136,6 +150,10 @@ def measure(
             peak_scratch = max(peak_scratch, disk_usage(scratch))
         samples += 1
         time.sleep(interval)
+    pressure_after = cpu_pressure_total()
+    pressure = None
+    if pressure_before is not None and pressure_after is not None and wall > 0:
+        pressure = (pressure_after - pressure_before) / 1e6 / wall
     child.returncode = os.waitstatus_to_exitcode(status)
     for reader in readers:
         reader.join()
@@ -162,6 +180,7 @@ def measure(
         returncode=child.returncode,
         report=report,
         stderr_tail="\n".join(stderr.splitlines()[-15:]),
+        cpu_pressure=pressure,
     )
 
 

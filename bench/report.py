@@ -59,6 +59,10 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def _mb(value: float) -> str:
     return f"{value / MB:.0f}"
 
@@ -68,7 +72,7 @@ def media_rows(results: dict[str, Any]) -> list[str]:
     lines = [
         "| Recording | Implementation | Wall s | CPU s | Peak RSS MB | Peak scratch MB "
         "| Scratch / (inputs+outputs) | Wall vs Lambda | Wall vs floor | CPU vs Lambda "
-        "| CPU vs floor | Load avg |",
+        "| CPU vs floor | CPU pressure |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for case in results["media"]:
@@ -85,7 +89,7 @@ def media_rows(results: dict[str, Any]) -> list[str]:
                 f"| {run['wall_seconds'] / flo['wall_seconds']:.2f}x "
                 f"| {run['cpu_seconds'] / lam['cpu_seconds']:.2f}x "
                 f"| {run['cpu_seconds'] / flo['cpu_seconds']:.2f}x "
-                f"| {run.get('load_average', 0.0):.1f} |"
+                f"| {_pct(run.get('cpu_pressure'))} |"
             )
     return lines
 
@@ -131,6 +135,11 @@ def render(results: dict[str, Any]) -> str:
         f"Run: {results['started']} UTC, `{results['command']}`, "
         f"took {results['elapsed_seconds'] / 60:.1f} min."
     )
+    if results.get("media_generation_seconds") is not None:
+        out.append(
+            f"Cached media ready in {results['media_generation_seconds']:.0f} s "
+            "(generated on the first run, reused afterwards)."
+        )
     out.append("")
     if results.get("media"):
         out += ["## Merge: this project vs the Lambda's sequence vs the floor", ""]
@@ -141,9 +150,10 @@ def render(results: dict[str, Any]) -> str:
             "worker has paid it). CPU = user+sys of the whole process tree (wait4 rusage) minus",
             "the runner interpreter's start-up CPU; every implementation is essentially",
             "single-threaded ffmpeg work, so CPU is close to the wall time on an idle machine",
-            "(the load column shows how busy the shared machine was when each run started). Peak",
-            "RSS = sum over the process tree (Python + ffmpeg), sampled every 50 ms. Peak scratch",
-            "= bytes allocated in the run's directory, inputs included (hard-linked in).",
+            "(CPU pressure = share of the run's wall time during which some task on the machine",
+            "waited for a CPU, from /proc/pressure/cpu: how contended the shared machine was).",
+            "Peak RSS = sum over the process tree (Python + ffmpeg), sampled every 50 ms. Peak",
+            "scratch = bytes allocated in the run's directory, inputs included (hard-linked in).",
             "",
             "![wall time vs recording length](chart.png)",
             "",

@@ -81,9 +81,7 @@ def moto_process() -> Iterator[str]:
 # --- subprocess side -------------------------------------------------------------------------
 
 
-async def _project(
-    direction: str, bucket: str, key: str, path: Path, tuned: bool = False
-) -> tuple[float, float]:
+async def _project(direction: str, bucket: str, key: str, path: Path) -> tuple[float, float]:
     from worker.aws import open_clients
     from worker.config import Settings
     from worker.storage import ObjectStore
@@ -97,9 +95,7 @@ async def _project(
         }
     )
     async with open_clients(settings) as clients:
-        from bench.storage_tuned import TunedObjectStore
-
-        store = (TunedObjectStore if tuned else ObjectStore)(
+        store = ObjectStore(
             clients.s3,
             part_size=settings.s3_part_size_bytes,
             max_concurrency=settings.s3_max_concurrency,
@@ -140,10 +136,10 @@ def main(argv: list[str]) -> int:
     """Subprocess entry: one transfer, prints its in-process wall time as JSON."""
     impl, direction, bucket, key, path = argv
     # Wall and CPU (all threads of the process) of the transfer alone, imports excluded.
-    if impl in ("project", "tuned"):
+    if impl == "project":
         import anyio
 
-        wall, cpu = anyio.run(_project, direction, bucket, key, Path(path), impl == "tuned")
+        wall, cpu = anyio.run(_project, direction, bucket, key, Path(path))
     else:
         wall, cpu = _boto3(direction, bucket, key, Path(path))
     print(
