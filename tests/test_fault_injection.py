@@ -341,3 +341,50 @@ def test_full_scratch_fails_cleanly(
     assert not row.get("leaseOwner")
     assert list(Path(scratch).iterdir()) == [], "the failed job left files in SCRATCH_DIR"
     assert [key for key in world.output_keys() if "/too-big/" in key] == []
+
+
+def test_worker_survives_a_total_outage(
+    aws: AwsEnv, proxy: FaultProxy, small_media: dict[str, bytes], tmp_path: Path
+) -> None:
+    """Every request to every service reset for a while: the worker keeps polling (one line
+    per failed poll, no crash), and once the emulator is reachable again the job finishes."""
+    world = hs.World(aws)
+    body = _seed_valid(world, small_media, "after-outage")
+    # The job's backoff (ChangeMessageVisibility) fails too during the outage: the message then
+    # stays hidden for the visibility it was received with — the queue's own, matched here.
+    world.set_queue_visibility(6)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = hs.worker_env(
+        aws, scratch, AWS_ENDPOINT_URL=proxy.endpoint, AWS_MAX_ATTEMPTS="2", VISIBILITY_TIMEOUT="6"
+    )
+    log_path = tmp_path / "worker.log"
+    worker = hs.WorkerProcess(env, log_path).start()
+    try:
+
+        def count(event: str) -> int:
+            return sum(e.get("event") == event for e in hs.log_events(log_path))
+
+        hs.wait_until(lambda: count("worker.ready") > 0, timeout=30, what="the worker ready")
+        proxy.set_plan(FaultPlan(reset=1.0))
+        world.send(body)
+
+        def failed_polls() -> int:
+            return count("poll.failed")
+
+        # Long enough for the job to fail (transient) and for polls to fail repeatedly.
+        hs.wait_until(lambda: failed_polls() >= 2, timeout=60, what="two failed polls")
+        assert worker.alive(), "the worker died during the outage"
+        proxy.set_plan(FaultPlan())
+        hs.wait_until(
+            lambda: world.rows().get("after-outage", {}).get("processingStatus") == "DONE",
+            timeout=90,
+            what="the job after the outage",
+        )
+    finally:
+        assert worker.stop() == 0
+    events = list(hs.log_events(log_path))
+    failed_polls = [e for e in events if e.get("event") == "poll.failed"]
+    assert failed_polls, "a failed poll must be logged"
+    assert all("\n" not in str(e.get("error", "")) for e in failed_polls)
+    assert "Traceback" not in log_path.read_text()
