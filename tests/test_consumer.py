@@ -266,22 +266,37 @@ async def test_a_queue_without_dlq_is_a_configuration_error(aws: AwsEnv, scratch
 async def test_two_workers_on_one_recording_are_serialised_by_the_lease(
     aws: AwsEnv, scratch: Path, short_recording: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Slow merges make the two deliveries overlap: one worker holds the lease, the other must
-    # back off (LeaseHeld is transient) and later acknowledge the message as a duplicate.
+    # Worker A holds the lease (slow merge) when worker B gets a second message for the same
+    # recording: B must back off (LeaseHeld is transient) and later acknowledge the message as
+    # a duplicate. B starts only once A holds the lease: moto's DynamoDB does not serialise
+    # concurrent conditional writes (real DynamoDB does), so simultaneous claims would race
+    # in the emulator itself. B's backoff outlasts A's job, so its retry finds the row DONE.
     monkeypatch.setattr(media, "build_merge_args", slow_merge(2.0))
     contact = seed_contact(aws, recording=short_recording)
-    send_job(aws, contact.recording_id, 3)
-    send_job(aws, contact.recording_id, 3)
     lease_retries = metric("komorebi_retries_total", reason="lease_held")
     before = {o: jobs(o) for o in ("success", "duplicate")}
-    one = settings_for(aws, scratch, WORKER_CONCURRENCY="1")
-    async with (
-        running_consumer(one, worker_id="worker-a"),
-        running_consumer(one, worker_id="worker-b"),
-    ):
-        await eventually(_done(aws, contact.recording_id), what="row DONE")
-        await eventually(_queue_empty(aws), what="both messages handled", timeout=40)
-    assert metric("komorebi_retries_total", reason="lease_held") >= lease_retries + 1
+    settings_a = settings_for(aws, scratch, WORKER_CONCURRENCY="1")
+    settings_b = settings_for(
+        aws,
+        scratch,
+        WORKER_CONCURRENCY="1",
+        RETRY_BACKOFF_BASE_SECONDS="8",
+        RETRY_BACKOFF_MAX_SECONDS="8",
+    )
+    async with running_consumer(settings_a, worker_id="worker-a"):
+        send_job(aws, contact.recording_id, 3)
+        await eventually(
+            lambda: get_row(aws, contact.recording_id).get("leaseOwner", "").startswith("worker-a"),
+            what="worker A holding the lease",
+        )
+        send_job(aws, contact.recording_id, 3)
+        async with running_consumer(settings_b, worker_id="worker-b"):
+            await eventually(
+                lambda: metric("komorebi_retries_total", reason="lease_held") >= lease_retries + 1,
+                what="worker B backing off",
+            )
+            await eventually(_done(aws, contact.recording_id), what="row DONE")
+            await eventually(_queue_empty(aws), what="both messages handled")
     assert jobs("success") == before["success"] + 1
     assert jobs("duplicate") == before["duplicate"] + 1
     assert int(get_row(aws, contact.recording_id)["processingAttempts"]) == 1
