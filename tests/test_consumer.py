@@ -397,3 +397,35 @@ async def test_unexpected_error_is_retried_and_logged_as_one_line(
     assert [r["event"] for r in mine].count("job.succeeded") == 1
     assert "Traceback" not in json_logs.getvalue()
     assert dlq_messages(aws) == []
+
+
+async def test_poll_in_progress_at_stop_is_not_orphaned(
+    aws: AwsEnv, scratch: Path, short_recording: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQS (and moto) deliver to a long poll whose connection was dropped, so a worker that
+    # cancels its poll on SIGTERM can hide messages for a whole visibility timeout. With a job
+    # in flight the poll is left to finish: what it returns is given back at once, and the
+    # cancelled job's message, given back later, is not swallowed by a dead poll either.
+    monkeypatch.setattr(media, "build_merge_args", slow_merge(0.25))
+    contact = seed_contact(aws, recording=short_recording)
+    job_message = send_job(aws, contact.recording_id, 3)
+    released = jobs("released")
+    receiving = anyio.Event()
+    settings = settings_for(aws, scratch, SHUTDOWN_GRACE_SECONDS="2")
+    async with running_consumer(settings, poll_wait_seconds=20) as consumer:
+        receive = consumer.queue.receive
+
+        async def spy(max_messages: int, wait_seconds: int = 20) -> list[Any]:
+            if consumer.in_flight == 1 and wait_seconds > 0:
+                receiving.set()  # a long poll (<= grace/2) while the job runs
+            return await receive(max_messages, wait_seconds)
+
+        consumer.queue.receive = spy  # type: ignore[method-assign]
+        await receiving.wait()
+        # Blocking calls: the consumer cannot run until both are done, so the poll's answer
+        # (the new message) arrives after the stop request.
+        late_message = send_job(aws, seed_contact(aws, recording=short_recording).recording_id)
+        consumer.request_stop()
+    assert jobs("released") == released + 2
+    assert {m["MessageId"] for m in receive_now(aws)} == {job_message, late_message}
+    assert "leaseOwner" not in get_row(aws, contact.recording_id)
