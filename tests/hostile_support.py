@@ -33,7 +33,8 @@ import numpy as np
 
 from tests.fixtures_aws import CONNECT_ALIAS, AwsEnv, free_port
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+# Copies of ../shared/fixtures kept in the repo, so a checkout anywhere has them.
+FIXTURES = Path(__file__).resolve().parent / "data"
 REPO = Path(__file__).resolve().parents[1]
 WORKER_BIN = REPO / ".venv" / "bin" / "komorebi-worker"
 
