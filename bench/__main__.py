@@ -220,8 +220,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--repeat",
         type=int,
-        default=1,
-        help="runs per implementation and length; the best wall time is kept",
+        default=2,
+        help="runs of the merge and the floor per length, best wall kept "
+        "(the Lambda and the no-faststart floor run once)",
     )
     parser.add_argument("--skip-media", action="store_true", help="no merge/Lambda/floor runs")
     parser.add_argument("--skip-worker", action="store_true", help="no queue-worker runs")
