@@ -190,15 +190,22 @@ def _worker_section(worker: dict[str, Any]) -> list[str]:
             "Short jobs (60 s 720p recording, 45 s Connect WAV), each a fresh world:",
             "",
             "| WORKER_CONCURRENCY | Jobs done | Wall s | Jobs/min | Mean job s "
-            "| Mean probe+merge s | Mean overhead outside ffmpeg s | Peak RSS MB |",
-            "|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "| Mean probe+merge s | Mean overhead outside ffmpeg s | Peak RSS MB "
+            "| CPU s/job worker+ffmpeg | CPU s/job emulator | CPU-bound ceiling jobs/min "
+            "| CPU pressure |",
+            "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         for run in worker["runs"]:
+            done = max(run["done"], 1)
             out.append(
                 f"| {run['concurrency']} | {run['done']}/{run['jobs']} | {run['wall_seconds']:.1f} "
                 f"| {run['jobs_per_minute']:.1f} | {run['mean_job_seconds']:.2f} "
                 f"| {run['mean_merge_seconds']:.2f} | {run['mean_overhead_seconds']:.2f} "
-                f"| {_mb(run['peak_rss_bytes'])} |"
+                f"| {_mb(run['peak_rss_bytes'])} "
+                f"| {run.get('worker_cpu_seconds', float('nan')) / done:.2f} "
+                f"| {run.get('moto_cpu_seconds', float('nan')) / done:.2f} "
+                f"| {run.get('cpu_bound_jobs_per_minute', float('nan')):.1f} "
+                f"| {_pct(run.get('cpu_pressure'))} |"
             )
         if worker.get("speedup") is not None:
             out += ["", f"Concurrency 2 / concurrency 1 jobs/min: **{worker['speedup']:.2f}x**"]

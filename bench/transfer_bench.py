@@ -54,6 +54,13 @@ def aws_env(endpoint: str) -> dict[str, str]:
 @contextlib.contextmanager
 def moto_process() -> Iterator[str]:
     """A moto server in its own process on 127.0.0.1; yields its endpoint, stops it by PID."""
+    with moto_server() as (endpoint, _pid):
+        yield endpoint
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[tuple[str, int]]:
+    """Like :func:`moto_process`, yielding (endpoint, pid) so its CPU can be accounted."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -68,7 +75,7 @@ def moto_process() -> Iterator[str]:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("moto server did not start")
             time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server.pid
     finally:
         server.terminate()
         try:

@@ -30,9 +30,9 @@ from typing import Any
 
 import psutil
 
-from bench.measure import disk_usage, tree_rss
+from bench.measure import cpu_pressure_total, disk_usage, tree_rss
 from bench.media_gen import segment_file, write_connect_wav
-from bench.transfer_bench import free_port, moto_process
+from bench.transfer_bench import free_port, moto_server
 
 AGENT_ID = "bench-agent"
 CALL_END_SECONDS = 45.0
@@ -143,9 +143,12 @@ def run_worker_bench(
     scratch.mkdir(exist_ok=True)
     peak_scratch = 0
     log_path = workdir / f"worker-{name}.log"
-    with moto_process() as endpoint:
+    with moto_server() as (endpoint, moto_pid):
         world = provision_world(endpoint)
         ids = _seed(world, jobs, recording, connect, call_end)
+        moto = psutil.Process(moto_pid)
+        moto_cpu_before = sum(moto.cpu_times()[:2])  # seeding excluded
+        pressure_before = cpu_pressure_total()
         metrics_port = free_port()
         env = {
             **os.environ,
@@ -189,6 +192,13 @@ def run_worker_bench(
                     time.sleep(0.25)
                 else:
                     raise RuntimeError(f"timed out; statuses so far: {statuses}")
+                # CPU spent while the jobs ran: the worker with its reaped ffmpeg/ffprobe
+                # children, and the emulator serving S3/SQS/DynamoDB.
+                times = proc.cpu_times()
+                worker_cpu = times.user + times.system + times.children_user
+                worker_cpu += times.children_system
+                moto_cpu = sum(moto.cpu_times()[:2]) - moto_cpu_before
+                pressure_after = cpu_pressure_total()
                 # Let the last job's metrics be recorded (acknowledged after the row update).
                 time.sleep(1.0)
                 with urllib.request.urlopen(
@@ -220,7 +230,17 @@ def run_worker_bench(
     # ffprobe of the inputs (job stage "probe") and the merge stage (ffmpeg, output probe,
     # thumbnail) are the media tools' time; the rest is the worker's own overhead.
     mean_merge = stages.get("merge", float("nan")) + stages.get("probe", 0.0)
+    pressure = None
+    if pressure_before is not None and pressure_after is not None:
+        pressure = (pressure_after - pressure_before) / 1e6 / (time.monotonic() - started)
+    cpu_per_job = (worker_cpu + moto_cpu) / max(done, 1)
     return {
+        "worker_cpu_seconds": worker_cpu,
+        "moto_cpu_seconds": moto_cpu,
+        "cpu_seconds_per_job": cpu_per_job,
+        # Jobs/min if the job's CPU (worker + ffmpeg + emulator) were the only limit.
+        "cpu_bound_jobs_per_minute": 60 * (os.cpu_count() or 1) / cpu_per_job,
+        "cpu_pressure": pressure,
         "concurrency": concurrency,
         "jobs": jobs,
         "done": done,
