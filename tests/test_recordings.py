@@ -27,6 +27,7 @@ from worker.recordings import (
     STATUS_DONE,
     STATUS_FAILED,
     STATUS_PROCESSING,
+    AlreadyDone,
     DoneRecord,
     RecordingTable,
     choose_connect_audio,
@@ -294,6 +295,20 @@ async def test_expired_lease_is_taken_over(db: Db) -> None:
 async def test_lease_without_expiry_is_not_held_forever(db: Db) -> None:
     db.seed(leaseOwner={"S": "half-written"})  # no leaseExpiresAt: treat as expired
     await db.table.claim_lease(RID, "worker-b", 300)
+    assert db.row()["leaseOwner"] == {"S": "worker-b"}
+
+
+@pytest_anyio
+async def test_claim_refuses_a_row_already_done_for_the_same_call_end(db: Db) -> None:
+    # Worker B read the row before worker A marked it DONE; B's claim must not reprocess it.
+    db.seed(processingStatus={"S": STATUS_DONE}, callEndSeconds={"N": "14.0"})
+    with pytest.raises(AlreadyDone):
+        await db.table.claim_lease(RID, "worker-b", 300, unless_done_call_end=14.0)
+    row = db.row()
+    assert row["processingStatus"] == {"S": STATUS_DONE}  # not overwritten with PROCESSING
+    assert "leaseOwner" not in row
+    # A corrected call end is new work: the claim succeeds.
+    await db.table.claim_lease(RID, "worker-b", 300, unless_done_call_end=15.0)
     assert db.row()["leaseOwner"] == {"S": "worker-b"}
 
 

@@ -45,6 +45,7 @@ from worker.messages import JobMessage
 from worker.observability import record_merge, stage
 from worker.recordings import (
     STATUS_DONE,
+    AlreadyDone,
     DoneRecord,
     RecordingKeys,
     RecordingRow,
@@ -114,7 +115,7 @@ async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobRe
     )
     workdir = Path(tempfile.mkdtemp(prefix=f"job-{job.recording_id[:40]}-", dir=scratch))
     try:
-        async with leased(deps, job.recording_id) as owner:
+        async with leased(deps, job) as owner:
             # (2) + (3) download the Connect audio and the Komorebi recording, side by side
             with stage("find_connect_audio"):
                 connect_key = await find_connect_audio(job, keys, deps)
@@ -161,6 +162,9 @@ async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobRe
                         connect_audio_offset_seconds=merged.connect_audio_offset_seconds,
                     ),
                 )
+    except AlreadyDone:
+        # Another worker finished it after we read the row: acknowledged without work.
+        return JobResult(job.recording_id, True, None, None)
     finally:
         # Synchronous on purpose: a cancellation cannot interrupt it half-way.
         shutil.rmtree(workdir, ignore_errors=True)
@@ -245,7 +249,7 @@ async def merge(
 
 
 @asynccontextmanager
-async def leased(deps: JobDeps, recording_id: str) -> AsyncIterator[str]:
+async def leased(deps: JobDeps, job: JobMessage) -> AsyncIterator[str]:
     """Hold the recording's lease for the body; yields the lease owner.
 
     Claims it (:class:`LeaseHeld` while another live worker holds it), renews it every
@@ -255,9 +259,16 @@ async def leased(deps: JobDeps, recording_id: str) -> AsyncIterator[str]:
     deliveries of one recording inside one worker must not share a lease.
     """
     settings = deps.settings
+    recording_id = job.recording_id
     owner = f"{deps.worker_id}/{secrets.token_hex(4)}"
     with stage("claim_lease"):
-        await deps.table.claim_lease(recording_id, owner, settings.lease_seconds)
+        await deps.table.claim_lease(
+            recording_id,
+            owner,
+            settings.lease_seconds,
+            unless_done_call_end=job.call_end_seconds,
+            call_end_tolerance=CALL_END_TOLERANCE_SECONDS,
+        )
 
     async def keep() -> None:
         # A lease lives VISIBILITY_TIMEOUT and is renewed every third of it: it survives two

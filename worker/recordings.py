@@ -27,6 +27,11 @@ log = structlog.get_logger(__name__)
 
 STATUS_PROCESSING, STATUS_DONE, STATUS_FAILED = "PROCESSING", "DONE", "FAILED"
 
+
+class AlreadyDone(Exception):
+    """The row became DONE for this call end between reading it and claiming its lease."""
+
+
 PARTITION_KEY = "videoID"
 MAX_ERROR_CHARS = 500
 _LEGACY_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -309,34 +314,66 @@ class RecordingTable:
             lease_expires_at=_read_number(item.get("leaseExpiresAt")),
         )
 
-    async def claim_lease(self, recording_id: str, owner: str, lease_seconds: int) -> None:
+    async def claim_lease(
+        self,
+        recording_id: str,
+        owner: str,
+        lease_seconds: int,
+        *,
+        unless_done_call_end: float | None = None,
+        call_end_tolerance: float = 0.0005,
+    ) -> None:
         """Take the recording's lease (or renew our own), mark it PROCESSING, count the attempt.
+
+        With ``unless_done_call_end`` the claim also fails, atomically, when the row is already
+        DONE for that call end: a worker that read the row just before another one finished
+        must not process the recording again. That case raises :class:`AlreadyDone`.
 
         Raises :class:`LeaseHeld` while another owner's lease is live, :class:`RowNotFound`
         if the row is gone.
         """
         now = time.time()
+        condition = (
+            "attribute_exists(videoID) AND (attribute_not_exists(leaseOwner) "
+            "OR attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now "
+            "OR leaseOwner = :me)"
+        )
+        values = {
+            ":me": _string(owner),
+            ":expires": _number(round(now + lease_seconds, 3)),
+            ":processing": _string(STATUS_PROCESSING),
+            ":one": {"N": "1"},
+            ":now": _number(round(now, 3)),
+        }
+        if unless_done_call_end is not None:
+            condition += (
+                " AND NOT (processingStatus = :done AND callEndSeconds BETWEEN :end_lo AND :end_hi)"
+            )
+            values[":done"] = _string(STATUS_DONE)
+            values[":end_lo"] = _number(unless_done_call_end - call_end_tolerance)
+            values[":end_hi"] = _number(unless_done_call_end + call_end_tolerance)
         ok = await self._update(
             recording_id,
             UpdateExpression=(
                 "SET leaseOwner = :me, leaseExpiresAt = :expires, processingStatus = :processing "
                 "ADD processingAttempts :one"
             ),
-            ConditionExpression=(
-                "attribute_exists(videoID) AND (attribute_not_exists(leaseOwner) "
-                "OR attribute_not_exists(leaseExpiresAt) OR leaseExpiresAt < :now "
-                "OR leaseOwner = :me)"
-            ),
-            ExpressionAttributeValues={
-                ":me": _string(owner),
-                ":expires": _number(round(now + lease_seconds, 3)),
-                ":processing": _string(STATUS_PROCESSING),
-                ":one": {"N": "1"},
-                ":now": _number(round(now, 3)),
-            },
+            ConditionExpression=condition,
+            ExpressionAttributeValues=values,
         )
-        if not ok:
-            await self._raise_lease_lost(recording_id, owner)
+        if ok:
+            return
+        if unless_done_call_end is not None:
+            item = await self._raw(recording_id)
+            done_end = _read_number(item.get("callEndSeconds")) if item else None
+            if (
+                item is not None
+                and _read_string(item.get("processingStatus")) == STATUS_DONE
+                and done_end is not None
+                and abs(done_end - unless_done_call_end) <= call_end_tolerance
+            ):
+                raise AlreadyDone(f"recording {recording_id} is already done for this call end")
+        await self._raise_lease_lost(recording_id, owner)
 
     async def renew_lease(self, recording_id: str, owner: str, lease_seconds: int) -> None:
         """Extend our lease; :class:`LeaseHeld` if another owner took it over."""
