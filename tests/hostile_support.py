@@ -419,6 +419,7 @@ def worker_env(aws: AwsEnv, scratch: Path, **overrides: str) -> dict[str, str]:
             "RETRY_BACKOFF_BASE_SECONDS": "0.2",
             "RETRY_BACKOFF_MAX_SECONDS": "1",
             "METRICS_PORT": str(free_port()),
+            "METRICS_HOST": "127.0.0.1",
             "SCRATCH_DIR": str(scratch),
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",

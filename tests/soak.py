@@ -144,7 +144,12 @@ class _Slot:
         self.incarnation += 1
         log = self.folder / f"worker-{self.index}-{self.incarnation}.log"
         self.logs.append(log)
-        env = {**self.base_env, "METRICS_PORT": str(free_port()), "SCRATCH_DIR": str(self.scratch)}
+        env = {
+            **self.base_env,
+            "METRICS_PORT": str(free_port()),
+            "METRICS_HOST": "127.0.0.1",
+            "SCRATCH_DIR": str(self.scratch),
+        }
         self.process = hs.WorkerProcess(env, log).start()
 
     @property

@@ -168,6 +168,7 @@ def worker_env(aws: AwsEnv, tmp_path: Path, metrics_port: int, **extra: str) -> 
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         **aws.env,
         "METRICS_PORT": str(metrics_port),
+        "METRICS_HOST": "127.0.0.1",
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",
         "WORKER_CONCURRENCY": "2",

@@ -178,6 +178,7 @@ def worker_env(aws: AwsEnv, scratch: Path, **overrides: str) -> dict[str, str]:
         **aws.env,
         "SCRATCH_DIR": str(scratch),
         "METRICS_PORT": str(free_port()),
+        "METRICS_HOST": "127.0.0.1",
         "WORKER_CONCURRENCY": "2",
         "RETRY_BACKOFF_BASE_SECONDS": "1",
         "RETRY_BACKOFF_MAX_SECONDS": "1",

@@ -70,6 +70,8 @@ class Settings:
     visibility_timeout: int = 300
     shutdown_grace_seconds: float = 100.0
     metrics_port: int = DEFAULT_METRICS_PORT
+    # All interfaces by default: Prometheus (or the ADOT sidecar) scrapes from outside.
+    metrics_host: str = "0.0.0.0"  # noqa: S104
     scratch_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
     log_level: str = "INFO"
     log_format: LogFormat = "json"
@@ -217,6 +219,7 @@ _OPTIONAL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VISIBILITY_TIMEOUT": ("visibility_timeout", _positive_int),
     "SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", _positive_float),
     "METRICS_PORT": ("metrics_port", _port),
+    "METRICS_HOST": ("metrics_host", str),
     "SCRATCH_DIR": ("scratch_dir", Path),
     "LOG_LEVEL": ("log_level", _log_level),
     "LOG_FORMAT": ("log_format", _choice("json", "console")),

@@ -47,6 +47,7 @@ of cancelled jobs, given back after it, are visible at once. A second signal can
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import signal
@@ -619,7 +620,8 @@ async def run_service(settings: Settings) -> int:
         async with open_clients(settings) as clients, anyio.create_task_group() as group:
             consumer = Consumer(settings, clients, health, protector)
             await group.start(_watch_signals, consumer, signals)
-            await group.start(serve_http, settings.metrics_port, health)
+            serve = functools.partial(serve_http, host=settings.metrics_host)
+            await group.start(serve, settings.metrics_port, health)
             log.info(
                 "worker.starting",
                 worker_id=consumer.worker_id,
