@@ -11,14 +11,17 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from aiobotocore.session import get_session
 from moto.server import ThreadedMotoServer
 
+from worker.aws import AwsClients, open_clients
 from worker.config import Settings
 from worker.provisioning import provision
 
@@ -127,3 +130,32 @@ def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> AwsEnv:
     for name, value in aws_base_env(moto_server).items():
         monkeypatch.setenv(name, value)
     return world
+
+
+@pytest.fixture(scope="module")
+def world(moto_server: str) -> Iterator[AwsEnv]:
+    """One provisioned world per test module (provisioning dominates a test's set-up);
+    tests in it use unique recording ids or their own queues."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in aws_base_env(moto_server).items():
+            patch.setenv(name, value)
+        yield provision_world(moto_server)
+
+
+# One aiobotocore session for the test run: loading service models dominates a client's set-up.
+AIO_SESSION = get_session()
+
+
+@pytest.fixture
+async def clients(world: AwsEnv) -> AsyncIterator[AwsClients]:
+    """The worker's own AWS clients, on the module's world."""
+    async with open_clients(world.settings(), session=AIO_SESSION) as opened:
+        yield opened
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    """An empty SCRATCH_DIR for one test."""
+    path = tmp_path / "scratch"
+    path.mkdir()
+    return path

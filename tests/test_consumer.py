@@ -14,7 +14,7 @@ import anyio
 import pytest
 import structlog
 
-from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
+from tests.fixtures_aws import AwsEnv
 from tests.worker_harness import (
     attributes,
     dlq_messages,
@@ -43,26 +43,10 @@ from worker.protection import TaskProtector
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def world(moto_server: str) -> Iterator[AwsEnv]:
-    """Buckets and table shared by this module's tests (unique recording ids)."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in aws_base_env(moto_server).items():
-            patch.setenv(name, value)
-        yield provision_world(moto_server)
-
-
 @pytest.fixture
 def aws(world: AwsEnv) -> AwsEnv:
     """The shared world with this test's own empty queue and DLQ."""
     return with_fresh_queues(world)
-
-
-@pytest.fixture
-def scratch(tmp_path: Path) -> Path:
-    path = tmp_path / "scratch"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture(scope="module")

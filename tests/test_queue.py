@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiobotocore.session import get_session
 
-from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
-from worker.aws import AwsClients, open_clients
+from tests.fixtures_aws import AwsEnv
+from worker.aws import AwsClients
 from worker.errors import ConfigError, InvalidMessage, MediaError
 from worker.provisioning import QUEUE_ATTRIBUTES
 from worker.queue import (
@@ -24,26 +22,9 @@ from worker.queue import (
     fit_attributes,
 )
 
-# One session for the module: loading service models dominates a fresh client's set-up.
-SESSION = get_session()
 pytestmark = pytest.mark.anyio
 
 BODY = json.dumps({"recordingID": "rec-1", "callEndingTimestamp": "00:00:14"})
-
-
-@pytest.fixture(scope="module")
-def world(moto_server: str) -> Iterator[AwsEnv]:
-    """One provisioned world per module; each test gets its own queue pair below."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in aws_base_env(moto_server).items():
-            patch.setenv(name, value)
-        yield provision_world(moto_server)
-
-
-@pytest.fixture
-async def clients(world: AwsEnv) -> AsyncIterator[AwsClients]:
-    async with open_clients(world.settings(), session=SESSION) as opened:
-        yield opened
 
 
 @dataclass

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from aiobotocore.session import get_session
 
-from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
-from worker.aws import AwsClients, open_clients
+from tests.fixtures_aws import AwsEnv
+from worker.aws import AwsClients
 from worker.config import KeyTemplates
 from worker.errors import (
     ConfigError,
@@ -36,8 +34,6 @@ from worker.recordings import (
 )
 from worker.storage import ObjectSummary
 
-# One session for the module: loading service models dominates a fresh client's set-up.
-SESSION = get_session()
 RID = "7165d412-7fe0-4fb6-81ae-68b135a26f7c"
 
 # --- parse_creation_date ---------------------------------------------------------------------
@@ -170,21 +166,6 @@ def test_choose_connect_audio_ignores_other_contacts_and_empty_objects() -> None
 # --- RecordingTable on moto ------------------------------------------------------------------
 
 pytest_anyio = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def world(moto_server: str) -> Iterator[AwsEnv]:
-    """One provisioned world for the module; each test gets its own fresh table below."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in aws_base_env(moto_server).items():
-            patch.setenv(name, value)
-        yield provision_world(moto_server)
-
-
-@pytest.fixture
-async def clients(world: AwsEnv) -> AsyncIterator[AwsClients]:
-    async with open_clients(world.settings(), session=SESSION) as opened:
-        yield opened
 
 
 @dataclass

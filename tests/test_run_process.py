@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
+from tests.fixtures_aws import AwsEnv
 from tests.worker_harness import (
     ROOT,
     WorkerProcess,
@@ -36,26 +36,10 @@ def short_recording(generated: Callable[[str], Path]) -> Path:
     return generated("h264-aac")
 
 
-@pytest.fixture(scope="module")
-def world(moto_server: str) -> Iterator[AwsEnv]:
-    """Buckets and table shared by this module's tests (unique recording ids)."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in aws_base_env(moto_server).items():
-            patch.setenv(name, value)
-        yield provision_world(moto_server)
-
-
 @pytest.fixture
 def aws(world: AwsEnv) -> AwsEnv:
     """The shared world with this test's own empty queue and DLQ."""
     return with_fresh_queues(world)
-
-
-@pytest.fixture
-def scratch(tmp_path: Path) -> Path:
-    path = tmp_path / "scratch"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture

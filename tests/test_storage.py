@@ -8,39 +8,21 @@ import os
 import subprocess
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from aiobotocore.session import get_session
 
-from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
-from worker.aws import AwsClients, open_clients
+from tests.fixtures_aws import AwsEnv
+from worker.aws import AwsClients
 from worker.errors import AwsUnavailable, ScratchFull
 from worker.observability import BYTES_TRANSFERRED
 from worker.storage import MIB, ObjectChanged, ObjectNotFound, ObjectStore
 
-# One session for the module: loading service models dominates a fresh client's set-up.
-SESSION = get_session()
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def world(moto_server: str) -> Iterator[AwsEnv]:
-    """One provisioned world per module (provisioning is the slow part of a test's set-up)."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in aws_base_env(moto_server).items():
-            patch.setenv(name, value)
-        yield provision_world(moto_server)
-
-
-@pytest.fixture
-async def clients(world: AwsEnv) -> AsyncIterator[AwsClients]:
-    async with open_clients(world.settings(), session=SESSION) as opened:
-        yield opened
 
 
 @dataclass
