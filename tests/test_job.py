@@ -32,7 +32,7 @@ from worker.errors import (
     RecordingNotFound,
     RowNotFound,
 )
-from worker.job import JobDeps, first_error, process_job
+from worker.job import JobDeps, first_error, process_job, scratch_prefix, sweep_stale_scratch
 from worker.messages import JobMessage
 from worker.recordings import RecordingTable
 from worker.storage import ObjectStore
@@ -210,6 +210,8 @@ async def test_permanent_failures(
         )
     assert isinstance(caught.value, PermanentError)
     assert "\n" not in str(caught.value)
+    # The reason goes to the DLQ and the row: no host paths in it.
+    assert str(deps.settings.scratch_dir) not in str(caught.value)
     row = get_row(aws, contact.recording_id)
     assert "leaseOwner" not in row
     assert list(deps.settings.scratch_dir.iterdir()) == []
@@ -265,3 +267,30 @@ async def test_first_error_prefers_permanent_and_skips_cancellation() -> None:
     assert first_error(group) is permanent
     assert first_error(ExceptionGroup("g", [ValueError("v"), transient])) is transient
     assert first_error(permanent) is permanent
+
+
+def test_sweep_removes_scratch_of_dead_processes_only(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / (scratch_prefix("rec-a", dead_pid) + "x1")
+        ours = tmp_path / (scratch_prefix("rec-b") + "x2")  # this process, before any job
+        running = tmp_path / (scratch_prefix("rec-c", alive.pid) + "x3")
+        unrelated = tmp_path / "keep-me"
+        for path in (stale, ours, running, unrelated):
+            path.mkdir()
+            (path / "recording-input.mp4").write_bytes(b"x" * 10)
+        assert sweep_stale_scratch(tmp_path) == 2
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, "keep-me"])
+    finally:
+        alive.kill()
+        alive.wait()

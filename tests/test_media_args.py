@@ -380,3 +380,13 @@ def test_stderr_tail_is_bounded_and_picks_the_reason() -> None:
     assert list(tail.lines) == ["line 99", "[out#0] No space left on device", "Conversion failed!"]
     assert tail.most_relevant() == "[out#0] No space left on device"
     assert classify(tail) == "scratch_full"
+
+
+def test_error_details_keep_file_names_not_directories() -> None:
+    from worker.ffmpeg import strip_directories
+
+    line = "file:/tmp/scratch/job-1-rec-x/recording-input.mp4: Invalid data found"
+    assert strip_directories(line) == "recording-input.mp4: Invalid data found"
+    assert strip_directories("open /var/lib/x/connect-audio.wav failed") == (
+        "open connect-audio.wav failed"
+    )

@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import pytest
 
 from tests.fixtures_aws import AwsEnv
@@ -107,6 +108,22 @@ async def test_change_visibility_hides_the_message(aws: Queues, queue: JobQueue)
     await queue.change_visibility(message, 600)  # a heartbeat
     assert await queue.receive(10, wait_seconds=0) == []
     assert _counts(aws, aws.queue_url) == (0, 1)
+
+
+async def test_receive_uses_the_workers_visibility_not_the_queues(
+    aws: Queues, queue: JobQueue
+) -> None:
+    # The queue hides received messages for its default (300 s as provisioned); a worker that
+    # dies before its first heartbeat must not hide its message that long.
+    await queue.send(BODY)
+    [first] = await queue.receive(1, wait_seconds=0, visibility_timeout=1)
+    again: list[Any] = []
+    with anyio.fail_after(10):
+        while not again:
+            await anyio.sleep(0.25)
+            again = await queue.receive(1, wait_seconds=0, visibility_timeout=1)
+    assert again[0].message_id == first.message_id
+    assert again[0].receive_count == 2
 
 
 async def test_delete_removes_the_message(aws: Queues, queue: JobQueue) -> None:

@@ -60,7 +60,14 @@ import structlog
 from worker.aws import AwsClients, open_clients, translated
 from worker.config import SQS_MAX_VISIBILITY_SECONDS, Settings
 from worker.errors import ConfigError, JobError, PermanentError, TransientError
-from worker.job import JobDeps, JobResult, first_error, new_worker_id, process_job
+from worker.job import (
+    JobDeps,
+    JobResult,
+    first_error,
+    new_worker_id,
+    process_job,
+    sweep_stale_scratch,
+)
 from worker.messages import JobMessage, parse_message
 from worker.observability import (
     VISIBILITY_EXTENSIONS,
@@ -321,7 +328,11 @@ class Consumer:
             messages: list[ReceivedMessage] = []
             try:
                 with anyio.CancelScope() as self._receive_scope:
-                    messages = await self.queue.receive(min(free, MAX_BATCH), wait_seconds=wait)
+                    messages = await self.queue.receive(
+                        min(free, MAX_BATCH),
+                        wait_seconds=wait,
+                        visibility_timeout=self.settings.visibility_timeout,
+                    )
                 failures = 0
                 self._health.poll_succeeded()
             except JobError as error:
@@ -613,6 +624,9 @@ async def run_service(settings: Settings) -> int:
     Returns 0 after a graceful stop, 128 + signal number after a forced (second-signal) stop.
     """
     configure_logging(settings.log_level, settings.log_format)
+    stale = sweep_stale_scratch(settings.scratch_dir)
+    if stale:
+        log.info("scratch.swept", directories=stale)
     health = HealthState()
     protector = TaskProtector.from_env(settings.protection_minutes)
     signals = _SignalState()

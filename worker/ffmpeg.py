@@ -180,7 +180,7 @@ async def run(
             stderr_tail=list(tail.lines),
             seconds=round(time.monotonic() - started, 3),
         )
-        detail = tail.most_relevant()
+        detail = strip_directories(tail.most_relevant())
         if reason == "scratch_full":
             raise ScratchFull(f"{what}: no space left on device")
         if reason == "not_allowed":
@@ -193,6 +193,16 @@ async def run(
             )
         raise MediaError(f"{what} failed: {detail}")
     return RunResult(returncode or 0, list(tail.lines))
+
+
+# ``file:/scratch/job-x/recording-input.mp4`` or ``/scratch/...``: the directories say nothing
+# to whoever reads the DLQ or the row, and reveal the host's layout.
+_PATH = re.compile(r"(?:file:)?/(?:[^\s:/'\"]+/)+([^\s:/'\"]+)")
+
+
+def strip_directories(text: str) -> str:
+    """``text`` with every absolute path (or ``file:`` URL) reduced to its file name."""
+    return _PATH.sub(r"\1", text)
 
 
 async def _reap(process: Process) -> None:

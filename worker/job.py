@@ -15,6 +15,7 @@ Its scratch directory is always removed.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -113,7 +114,7 @@ async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobRe
         settings.keys,
         settings.connect_instance_alias,
     )
-    workdir = Path(tempfile.mkdtemp(prefix=f"job-{job.recording_id[:40]}-", dir=scratch))
+    workdir = Path(tempfile.mkdtemp(prefix=scratch_prefix(job.recording_id), dir=scratch))
     try:
         async with leased(deps, job) as owner:
             # (2) + (3) download the Connect audio and the Komorebi recording, side by side
@@ -170,6 +171,43 @@ async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobRe
         shutil.rmtree(workdir, ignore_errors=True)
     record_merge(merged.media_duration_seconds, merge_seconds)
     return JobResult(job.recording_id, False, output_key, merged.media_duration_seconds)
+
+
+def scratch_prefix(recording_id: str, pid: int | None = None) -> str:
+    """Name prefix of a job's scratch directory: the pid says which process owns it."""
+    return f"job-{os.getpid() if pid is None else pid}-{recording_id[:40]}-"
+
+
+_SCRATCH_DIR = re.compile(r"job-(\d+)-")
+
+
+def sweep_stale_scratch(scratch: Path) -> int:
+    """Remove job directories left by dead processes (a SIGKILL skips every ``finally``).
+
+    Called once at start-up, before any job runs, so a directory carrying this process's own
+    pid is stale too (a restarted container can reuse a pid). Returns how many it removed.
+    """
+    removed = 0
+    for entry in scratch.glob("job-*"):
+        match = _SCRATCH_DIR.match(entry.name)
+        if not match or not entry.is_dir():
+            continue
+        pid = int(match[1])
+        if pid != os.getpid() and _alive(pid):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def is_duplicate(row: RecordingRow, job: JobMessage) -> bool:

@@ -181,13 +181,24 @@ class JobQueue:
             self._dlq_limit = limit
         return self._dlq_limit
 
-    async def receive(self, max_messages: int, wait_seconds: int = 20) -> list[ReceivedMessage]:
-        """Long-poll for up to ``max_messages`` (clamped to 1..10) messages."""
+    async def receive(
+        self, max_messages: int, wait_seconds: int = 20, *, visibility_timeout: int | None = None
+    ) -> list[ReceivedMessage]:
+        """Long-poll for up to ``max_messages`` (clamped to 1..10) messages.
+
+        ``visibility_timeout`` hides what is received for that long instead of the queue's
+        default, so a message whose worker dies before its first heartbeat comes back after
+        the worker's own VISIBILITY_TIMEOUT, whatever the queue was created with.
+        """
+        extra: dict[str, Any] = {}
+        if visibility_timeout is not None:
+            extra["VisibilityTimeout"] = visibility_timeout
         try:
             response = await self._sqs.receive_message(
                 QueueUrl=self.queue_url,
                 MaxNumberOfMessages=max(1, min(MAX_BATCH, max_messages)),
                 WaitTimeSeconds=max(0, min(MAX_WAIT_SECONDS, wait_seconds)),
+                **extra,
                 MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
                 MessageAttributeNames=["All"],
             )
