@@ -17,6 +17,7 @@ The same machinery with one long recording gives the peak RSS and scratch of a w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -171,6 +172,7 @@ def run_worker_bench(
             first_seen: float | None = None
             finished: float | None = None
             peak_rss = 0
+            main_rss: list[int] = []  # the worker's own Python process, over the run
             statuses: dict[str, str] = {}
             metrics_text = ""
             try:
@@ -180,6 +182,8 @@ def run_worker_bench(
                             f"worker exited with {worker.returncode}; log: {log_path}"
                         )
                     peak_rss = max(peak_rss, tree_rss(proc))
+                    with contextlib.suppress(psutil.Error):
+                        main_rss.append(proc.memory_info().rss)
                     peak_scratch = max(peak_scratch, disk_usage(scratch))
                     statuses = _statuses(world)
                     now = time.monotonic()
@@ -253,6 +257,9 @@ def run_worker_bench(
         "mean_stage_seconds": stages,
         "peak_rss_bytes": peak_rss,
         "peak_scratch_bytes": peak_scratch,
+        # Python process alone (no ffmpeg): first and last tenth of the run, to see growth.
+        "worker_rss_early_bytes": max(main_rss[: max(1, len(main_rss) // 10)], default=0),
+        "worker_rss_late_bytes": max(main_rss[-max(1, len(main_rss) // 10) :], default=0),
         "recording": recording.name,
         "log": str(log_path),
     }
