@@ -222,9 +222,9 @@ async def test_same_message_twice_is_processed_once(
     async with running_consumer(settings_for(aws, scratch, WORKER_CONCURRENCY="1")) as consumer:
         receive = consumer.queue.receive
 
-        async def spy(max_messages: int, wait_seconds: int = 20) -> list[Any]:
+        async def spy(max_messages: int, wait_seconds: int = 20, **options: Any) -> list[Any]:
             polls.append((max_messages, consumer.in_flight))
-            return await receive(max_messages, wait_seconds)
+            return await receive(max_messages, wait_seconds, **options)
 
         consumer.queue.receive = spy  # type: ignore[method-assign]
         await eventually(
@@ -399,10 +399,10 @@ async def test_poll_in_progress_at_stop_is_not_orphaned(
     async with running_consumer(settings, poll_wait_seconds=20) as consumer:
         receive = consumer.queue.receive
 
-        async def spy(max_messages: int, wait_seconds: int = 20) -> list[Any]:
+        async def spy(max_messages: int, wait_seconds: int = 20, **options: Any) -> list[Any]:
             if consumer.in_flight == 1 and wait_seconds > 0:
                 receiving.set()  # a long poll (<= grace/2) while the job runs
-            return await receive(max_messages, wait_seconds)
+            return await receive(max_messages, wait_seconds, **options)
 
         consumer.queue.receive = spy  # type: ignore[method-assign]
         await receiving.wait()
