@@ -7,7 +7,13 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 
 from tests.fixtures_aws import AwsEnv, free_port
 from worker.aws import open_clients, translate
-from worker.errors import AwsUnavailable, ConfigError, RowNotFound, TransientError
+from worker.errors import (
+    AwsUnavailable,
+    ConfigError,
+    PermanentError,
+    RowNotFound,
+    TransientError,
+)
 from worker.queue import JobQueue
 
 SECRET_URL = "https://bucket.s3.amazonaws.com/key?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA"
@@ -132,3 +138,25 @@ async def test_missing_region_is_a_config_error(
     with pytest.raises(ConfigError, match="AWS_REGION"):
         async with open_clients(aws.settings()):
             pass
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "permanent", "reason"),
+    [
+        ("ThrottlingException", 400, False, "aws_unavailable"),
+        ("InternalError", 500, False, "aws_unavailable"),
+        ("AccessDenied", 403, False, "aws_access_denied"),
+        ("KMS.AccessDeniedException", 400, False, "aws_access_denied"),
+        ("NoSuchBucket", 404, False, "aws_resource_missing"),
+        ("ResourceNotFoundException", 400, False, "aws_resource_missing"),
+        ("ValidationException", 400, True, "aws_rejected"),
+        ("InvalidObjectState", 403, True, "aws_rejected"),
+    ],
+)
+def test_translate_tells_outages_misconfiguration_and_rejections_apart(
+    code: str, status: int, permanent: bool, reason: str
+) -> None:
+    translated = translate(_client_error(code, "no", status, "GetObject"))
+    assert isinstance(translated, PermanentError) is permanent
+    assert isinstance(translated, TransientError) is not permanent
+    assert translated.reason == reason

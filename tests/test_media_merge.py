@@ -602,3 +602,13 @@ def test_missing_ffprobe_is_a_config_error(data_dir: Path, monkeypatch: pytest.M
     monkeypatch.setattr(ffmpeg_module, "FFPROBE", "ffprobe-not-installed-here")
     with pytest.raises(ConfigError, match="not installed"):
         anyio.run(media.probe, data_dir / CONNECT_WAV)
+
+
+@pytest.mark.anyio
+async def test_process_killed_by_a_signal_is_transient_not_bad_media() -> None:
+    # The OOM killer's SIGKILL says nothing about the media: the job must be retried.
+    from worker.errors import MediaProcessKilled, TransientError
+
+    with pytest.raises(MediaProcessKilled, match="signal 9") as caught:
+        await ffmpeg_module.run(["sh", "-c", "kill -9 $$"], timeout=10, what="ffmpeg (merge)")
+    assert isinstance(caught.value, TransientError)

@@ -20,7 +20,7 @@ from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.config import Settings
-from worker.errors import AwsUnavailable, ConfigError, WorkerError
+from worker.errors import AwsRejected, AwsUnavailable, ConfigError, WorkerError
 
 # Generous per-request timeouts: a read timeout is per socket read, not per transfer, so long
 # streaming downloads are not cut; a silent connection still fails within a minute.
@@ -108,6 +108,29 @@ AWS_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
 )
 
+# Requests AWS will never accept for this job (not the fleet's fault): permanent.
+_REJECTED_CODES = frozenset({"ValidationException", "InvalidObjectState", "EntityTooLarge"})
+# Misconfiguration of the fleet (policy, credentials, keys): transient, with its own reason.
+_ACCESS_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+    }
+)
+_MISSING_RESOURCE_CODES = frozenset(
+    {
+        "NoSuchBucket",
+        "ResourceNotFoundException",
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "QueueDoesNotExist",
+    }
+)
 _URL = re.compile(r"""["']?\b[a-z][a-z0-9+.-]*://[^\s"']+["']?""", re.IGNORECASE)
 _MAX_MESSAGE = 300
 
@@ -148,8 +171,16 @@ def translate(error: BaseException) -> WorkerError:
         code = str(info.get("Code") or http_status(error) or "Unknown")
         message = str(info.get("Message") or "").strip()
         operation = getattr(error, "operation_name", None) or "AWS"
-        text = f"{operation}: {code}: {message}" if message else f"{operation}: {code}"
-        return AwsUnavailable(_scrub(text))
+        text = _scrub(f"{operation}: {code}: {message}" if message else f"{operation}: {code}")
+        if code in _REJECTED_CODES:
+            return AwsRejected(text)
+        if code in _ACCESS_CODES or code.startswith("KMS."):
+            # Still retried (a fixed policy lets the job through), but told apart from an
+            # outage on dashboards and in the DLQ.
+            return AwsUnavailable(text, reason="aws_access_denied")
+        if code in _MISSING_RESOURCE_CODES:
+            return AwsUnavailable(text, reason="aws_resource_missing")
+        return AwsUnavailable(text)
     detail = str(error).strip() or "no detail"
     return AwsUnavailable(_scrub(f"{type(error).__name__}: {detail}"))
 

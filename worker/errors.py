@@ -141,3 +141,16 @@ class MediaTimeout(TransientError):
     """ffmpeg ran past its duration-scaled time limit (the host may be overloaded)."""
 
     reason = "media_timeout"
+
+
+class AwsRejected(PermanentError):
+    """An AWS service refused this job's request for good (e.g. an item or object it will
+    never accept): retrying the same message cannot help."""
+
+    reason = "aws_rejected"
+
+
+class MediaProcessKilled(TransientError):
+    """ffmpeg/ffprobe died from a signal (OOM killer, host pressure): not the media's fault."""
+
+    reason = "ffmpeg_killed"

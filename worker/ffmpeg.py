@@ -28,7 +28,7 @@ import anyio
 import structlog
 from anyio.abc import ByteReceiveStream, Process
 
-from worker.errors import ConfigError, MediaError, MediaTimeout, ScratchFull
+from worker.errors import ConfigError, MediaError, MediaProcessKilled, MediaTimeout, ScratchFull
 from worker.observability import FFMPEG_FAILURES
 
 log = structlog.get_logger(__name__)
@@ -169,6 +169,12 @@ async def run(
         log.warning("ffmpeg_timeout", what=what, limit_seconds=round(timeout, 1))
         raise MediaTimeout(f"{what} took longer than its {math.ceil(timeout)} s limit")
     returncode = process.returncode
+    if returncode is not None and returncode < 0:
+        # Killed by a signal we did not send (we only kill on timeout or cancellation, both
+        # handled above): the OOM killer or the host, not bad media. Retry later.
+        FFMPEG_FAILURES.labels(reason="killed").inc()
+        log.warning("ffmpeg_killed", what=what, signal=-returncode)
+        raise MediaProcessKilled(f"{what} was killed by signal {-returncode}")
     if returncode != 0:
         reason = classify(tail)
         FFMPEG_FAILURES.labels(reason=reason).inc()
