@@ -114,9 +114,14 @@ async def test_permanent_failures_go_to_the_dlq_at_once_and_worker_keeps_going(
     no_recording = seed_contact(aws, recording=None)
     corrupt = seed_contact(aws, recording=b"\x00\x00\x00\x18ftypmp42 truncated nonsense" * 40)
     good = seed_contact(aws, recording=short_recording)
+    bad_call_end = seed_contact(aws, recording=short_recording)
     bodies = {
         "bad_json": "{not json",
         "bad_id": json.dumps({"recordingID": "../etc/passwd", "callEndingTimestamp": "00:00:05"}),
+        # A valid id with an invalid call end: its row must say FAILED too.
+        "bad_call_end": json.dumps(
+            {"recordingID": bad_call_end.recording_id, "callEndingTimestamp": "soon"}
+        ),
     }
     sent = {name: send_raw(aws, body) for name, body in bodies.items()}
     sent["no_row"] = send_job(aws, no_row.recording_id)
@@ -132,6 +137,7 @@ async def test_permanent_failures_go_to_the_dlq_at_once_and_worker_keeps_going(
     expected = {
         "bad_json": "invalid_message",
         "bad_id": "invalid_message",
+        "bad_call_end": "invalid_message",
         "no_row": "row_not_found",
         "no_recording": "recording_not_found",
         "corrupt": "media_invalid",
@@ -144,7 +150,7 @@ async def test_permanent_failures_go_to_the_dlq_at_once_and_worker_keeps_going(
         assert attrs["receiveCount"] == "1"
         assert "\n" not in attrs["errorMessage"]
     assert dead[sent["bad_json"]][0]["Body"] == bodies["bad_json"]  # original body kept
-    for contact in (no_recording, corrupt):
+    for contact in (no_recording, corrupt, bad_call_end):
         row = get_row(aws, contact.recording_id)
         assert row["processingStatus"] == "FAILED"
         assert row["processingError"] and "\n" not in row["processingError"]

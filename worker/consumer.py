@@ -68,7 +68,7 @@ from worker.job import (
     process_job,
     sweep_stale_scratch,
 )
-from worker.messages import JobMessage, parse_message
+from worker.messages import JobMessage, parse_message, recording_id_of
 from worker.observability import (
     VISIBILITY_EXTENSIONS,
     HealthState,
@@ -401,7 +401,7 @@ class Consumer:
             with (
                 job_in_flight(),
                 job_context(
-                    recording_id=job.recording_id if job else None,
+                    recording_id=job.recording_id if job else recording_id_of(message.body),
                     message_id=message.message_id,
                     receive_count=message.receive_count,
                 ),
@@ -545,9 +545,10 @@ class Consumer:
                 await self._retry(message, dlq_error, elapsed)
                 return
             await self._delete(message)
-            if job is not None:
+            recording_id = job.recording_id if job else recording_id_of(message.body)
+            if recording_id is not None:
                 try:
-                    await self.table.mark_failed(job.recording_id, error.message)
+                    await self.table.mark_failed(recording_id, error.message)
                 except JobError as mark_error:
                     log.warning("job.mark_failed_failed", error=mark_error.message)
             record_job("dead_letter", elapsed, reason=error.reason)

@@ -133,3 +133,16 @@ def _reject_constant(name: str) -> float:
 
 def _short(error: Exception) -> str:
     return str(error).splitlines()[0][:120]
+
+
+def recording_id_of(body: str) -> str | None:
+    """The valid ``recordingID`` of a message that is otherwise invalid, else None.
+
+    A message with a good ID but, say, a malformed call end still names a recording whose
+    row should say FAILED (SPEC §6) and whose logs should carry its id.
+    """
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+        return validate_recording_id(data["recordingID"]) if isinstance(data, dict) else None
+    except (ValueError, RecursionError, KeyError, TypeError, OverflowError):
+        return None
