@@ -59,6 +59,8 @@ def test_parse_timestamp_accepts(value: object, seconds: float) -> None:
         ("inf", "not HH:MM:SS"),
         ("0x10", "not HH:MM:SS"),
         ("1:2:3:4", "not HH:MM:SS"),
+        ("\u0660\u0660:\u0660\u0665", "not HH:MM:SS"),  # Arabic-Indic digits
+        ("\uff15", "not HH:MM:SS"),  # a full-width 5
         ("1e999", "finite"),
         (float("nan"), "finite"),
         (float("inf"), "finite"),
