@@ -66,6 +66,21 @@ def _ffmpeg_children_using(folder: Path) -> list[psutil.Process]:
     return found
 
 
+def test_run_refuses_to_start_without_ffmpeg(aws: AwsEnv, tmp_path: Path) -> None:
+    # Every job would fail: say so at start-up, with the other configuration problems.
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    env = {**os.environ, **aws.env, "PATH": str(bare)}
+    done = subprocess.run(
+        [str(KOMOREBI), "run"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "komorebi-worker: configuration: ffmpeg is not installed (not found on PATH)",
+        "komorebi-worker: configuration: ffprobe is not installed (not found on PATH)",
+    ]
+
+
 def test_run_reports_every_configuration_problem_and_exits_2() -> None:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_BUCKET_NAME")}
     for name in ("QUEUE_URL", "CONNECT_INSTANCE_ALIAS", "WORKER_CONCURRENCY"):

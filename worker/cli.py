@@ -211,11 +211,24 @@ class _MergeProgress:
 def _cmd_run(args: argparse.Namespace) -> int:
     import anyio
 
-    from worker.config import Settings
+    from worker.config import Settings, SettingsError
     from worker.consumer import run_service
+    from worker.ffmpeg import which_tools
 
-    # Every configuration problem is reported (one line each, exit 2) before anything starts.
-    settings = Settings.from_env(require_queue=True)
+    # Every configuration problem is reported (one line each, exit 2) before anything starts:
+    # without ffmpeg every job would fail, so its absence is one of them.
+    problems: list[str] = []
+    try:
+        settings = Settings.from_env(require_queue=True)
+    except SettingsError as error:
+        problems += error.problems
+    problems += [
+        f"{tool} is not installed (not found on PATH)"
+        for tool, path in which_tools().items()
+        if path is None
+    ]
+    if problems:
+        raise SettingsError(problems)
     return anyio.run(run_service, settings)
 
 
