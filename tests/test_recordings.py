@@ -163,6 +163,14 @@ def test_choose_connect_audio_ignores_other_contacts_and_empty_objects() -> None
         choose_connect_audio([])
 
 
+def test_choose_connect_audio_prefers_connects_exact_name_over_an_underscored_id() -> None:
+    # "abc_def" is a valid id of another contact: its newer file must not win for "abc".
+    mine = _summary("p/abc_20240305T10:00_UTC.wav", 1)
+    other_contact = _summary("p/abc_def_20240305T10:05_UTC.wav", 9)
+    assert choose_connect_audio([mine, other_contact], recording_id="abc") == mine
+    assert choose_connect_audio([mine, other_contact], recording_id="abc_def") == other_contact
+
+
 # --- RecordingTable on moto ------------------------------------------------------------------
 
 pytest_anyio = pytest.mark.anyio

@@ -171,6 +171,11 @@ def choose_connect_audio(
         pool = [c for c in pool if _belongs_to(c.key, recording_id)]
     if not pool:
         raise ConnectAudioNotReady("no Connect recording found under the expected prefixes")
+    if recording_id is not None:
+        # IDs may contain "_", so "abc_def_<time>_UTC.wav" (contact abc_def) loosely matches
+        # "abc" too: names exactly in Connect's own form win whenever there are any.
+        exact = re.compile(re.escape(recording_id) + r"_\d{8}T\d{2}:?\d{2}_UTC\.wav", re.I)
+        pool = [c for c in pool if exact.fullmatch(c.key.rsplit("/", 1)[-1])] or pool
     wavs = [c for c in pool if c.key.lower().endswith(".wav")]
     return max(wavs or pool, key=lambda c: (c.last_modified, c.key))
 
