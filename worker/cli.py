@@ -28,7 +28,15 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sub-command."""
-    parser = _Parser(prog="komorebi-worker", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="komorebi-worker",
+        description=(
+            "Merge a Komorebi screen recording with its Amazon Connect call audio into one "
+            "unified recording: as a queue worker (run), on local files (merge), or on an "
+            "embedded AWS emulator (dev)."
+        ),
+        epilog="exit codes: 0 success, 1 failure, 2 usage or configuration error",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -40,26 +48,53 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--call-end", required=True, help="HH:MM:SS[.fff], MM:SS or seconds")
     merge.add_argument("--output", required=True, type=Path, help="output .mp4 or .webm")
     merge.add_argument("--thumbnail", type=Path, help="also write a PNG thumbnail here")
-    merge.add_argument("--align", choices=("end", "start"), default="end")
-    merge.add_argument("--audio-channels", type=int, choices=(1, 2), default=None)
-    merge.add_argument("--audio-sample-rate", type=int, default=None)
-    merge.add_argument("--audio-bitrate", default=None)
-    merge.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto")
+    merge.add_argument(
+        "--align",
+        choices=("end", "start"),
+        default="end",
+        help="end: the Connect audio ends at the call end (default); start: it starts at 0",
+    )
+    merge.add_argument(
+        "--audio-channels",
+        type=int,
+        choices=(1, 2),
+        default=None,
+        help="1 mono (default), 2 stereo: customer left, agent right",
+    )
+    merge.add_argument(
+        "--audio-sample-rate", type=int, default=None, help="output audio rate (default 16000)"
+    )
+    merge.add_argument("--audio-bitrate", default=None, help="output audio bitrate (default 48k)")
+    merge.add_argument(
+        "--progress",
+        choices=("auto", "bar", "lines", "none"),
+        default="auto",
+        help="auto: a bar on a terminal, plain lines otherwise",
+    )
 
     dev = commands.add_parser("dev", help="whole pipeline on an embedded AWS emulator")
     dev.add_argument("--once", action="store_true", help="exit when the queue is empty")
-    dev.add_argument("--output-dir", type=Path, default=Path("komorebi-output"))
+    dev.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("komorebi-output"),
+        help="where the unified recording is written",
+    )
     dev.add_argument("--port", type=int, default=0, help="emulator port (0: any free port)")
 
     commands.add_parser("provision", help="create queue, DLQ, buckets and table")
 
     enqueue = commands.add_parser("enqueue", help="send a job message")
-    enqueue.add_argument("recording_id")
-    enqueue.add_argument("call_end")
-    enqueue.add_argument("--connect-audio-key", default=None)
+    enqueue.add_argument("recording_id", help="the recording (DynamoDB videoID)")
+    enqueue.add_argument("call_end", help="call end: HH:MM:SS[.fff], MM:SS or seconds")
+    enqueue.add_argument(
+        "--connect-audio-key", default=None, help="exact S3 key of the Connect recording"
+    )
 
     redrive = commands.add_parser("redrive", help="move DLQ messages back to the queue")
-    redrive.add_argument("--max-messages", type=int, default=None)
+    redrive.add_argument(
+        "--max-messages", type=int, default=None, help="move at most this many (default: all)"
+    )
     return parser
 
 
