@@ -33,6 +33,7 @@ from tests.worker_harness import (
     upload_connect_audio,
     with_fresh_queues,
 )
+from worker import consumer as consumer_module
 from worker import media
 from worker.aws import open_clients
 from worker.consumer import Consumer
@@ -419,3 +420,27 @@ async def test_poll_in_progress_at_stop_is_not_orphaned(
     assert jobs("released") == released + 2
     assert {m["MessageId"] for m in receive_now(aws)} == {job_message, late_message}
     assert "leaseOwner" not in get_row(aws, contact.recording_id)
+
+
+async def test_a_hung_receive_is_abandoned_and_the_loop_keeps_ticking(
+    aws: AwsEnv, scratch: Path, short_recording: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A black-holed ReceiveMessage must not freeze the loop (and fail /healthz) for the SDK's
+    # read timeout times its attempts: it is given up after the wait plus an overrun.
+    monkeypatch.setattr(consumer_module, "RECEIVE_OVERRUN_SECONDS", 0.5)
+    contact = seed_contact(aws, recording=short_recording)
+    hung = anyio.Event()
+    async with running_consumer(settings_for(aws, scratch)) as consumer:
+        receive = consumer.queue.receive
+
+        async def black_hole_once(*args: Any, **options: Any) -> list[Any]:
+            if not hung.is_set():
+                hung.set()
+                await anyio.sleep_forever()
+            return await receive(*args, **options)
+
+        consumer.queue.receive = black_hole_once  # type: ignore[method-assign]
+        await hung.wait()
+        # Sent while the loop is stuck in the black hole: only a later poll can take it.
+        send_job(aws, contact.recording_id, 3)
+        await eventually(_done(aws, contact.recording_id), what="the job done after the hang")

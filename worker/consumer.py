@@ -89,6 +89,8 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH = 10
 LONG_POLL_SECONDS = 20
+# How long a receive may run past its long-poll wait before the loop gives up on it.
+RECEIVE_OVERRUN_SECONDS = 15.0
 # While every slot is busy the loop still wakes this often, so /healthz sees it alive.
 IDLE_TICK_SECONDS = 5.0
 # A job is stopped this long before SQS's 12-hour visibility limit, leaving time to
@@ -328,18 +330,23 @@ class Consumer:
             messages: list[ReceivedMessage] = []
             try:
                 with anyio.CancelScope() as self._receive_scope:
-                    messages = await self.queue.receive(
-                        min(free, MAX_BATCH),
-                        wait_seconds=wait,
-                        visibility_timeout=self.settings.visibility_timeout,
-                    )
+                    # A black-holed request would otherwise block the loop for the SDK's read
+                    # timeout times its attempts, and /healthz would restart a busy task.
+                    with anyio.fail_after(wait + RECEIVE_OVERRUN_SECONDS):
+                        messages = await self.queue.receive(
+                            min(free, MAX_BATCH),
+                            wait_seconds=wait,
+                            visibility_timeout=self.settings.visibility_timeout,
+                        )
                 failures = 0
                 self._health.poll_succeeded()
-            except JobError as error:
+            except (JobError, TimeoutError) as error:
                 failures += 1
                 delay = min(POLL_RETRY_MAX_SECONDS, 2.0 ** min(failures, 5))
-                log.warning("poll.failed", error=error.message, retry_in_seconds=delay)
-                await self._wait_for_change(delay)
+                detail = error.message if isinstance(error, JobError) else "receive timed out"
+                log.warning("poll.failed", error=detail, retry_in_seconds=delay)
+                if not self._stopping:
+                    await self._wait_for_change(delay)
             finally:
                 self._receive_scope = None
             received_at = time.monotonic()
