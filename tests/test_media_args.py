@@ -98,10 +98,11 @@ def test_container_for_refuses_other_codecs(codec: str) -> None:
         media.container_for(codec)
 
 
-def test_every_input_has_the_allow_lists_and_file_prefix() -> None:
-    args, _ = build(recording(), connect(), 6.0)
+@pytest.mark.parametrize(("call_end", "n_inputs"), [(4.0, 2), (6.0, 3)])
+def test_every_input_has_the_allow_lists_and_file_prefix(call_end: float, n_inputs: int) -> None:
+    args, _ = build(recording(), connect(), call_end)
     inputs = [i for i, a in enumerate(args) if a == "-i"]
-    assert len(inputs) == 2
+    assert len(inputs) == n_inputs
     for i in inputs:
         assert args[i - 4 : i] == [
             "-format_whitelist",
@@ -173,9 +174,11 @@ def test_end_alignment_connect_shorter_pads_with_silence() -> None:
     assert "adelay=delays=16000S:all=1" in conn
     assert "atrim=start_sample" not in conn
     assert conn.endswith("apad=whole_len=96000,atrim=end_sample=96000[conn]")
-    assert rec.startswith("[0:1]pan=mono|c0=0.5*c0+0.5*c1,aresample=16000:async=1:first_pts=0")
+    # callEnd 6 s > 5 s: the recording's audio comes from input 2, seeked to 4 s, so the cut
+    # is (6 - 4) s = 32000 samples into it.
+    assert rec.startswith("[2:1]pan=mono|c0=0.5*c0+0.5*c1,aresample=16000:async=1:first_pts=0")
     assert (
-        "atrim=start_sample=96000,asetpts=PTS-STARTPTS,apad=whole_len=32000,"
+        "atrim=start_sample=32000,asetpts=PTS-STARTPTS,apad=whole_len=32000,"
         "atrim=end_sample=32000[rec]" in rec
     )
     assert join == "[conn][rec]concat=n=2:v=0:a=1[aout]"
@@ -220,7 +223,7 @@ def test_recording_without_audio_uses_generated_silence() -> None:
 
 def test_stereo_output_keeps_sides_and_centres_the_mic() -> None:
     audio = AudioSettings(channels=2, sample_rate=48000)
-    args, _ = build(recording(), connect(), 6.0, audio=audio)
+    args, _ = build(recording(), connect(), 4.0, audio=audio)
     conn, rec, _join = graph_of(args).split(";")
     assert conn.startswith("[1:0]pan=stereo|c0=c0|c1=c1,")
     assert "channel_layouts=stereo" in conn
@@ -229,7 +232,7 @@ def test_stereo_output_keeps_sides_and_centres_the_mic() -> None:
 
 def test_mono_connect_into_stereo_output_is_duplicated() -> None:
     audio = AudioSettings(channels=2, sample_rate=48000)
-    args, _ = build(recording(audio_channels=1), connect(channels=1), 6.0, audio=audio)
+    args, _ = build(recording(audio_channels=1), connect(channels=1), 4.0, audio=audio)
     conn, rec, _ = graph_of(args).split(";")
     assert conn.startswith("[1:0]pan=stereo|c0=c0|c1=c0,")
     assert rec.startswith("[0:1]pan=stereo|c0=c0|c1=c0,")
@@ -251,6 +254,98 @@ def test_call_end_beyond_the_end_is_clamped() -> None:
     assert "[rec]" not in graph.replace("[conn]anull[aout]", "")
     assert graph.endswith("[conn]anull[aout]")
     assert "apad=whole_len=128000,atrim=end_sample=128000[conn]" in graph
+
+
+def input_options(args: list[str]) -> list[list[str]]:
+    """Each input's own options (everything after the previous input's path) and its path."""
+    groups: list[list[str]] = []
+    start = args.index("-nostdin") + 1
+    for i, a in enumerate(args):
+        if a == "-i":
+            groups.append(args[start : i + 2])
+            start = i + 2
+    return groups
+
+
+def test_long_call_end_reads_recording_audio_from_a_fast_seeked_second_input() -> None:
+    rec = recording("h264", duration=3600.0)
+    args, plan = build(rec, connect(600.0), 2700.0, output="/out/recording.mp4")
+    assert media.recording_seek_seconds(plan) == 2698
+    first, second, third = input_options(args)
+    assert first[-1] == third[-1] == "file:/in/rec.webm"
+    assert second[-1] == "file:/in/connect.wav"
+    assert "-ss" not in first and "-ss" not in second
+    # -ss before -i (a container seek), then the same allow-lists as every input.
+    assert third[-8:] == [
+        "-ss", "2698",
+        "-format_whitelist", FORMAT_WHITELIST,
+        "-protocol_whitelist", PROTOCOL_WHITELIST,
+        "-i", "file:/in/rec.webm",
+    ]  # fmt: skip
+    # Video still from input 0 (stream copy); the seeked input only feeds [rec].
+    assert value_after(args, "-map") == ["0:0", "[aout]"]
+    assert value_after(args, "-c:v") == ["copy"]
+    conn, rec_chain, join = graph_of(args).split(";")
+    assert conn.startswith("[1:0]")
+    assert rec_chain.startswith("[2:1]")
+    assert "[0:" not in graph_of(args)  # input 0's audio is never decoded
+    # The cut counts from the seek point: (2700 - 2698) s at 16 kHz.
+    assert plan.call_end_samples == 2700 * 16000
+    assert "atrim=start_sample=32000,asetpts=PTS-STARTPTS" in rec_chain
+    assert rec_chain.endswith(f"apad=whole_len={900 * 16000},atrim=end_sample={900 * 16000}[rec]")
+    assert join == "[conn][rec]concat=n=2:v=0:a=1[aout]"
+
+
+def test_seek_cut_is_whole_samples_at_44_1_khz() -> None:
+    audio = AudioSettings(channels=1, sample_rate=44100)
+    args, plan = build(recording(duration=20.0), connect(), 10.5, audio=audio)
+    assert media.recording_seek_seconds(plan) == 8
+    rec_chain = graph_of(args).split(";")[1]
+    assert f"atrim=start_sample={round(10.5 * 44100) - 8 * 44100}," in rec_chain
+
+
+@pytest.mark.parametrize(
+    ("call_end", "seek"),
+    [(0.0, 0), (3.0, 0), (5.0, 0), (5.5, 3), (6.0, 4), (7.99, 5)],
+)
+def test_recording_seek_point(call_end: float, seek: int) -> None:
+    _, plan = build(recording(duration=8.0), connect(), call_end)
+    assert media.recording_seek_seconds(plan) == seek
+
+
+@pytest.mark.parametrize("call_end", [0.0, 4.0, 5.0])
+def test_short_call_end_has_no_third_input(call_end: float) -> None:
+    args, plan = build(recording(duration=8.0), connect(), call_end)
+    assert len(input_options(args)) == 2
+    assert "-ss" not in args
+    graph = graph_of(args)
+    assert "[2:" not in graph
+    rec_chain = graph.split(";")[-2 if call_end else 0]
+    assert rec_chain.startswith("[0:1]")
+    assert f"atrim=start_sample={plan.call_end_samples}," in rec_chain
+
+
+def test_no_seeked_input_when_nothing_needs_the_recording_audio() -> None:
+    # No microphone: silence is generated. callEnd at (or past) the end: no tail at all.
+    for rec, call_end in [(recording(audio=False), 7.0), (recording(duration=8.0), 20.0)]:
+        args, _ = build(rec, connect(), call_end)
+        assert len(input_options(args)) == 2
+        assert "-ss" not in args
+
+
+def test_audio_graph_refuses_a_seek_past_the_call_end() -> None:
+    options = media.MergeOptions()
+    plan = media.plan_merge(recording(), connect(), 6.0, options)
+    rec_audio, conn_audio = recording().audio, connect().audio
+    assert rec_audio is not None and conn_audio is not None
+    with pytest.raises(ValueError):
+        media.build_audio_graph(
+            plan,
+            align="end",
+            recording_audio=rec_audio,
+            connect_audio=conn_audio,
+            recording_seek=7,
+        )
 
 
 def test_plan_rejects_negative_call_end() -> None:

@@ -53,6 +53,14 @@ MAX_PLAUSIBLE_DURATION = 7 * 24 * 3600.0
 # WebM stores milliseconds, and ffmpeg shifts WebM video by the Opus pre-skip (6.5 ms).
 CONTAINER_ROUNDING_SECONDS = 0.010
 PROGRESS_LOG_INTERVAL_SECONDS = 30.0
+# Past this call end the recording's audio after callEnd is read from a second, fast-seeked
+# input instead of decoding (and discarding) everything before callEnd: on a 60-minute
+# recording ending at 45 min that decode was most of the merge's excess over the floor.
+SEEK_MIN_CALL_END_SECONDS = 5.0
+# The seek lands this far before callEnd (whole seconds, see recording_seek_seconds): room for
+# the decoder's preroll after a seek (AAC's first frame, Opus' ~80 ms convergence), which our
+# sample-exact atrim then discards, so the result does not depend on seek accuracy.
+SEEK_MARGIN_SECONDS = 2.0
 THUMBNAIL_AT_SECONDS = 1.0
 
 
@@ -262,6 +270,17 @@ def _mic_mix(in_channels: int | None, out_channels: int) -> list[str]:
     return [f"pan=mono|c0={mono}"] if out_channels == 1 else [f"pan=stereo|c0={mono}|c1={mono}"]
 
 
+def recording_seek_seconds(plan: MergePlan) -> int:
+    """Where the recording's audio input is fast-seeked to (0: not seeked) (pure).
+
+    A whole number of seconds, so that it is a whole number of samples at any integer sample
+    rate (the ``[rec]`` chain's ``atrim`` counts samples from it) and ``-ss`` parses exactly.
+    """
+    if plan.call_end <= SEEK_MIN_CALL_END_SECONDS or plan.tail_samples <= 0:
+        return 0
+    return max(0, math.floor(plan.call_end - SEEK_MARGIN_SECONDS))
+
+
 def build_audio_graph(
     plan: MergePlan,
     *,
@@ -270,11 +289,17 @@ def build_audio_graph(
     connect_audio: StreamInfo,
     recording_input: int = 0,
     connect_input: int = 1,
+    recording_seek: int = 0,
 ) -> str:
     """The ``-filter_complex`` graph whose ``[aout]`` is the merged audio (pure).
 
     ``[aout]`` has exactly ``plan.total_samples`` samples: the Connect segment covers
     [0, callEnd), the recording's own audio covers [callEnd, duration).
+
+    ``recording_seek`` (whole seconds) says that ``recording_input`` was opened with
+    ``-ss recording_seek``: ffmpeg then offsets its timestamps by the seek point as well as
+    by the file's start time, so its t=0 is ``recording_seek`` on the recording's timeline and
+    ``[rec]`` cuts ``callEnd - recording_seek`` seconds instead of ``callEnd``.
     """
     chains: list[str] = []
     labels: list[str] = []
@@ -294,11 +319,16 @@ def build_audio_graph(
     tail = plan.tail_samples
     if tail > 0:
         if recording_audio is not None:
+            # first_pts=0 pads from the input's t=0 (the seek point when seeked), so a late
+            # start or a gap stays silence at its original place (see _resample).
+            skip = cs - recording_seek * plan.sample_rate
+            if skip < 0:
+                raise ValueError("recording_seek is past the call end")
             steps = [
                 *_mic_mix(recording_audio.channels, plan.channels),
                 _resample(plan),
                 norm,
-                f"atrim=start_sample={cs}",
+                f"atrim=start_sample={skip}",
                 "asetpts=PTS-STARTPTS",
                 f"apad=whole_len={tail}",
                 f"atrim=end_sample={tail}",
@@ -342,17 +372,26 @@ def build_merge_args(
     if connect.audio is None:
         raise NoAudioStream(f"{connect.path.name} has no audio stream")
     container = container_for(recording.video.codec_name)
+    # Input 0: the recording (video, stream-copied; its audio when not seeked). Input 1: the
+    # Connect audio. Input 2, only when seeking: the recording again, fast-seeked (``-ss``
+    # before ``-i``: a container seek, nothing decoded before it), feeding only ``[rec]``.
+    seek = recording_seek_seconds(plan) if recording.audio is not None else 0
     graph = build_audio_graph(
         plan,
         align=options.align,
         recording_audio=recording.audio,
         connect_audio=connect.audio,
+        recording_input=2 if seek else 0,
+        connect_input=1,
+        recording_seek=seek,
     )
     args = _base_args()
     if progress:
         args += ["-nostats", "-progress", "pipe:1", "-stats_period", "1"]
     args += ffmpeg.input_args(recording.path)
     args += ffmpeg.input_args(connect.path)
+    if seek:
+        args += ["-ss", str(seek), *ffmpeg.input_args(recording.path)]
     args += ["-filter_complex", graph]
     args += ["-map", f"0:{recording.video.index}", "-map", "[aout]"]
     args += ["-c:v", "copy"]
@@ -746,6 +785,7 @@ async def merge(
         connect_audio_offset=round(plan.offset, 3),
         container=container.extension,
         recording_audio=recording.audio is not None,
+        recording_audio_seek=recording_seek_seconds(plan) if recording.audio else 0,
     )
     args = build_merge_args(
         recording=recording, connect=connect, plan=plan, output=request.output, options=options
