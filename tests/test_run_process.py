@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.fixtures_aws import AwsEnv
+from tests.fixtures_aws import AwsEnv, free_port
 from tests.worker_harness import (
     ROOT,
     WorkerProcess,
@@ -203,3 +203,38 @@ def test_two_processes_process_six_messages_exactly_once(
     for contact in contacts:
         assert int(get_row(aws, contact.recording_id)["processingAttempts"]) == 1
     assert receive_now(aws, aws.dlq_url) == []
+
+
+def test_sigterm_while_aws_does_not_answer_exits_at_once(aws: AwsEnv, tmp_path: Path) -> None:
+    # The start-up check hangs on an endpoint that accepts and never answers (60 s read
+    # timeout, several attempts): a stop must not wait for it.
+    import socket
+    import time
+
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(16)
+        endpoint = f"http://127.0.0.1:{black_hole.getsockname()[1]}"
+        env = {
+            **os.environ,
+            **aws.env,
+            "AWS_ENDPOINT_URL": endpoint,
+            "METRICS_PORT": str(free_port()),
+            "METRICS_HOST": "127.0.0.1",
+            "SCRATCH_DIR": str(tmp_path),
+        }
+        process = subprocess.Popen(
+            [str(KOMOREBI), "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(2)  # well inside the first hung GetQueueAttributes
+            process.send_signal(signal.SIGTERM)
+            # Without the cancellation this takes the SDK's read timeout (60 s) or more.
+            assert process.wait(timeout=20) == 0
+        finally:
+            process.kill()
+            process.wait()

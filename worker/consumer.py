@@ -182,6 +182,8 @@ class Consumer:
         self._stopping = False
         self.forced = False
         self._receive_scope: anyio.CancelScope | None = None
+        # Start-up checks in progress: a stop cancels them at once (nothing is in flight yet).
+        self._ready_scope: anyio.CancelScope | None = None
         self._stop_deadline = math.inf
         self._service_scope: anyio.CancelScope | None = None
         self._changed: anyio.Event | None = None
@@ -238,6 +240,8 @@ class Consumer:
         self._health.set_ready(False, "stopping")
         self._health.loop_stopped()
         log.info("worker.stopping", in_flight=self._in_flight, grace_seconds=grace)
+        if self._ready_scope is not None:
+            self._ready_scope.cancel()
         self._end_receive()
         self._notify()
 
@@ -285,11 +289,14 @@ class Consumer:
         while not self._stopping:
             self._health.loop_tick()
             try:
-                with translated():
-                    await self._sqs.get_queue_attributes(
-                        QueueUrl=self.queue.queue_url, AttributeNames=["QueueArn"]
-                    )
-                await self.queue.resolve_dlq_url()
+                with anyio.CancelScope() as self._ready_scope:
+                    with translated():
+                        await self._sqs.get_queue_attributes(
+                            QueueUrl=self.queue.queue_url, AttributeNames=["QueueArn"]
+                        )
+                    await self.queue.resolve_dlq_url()
+                if self._ready_scope.cancelled_caught:
+                    return False
             except TransientError as error:
                 self._health.set_ready(False, error.message)
                 log.warning("worker.not_ready", error=error.message, retry_in_seconds=delay)
