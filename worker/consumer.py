@@ -99,8 +99,10 @@ DEADLINE_MARGIN_SECONDS = 120.0
 # Visibility asked for never reaches the 12-hour limit exactly (clock skew with SQS).
 VISIBILITY_LIMIT_MARGIN_SECONDS = 5.0
 # Upper bounds of the shielded clean-ups (a few AWS calls each); past them the message comes
-# back by itself when its visibility runs out, and the lease expires.
-RELEASE_TIMEOUT_SECONDS = 10.0
+# back by itself when its visibility runs out, and the lease expires. After the shutdown grace
+# (100 s by default) Fargate kills at 120 s: kill ffmpeg (3 s) + release the lease (5 s) +
+# visibility 0 (5 s) + task protection off (3 s) + HTTP server (2 s) fit in the 20 s left.
+RELEASE_TIMEOUT_SECONDS = 5.0
 SETTLE_TIMEOUT_SECONDS = 20.0
 # Back-off of a failing ReceiveMessage (queue unreachable, throttled).
 POLL_RETRY_MAX_SECONDS = 30.0

@@ -43,7 +43,7 @@ FORMAT_WHITELIST = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,wav"
 PROTOCOL_WHITELIST = "file,pipe"
 
 STDERR_TAIL_LINES = 20
-_KILL_GRACE_SECONDS = 5.0
+_KILL_GRACE_SECONDS = 3.0
 
 
 def input_args(path: Path) -> list[str]:

@@ -62,7 +62,7 @@ log = structlog.get_logger(__name__)
 CALL_END_TOLERANCE_SECONDS = 0.0005
 # Releasing a lease is one UpdateItem; if AWS does not answer within this, give up: the lease
 # expires by itself after VISIBILITY_TIMEOUT.
-LEASE_RELEASE_TIMEOUT_SECONDS = 10.0
+LEASE_RELEASE_TIMEOUT_SECONDS = 5.0
 THUMBNAIL_CONTENT_TYPE = "image/png"
 THUMBNAIL_NAME = "thumbnail.png"
 
