@@ -175,7 +175,9 @@ class ObjectStore:
         try:
             try:
                 if size > 0:
-                    _reserve(fd, size)
+                    # A thread: where the filesystem cannot preallocate, glibc writes every
+                    # block, which would stall heartbeats for seconds on a multi-GB object.
+                    await anyio.to_thread.run_sync(_reserve, fd, size)
                 ranges = list(_ranges(size, self.part_size)) if size > self.part_size else []
                 if ranges:
                     await self._download_ranges(bucket, key, etag, fd, ranges)
