@@ -424,6 +424,29 @@ async def test_release_lease(db: Db) -> None:
 
 
 @pytest_anyio
+@pytest.mark.parametrize(
+    ("earlier", "restored"),
+    [
+        ({"isProcessed": {"BOOL": True}, "videoKey": {"S": "k/recording.webm"}}, STATUS_DONE),
+        ({"isProcessed": {"N": "1"}, "videoKey": {"S": "k/recording.mp4"}}, STATUS_DONE),
+        ({"processingError": {"S": "media_invalid"}}, STATUS_FAILED),
+    ],
+)
+async def test_release_after_a_rerun_restores_the_earlier_status(
+    db: Db, earlier: dict[str, Any], restored: str
+) -> None:
+    # A re-run (corrected call end) claims a DONE/FAILED row; if it is given back, the row must
+    # say what it said before, not lose its status.
+    db.seed(processingStatus={"S": restored}, callEndSeconds={"N": "14"}, **earlier)
+    await db.table.claim_lease(RID, "worker-a", 300, unless_done_call_end=20.0)
+    assert db.row()["processingStatus"] == {"S": STATUS_PROCESSING}
+    await db.table.release_lease(RID, "worker-a")
+    row = db.row()
+    assert row["processingStatus"] == {"S": restored}
+    assert "leaseOwner" not in row
+
+
+@pytest_anyio
 async def test_release_lease_keeps_a_previous_done(db: Db) -> None:
     db.seed(processingStatus={"S": STATUS_DONE}, leaseOwner={"S": "worker-a"})
     await db.table.release_lease(RID, "worker-a")

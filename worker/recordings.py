@@ -259,6 +259,19 @@ def _utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _status_before_claim(item: Mapping[str, Any] | None) -> str | None:
+    """The status a row had before a claim overwrote it with PROCESSING, from what the row
+    records: an earlier run's output (DONE) or error (FAILED)."""
+    if not item:
+        return None
+    processed = item.get("isProcessed") or {}
+    if item.get("videoKey") and (processed.get("BOOL") is True or processed.get("N") == "1"):
+        return STATUS_DONE
+    if item.get("processingError"):
+        return STATUS_FAILED
+    return None
+
+
 class RecordingTable:
     """Reads and conditional updates of Recording rows."""
 
@@ -405,13 +418,22 @@ class RecordingTable:
     async def release_lease(self, recording_id: str, owner: str) -> None:
         """Give our lease up (job retried or cancelled); a no-op if we no longer hold it.
 
-        ``processingStatus`` PROCESSING is removed with it (nothing is processing any more);
-        any other status (DONE of an earlier run, FAILED) is left as it is.
+        ``processingStatus`` PROCESSING goes back to what the row's other attributes say it
+        was before the claim: DONE when an earlier run's output is recorded (a re-run for a
+        corrected call end that failed must not hide the earlier result, nor stop duplicates
+        of the original message from being recognised), FAILED when an error is recorded,
+        else no status. Any other status is left as it is.
         """
         values = {":me": _string(owner), ":processing": _string(STATUS_PROCESSING)}
+        previous = _status_before_claim(await self._raw(recording_id))
+        if previous is None:
+            update = "REMOVE leaseOwner, leaseExpiresAt, processingStatus"
+        else:
+            update = "SET processingStatus = :previous REMOVE leaseOwner, leaseExpiresAt"
+            values[":previous"] = _string(previous)
         if await self._update(
             recording_id,
-            UpdateExpression="REMOVE leaseOwner, leaseExpiresAt, processingStatus",
+            UpdateExpression=update,
             ConditionExpression="leaseOwner = :me AND processingStatus = :processing",
             ExpressionAttributeValues=values,
         ):
