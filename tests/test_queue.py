@@ -237,3 +237,35 @@ async def test_dead_letter_fits_attributes_to_the_dlq_size(
     assert received["Body"] == body
     names = set(received["MessageAttributes"])
     assert "errorMessage" not in names and "errorReason" in names
+
+
+async def test_dead_letter_keeps_the_producers_attributes(aws: Queues, queue: JobQueue) -> None:
+    # A trace id sent with the job must survive the trip to the DLQ (and a later redrive);
+    # ours win on a name clash, and SQS's 10-attribute limit is kept.
+    producer = {
+        f"p{index}": {"DataType": "String", "StringValue": f"v{index}"} for index in range(6)
+    }
+    producer["traceId"] = {"DataType": "String", "StringValue": "abc-123"}
+    producer["errorReason"] = {"DataType": "String", "StringValue": "forged"}
+    aws.boto.send_message(
+        QueueUrl=aws.queue_url,
+        MessageBody=BODY,
+        MessageAttributes={"traceId": producer["traceId"], "errorReason": producer["errorReason"]},
+    )
+    message = await _receive_one(queue)
+    assert message.attributes["traceId"]["StringValue"] == "abc-123"
+    await queue.dead_letter(message, MediaError("bad"))
+    received = aws.boto.receive_message(
+        QueueUrl=aws.dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=0
+    )["Messages"][0]["MessageAttributes"]
+    assert received["traceId"]["StringValue"] == "abc-123"
+    assert received["errorReason"]["StringValue"] == "media_invalid"
+    many = {**message.attributes, **producer}
+    crowded = ReceivedMessage(
+        message.message_id, message.receipt_handle, BODY, 1, None, attributes=many
+    )
+    await queue.dead_letter(crowded, MediaError("bad"))
+    second = aws.boto.receive_message(
+        QueueUrl=aws.dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=0
+    )["Messages"][0]["MessageAttributes"]
+    assert len(second) == 10 and second["errorReason"]["StringValue"] == "media_invalid"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,6 +66,8 @@ class ReceivedMessage:
     body: str
     receive_count: int
     sent_timestamp_ms: int | None
+    # The producer's String/Number message attributes (trace ids...), kept for the DLQ copy.
+    attributes: Mapping[str, dict[str, str]] = field(default_factory=dict)
 
 
 def _int_or_none(raw: Any) -> int | None:
@@ -124,6 +127,35 @@ def fit_attributes(
             break
         kept.pop(name, None)
     return kept if _attributes_size(kept) <= budget else {}
+
+
+MAX_MESSAGE_ATTRIBUTES = 10  # SQS's limit per message
+
+
+def _text_attributes(raw: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    return {
+        name: {"DataType": str(value["DataType"]), "StringValue": str(value["StringValue"])}
+        for name, value in raw.items()
+        if isinstance(value, Mapping) and "StringValue" in value and "DataType" in value
+    }
+
+
+def _with_producer_attributes(
+    ours: dict[str, dict[str, str]],
+    producer: Mapping[str, dict[str, str]],
+    body: str,
+    limit: int,
+) -> dict[str, dict[str, str]]:
+    """Our reason attributes plus as many of the producer's as SQS allows (count and size):
+    a trace id that came with the message should survive the trip to the DLQ."""
+    merged = dict(ours)
+    for name, value in producer.items():
+        if name in merged or len(merged) >= MAX_MESSAGE_ATTRIBUTES:
+            continue
+        candidate = {**merged, name: value}
+        if _attributes_size(candidate) + len(body.encode()) <= limit:
+            merged = candidate
+    return merged
 
 
 class JobQueue:
@@ -214,6 +246,7 @@ class JobQueue:
                     body=raw.get("Body", ""),
                     receive_count=_int_or_none(attributes.get("ApproximateReceiveCount")) or 1,
                     sent_timestamp_ms=_int_or_none(attributes.get("SentTimestamp")),
+                    attributes=_text_attributes(raw.get("MessageAttributes") or {}),
                 )
             )
         return messages
@@ -272,6 +305,9 @@ class JobQueue:
             "failedAt": _attribute(failed_at),
         }
         attributes = fit_attributes(attributes, message.body, await self._dlq_size_limit())
+        attributes = _with_producer_attributes(
+            attributes, message.attributes, message.body, await self._dlq_size_limit()
+        )
         try:
             await self._sqs.send_message(
                 QueueUrl=dlq_url, MessageBody=message.body, MessageAttributes=attributes
