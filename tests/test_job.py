@@ -31,6 +31,9 @@ from worker.errors import (
     PermanentError,
     RecordingNotFound,
     RowNotFound,
+    ScratchBusy,
+    ScratchFull,
+    TransientError,
 )
 from worker.job import JobDeps, first_error, process_job, scratch_prefix, sweep_stale_scratch
 from worker.messages import JobMessage
@@ -294,3 +297,25 @@ def test_sweep_removes_scratch_of_dead_processes_only(tmp_path: Path) -> None:
     finally:
         alive.kill()
         alive.wait()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_full_scratch_is_permanent_alone_and_transient_when_shared(
+    aws: AwsEnv, deps: JobDeps, shared: bool
+) -> None:
+    # ObjectStore with a cap smaller than the recording: the download cannot fit.
+    small = JobDeps(
+        settings=deps.settings,
+        table=deps.table,
+        store=ObjectStore(deps.store._s3, scratch_max_bytes=1000),  # type: ignore[attr-defined]
+        worker_id=deps.worker_id,
+    )
+    contact = seed_contact(aws)
+    scratch = deps.settings.scratch_dir
+    if shared:  # another job is running on the same disk
+        (scratch / (scratch_prefix("other-recording") + "busy")).mkdir()
+    expected = ScratchBusy if shared else ScratchFull
+    with pytest.raises(expected) as caught:
+        await process_job(JobMessage(contact.recording_id, 5.0), small, scratch=scratch)
+    assert isinstance(caught.value, TransientError) is shared
+    assert "leaseOwner" not in get_row(aws, contact.recording_id)

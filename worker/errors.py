@@ -154,3 +154,9 @@ class MediaProcessKilled(TransientError):
     """ffmpeg/ffprobe died from a signal (OOM killer, host pressure): not the media's fault."""
 
     reason = "ffmpeg_killed"
+
+
+class ScratchBusy(TransientError):
+    """The scratch disk is full while other jobs share it: this job may fit once they end."""
+
+    reason = "scratch_busy"

@@ -39,6 +39,8 @@ from worker.errors import (
     NoVideoStream,
     PermanentError,
     RecordingNotFound,
+    ScratchBusy,
+    ScratchFull,
     TransientError,
     WorkerError,
 )
@@ -166,6 +168,12 @@ async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobRe
     except AlreadyDone:
         # Another worker finished it after we read the row: acknowledged without work.
         return JobResult(job.recording_id, True, None, None)
+    except ScratchFull as error:
+        # Alone on the disk, the job cannot fit: permanent. Sharing it with running jobs (in
+        # this process or another), it may fit once they end: retry later.
+        if _other_jobs_in(scratch, workdir):
+            raise ScratchBusy(f"{error.message} (shared with running jobs)") from None
+        raise
     finally:
         # Synchronous on purpose: a cancellation cannot interrupt it half-way.
         shutil.rmtree(workdir, ignore_errors=True)
@@ -198,6 +206,10 @@ def sweep_stale_scratch(scratch: Path) -> int:
         shutil.rmtree(entry, ignore_errors=True)
         removed += 1
     return removed
+
+
+def _other_jobs_in(scratch: Path, own: Path) -> bool:
+    return any(entry != own and entry.is_dir() for entry in scratch.glob("job-*"))
 
 
 def _alive(pid: int) -> bool:
