@@ -168,7 +168,7 @@ def test_end_alignment_connect_shorter_pads_with_silence() -> None:
         16000,
     )
     graph = graph_of(args)
-    conn, rec, join = graph.split(";")
+    conn, rec, join = chains(graph)
     assert conn.startswith("[1:0]pan=mono|c0=0.5*c0+0.5*c1,aresample=16000:async=1:first_pts=0")
     assert "aformat=sample_fmts=fltp:sample_rates=16000:channel_layouts=mono" in conn
     assert "adelay=delays=16000S:all=1" in conn
@@ -187,7 +187,7 @@ def test_end_alignment_connect_shorter_pads_with_silence() -> None:
 def test_end_alignment_connect_longer_cuts_its_head() -> None:
     args, plan = build(recording(duration=8.0), connect(5.0), 3.0)
     assert plan.offset == pytest.approx(-2.0)
-    conn = graph_of(args).split(";")[0]
+    conn = chains(graph_of(args))[0]
     assert "atrim=start_sample=32000,asetpts=PTS-STARTPTS" in conn
     assert "adelay" not in conn
     assert conn.endswith("apad=whole_len=48000,atrim=end_sample=48000[conn]")
@@ -195,19 +195,19 @@ def test_end_alignment_connect_longer_cuts_its_head() -> None:
 
 def test_end_alignment_exact_fit_needs_neither() -> None:
     args, plan = build(recording(duration=8.0), connect(5.0), 5.0)
-    conn = graph_of(args).split(";")[0]
+    conn = chains(graph_of(args))[0]
     assert plan.offset_samples == 0
     assert "adelay" not in conn and "atrim=start_sample" not in conn
 
 
 def test_start_alignment_ignores_the_offset() -> None:
     args, plan = build(recording(duration=8.0), connect(5.0), 3.0, align="start")
-    conn = graph_of(args).split(";")[0]
+    conn = chains(graph_of(args))[0]
     assert plan.offset == pytest.approx(-2.0)  # still reported
     assert "adelay" not in conn and "atrim=start_sample" not in conn
     assert conn.endswith("apad=whole_len=48000,atrim=end_sample=48000[conn]")
     args, _ = build(recording(duration=8.0), connect(2.0), 3.0, align="start")
-    conn = graph_of(args).split(";")[0]
+    conn = chains(graph_of(args))[0]
     assert "adelay" not in conn
     assert conn.endswith("apad=whole_len=48000,atrim=end_sample=48000[conn]")
 
@@ -216,7 +216,7 @@ def test_recording_without_audio_uses_generated_silence() -> None:
     args, _ = build(recording(audio=False), connect(), 6.0)
     graph = graph_of(args)
     assert "[0:" not in graph
-    rec = graph.split(";")[1]
+    rec = chains(graph)[1]
     assert rec.startswith("anullsrc=r=16000:cl=mono,")
     assert rec.endswith("atrim=end_sample=32000[rec]")
 
@@ -224,7 +224,7 @@ def test_recording_without_audio_uses_generated_silence() -> None:
 def test_stereo_output_keeps_sides_and_centres_the_mic() -> None:
     audio = AudioSettings(channels=2, sample_rate=48000)
     args, _ = build(recording(), connect(), 4.0, audio=audio)
-    conn, rec, _join = graph_of(args).split(";")
+    conn, rec, _join = chains(graph_of(args))
     assert conn.startswith("[1:0]pan=stereo|c0=c0|c1=c1,")
     assert "channel_layouts=stereo" in conn
     assert rec.startswith("[0:1]pan=stereo|c0=0.5*c0+0.5*c1|c1=0.5*c0+0.5*c1,")
@@ -233,7 +233,7 @@ def test_stereo_output_keeps_sides_and_centres_the_mic() -> None:
 def test_mono_connect_into_stereo_output_is_duplicated() -> None:
     audio = AudioSettings(channels=2, sample_rate=48000)
     args, _ = build(recording(audio_channels=1), connect(channels=1), 4.0, audio=audio)
-    conn, rec, _ = graph_of(args).split(";")
+    conn, rec, _ = chains(graph_of(args))
     assert conn.startswith("[1:0]pan=stereo|c0=c0|c1=c0,")
     assert rec.startswith("[0:1]pan=stereo|c0=c0|c1=c0,")
 
@@ -285,7 +285,7 @@ def test_long_call_end_reads_recording_audio_from_a_fast_seeked_second_input() -
     # Video still from input 0 (stream copy); the seeked input only feeds [rec].
     assert value_after(args, "-map") == ["0:0", "[aout]"]
     assert value_after(args, "-c:v") == ["copy"]
-    conn, rec_chain, join = graph_of(args).split(";")
+    conn, rec_chain, join = chains(graph_of(args))
     assert conn.startswith("[1:0]")
     assert rec_chain.startswith("[2:1]")
     assert "[0:" not in graph_of(args)  # input 0's audio is never decoded
@@ -300,7 +300,7 @@ def test_seek_cut_is_whole_samples_at_44_1_khz() -> None:
     audio = AudioSettings(channels=1, sample_rate=44100)
     args, plan = build(recording(duration=20.0), connect(), 10.5, audio=audio)
     assert media.recording_seek_seconds(plan) == 8
-    rec_chain = graph_of(args).split(";")[1]
+    rec_chain = chains(graph_of(args))[1]
     assert f"atrim=start_sample={round(10.5 * 44100) - 8 * 44100}," in rec_chain
 
 
@@ -320,7 +320,7 @@ def test_short_call_end_has_no_third_input(call_end: float) -> None:
     assert "-ss" not in args
     graph = graph_of(args)
     assert "[2:" not in graph
-    rec_chain = graph.split(";")[-2 if call_end else 0]
+    rec_chain = chains(graph)[-2 if call_end else 0]
     assert rec_chain.startswith("[0:1]")
     assert f"atrim=start_sample={plan.call_end_samples}," in rec_chain
 
@@ -485,3 +485,23 @@ def test_error_details_keep_file_names_not_directories() -> None:
     assert strip_directories("open /var/lib/x/connect-audio.wav failed") == (
         "open connect-audio.wav failed"
     )
+
+
+def chains(graph: str) -> list[str]:
+    """The graph's chains as [conn], [rec], join: the recording's audio chain is shown with the
+    label the silence overlay gives it (its own output is [mic], laid over [quiet])."""
+    kept = [c for c in graph.split(";") if "[quiet]" not in c]
+    return [c.replace("[mic]", "[rec]") for c in kept]
+
+
+def test_recording_audio_is_laid_over_exact_length_silence() -> None:
+    # A microphone that stopped before the call end gives the [rec] chain no frames at all:
+    # the silence underneath still makes the tail exactly as long as the recording.
+    args, plan = build(recording(duration=8.0), connect(5.0), 6.0)
+    graph = graph_of(args)
+    tail = plan.tail_samples
+    assert (
+        f"anullsrc=r=16000:cl=mono,aformat=sample_fmts=fltp:sample_rates=16000:channel_layouts=mono,atrim=end_sample={tail}[quiet]"
+        in graph
+    )
+    assert "[quiet][mic]amix=inputs=2:duration=first:dropout_transition=0:normalize=0[rec]" in graph

@@ -12,6 +12,7 @@ import functools
 import os
 import socket
 import struct
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -612,3 +613,71 @@ async def test_process_killed_by_a_signal_is_transient_not_bad_media() -> None:
     with pytest.raises(MediaProcessKilled, match="signal 9") as caught:
         await ffmpeg_module.run(["sh", "-c", "kill -9 $$"], timeout=10, what="ffmpeg (merge)")
     assert isinstance(caught.value, TransientError)
+
+
+@pytest.mark.parametrize("call_end", [2.0, 8.0])
+def test_microphone_that_stopped_early_leaves_silence_not_a_short_output(
+    tmp_path: Path, call_end: float
+) -> None:
+    # 12 s of screen, but the microphone track ends at 3 s (muted or unplugged): the tail is
+    # the mic where there was one and silence after, and the output is still 12 s long.
+    recording = tmp_path / "mic-stops.mp4"
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=15:duration=12",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=1000:sample_rate=48000:duration=3",
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+            "-y",
+            str(recording),
+        ],
+        check=True,
+    )
+    connect = tmp_path / "connect.wav"
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=8000:duration=2",
+            "-ac",
+            "2",
+            "-y",
+            str(connect),
+        ],
+        check=True,
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    result = anyio.run(
+        media.merge,
+        media.MergeRequest(recording, connect, call_end, out / "recording.mp4", None),
+    )
+    assert result.media_duration_seconds == pytest.approx(12.0, abs=0.1)
+    assert stream_end(result.output, "a:0") == pytest.approx(12.0, abs=0.08)
+    pcm = decode_pcm(result.output)
+    if call_end < 3.0:  # the mic is there until 3 s
+        assert band_share(window(pcm, 16000, call_end + 0.1, 2.9), 16000, 1000) > 0.8
+    assert rms(window(pcm, 16000, max(call_end, 3.0) + 0.2, 11.8)) < 1e-3

@@ -334,6 +334,16 @@ def build_audio_graph(
                 f"atrim=end_sample={tail}",
             ]
             source = f"[{recording_input}:{recording_audio.index}]"
+            # Laid over exact-length silence: when the microphone stopped before the call
+            # end, the chain above emits no frame at all (apad has nothing to pad) and the
+            # tail would be missing; normalize=0 keeps the samples as they are.
+            chains.append(source + ",".join(steps) + "[mic]")
+            chains.append(
+                f"anullsrc=r={plan.sample_rate}:cl={_layout(plan.channels)},{norm},"
+                f"atrim=end_sample={tail}[quiet]"
+            )
+            steps = ["amix=inputs=2:duration=first:dropout_transition=0:normalize=0"]
+            source = "[quiet][mic]"
         else:  # screen recorded without a microphone: silence after the call
             steps = [
                 f"anullsrc=r={plan.sample_rate}:cl={_layout(plan.channels)}",
