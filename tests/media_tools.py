@@ -196,12 +196,14 @@ def make_recording(
     duration: float = 4.0,
     tone: float = 1000.0,
     audio_delay: float = 0.0,
+    audio_duration: float | None = None,
     size: str = "160x120",
     fps: int = 15,
 ) -> Path:
     """A small screen-recording-like file: testsrc2 video + a sine tone (or no audio).
 
-    ``audio_delay`` starts the audio that many seconds after the video (like MediaRecorder).
+    ``audio_delay`` starts the audio that many seconds after the video (like MediaRecorder);
+    ``audio_duration`` ends it early (a microphone muted or unplugged mid-recording).
     """
     args = [*FFMPEG, "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={duration}"]
     if audio_codec is not None:
@@ -211,7 +213,8 @@ def make_recording(
             "-f",
             "lavfi",
             "-i",
-            f"sine=frequency={tone}:sample_rate=48000:duration={duration - audio_delay}",
+            f"sine=frequency={tone}:sample_rate=48000"
+            f":duration={audio_duration or duration - audio_delay}",
         ]
     args += ["-map", "0:v"]
     if audio_codec is not None:

@@ -12,7 +12,6 @@ import functools
 import os
 import socket
 import struct
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,8 @@ from tests.media_tools import (
     decode_pcm,
     ffprobe_json,
     framemd5,
+    make_recording,
+    make_tone_wav,
     rms,
     stream_end,
     window,
@@ -621,54 +622,8 @@ def test_microphone_that_stopped_early_leaves_silence_not_a_short_output(
 ) -> None:
     # 12 s of screen, but the microphone track ends at 3 s (muted or unplugged): the tail is
     # the mic where there was one and silence after, and the output is still 12 s long.
-    recording = tmp_path / "mic-stops.mp4"
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-nostdin",
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=160x120:rate=15:duration=12",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=1000:sample_rate=48000:duration=3",
-            "-map",
-            "0:v",
-            "-map",
-            "1:a",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-c:a",
-            "aac",
-            "-y",
-            str(recording),
-        ],
-        check=True,
-    )
-    connect = tmp_path / "connect.wav"
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-nostdin",
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=8000:duration=2",
-            "-ac",
-            "2",
-            "-y",
-            str(connect),
-        ],
-        check=True,
-    )
+    recording = make_recording(tmp_path / "mic-stops.mp4", duration=12, audio_duration=3)
+    connect = make_tone_wav(tmp_path / "connect.wav", [(2.0, [440, 440])])
     out = tmp_path / "out"
     out.mkdir()
     result = anyio.run(
