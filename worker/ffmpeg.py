@@ -147,10 +147,7 @@ async def run(
     timed_out = False
     try:
         try:
-            # Own session: a terminal's Ctrl-C reaches us, and we stop ffmpeg ourselves.
-            process = await anyio.open_process(
-                list(args), stdin=subprocess.DEVNULL, stdout=-1, stderr=-1, start_new_session=True
-            )
+            process = await _spawn(args)
         except FileNotFoundError:
             raise ConfigError(f"{args[0]} is not installed (not found on PATH)") from None
         with anyio.move_on_after(timeout) as scope:
@@ -209,6 +206,20 @@ _PATH = re.compile(r"(?:file:)?/(?:[^\s:/'\"]+/)+([^\s:/'\"]+)")
 def strip_directories(text: str) -> str:
     """``text`` with every absolute path (or ``file:`` URL) reduced to its file name."""
     return _PATH.sub(r"\1", text)
+
+
+async def _spawn(args: Sequence[str]) -> Process:
+    """Start ``args`` in its own session; a cancellation cannot interrupt the start.
+
+    Shielded because a cancellation delivered while the child is being spawned would lose the
+    Process object and leave ffmpeg running with nobody to kill it.
+    """
+    with anyio.CancelScope(shield=True):
+        # Own session: a terminal's Ctrl-C reaches us, and we stop ffmpeg ourselves.
+        process = await anyio.open_process(
+            list(args), stdin=subprocess.DEVNULL, stdout=-1, stderr=-1, start_new_session=True
+        )
+    return process
 
 
 async def _reap(process: Process) -> None:
