@@ -21,7 +21,7 @@ from tests.worker_harness import (
     settings_for,
 )
 from worker.aws import open_clients
-from worker.consumer import backoff_seconds
+from worker.outcome import backoff_seconds
 from worker.errors import (
     AwsUnavailable,
     ConnectAudioNotReady,

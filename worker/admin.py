@@ -8,11 +8,11 @@ set the bucket variables just to send a message.
 
 from __future__ import annotations
 
-import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import boto3
@@ -24,18 +24,23 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from worker.config import SQS_MAX_VISIBILITY_SECONDS
 from worker.errors import AwsUnavailable, ConfigError, InvalidMessage
 from worker.messages import JobMessage, parse_message, parse_timestamp, validate_recording_id
+from worker.queue import DLQ_ATTRIBUTE_NAMES, SQS_MAX_BATCH, parse_redrive_policy
 
-# SQS batch APIs take at most 10 entries (moto accepts more; AWS does not).
-SQS_MAX_BATCH: Final = 10
 # Message attributes the worker adds when it dead-letters a message (worker/queue.py); a
 # redriven message goes back without them, like the original.
-DEAD_LETTER_ATTRIBUTES: Final = frozenset(
-    {"errorClass", "errorReason", "errorMessage", "receiveCount", "originalMessageId", "failedAt"}
-)
+DEAD_LETTER_ATTRIBUTES: Final = frozenset(DLQ_ATTRIBUTE_NAMES)
 # Long enough to send and delete a batch; a message whose send failed reappears in the DLQ.
 _REDRIVE_VISIBILITY_SECONDS: Final = 60
+# Attempts at deleting a sent message's DLQ copy (DeleteMessageBatch reports failures per
+# entry, e.g. InternalError), and the pause before each retry.
+_DELETE_ATTEMPTS: Final = 3
+_DELETE_RETRY_SECONDS: Final = 0.5
+# How long a re-sent message whose DLQ copy could not be deleted is hidden: under SQS's
+# 12-hour limit, which counts from the message's receipt.
+_HIDE_SECONDS: Final = SQS_MAX_VISIBILITY_SECONDS - 600
 # A short long-poll: an empty answer after this means the DLQ is drained (short polls can
 # return nothing while messages exist).
 _REDRIVE_WAIT_SECONDS: Final = 2
@@ -43,11 +48,18 @@ _REDRIVE_WAIT_SECONDS: Final = 2
 
 @dataclass(frozen=True)
 class RedriveResult:
-    """What ``redrive`` did."""
+    """What ``redrive`` did.
+
+    ``moved``: sent to the queue and deleted from the DLQ. ``failed``: could not be sent;
+    still in the DLQ, visible again within a minute. ``not_deleted``: ids of messages sent to
+    the queue whose DLQ copy could not be deleted; hidden in the DLQ for 12 hours so the next
+    redrive does not send them again (delete them by hand, or let them come back after that).
+    """
 
     moved: int
     failed: int
     dlq_url: str
+    not_deleted: tuple[str, ...] = field(default=())
 
 
 def queue_url_from_env(environ: Mapping[str, str] | None = None) -> str:
@@ -122,25 +134,41 @@ def enqueue(job: JobMessage, queue_url: str, *, sqs: Any | None = None) -> str:
 
 
 def resolve_dlq_url(queue_url: str, dlq_url: str | None, *, sqs: Any) -> str:
-    """``DLQ_URL`` if given, else the target of the queue's RedrivePolicy."""
+    """``DLQ_URL`` if given, else the target of the queue's RedrivePolicy.
+
+    A missing or malformed RedrivePolicy is a :class:`ConfigError` (one line, exit 2).
+    """
     if dlq_url:
         return dlq_url
     with aws_errors("GetQueueAttributes"):
         attributes = sqs.get_queue_attributes(
             QueueUrl=queue_url, AttributeNames=["RedrivePolicy"]
         ).get("Attributes", {})
-    policy = attributes.get("RedrivePolicy")
-    if not policy:
+    text = attributes.get("RedrivePolicy")
+    if not text:
         raise ConfigError("DLQ_URL is not set and the queue has no RedrivePolicy")
-    arn = str(json.loads(policy)["deadLetterTargetArn"])
-    # arn:aws:sqs:<region>:<account>:<name>
-    parts = arn.split(":")
-    if len(parts) != 6:
-        raise ConfigError(f"RedrivePolicy has an unexpected deadLetterTargetArn {arn!r}")
+    policy = parse_redrive_policy(text)
     with aws_errors("GetQueueUrl"):
         return str(
-            sqs.get_queue_url(QueueName=parts[5], QueueOwnerAWSAccountId=parts[4])["QueueUrl"]
+            sqs.get_queue_url(QueueName=policy.dlq_name, QueueOwnerAWSAccountId=policy.dlq_account)[
+                "QueueUrl"
+            ]
         )
+
+
+@dataclass
+class _Redrive:
+    """One redrive run's bookkeeping, by DLQ message id (stable across receives)."""
+
+    sent: set[str] = field(default_factory=set)
+    deleted: set[str] = field(default_factory=set)
+    unsent: set[str] = field(default_factory=set)
+    # The latest receipt handle of each sent message not yet deleted.
+    handles: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def handled(self) -> int:
+        return len(self.sent | self.unsent)
 
 
 def redrive(
@@ -154,7 +182,13 @@ def redrive(
 
     Each batch (<= 10) is sent first and deleted from the DLQ only for the entries whose
     send succeeded, so a failure can duplicate a message but never lose one (the worker
-    tolerates duplicates). Stops when the DLQ looks empty or ``max_messages`` moved.
+    tolerates duplicates). Stops when the DLQ looks empty or ``max_messages`` were handled.
+
+    A sent message is never sent again by the same run: if its delete fails (a ``Failed``
+    entry of DeleteMessageBatch) the delete is retried, also when the message shows up again
+    in the DLQ; one still not deleted at the end is reported in ``not_deleted``, not counted
+    as moved, and hidden in the DLQ for SQS's maximum of 12 hours so that the next redrive
+    does not send it a second time.
     """
     if max_messages is not None and max_messages <= 0:
         raise ConfigError("--max-messages must be a positive integer")
@@ -163,11 +197,11 @@ def redrive(
     if source.rstrip("/") == queue_url.rstrip("/"):
         # Receiving and re-sending on one queue would loop until --max-messages.
         raise ConfigError("the DLQ and the queue are the same queue; nothing to redrive")
-    moved = failed = 0
-    while max_messages is None or moved + failed < max_messages:
+    run = _Redrive()
+    while max_messages is None or run.handled < max_messages:
         wanted = SQS_MAX_BATCH
         if max_messages is not None:
-            wanted = min(wanted, max_messages - moved - failed)
+            wanted = min(wanted, max_messages - run.handled)
         with aws_errors("ReceiveMessage"):
             messages = client.receive_message(
                 QueueUrl=source,
@@ -178,21 +212,68 @@ def redrive(
             ).get("Messages", [])
         if not messages:
             break
-        entries = [_send_entry(str(index), message) for index, message in enumerate(messages)]
-        with aws_errors("SendMessageBatch"):
-            sent = client.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        ok_ids = {entry["Id"] for entry in sent.get("Successful", [])}
-        failed += len(messages) - len(ok_ids)
-        to_delete = [
-            {"Id": str(index), "ReceiptHandle": message["ReceiptHandle"]}
-            for index, message in enumerate(messages)
-            if str(index) in ok_ids
-        ]
-        if to_delete:
+        fresh = [m for m in messages if m["MessageId"] not in run.sent]
+        for message in messages:
+            if message["MessageId"] in run.sent:
+                run.handles[message["MessageId"]] = message["ReceiptHandle"]
+        if fresh:
+            entries = [_send_entry(str(index), message) for index, message in enumerate(fresh)]
+            with aws_errors("SendMessageBatch"):
+                sent = client.send_message_batch(QueueUrl=queue_url, Entries=entries)
+            ok_ids = {entry["Id"] for entry in sent.get("Successful", [])}
+            for index, message in enumerate(fresh):
+                if str(index) in ok_ids:
+                    run.sent.add(message["MessageId"])
+                    run.unsent.discard(message["MessageId"])
+                    run.handles[message["MessageId"]] = message["ReceiptHandle"]
+                else:
+                    run.unsent.add(message["MessageId"])
+        _delete_sent(client, source, run)
+    leftovers = sorted(run.sent - run.deleted)
+    _hide(client, source, {mid: run.handles[mid] for mid in leftovers})
+    return RedriveResult(
+        moved=len(run.sent & run.deleted),
+        failed=len(run.unsent),
+        dlq_url=source,
+        not_deleted=tuple(leftovers),
+    )
+
+
+def _delete_sent(client: Any, source: str, run: _Redrive) -> None:
+    """Delete the DLQ copy of every sent, not yet deleted message; retry failed entries."""
+    for attempt in range(_DELETE_ATTEMPTS):
+        pending = sorted(run.sent - run.deleted)
+        if not pending:
+            return
+        if attempt:
+            time.sleep(_DELETE_RETRY_SECONDS * attempt)
+        for start in range(0, len(pending), SQS_MAX_BATCH):
+            batch = pending[start : start + SQS_MAX_BATCH]
+            entries = [
+                {"Id": str(index), "ReceiptHandle": run.handles[message_id]}
+                for index, message_id in enumerate(batch)
+            ]
             with aws_errors("DeleteMessageBatch"):
-                client.delete_message_batch(QueueUrl=source, Entries=to_delete)
-        moved += len(to_delete)
-    return RedriveResult(moved=moved, failed=failed, dlq_url=source)
+                response = client.delete_message_batch(QueueUrl=source, Entries=entries)
+            for entry in response.get("Successful", []):
+                message_id = batch[int(entry["Id"])]
+                run.deleted.add(message_id)
+                run.handles.pop(message_id, None)
+
+
+def _hide(client: Any, source: str, handles: Mapping[str, str]) -> None:
+    """Best effort: keep DLQ copies of already re-sent messages out of the next redrive."""
+    items = list(handles.items())
+    for start in range(0, len(items), SQS_MAX_BATCH):
+        entries = [
+            {"Id": str(index), "ReceiptHandle": handle, "VisibilityTimeout": _HIDE_SECONDS}
+            for index, (_, handle) in enumerate(items[start : start + SQS_MAX_BATCH])
+        ]
+        try:
+            with aws_errors("ChangeMessageVisibilityBatch"):
+                client.change_message_visibility_batch(QueueUrl=source, Entries=entries)
+        except AwsUnavailable:
+            pass  # reported as not deleted all the same
 
 
 def _send_entry(entry_id: str, message: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +20,7 @@ from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.config import Settings
-from worker.errors import AwsRejected, AwsUnavailable, ConfigError, WorkerError
+from worker.errors import AwsRejected, AwsUnavailable, ConfigError, WorkerError, one_line
 
 # Generous per-request timeouts: a read timeout is per socket read, not per transfer, so long
 # streaming downloads are not cut; a silent connection still fails within a minute.
@@ -152,8 +152,7 @@ def http_status(error: BaseException) -> int | None:
 
 def _scrub(text: str) -> str:
     # URLs can carry presigned query strings or internal endpoints: never let them out.
-    one_line = " ".join(_URL.sub("<url>", text).split())
-    return one_line[:_MAX_MESSAGE]
+    return one_line(_URL.sub("<url>", text), _MAX_MESSAGE)
 
 
 def translate(error: BaseException) -> WorkerError:
@@ -185,12 +184,26 @@ def translate(error: BaseException) -> WorkerError:
     return AwsUnavailable(_scrub(f"{type(error).__name__}: {detail}"))
 
 
+def _no_special_case(error: BaseException) -> BaseException | None:
+    return None
+
+
 @contextmanager
-def translated() -> Iterator[None]:
-    """Re-raise SDK/network errors inside the block as :class:`AwsUnavailable`."""
+def translated(
+    special: Callable[[BaseException], BaseException | None] = _no_special_case,
+) -> Iterator[None]:
+    """Re-raise SDK/network errors inside the block as worker errors (:func:`translate`).
+
+    ``special`` sees each SDK error first; an exception it returns is raised instead, without
+    the SDK error as its cause (e.g. :class:`worker.errors.ObjectNotFound` for a 404, or
+    :class:`worker.errors.ReceiptHandleInvalid`). Worker errors pass through unchanged.
+    """
     try:
         yield
     except WorkerError:
         raise
     except AWS_ERRORS as error:
+        mapped = special(error)
+        if mapped is not None:
+            raise mapped from None
         raise translate(error) from error

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from worker import __version__
-from worker.config import SettingsError
-from worker.errors import ConfigError, WorkerError
+from worker.errors import ConfigError, SettingsError, WorkerError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+# `dev` runs moto's server (moto[server]: flask, werkzeug): development dependencies only.
+_DEV_ONLY_MODULES = frozenset({"moto", "flask", "flask_cors", "werkzeug"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -246,7 +247,7 @@ class _MergeProgress:
 def _cmd_run(args: argparse.Namespace) -> int:
     import anyio
 
-    from worker.config import Settings, SettingsError
+    from worker.config import Settings
     from worker.consumer import run_service
     from worker.ffmpeg import which_tools
 
@@ -268,7 +269,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    from worker.devenv import run_dev
+    try:
+        from worker.devenv import run_dev
+    except ModuleNotFoundError as error:
+        # The production image has only the runtime dependencies; the emulator is a
+        # development dependency.
+        if (error.name or "").split(".")[0] not in _DEV_ONLY_MODULES:
+            raise
+        raise ConfigError(
+            "dev needs the development install (the moto emulator is not installed): "
+            "run `make setup`, or `pip install -e '.[dev]'`"
+        ) from None
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: must be a TCP port (0 for any free port)")
@@ -308,11 +319,16 @@ def _cmd_redrive(args: argparse.Namespace) -> int:
         max_messages=args.max_messages,
     )
     print(f"moved {result.moved} message(s) from {result.dlq_url}")
+    problems = []
     if result.failed:
-        print(
-            f"komorebi-worker: {result.failed} message(s) could not be sent; still in the DLQ",
-            file=sys.stderr,
+        problems.append(f"{result.failed} message(s) could not be sent; still in the DLQ")
+    if result.not_deleted:
+        problems.append(
+            f"{len(result.not_deleted)} message(s) sent but not deleted from the DLQ "
+            f"(hidden there for 12 h; delete them by hand): {', '.join(result.not_deleted)}"
         )
+    if problems:
+        print(f"komorebi-worker: {'; '.join(problems)}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from worker.errors import ConfigError
+from worker.errors import SettingsError
 
 AlignMode = Literal["end", "start"]
 LogFormat = Literal["json", "console"]
@@ -26,14 +26,6 @@ DEFAULT_CONNECT_AUDIO_PREFIX = "connect/{instance}/CallRecordings/{yyyy}/{mm}/{d
 DEFAULT_INPUT_KEY = "{yyyy}/{mm}/{dd}/{agent_id}/{recording_id}.mp4"
 DEFAULT_OUTPUT_KEY = "{yyyy}/{mm}/{dd}/{agent_id}/{recording_id}/recording.{ext}"
 DEFAULT_THUMBNAIL_KEY = "{yyyy}/{mm}/{dd}/{agent_id}/{recording_id}/thumbnail.png"
-
-
-class SettingsError(ConfigError):
-    """One or more settings are invalid; ``problems`` holds one line per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -141,6 +133,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number >= 0")
+    return value
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 1 <= value <= 65535:
@@ -217,7 +216,8 @@ _OPTIONAL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "RECORDING_TABLE_NAME": ("table_name", str),
     "WORKER_CONCURRENCY": ("worker_concurrency", _positive_int),
     "VISIBILITY_TIMEOUT": ("visibility_timeout", _positive_int),
-    "SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", _positive_float),
+    # 0 is valid: give every in-flight message back at once on SIGTERM.
+    "SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", _non_negative_float),
     "METRICS_PORT": ("metrics_port", _port),
     "METRICS_HOST": ("metrics_host", str),
     "SCRATCH_DIR": ("scratch_dir", Path),

@@ -235,9 +235,10 @@ async def run_consumer(
     second signal interrupts at once). ``on_serving`` is called once signals are handled.
     """
     from worker.aws import open_clients
-    from worker.consumer import LONG_POLL_SECONDS, Consumer
+    from worker.consumer import Consumer
     from worker.observability import HealthState
     from worker.protection import TaskProtector
+    from worker.queue import SQS_MAX_WAIT_SECONDS
 
     async with open_clients(settings) as clients:
         # Never on ECS here: a no-op protector.
@@ -248,7 +249,7 @@ async def run_consumer(
             TaskProtector(None, 1),
             # --once: the queue is ours and already filled, so a short final poll suffices
             # to see it empty (a 20 s long poll would only make the demo slower).
-            poll_wait_seconds=ONCE_POLL_WAIT_SECONDS if once else LONG_POLL_SECONDS,
+            poll_wait_seconds=ONCE_POLL_WAIT_SECONDS if once else SQS_MAX_WAIT_SECONDS,
         )
         if once:
             await consumer.run(once=True)

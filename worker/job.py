@@ -9,11 +9,19 @@ decides, in one place, whether to retry or dead-letter (SPEC §6).
 The job owns the recording's lease (SPEC §4) while it works: it claims it before the first
 download, renews it every ``VISIBILITY_TIMEOUT/3`` in its own task group, and releases it
 (shielded, so also on cancellation) if it does not finish; on success ``mark_done`` drops it.
-Its scratch directory is always removed.
+Its scratch directory is always removed, in a worker thread inside a shielded scope: a
+cancellation cannot interrupt it half-way, and removing multi-GB files does not stall the
+event loop (other jobs' heartbeats, ``/healthz``).
+
+Permanent first: before waiting on anything that may still arrive (the Connect recording is
+uploaded by Amazon Connect, possibly late), the job checks what never will: the Komorebi
+recording object (a HEAD) and whether it can ever fit under ``SCRATCH_MAX_BYTES``. A missing
+recording is :class:`RecordingNotFound` even when the Connect audio is missing too.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -28,27 +36,30 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import structlog
 
 from worker import media
 from worker.config import Settings
 from worker.errors import (
+    AlreadyDone,
     ConnectAudioNotReady,
     JobError,
     LeaseHeld,
     NoVideoStream,
-    PermanentError,
+    ObjectNotFound,
     RecordingNotFound,
     ScratchBusy,
     ScratchFull,
-    TransientError,
+    TooLargeForScratch,
     WorkerError,
+    first_error,
 )
 from worker.messages import JobMessage
 from worker.observability import record_merge, stage
 from worker.recordings import (
+    CALL_END_TOLERANCE_SECONDS,
     STATUS_DONE,
-    AlreadyDone,
     DoneRecord,
     RecordingKeys,
     RecordingRow,
@@ -56,12 +67,10 @@ from worker.recordings import (
     choose_connect_audio,
     keys_for,
 )
-from worker.storage import ObjectNotFound, ObjectStore
+from worker.storage import ObjectStore
 
 log = structlog.get_logger(__name__)
 
-# Two call ends closer than this are the same call end (messages carry milliseconds).
-CALL_END_TOLERANCE_SECONDS = 0.0005
 # Releasing a lease is one UpdateItem; if AWS does not answer within this, give up: the lease
 # expires by itself after VISIBILITY_TIMEOUT.
 LEASE_RELEASE_TIMEOUT_SECONDS = 5.0
@@ -119,6 +128,9 @@ async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobRe
     workdir = Path(tempfile.mkdtemp(prefix=scratch_prefix(job.recording_id), dir=scratch))
     try:
         async with leased(deps, job) as owner:
+            # Permanent first: what can never arrive is checked before what may still come.
+            with stage("check_recording"):
+                await check_recording(deps, keys.input_key, workdir)
             # (2) + (3) download the Connect audio and the Komorebi recording, side by side
             with stage("find_connect_audio"):
                 connect_key = await find_connect_audio(job, keys, deps)
@@ -170,15 +182,25 @@ async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobRe
         return JobResult(job.recording_id, True, None, None)
     except ScratchFull as error:
         # Alone on the disk, the job cannot fit: permanent. Sharing it with running jobs (in
-        # this process or another), it may fit once they end: retry later.
-        if _other_jobs_in(scratch, workdir):
+        # this process or another), it may fit once they end: retry later. An object that can
+        # never fit (above the cap or the disk's size) stays permanent whatever else runs.
+        if not isinstance(error, TooLargeForScratch) and _other_jobs_in(scratch, workdir):
             raise ScratchBusy(f"{error.message} (shared with running jobs)") from None
         raise
     finally:
-        # Synchronous on purpose: a cancellation cannot interrupt it half-way.
-        shutil.rmtree(workdir, ignore_errors=True)
+        await remove_scratch(workdir)
     record_merge(merged.media_duration_seconds, merge_seconds)
     return JobResult(job.recording_id, False, output_key, merged.media_duration_seconds)
+
+
+async def remove_scratch(workdir: Path) -> None:
+    """Remove a job's scratch directory: in a thread (multi-GB files take a while to unlink,
+    which must not stall the event loop), shielded so a cancellation cannot leave it
+    half-removed."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(
+            functools.partial(shutil.rmtree, workdir, ignore_errors=True)
+        )
 
 
 def scratch_prefix(recording_id: str, pid: int | None = None) -> str:
@@ -249,6 +271,25 @@ async def find_connect_audio(job: JobMessage, keys: RecordingKeys, deps: JobDeps
             "connect_audio_candidates", chosen=chosen.key, candidates=[c.key for c in candidates]
         )
     return chosen.key
+
+
+async def check_recording(deps: JobDeps, key: str, workdir: Path) -> None:
+    """The recording object exists and could ever fit in scratch (SPEC §6: permanent first).
+
+    :class:`RecordingNotFound` when absent, :class:`TooLargeForScratch` when it can never be
+    downloaded under ``SCRATCH_MAX_BYTES`` (or onto the scratch disk at all). A disk that is
+    only full right now is left to the download (transient when shared, see above).
+    """
+    try:
+        head = await deps.store.head(deps.settings.input_bucket, key)
+    except ObjectNotFound:
+        raise RecordingNotFound(f"recording object {key} is not in the input bucket") from None
+    try:
+        deps.store.check_fits(workdir, head.size)
+    except TooLargeForScratch:
+        raise
+    except ScratchFull:
+        pass  # full right now: the download decides (it may have room by then)
 
 
 async def download_recording(deps: JobDeps, key: str, destination: Path) -> int:
@@ -367,31 +408,6 @@ async def both(first: Step, second: Step) -> None:
             group.start_soon(second)
     except BaseExceptionGroup as errors:
         raise first_error(errors) from None
-
-
-def first_error(error: BaseException) -> BaseException:
-    """The most meaningful leaf of a (possibly nested) exception group.
-
-    Cancellations are skipped; a permanent error wins over a transient one (retrying cannot
-    help if any part failed for good), a known error over an unknown one.
-    """
-    if not isinstance(error, BaseExceptionGroup):
-        return error
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [error]
-    while pending:
-        item = pending.pop(0)
-        if isinstance(item, BaseExceptionGroup):
-            pending.extend(item.exceptions)
-        else:
-            leaves.append(item)
-    cancelled = anyio.get_cancelled_exc_class()
-    real = [leaf for leaf in leaves if not isinstance(leaf, cancelled)] or leaves
-    for kind in (PermanentError, TransientError, Exception):
-        for leaf in real:
-            if isinstance(leaf, kind):
-                return leaf
-    return real[0]
 
 
 def _suffix(key: str, default: str) -> str:

@@ -809,7 +809,7 @@ async def merge(
             what="merge",
             on_stdout_line=progress.feed,
         )
-        written = await probe(request.output)
+        written = await probe(request.output, timeout=options.timeout_base_seconds)
         try:
             check_output(written, plan.duration, container, plan.sample_rate)
         except OutputRejected:

@@ -22,9 +22,13 @@ import aiohttp
 import anyio
 import structlog
 
+from worker.errors import one_line
 from worker.observability import TASK_PROTECTION
 
 log = structlog.get_logger(__name__)
+
+# Agent error details in log lines are cut to this many characters.
+_DETAIL_CHARS = 200
 
 PROTECTION_PATH: Final = "/task-protection/v1/state"
 # ECS accepts 1..2880 minutes (48 h).
@@ -195,7 +199,7 @@ class TaskProtector:
                     log.warning(
                         "task protection call failed",
                         status=response.status,
-                        detail=_one_line(text),
+                        detail=one_line(text, _DETAIL_CHARS),
                         enable=body["ProtectionEnabled"],
                     )
                     return False
@@ -212,7 +216,7 @@ class TaskProtector:
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
             log.warning(
                 "task protection call failed",
-                error=f"{type(error).__name__}: {_one_line(str(error))}",
+                error=f"{type(error).__name__}: {one_line(str(error), _DETAIL_CHARS)}",
                 enable=body["ProtectionEnabled"],
             )
             return False
@@ -227,9 +231,5 @@ def _failure_in(text: str) -> str | None:
     if isinstance(data, dict):
         for key in ("failure", "error"):
             if data.get(key):
-                return _one_line(json.dumps(data[key]))
+                return one_line(json.dumps(data[key]), _DETAIL_CHARS)
     return None
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    return " ".join(text.split())[:limit]

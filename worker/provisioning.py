@@ -6,21 +6,22 @@ the two drift apart.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Final
 
 import boto3
 
 from worker.config import Settings
+from worker.queue import SQS_MAX_WAIT_SECONDS, RedrivePolicy
 
 # Main job queue. Visibility matches the worker's default VISIBILITY_TIMEOUT; the heartbeat
 # extends it while a job runs. Long polling (20 s) is also the queue default.
 QUEUE_VISIBILITY_TIMEOUT_SECONDS: Final = 300
 QUEUE_MESSAGE_RETENTION_SECONDS: Final = 4 * 24 * 3600
-QUEUE_RECEIVE_WAIT_SECONDS: Final = 20
+QUEUE_RECEIVE_WAIT_SECONDS: Final = SQS_MAX_WAIT_SECONDS
 # Transient failures (Connect audio not uploaded yet, throttling) get this many deliveries
-# (with exponential backoff between them) before SQS's redrive moves the message to the DLQ.
+# (with exponential backoff between them); the worker dead-letters the message itself on the
+# last one, with the reason (retries_exhausted), before SQS's redrive would move it silently.
 QUEUE_MAX_RECEIVE_COUNT: Final = 8
 # The DLQ keeps messages as long as SQS allows, for investigation and `redrive`.
 DLQ_MESSAGE_RETENTION_SECONDS: Final = 14 * 24 * 3600
@@ -78,9 +79,7 @@ def provision(settings: Settings, *, session: boto3.session.Session | None = Non
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
     ]
-    redrive = json.dumps(
-        {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": QUEUE_MAX_RECEIVE_COUNT}
-    )
+    redrive = RedrivePolicy(dlq_arn, QUEUE_MAX_RECEIVE_COUNT).to_json()
     queue_url = sqs.create_queue(QueueName=queue_name, Attributes=dict(QUEUE_ATTRIBUTES))[
         "QueueUrl"
     ]

@@ -1,4 +1,5 @@
-"""The SQS job queue and its dead-letter queue (SPEC §6)."""
+"""The SQS job queue and its dead-letter queue (SPEC §6): SQS's limits, the redrive policy,
+and the attributes a dead-lettered message carries, each defined once."""
 
 from __future__ import annotations
 
@@ -7,29 +8,53 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
-from worker.aws import AWS_ERRORS, error_code, translate
+from worker.aws import AWS_ERRORS, error_code, translate, translated
 from worker.config import SQS_MAX_VISIBILITY_SECONDS
-from worker.errors import ConfigError, JobError, TransientError
+from worker.errors import (
+    ConfigError,
+    JobError,
+    ReceiptHandleInvalid,
+    RetriesExhausted,
+    VisibilityLimitReached,
+    describe,
+    one_line,
+)
 
 log = structlog.get_logger(__name__)
 
-MAX_BATCH = 10
-MAX_WAIT_SECONDS = 20
+# SQS batch APIs (ReceiveMessage, SendMessageBatch, DeleteMessageBatch) take at most 10
+# (moto accepts more; AWS does not).
+SQS_MAX_BATCH: Final = 10
+# The longest long poll SQS allows.
+SQS_MAX_WAIT_SECONDS: Final = 20
 MAX_ERROR_MESSAGE_CHARS = 256
 # The smallest MaximumMessageSize a queue has by default (body + attributes count towards it);
 # newer queues allow 1 MiB, but the DLQ may be an older one.
 SQS_MESSAGE_LIMIT = 262_144
-_DROP_ORDER = (
-    "errorMessage",
-    "failedAt",
-    "receiveCount",
-    "originalMessageId",
-    "errorClass",
-    "errorReason",
+MAX_MESSAGE_ATTRIBUTES = 10  # SQS's limit per message
+
+# Message attributes the worker adds when it dead-letters a message, least important first
+# (dropped in this order when the body leaves too little room). ``errorDetail`` only comes
+# with reason retries_exhausted: the last transient reason.
+ATTR_ERROR_CLASS: Final = "errorClass"
+ATTR_ERROR_REASON: Final = "errorReason"
+ATTR_ERROR_DETAIL: Final = "errorDetail"
+ATTR_ERROR_MESSAGE: Final = "errorMessage"
+ATTR_RECEIVE_COUNT: Final = "receiveCount"
+ATTR_ORIGINAL_MESSAGE_ID: Final = "originalMessageId"
+ATTR_FAILED_AT: Final = "failedAt"
+DLQ_ATTRIBUTE_NAMES: Final = (
+    ATTR_ERROR_MESSAGE,
+    ATTR_FAILED_AT,
+    ATTR_RECEIVE_COUNT,
+    ATTR_ORIGINAL_MESSAGE_ID,
+    ATTR_ERROR_CLASS,
+    ATTR_ERROR_DETAIL,
+    ATTR_ERROR_REASON,
 )
 # Codes SQS uses when a receipt handle no longer refers to an in-flight message (deleted,
 # visibility already expired and redelivered, or garbage).
@@ -42,19 +67,56 @@ _RECEIPT_CODES = {
 }
 
 
+@dataclass(frozen=True)
+class RedrivePolicy:
+    """A queue's ``RedrivePolicy``: where SQS moves a message, after how many receives."""
+
+    dead_letter_target_arn: str
+    max_receive_count: int
+
+    @property
+    def dlq_name(self) -> str:
+        """The DLQ's name (last field of ``arn:aws:sqs:<region>:<account>:<name>``)."""
+        return self.dead_letter_target_arn.split(":")[5]
+
+    @property
+    def dlq_account(self) -> str:
+        """The DLQ's AWS account id."""
+        return self.dead_letter_target_arn.split(":")[4]
+
+    def to_json(self) -> str:
+        """The attribute value SQS expects (``SetQueueAttributes``)."""
+        return json.dumps(
+            {
+                "deadLetterTargetArn": self.dead_letter_target_arn,
+                "maxReceiveCount": self.max_receive_count,
+            }
+        )
+
+
+def parse_redrive_policy(text: str) -> RedrivePolicy:
+    """Parse a ``RedrivePolicy`` attribute; :class:`ConfigError` (one line) if malformed.
+
+    SQS writes ``maxReceiveCount`` as a number or a numeric string; both are accepted.
+    """
+    try:
+        policy = json.loads(text)
+        arn = policy["deadLetterTargetArn"]
+        count = int(policy["maxReceiveCount"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"the queue's RedrivePolicy {one_line(str(text), 80)!r} is not valid JSON with "
+            "deadLetterTargetArn and maxReceiveCount"
+        ) from None
+    parts = str(arn).split(":")
+    if len(parts) != 6 or parts[2] != "sqs" or not parts[5]:
+        raise ConfigError(f"the queue's dead-letter target {str(arn)[:100]!r} is not an SQS ARN")
+    if count < 1:
+        raise ConfigError(f"the queue's RedrivePolicy has maxReceiveCount {count}: must be >= 1")
+    return RedrivePolicy(str(arn), count)
+
+
 _LIMIT_ERRORS: tuple[type[BaseException], ...] = (*AWS_ERRORS, ValueError, TypeError)
-
-
-class ReceiptHandleInvalid(TransientError):
-    """The message is no longer ours: its receipt handle expired or it was redelivered."""
-
-    reason = "receipt_handle_invalid"
-
-
-class VisibilityLimitReached(TransientError):
-    """SQS refuses to extend visibility past 12 hours after the message was received."""
-
-    reason = "visibility_limit"
 
 
 @dataclass(frozen=True)
@@ -122,14 +184,11 @@ def fit_attributes(
     """
     kept = dict(attributes)
     budget = limit - len(body.encode())
-    for name in _DROP_ORDER:
+    for name in DLQ_ATTRIBUTE_NAMES:
         if _attributes_size(kept) <= budget:
             break
         kept.pop(name, None)
     return kept if _attributes_size(kept) <= budget else {}
-
-
-MAX_MESSAGE_ATTRIBUTES = 10  # SQS's limit per message
 
 
 def _text_attributes(raw: Mapping[str, Any]) -> dict[str, dict[str, str]]:
@@ -166,6 +225,31 @@ class JobQueue:
         self.queue_url = queue_url
         self._dlq_url = dlq_url
         self._dlq_limit: int | None = None
+        self.redrive_policy: RedrivePolicy | None = None
+        self._policy_loaded = False
+
+    @property
+    def max_receive_count(self) -> int | None:
+        """The queue's ``maxReceiveCount`` as read by :meth:`check` (None: no redrive)."""
+        return self.redrive_policy.max_receive_count if self.redrive_policy else None
+
+    async def check(self) -> str:
+        """Start-up: the queue answers; read its redrive policy; resolve the DLQ (its URL).
+
+        The DLQ is ``DLQ_URL`` if configured, else the RedrivePolicy's target. Raises
+        :class:`ConfigError` when neither gives a DLQ or the policy is malformed.
+        """
+        await self._load_redrive_policy()
+        return await self.resolve_dlq_url()
+
+    async def _load_redrive_policy(self) -> None:
+        with translated():
+            response = await self._sqs.get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=["QueueArn", "RedrivePolicy"]
+            )
+        text = response.get("Attributes", {}).get("RedrivePolicy")
+        self.redrive_policy = parse_redrive_policy(text) if text else None
+        self._policy_loaded = True
 
     async def resolve_dlq_url(self) -> str:
         """``DLQ_URL`` if configured, else the queue's RedrivePolicy target (cached).
@@ -174,28 +258,17 @@ class JobQueue:
         """
         if self._dlq_url:
             return self._dlq_url
-        try:
-            response = await self._sqs.get_queue_attributes(
-                QueueUrl=self.queue_url, AttributeNames=["RedrivePolicy"]
+        if not self._policy_loaded:
+            await self._load_redrive_policy()
+        policy = self.redrive_policy
+        if policy is None:
+            raise ConfigError(
+                "DLQ_URL is not set and the queue has no RedrivePolicy to find the DLQ"
             )
-            policy = response.get("Attributes", {}).get("RedrivePolicy")
-            if not policy:
-                raise ConfigError(
-                    "DLQ_URL is not set and the queue has no RedrivePolicy to find the DLQ"
-                )
-            try:
-                arn = str(json.loads(policy)["deadLetterTargetArn"])
-            except (ValueError, KeyError, TypeError):
-                raise ConfigError("the queue's RedrivePolicy has no deadLetterTargetArn") from None
-            # arn:aws:sqs:<region>:<account>:<name>
-            parts = arn.split(":")
-            if len(parts) < 6:
-                raise ConfigError(f"the queue's dead-letter target {arn!r} is not an SQS ARN")
+        with translated():
             resolved = await self._sqs.get_queue_url(
-                QueueName=parts[5], QueueOwnerAWSAccountId=parts[4]
+                QueueName=policy.dlq_name, QueueOwnerAWSAccountId=policy.dlq_account
             )
-        except AWS_ERRORS as error:
-            raise translate(error) from error
         self._dlq_url = str(resolved["QueueUrl"])
         return self._dlq_url
 
@@ -214,7 +287,11 @@ class JobQueue:
         return self._dlq_limit
 
     async def receive(
-        self, max_messages: int, wait_seconds: int = 20, *, visibility_timeout: int | None = None
+        self,
+        max_messages: int,
+        wait_seconds: int = SQS_MAX_WAIT_SECONDS,
+        *,
+        visibility_timeout: int | None = None,
     ) -> list[ReceivedMessage]:
         """Long-poll for up to ``max_messages`` (clamped to 1..10) messages.
 
@@ -225,17 +302,15 @@ class JobQueue:
         extra: dict[str, Any] = {}
         if visibility_timeout is not None:
             extra["VisibilityTimeout"] = visibility_timeout
-        try:
+        with translated():
             response = await self._sqs.receive_message(
                 QueueUrl=self.queue_url,
-                MaxNumberOfMessages=max(1, min(MAX_BATCH, max_messages)),
-                WaitTimeSeconds=max(0, min(MAX_WAIT_SECONDS, wait_seconds)),
+                MaxNumberOfMessages=max(1, min(SQS_MAX_BATCH, max_messages)),
+                WaitTimeSeconds=max(0, min(SQS_MAX_WAIT_SECONDS, wait_seconds)),
                 **extra,
                 MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
                 MessageAttributeNames=["All"],
             )
-        except AWS_ERRORS as error:
-            raise translate(error) from error
         messages = []
         for raw in response.get("Messages", []):
             attributes = raw.get("Attributes", {})
@@ -258,69 +333,66 @@ class JobQueue:
         :class:`VisibilityLimitReached` when SQS's 12-hour limit would be passed.
         """
         seconds = max(0, min(SQS_MAX_VISIBILITY_SECONDS, int(seconds)))
-        try:
+
+        def special(error: BaseException) -> BaseException | None:
+            if _is_visibility_limit(error):
+                return VisibilityLimitReached(
+                    f"message {message.message_id}: visibility cannot be extended past 12 hours"
+                )
+            return _receipt_error(message, error)
+
+        with translated(special):
             await self._sqs.change_message_visibility(
                 QueueUrl=self.queue_url,
                 ReceiptHandle=message.receipt_handle,
                 VisibilityTimeout=seconds,
             )
-        except AWS_ERRORS as error:
-            if _is_receipt_error(error):
-                raise ReceiptHandleInvalid(
-                    f"message {message.message_id}: receipt handle no longer valid"
-                ) from None
-            if _is_visibility_limit(error):
-                raise VisibilityLimitReached(
-                    f"message {message.message_id}: visibility cannot be extended past 12 hours"
-                ) from None
-            raise translate(error) from error
 
     async def delete(self, message: ReceivedMessage) -> None:
         """Acknowledge the message. :class:`ReceiptHandleInvalid` if the delivery expired."""
-        try:
+        with translated(lambda error: _receipt_error(message, error)):
             await self._sqs.delete_message(
                 QueueUrl=self.queue_url, ReceiptHandle=message.receipt_handle
             )
-        except AWS_ERRORS as error:
-            if _is_receipt_error(error):
-                raise ReceiptHandleInvalid(
-                    f"message {message.message_id}: receipt handle no longer valid"
-                ) from None
-            raise translate(error) from error
 
     async def dead_letter(self, message: ReceivedMessage, error: JobError) -> None:
         """Send the original body to the DLQ with attributes saying why (SPEC §6).
 
-        The caller deletes the message from the queue afterwards.
+        Attributes: error class, reason, message, receive count, original message id, time;
+        for :class:`RetriesExhausted` also ``errorDetail``, the last transient reason. The
+        producer's own attributes follow as far as SQS's limits allow. The caller deletes the
+        message from the queue afterwards.
         """
         dlq_url = await self.resolve_dlq_url()
         failed_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        text = " ".join(str(error).split()) or type(error).__name__
         attributes = {
-            "errorClass": _attribute(type(error).__name__),
-            "errorReason": _attribute(str(getattr(error, "reason", "error"))),
-            "errorMessage": _attribute(text[:MAX_ERROR_MESSAGE_CHARS]),
-            "receiveCount": _attribute(str(message.receive_count), "Number"),
-            "originalMessageId": _attribute(message.message_id),
-            "failedAt": _attribute(failed_at),
+            ATTR_ERROR_CLASS: _attribute(type(error).__name__),
+            ATTR_ERROR_REASON: _attribute(error.reason),
+            ATTR_ERROR_MESSAGE: _attribute(describe(error, MAX_ERROR_MESSAGE_CHARS)),
+            ATTR_RECEIVE_COUNT: _attribute(str(message.receive_count), "Number"),
+            ATTR_ORIGINAL_MESSAGE_ID: _attribute(message.message_id),
+            ATTR_FAILED_AT: _attribute(failed_at),
         }
-        attributes = fit_attributes(attributes, message.body, await self._dlq_size_limit())
-        attributes = _with_producer_attributes(
-            attributes, message.attributes, message.body, await self._dlq_size_limit()
-        )
-        try:
+        if isinstance(error, RetriesExhausted):
+            attributes[ATTR_ERROR_DETAIL] = _attribute(error.detail)
+        limit = await self._dlq_size_limit()
+        attributes = fit_attributes(attributes, message.body, limit)
+        attributes = _with_producer_attributes(attributes, message.attributes, message.body, limit)
+        with translated():
             await self._sqs.send_message(
                 QueueUrl=dlq_url, MessageBody=message.body, MessageAttributes=attributes
             )
-        except AWS_ERRORS as error_:
-            raise translate(error_) from error_
 
     async def send(self, body: str, *, queue_url: str | None = None) -> str:
         """Enqueue ``body`` (on this queue, or ``queue_url``); return the message id."""
-        try:
+        with translated():
             response = await self._sqs.send_message(
                 QueueUrl=queue_url or self.queue_url, MessageBody=body
             )
-        except AWS_ERRORS as error:
-            raise translate(error) from error
         return str(response["MessageId"])
+
+
+def _receipt_error(message: ReceivedMessage, error: BaseException) -> BaseException | None:
+    if _is_receipt_error(error):
+        return ReceiptHandleInvalid(f"message {message.message_id}: receipt handle no longer valid")
+    return None

@@ -18,19 +18,25 @@ from typing import Any
 
 import structlog
 
-from worker.aws import AWS_ERRORS, error_code, translate
+from worker.aws import error_code, translated
 from worker.config import KeyTemplates
-from worker.errors import ConfigError, ConnectAudioNotReady, InvalidRow, LeaseHeld, RowNotFound
+from worker.errors import (
+    AlreadyDone,
+    ConditionFailed,
+    ConfigError,
+    ConnectAudioNotReady,
+    InvalidRow,
+    LeaseHeld,
+    RowNotFound,
+    one_line,
+)
 from worker.storage import ObjectSummary
 
 log = structlog.get_logger(__name__)
 
 STATUS_PROCESSING, STATUS_DONE, STATUS_FAILED = "PROCESSING", "DONE", "FAILED"
-
-
-class AlreadyDone(Exception):
-    """The row became DONE for this call end between reading it and claiming its lease."""
-
+# Two call ends closer than this are the same call end (messages carry milliseconds).
+CALL_END_TOLERANCE_SECONDS = 0.0005
 
 PARTITION_KEY = "videoID"
 MAX_ERROR_CHARS = 500
@@ -249,14 +255,12 @@ def _read_bool(attribute: Mapping[str, Any] | None) -> bool:
     return False
 
 
-def one_line(text: str, limit: int) -> str:
-    """Collapse whitespace to one line and cut to ``limit`` characters."""
-    collapsed = " ".join(text.split())
-    return collapsed if len(collapsed) <= limit else collapsed[: limit - 1] + "…"
-
-
 def _utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _condition_failed(error: BaseException) -> BaseException | None:
+    return ConditionFailed() if error_code(error) == _CONDITION_FAILED else None
 
 
 def _status_before_claim(item: Mapping[str, Any] | None) -> str | None:
@@ -264,8 +268,9 @@ def _status_before_claim(item: Mapping[str, Any] | None) -> str | None:
     records: an earlier run's output (DONE) or error (FAILED)."""
     if not item:
         return None
-    processed = item.get("isProcessed") or {}
-    if item.get("videoKey") and (processed.get("BOOL") is True or processed.get("N") == "1"):
+    # Every spelling _read_bool accepts (and _true_like writes): a row written by an older
+    # backend as {"S": "true"} or {"N": "1"} is as DONE as one with a BOOL.
+    if item.get("videoKey") and _read_bool(item.get("isProcessed")):
         return STATUS_DONE
     if item.get("processingError"):
         return STATUS_FAILED
@@ -285,22 +290,19 @@ class RecordingTable:
     async def _update(self, recording_id: str, **kwargs: Any) -> bool:
         """Run one UpdateItem; False when its condition failed, AwsUnavailable on errors."""
         try:
-            await self._db.update_item(
-                TableName=self.table_name, Key=self._key(recording_id), **kwargs
-            )
-        except AWS_ERRORS as error:
-            if error_code(error) == _CONDITION_FAILED:
-                return False
-            raise translate(error) from error
+            with translated(_condition_failed):
+                await self._db.update_item(
+                    TableName=self.table_name, Key=self._key(recording_id), **kwargs
+                )
+        except ConditionFailed:
+            return False
         return True
 
     async def _raw(self, recording_id: str) -> dict[str, Any] | None:
-        try:
+        with translated():
             response = await self._db.get_item(
                 TableName=self.table_name, Key=self._key(recording_id), ConsistentRead=True
             )
-        except AWS_ERRORS as error:
-            raise translate(error) from error
         item: dict[str, Any] | None = response.get("Item")
         return item
 
@@ -339,7 +341,7 @@ class RecordingTable:
         lease_seconds: int,
         *,
         unless_done_call_end: float | None = None,
-        call_end_tolerance: float = 0.0005,
+        call_end_tolerance: float = CALL_END_TOLERANCE_SECONDS,
     ) -> None:
         """Take the recording's lease (or renew our own), mark it PROCESSING, count the attempt.
 

@@ -25,8 +25,15 @@ import anyio.to_thread
 import structlog
 from botocore.exceptions import ClientError
 
-from worker.aws import AWS_ERRORS, error_code, http_status, translate
-from worker.errors import AwsUnavailable, ScratchFull, WorkerError
+from worker.aws import AWS_ERRORS, error_code, http_status, translate, translated
+from worker.errors import (
+    AwsUnavailable,
+    ObjectChanged,
+    ObjectNotFound,
+    ScratchFull,
+    TooLargeForScratch,
+    WorkerError,
+)
 from worker.observability import BYTES_TRANSFERRED
 
 log = structlog.get_logger(__name__)
@@ -56,23 +63,15 @@ class ObjectSummary:
     last_modified: datetime
 
 
-class ObjectNotFound(Exception):
-    """The key (or its bucket) does not exist; the job maps it to a typed job error."""
-
-    def __init__(self, bucket: str, key: str) -> None:
-        super().__init__(f"s3://{bucket}/{key} not found")
-        self.bucket = bucket
-        self.key = key
-
-
-class ObjectChanged(AwsUnavailable):
-    """The object was replaced while it was being downloaded (retry gets the new one)."""
-
-    reason = "object_changed"
-
-
 def _is_not_found(error: BaseException) -> bool:
     return error_code(error) in _NOT_FOUND_CODES or http_status(error) == 404
+
+
+def _not_found(bucket: str, key: str) -> Callable[[BaseException], BaseException | None]:
+    def special(error: BaseException) -> BaseException | None:
+        return ObjectNotFound(bucket, key) if _is_not_found(error) else None
+
+    return special
 
 
 def _aware(value: datetime) -> datetime:
@@ -116,7 +115,7 @@ class ObjectStore:
         """Every object whose key starts with ``prefix`` (all pages), in key order."""
         found: list[ObjectSummary] = []
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
-        try:
+        with translated():
             while True:
                 page = await self._s3.list_objects_v2(**kwargs)
                 for item in page.get("Contents", []):
@@ -131,8 +130,6 @@ class ObjectStore:
                 if not page.get("IsTruncated") or not token:
                     break
                 kwargs["ContinuationToken"] = token
-        except AWS_ERRORS as error:
-            raise translate(error) from error
         return found
 
     async def head(self, bucket: str, key: str) -> ObjectSummary:
@@ -145,12 +142,8 @@ class ObjectStore:
         )
 
     async def _head(self, bucket: str, key: str) -> dict[str, Any]:
-        try:
+        with translated(_not_found(bucket, key)):
             response: dict[str, Any] = await self._s3.head_object(Bucket=bucket, Key=key)
-        except AWS_ERRORS as error:
-            if _is_not_found(error):
-                raise ObjectNotFound(bucket, key) from None
-            raise translate(error) from error
         return response
 
     # --- download --------------------------------------------------------------------------
@@ -165,7 +158,7 @@ class ObjectStore:
         head = await self._head(bucket, key)
         size = int(head["ContentLength"])
         etag = head.get("ETag")
-        self._check_scratch(destination, size)
+        self.check_fits(destination.parent, size)
         try:
             fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as error:
@@ -199,17 +192,28 @@ class ObjectStore:
             raise
         return size
 
-    def _check_scratch(self, destination: Path, size: int) -> None:
+    def check_fits(self, directory: Path, size: int) -> None:
+        """Whether an object of ``size`` bytes can be downloaded into ``directory`` now.
+
+        :class:`TooLargeForScratch` (never fits: above ``SCRATCH_MAX_BYTES`` or the whole
+        disk), :class:`ScratchFull` (not enough free space right now).
+        """
         if self.scratch_max_bytes is not None and size > self.scratch_max_bytes:
-            raise ScratchFull(
+            raise TooLargeForScratch(
                 f"object of {size} bytes exceeds SCRATCH_MAX_BYTES={self.scratch_max_bytes}"
             )
         try:
-            free = shutil.disk_usage(destination.parent).free
+            usage = shutil.disk_usage(directory)
         except OSError:
-            return  # the open() below reports a missing directory properly
-        if size > free:
-            raise ScratchFull(f"object of {size} bytes does not fit in {free} free scratch bytes")
+            return  # the open() of the download reports a missing directory properly
+        if size > usage.total:
+            raise TooLargeForScratch(
+                f"object of {size} bytes is larger than the {usage.total}-byte scratch disk"
+            )
+        if size > usage.free:
+            raise ScratchFull(
+                f"object of {size} bytes does not fit in {usage.free} free scratch bytes"
+            )
 
     async def _download_ranges(
         self, bucket: str, key: str, etag: str | None, fd: int, ranges: list[tuple[int, int]]
@@ -244,45 +248,59 @@ class ObjectStore:
             kwargs["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         if etag:
             kwargs["IfMatch"] = etag
+        # Bytes of this range already counted in the transfer metric: a retried range writes
+        # the same bytes again, and counts only those beyond what an earlier attempt counted.
+        counted = 0
+
+        def count(written: int) -> None:
+            nonlocal counted
+            if written > counted:
+                BYTES_TRANSFERRED.labels(direction="download").inc(written - counted)
+                counted = written
+
+        def special(error: BaseException) -> BaseException | None:
+            if _is_not_found(error):
+                return ObjectNotFound(bucket, key)
+            if error_code(error) == "PreconditionFailed" or http_status(error) == 412:
+                return ObjectChanged(f"GetObject: s3://{bucket}/{key} changed during the download")
+            return None
+
         for attempt in range(1, PART_ATTEMPTS + 1):
             written = 0
             try:
-                response = await self._s3.get_object(**kwargs)
-                async with response["Body"] as body:
-                    buffer = bytearray()
-                    while True:
-                        chunk = await body.read(WRITE_CHUNK)
-                        if not chunk:
-                            break
-                        buffer += chunk
-                        if len(buffer) >= WRITE_CHUNK:
+                with translated(special):
+                    response = await self._s3.get_object(**kwargs)
+                    async with response["Body"] as body:
+                        buffer = bytearray()
+                        while True:
+                            chunk = await body.read(WRITE_CHUNK)
+                            if not chunk:
+                                break
+                            buffer += chunk
+                            if len(buffer) >= WRITE_CHUNK:
+                                await _pwrite_all(fd, bytes(buffer), offset + written)
+                                written += len(buffer)
+                                count(written)
+                                buffer.clear()
+                        if buffer:
                             await _pwrite_all(fd, bytes(buffer), offset + written)
                             written += len(buffer)
-                            BYTES_TRANSFERRED.labels(direction="download").inc(len(buffer))
-                            buffer.clear()
-                    if buffer:
-                        await _pwrite_all(fd, bytes(buffer), offset + written)
-                        written += len(buffer)
-                        BYTES_TRANSFERRED.labels(direction="download").inc(len(buffer))
+                            count(written)
                 return written
-            except AWS_ERRORS as error:
-                if _is_not_found(error):
-                    raise ObjectNotFound(bucket, key) from None
-                if error_code(error) == "PreconditionFailed" or http_status(error) == 412:
-                    raise ObjectChanged(
-                        f"GetObject: s3://{bucket}/{key} changed during the download"
-                    ) from None
+            except ObjectChanged:
+                raise
+            except AwsUnavailable as error:
                 # A request that failed outright was already retried by botocore; a body that
                 # broke mid-stream was not: retry the range a few times ourselves.
-                if isinstance(error, ClientError) or attempt == PART_ATTEMPTS:
-                    raise translate(error) from error
+                if isinstance(error.__cause__, ClientError) or attempt == PART_ATTEMPTS:
+                    raise
                 log.warning(
                     "s3_range_retry",
                     bucket=bucket,
                     key=key,
                     offset=offset,
                     attempt=attempt,
-                    error=translate(error).message,
+                    error=error.message,
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -297,7 +315,7 @@ class ObjectStore:
         size = _file_size(source)
         if size <= self.part_size:
             data = await anyio.to_thread.run_sync(source.read_bytes)
-            try:
+            with translated():
                 await self._s3.put_object(
                     Bucket=bucket,
                     Key=key,
@@ -305,8 +323,6 @@ class ObjectStore:
                     ContentType=content_type,
                     ChecksumAlgorithm="CRC32",
                 )
-            except AWS_ERRORS as error:
-                raise translate(error) from error
             BYTES_TRANSFERRED.labels(direction="upload").inc(size)
             return size
         await self._multipart_upload(source, bucket, key, size, content_type)
@@ -323,12 +339,10 @@ class ObjectStore:
         self, source: Path, bucket: str, key: str, size: int, content_type: str
     ) -> None:
         part_size = self._upload_part_size(size)
-        try:
+        with translated():
             created = await self._s3.create_multipart_upload(
                 Bucket=bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="CRC32"
             )
-        except AWS_ERRORS as error:
-            raise translate(error) from error
         upload_id = created["UploadId"]
         ranges = list(_ranges(size, part_size))
         completed: dict[int, dict[str, Any]] = {}
@@ -343,7 +357,7 @@ class ObjectStore:
                         # The part is read from disk twice (checksum, then send) and never
                         # held in memory whole: memory per upload stays at a few buffers.
                         crc = await anyio.to_thread.run_sync(_crc32_of_range, fd, start, length)
-                        try:
+                        with translated():
                             response = await self._s3.upload_part(
                                 Bucket=bucket,
                                 Key=key,
@@ -355,8 +369,6 @@ class ObjectStore:
                                 # S3 verifies the part against it (BadDigest otherwise).
                                 ChecksumCRC32=crc,
                             )
-                        except AWS_ERRORS as error:
-                            raise translate(error) from error
                         part: dict[str, Any] = {"PartNumber": number, "ETag": response["ETag"]}
                         if response.get("ChecksumCRC32"):
                             part["ChecksumCRC32"] = response["ChecksumCRC32"]
@@ -364,15 +376,13 @@ class ObjectStore:
                         BYTES_TRANSFERRED.labels(direction="upload").inc(length)
 
                 await _run_workers(worker, min(self.max_concurrency, len(ranges)))
-            try:
+            with translated():
                 await self._s3.complete_multipart_upload(
                     Bucket=bucket,
                     Key=key,
                     UploadId=upload_id,
                     MultipartUpload={"Parts": [completed[n] for n in sorted(completed)]},
                 )
-            except AWS_ERRORS as error:
-                raise translate(error) from error
         except BaseException:
             await self._abort(bucket, key, upload_id)
             raise

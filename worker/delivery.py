@@ -1,0 +1,329 @@
+"""One message, from receipt to its end: the job beside its heartbeat, then the outcome.
+
+:class:`Delivery` runs one received message (SPEC §6)::
+
+    Delivery.handle                  job_context, in-flight metrics, task protection
+    ├── heartbeat                    visibility += VISIBILITY_TIMEOUT every third of it
+    ├── process_job                  the nine steps (worker.job), owns lease + scratch dir
+    └── then, shielded and bounded:
+        decide(...)                  worker.outcome: Delete | DeadLetter | Retry (pure)
+        Settler.carry_out            the executor: SQS, the row, metrics, one log line
+
+or, when the job is cancelled (shutdown), :meth:`Delivery.release`: the message visible
+again at once, the lease already released by the job, the row back to its earlier status.
+
+SQS's 12-hour limit: a message's visibility cannot be extended past 12 h after it was
+received. Each job therefore runs under a deadline of 12 h minus
+:data:`DEADLINE_MARGIN_SECONDS` from its receipt; the heartbeat never asks for visibility
+beyond the limit. A job that reaches the deadline is cancelled (ffmpeg killed, lease
+released, scratch removed) and dead-lettered as :class:`worker.errors.JobTooLong`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import structlog
+
+from worker.config import SQS_MAX_VISIBILITY_SECONDS, Settings
+from worker.errors import JobError, JobTooLong, ReceiptHandleInvalid, describe, first_error
+from worker.job import JobDeps, JobResult, process_job
+from worker.messages import JobMessage, parse_message, recording_id_of
+from worker.observability import (
+    VISIBILITY_EXTENSIONS,
+    job_context,
+    job_in_flight,
+    record_job,
+    redact,
+)
+from worker.outcome import (
+    UNEXPECTED,
+    DeadLetter,
+    Decision,
+    Delete,
+    Retry,
+    backoff_seconds,
+    decide,
+    is_last_receive,
+)
+from worker.protection import TaskProtector
+from worker.queue import JobQueue, ReceivedMessage
+from worker.recordings import RecordingTable
+
+log = structlog.get_logger(__name__)
+
+# A job is stopped this long before SQS's 12-hour visibility limit, leaving time to
+# dead-letter it while its message is still ours.
+DEADLINE_MARGIN_SECONDS = 120.0
+# Visibility asked for never reaches the 12-hour limit exactly (clock skew with SQS).
+VISIBILITY_LIMIT_MARGIN_SECONDS = 5.0
+# Upper bounds of the shielded clean-ups (a few AWS calls each); past them the message comes
+# back by itself when its visibility runs out, and the lease expires. After the shutdown grace
+# (100 s by default) Fargate kills at 120 s: kill ffmpeg (3 s) + release the lease (5 s) +
+# visibility 0 (5 s) + task protection off (3 s) + HTTP server (2 s) fit in the 20 s left.
+RELEASE_TIMEOUT_SECONDS = 5.0
+SETTLE_TIMEOUT_SECONDS = 20.0
+
+
+def _round(seconds: float) -> float:
+    return round(seconds, 3)
+
+
+class Settler:
+    """The executor: carries out a :data:`worker.outcome.Decision` for one message."""
+
+    def __init__(self, queue: JobQueue, table: RecordingTable, settings: Settings) -> None:
+        self.queue = queue
+        self.table = table
+        self.settings = settings
+
+    async def carry_out(
+        self,
+        decision: Decision,
+        message: ReceivedMessage,
+        recording_id: str | None,
+        elapsed: float,
+    ) -> None:
+        """Act on ``decision``: never raises a :class:`JobError` (each failure is logged and
+        what is left is done; the message is never lost)."""
+        if isinstance(decision, Delete):
+            await self._delete(message)
+            self._log_done(decision, elapsed)
+        elif isinstance(decision, DeadLetter):
+            await self._dead_letter(decision, message, recording_id, elapsed)
+        else:
+            await self._retry(decision, message, elapsed)
+
+    def _log_done(self, decision: Delete, elapsed: float) -> None:
+        if decision.duplicate:
+            record_job("duplicate", elapsed)
+            log.info("job.duplicate", reason="already_done", duration_seconds=_round(elapsed))
+            return
+        record_job("success", elapsed)
+        log.info(
+            "job.succeeded",
+            output_key=decision.result.output_key,
+            media_duration_seconds=decision.result.media_duration_seconds,
+            duration_seconds=_round(elapsed),
+        )
+
+    async def _dead_letter(
+        self,
+        decision: DeadLetter,
+        message: ReceivedMessage,
+        recording_id: str | None,
+        elapsed: float,
+    ) -> None:
+        error = decision.error
+        try:
+            await self.queue.dead_letter(message, error)
+        except JobError as dlq_error:
+            # Not in the DLQ: keep the message and try again later (it will fail the same way
+            # and be dead-lettered then). On the last receive SQS's redrive moves it instead,
+            # without our attributes: the row says why all the same.
+            log.warning("job.dead_letter_failed", error=dlq_error.message)
+            if is_last_receive(message.receive_count, self.queue.max_receive_count):
+                await self._mark_failed(recording_id, error.message)
+            delay = backoff_seconds(
+                message.receive_count,
+                self.settings.retry_backoff_base_seconds,
+                self.settings.retry_backoff_max_seconds,
+            )
+            await self._retry(Retry(delay, dlq_error.reason, dlq_error), message, elapsed)
+            return
+        await self._delete(message)
+        await self._mark_failed(recording_id, error.message)
+        record_job("dead_letter", elapsed, reason=decision.reason)
+        log.warning(
+            "job.dead_lettered",
+            reason=decision.reason,
+            detail=decision.detail,
+            error_type=type(error).__name__,
+            error=error.message,
+            duration_seconds=_round(elapsed),
+        )
+
+    async def _mark_failed(self, recording_id: str | None, text: str) -> None:
+        if recording_id is None:
+            return
+        try:
+            await self.table.mark_failed(recording_id, text)
+        except JobError as mark_error:
+            log.warning("job.mark_failed_failed", error=mark_error.message)
+
+    async def _retry(self, decision: Retry, message: ReceivedMessage, elapsed: float) -> None:
+        error = decision.error
+        if decision.reason != UNEXPECTED:
+            log.info(
+                "job.retry",
+                reason=decision.reason,
+                error=describe(error),
+                retry_in_seconds=decision.delay,
+                duration_seconds=_round(elapsed),
+            )
+        else:
+            # A bug, not an expected failure: one line with its type; the traceback only at
+            # DEBUG, so a crash loop cannot flood the logs.
+            log.error(
+                "job.retry",
+                reason=decision.reason,
+                error_type=type(error).__name__,
+                error=redact(describe(error)),
+                retry_in_seconds=decision.delay,
+                duration_seconds=_round(elapsed),
+            )
+            log.debug("job.unexpected_traceback", exc_info=error)
+        try:
+            await self.queue.change_visibility(message, decision.delay)
+        except JobError as visibility_error:
+            # The message still comes back when its current visibility runs out.
+            log.warning("job.backoff_failed", error=visibility_error.message)
+        record_job("retry", elapsed, reason=decision.reason)
+
+    async def _delete(self, message: ReceivedMessage) -> None:
+        try:
+            await self.queue.delete(message)
+        except JobError as error:
+            # A later delivery finds the row done (or the DLQ copy exists) and is acknowledged
+            # then; nothing is lost, at worst a duplicate is counted.
+            log.warning("job.delete_failed", error=error.message, reason=error.reason)
+
+
+class Delivery:
+    """Runs one received message to its end; shared by all of a consumer's messages."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        deps: JobDeps,
+        queue: JobQueue,
+        protector: TaskProtector,
+        *,
+        max_job_seconds: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.deps = deps
+        self.queue = queue
+        self.settler = Settler(queue, deps.table, settings)
+        self._protector = protector
+        self.max_job_seconds = (
+            max_job_seconds
+            if max_job_seconds is not None
+            else SQS_MAX_VISIBILITY_SECONDS - DEADLINE_MARGIN_SECONDS
+        )
+
+    async def handle(self, message: ReceivedMessage, received_at: float) -> None:
+        """Run one message to its outcome. Never raises (except cancellation)."""
+        try:
+            job: JobMessage | None = None
+            parse_error: JobError | None = None
+            try:
+                job = parse_message(message.body)
+            except JobError as error:
+                parse_error = error
+            recording_id = job.recording_id if job else recording_id_of(message.body)
+            with (
+                job_in_flight(),
+                job_context(
+                    recording_id=recording_id,
+                    message_id=message.message_id,
+                    receive_count=message.receive_count,
+                ),
+            ):
+                try:
+                    await self._attempt(message, job, parse_error, recording_id, received_at)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._protector.job_finished()
+        except Exception as error:
+            log.error("job.handler_failed", error_type=type(error).__name__, error=describe(error))
+            log.debug("job.handler_failed_traceback", exc_info=error)
+
+    async def _attempt(
+        self,
+        message: ReceivedMessage,
+        job: JobMessage | None,
+        parse_error: JobError | None,
+        recording_id: str | None,
+        received_at: float,
+    ) -> None:
+        started = time.monotonic()
+        outcome: JobResult | BaseException = parse_error or RuntimeError("no result")
+        try:
+            # Protection on before any work (the agent call is bounded by the protector).
+            await self._protector.job_started()
+            if job is not None:
+                outcome = await self._run_job(message, job, received_at)
+        except anyio.get_cancelled_exc_class():
+            # Shutdown (grace expired, or second signal): give the message back now.
+            await self.release(message, started)
+            raise
+        except Exception as exc:  # noqa: BLE001 - decided below, never lost
+            outcome = exc
+        decision = decide(
+            outcome, message.receive_count, self.queue.max_receive_count, self.settings
+        )
+        with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT_SECONDS) as scope:
+            await self.settler.carry_out(
+                decision, message, recording_id, time.monotonic() - started
+            )
+        if scope.cancelled_caught:
+            log.warning("job.settle_timeout", seconds=SETTLE_TIMEOUT_SECONDS)
+
+    async def _run_job(
+        self, message: ReceivedMessage, job: JobMessage, received_at: float
+    ) -> JobResult:
+        """process_job with the heartbeat beside it, under the 12-hour deadline."""
+        deadline = received_at + self.max_job_seconds
+        result: JobResult | None = None
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._heartbeat, message, received_at)
+                with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+                    result = await process_job(job, self.deps, scratch=self.settings.scratch_dir)
+                group.cancel_scope.cancel()
+        except BaseExceptionGroup as errors:
+            raise first_error(errors) from None
+        if result is None:
+            raise JobTooLong(
+                f"job did not finish within {self.max_job_seconds:.0f} s of its receipt "
+                "(SQS's 12-hour visibility limit)"
+            )
+        return result
+
+    async def _heartbeat(self, message: ReceivedMessage, received_at: float) -> None:
+        """Keep the message invisible while its job runs (SPEC §6); never raises.
+
+        The first extension is immediate, so the job's visibility follows VISIBILITY_TIMEOUT
+        whatever the queue's default is; then one every VISIBILITY_TIMEOUT/3. Never beyond
+        SQS's 12-hour limit.
+        """
+        timeout = self.settings.visibility_timeout
+        while True:
+            used = time.monotonic() - received_at
+            limit = SQS_MAX_VISIBILITY_SECONDS - used - VISIBILITY_LIMIT_MARGIN_SECONDS
+            seconds = int(min(timeout, limit))
+            if seconds > 0:
+                try:
+                    await self.queue.change_visibility(message, seconds)
+                    VISIBILITY_EXTENSIONS.inc()
+                except ReceiptHandleInvalid as error:
+                    # The delivery is no longer ours (visibility lapsed, redelivered): the
+                    # lease still stops a second worker; the job finishes and the other
+                    # delivery is acknowledged as a duplicate later.
+                    log.warning("heartbeat.lost", error=error.message)
+                    return
+                except JobError as error:
+                    log.warning("heartbeat.failed", error=error.message, reason=error.reason)
+            await anyio.sleep(self.settings.heartbeat_interval)
+
+    async def release(self, message: ReceivedMessage, started: float) -> None:
+        """Make a cancelled job's message visible again at once (shielded, bounded)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(RELEASE_TIMEOUT_SECONDS):
+            try:
+                await self.queue.change_visibility(message, 0)
+            except JobError as error:
+                log.warning("job.release_failed", error=error.message)
+        record_job("released", time.monotonic() - started)
+        log.info("job.released", duration_seconds=_round(time.monotonic() - started))

@@ -1,0 +1,163 @@
+"""What a job's outcome means for its message: one pure decision (SPEC §6).
+
+:func:`decide` looks at the outcome (a :class:`worker.job.JobResult` or the error the job
+raised), the message's ``ApproximateReceiveCount`` and the queue's ``maxReceiveCount``, and
+returns what to do; :mod:`worker.delivery` carries it out. No I/O here, so the whole rule is
+tested as a table (``tests/test_outcome.py``)::
+
+    outcome                     before the last receive        on the last receive
+    ------------------------    ---------------------------    ----------------------------
+    JobResult (done/duplicate)  Delete                         Delete
+    PermanentError              DeadLetter(reason)             DeadLetter(reason)
+    TransientError              Retry(backoff)                 DeadLetter(retries_exhausted,
+    anything else (a bug)       Retry(backoff), "unexpected"     detail = last reason)
+
+"The last receive" is ``receive_count >= max_receive_count``: SQS's redrive would move the
+message on its next receive without any reason attached and without the row ever being
+marked FAILED, so the worker dead-letters it itself. A queue without a redrive policy
+(``max_receive_count`` None) retries transient failures for as long as SQS keeps the message
+(its retention period), as before.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from worker.config import SQS_MAX_VISIBILITY_SECONDS, Settings
+from worker.errors import (
+    JobError,
+    PermanentError,
+    RetriesExhausted,
+    TransientError,
+    describe,
+    first_error,
+)
+from worker.job import JobResult
+from worker.observability import redact
+
+# Exponent cap of the retry backoff (2**30 x base is far beyond any max anyway).
+_MAX_EXPONENT = 30
+_RNG = random.Random()  # noqa: S311 - jitter, not cryptography
+
+UNEXPECTED = "unexpected"
+RETRIES_EXHAUSTED = RetriesExhausted.reason
+
+# How the row's processingError starts when retries ran out, by the last transient reason;
+# True: the last error's own text follows (it says which call, key or code failed).
+_GAVE_UP: dict[str, tuple[str, bool]] = {
+    "connect_audio_not_ready": ("Connect recording not found", False),
+    "lease_held": ("recording kept leased by another worker", False),
+    "scratch_busy": ("scratch disk full", True),
+    "aws_unavailable": ("AWS unavailable", True),
+    "aws_access_denied": ("AWS access denied", True),
+    "aws_resource_missing": ("AWS resource missing", True),
+    "object_changed": ("object kept changing during the download", True),
+    "media_timeout": ("ffmpeg timed out", True),
+    "ffmpeg_killed": ("ffmpeg killed by a signal", True),
+    UNEXPECTED: ("unexpected error", True),
+}
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Acknowledge the message: the job is done (or was already done: ``duplicate``)."""
+
+    result: JobResult
+
+    @property
+    def duplicate(self) -> bool:
+        """True when nothing was done because the row was already DONE."""
+        return self.result.duplicate
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Send the message to the DLQ with ``error``'s attributes, delete it, mark the row FAILED.
+
+    ``reason`` is the DLQ's ``errorReason`` (and the metric label); ``detail`` the last
+    transient reason when ``reason`` is ``retries_exhausted``.
+    """
+
+    reason: str
+    detail: str | None
+    error: PermanentError
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Make the message visible again in ``delay`` seconds; ``reason`` is the metric label."""
+
+    delay: int
+    reason: str
+    error: BaseException
+
+
+Decision = Delete | DeadLetter | Retry
+
+
+def backoff_seconds(
+    receive_count: int, base: float, maximum: float, rng: random.Random | None = None
+) -> int:
+    """Visibility delay before a retry: ``min(max, base * 2**(n-1))`` x jitter in [0.5, 1].
+
+    ``n`` is the message's ``ApproximateReceiveCount``. Jitter spreads retries of messages that
+    failed together (an outage) so they do not come back as one burst. At least 1 s, at most
+    SQS's 12-hour limit.
+    """
+    exponent = max(0, min(_MAX_EXPONENT, receive_count - 1))
+    delay = min(maximum, base * float(2**exponent))
+    jitter = (rng or _RNG).uniform(0.5, 1.0)
+    return max(1, min(SQS_MAX_VISIBILITY_SECONDS, math.ceil(delay * jitter)))
+
+
+def is_last_receive(receive_count: int, max_receive_count: int | None) -> bool:
+    """Whether SQS's redrive moves the message instead of delivering it again."""
+    return max_receive_count is not None and receive_count >= max_receive_count
+
+
+def retry_reason(error: BaseException) -> str:
+    """The reason label of a failure that is retried (``unexpected`` for a bug)."""
+    return error.reason if isinstance(error, TransientError) else UNEXPECTED
+
+
+def retries_exhausted(error: BaseException, attempts: int) -> RetriesExhausted:
+    """The permanent error for a transient failure on the last receive, with a one-line
+    message such as "Connect recording not found after 3 attempts"."""
+    reason = retry_reason(error)
+    phrase, with_detail = _GAVE_UP.get(reason, (reason.replace("_", " "), True))
+    text = f"{phrase} after {attempts} attempts"
+    if with_detail:
+        # A bug's text is not ours: it gets its type and passes redact() like a log line.
+        last = describe(error)
+        if not isinstance(error, JobError):
+            last = redact(f"{type(error).__name__}: {last}")
+        text = f"{text}: {last}"
+    return RetriesExhausted(text, detail=reason, attempts=attempts)
+
+
+def decide(
+    outcome: JobResult | BaseException,
+    receive_count: int,
+    max_receive_count: int | None,
+    settings: Settings,
+    *,
+    rng: random.Random | None = None,
+) -> Decision:
+    """What to do with a message after its job's ``outcome`` (see the module docstring)."""
+    if isinstance(outcome, JobResult):
+        return Delete(outcome)
+    error = first_error(outcome)
+    if isinstance(error, PermanentError):
+        return DeadLetter(error.reason, None, error)
+    if is_last_receive(receive_count, max_receive_count):
+        exhausted = retries_exhausted(error, receive_count)
+        return DeadLetter(exhausted.reason, exhausted.detail, exhausted)
+    delay = backoff_seconds(
+        receive_count,
+        settings.retry_backoff_base_seconds,
+        settings.retry_backoff_max_seconds,
+        rng,
+    )
+    return Retry(delay, retry_reason(error), error)
