@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +32,7 @@ from botocore.exceptions import (
 from tests import hostile_support as hs
 from tests.faultproxy import FaultPlan, FaultProxy, RequestInfo, classify
 from tests.fixtures_aws import AwsEnv
+from tests.worker_harness import mounted_tmpfs
 from worker import aws as worker_aws
 from worker.errors import AwsUnavailable
 from worker.recordings import RecordingTable
@@ -275,21 +274,8 @@ def test_jobs_finish_under_transient_faults(
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 700 kB tmpfs (skipped where mounting is not permitted)."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=700k,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root?)")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", "700k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @pytest.mark.parametrize("how", ["tmpfs", "scratch_max_bytes"])

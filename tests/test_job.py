@@ -17,11 +17,11 @@ from tests.worker_harness import (
     CONNECT_WAV,
     Contact,
     get_row,
+    mounted_tmpfs,
     seed_contact,
     settings_for,
 )
 from worker.aws import open_clients
-from worker.outcome import backoff_seconds
 from worker.errors import (
     AwsUnavailable,
     ConnectAudioNotReady,
@@ -33,10 +33,12 @@ from worker.errors import (
     RowNotFound,
     ScratchBusy,
     ScratchFull,
+    TooLargeForScratch,
     TransientError,
 )
 from worker.job import JobDeps, first_error, process_job, scratch_prefix, sweep_stale_scratch
 from worker.messages import JobMessage
+from worker.outcome import backoff_seconds
 from worker.recordings import RecordingTable
 from worker.storage import ObjectStore
 
@@ -300,22 +302,42 @@ def test_sweep_removes_scratch_of_dead_processes_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("shared", [False, True])
-async def test_full_scratch_is_permanent_alone_and_transient_when_shared(
+async def test_a_recording_over_the_scratch_cap_is_permanent_even_when_shared(
     aws: AwsEnv, deps: JobDeps, shared: bool
 ) -> None:
-    # ObjectStore with a cap smaller than the recording: the download cannot fit.
+    # ObjectStore with a cap smaller than the recording: it can never fit, whatever else runs
+    # (retrying it as scratch_busy only ends in a silent SQS redrive).
     small = JobDeps(
         settings=deps.settings,
         table=deps.table,
         store=ObjectStore(deps.store._s3, scratch_max_bytes=1000),  # type: ignore[attr-defined]
         worker_id=deps.worker_id,
     )
-    contact = seed_contact(aws)
+    contact = seed_contact(aws, connect_audio=None)  # permanent first: before the Connect search
     scratch = deps.settings.scratch_dir
     if shared:  # another job is running on the same disk
         (scratch / (scratch_prefix("other-recording") + "busy")).mkdir()
-    expected = ScratchBusy if shared else ScratchFull
-    with pytest.raises(expected) as caught:
+    with pytest.raises(TooLargeForScratch) as caught:
         await process_job(JobMessage(contact.recording_id, 5.0), small, scratch=scratch)
-    assert isinstance(caught.value, TransientError) is shared
+    assert isinstance(caught.value, PermanentError)
+    assert caught.value.reason == "scratch_full"
     assert "leaseOwner" not in get_row(aws, contact.recording_id)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_disk_full_right_now_is_transient_only_when_shared(
+    aws: AwsEnv, deps: JobDeps, shared: bool, tmp_path: Path
+) -> None:
+    # A 1 MB disk with 700 kB taken: the 420 kB recording could fit, just not now.
+    contact = seed_contact(aws)
+    with mounted_tmpfs(tmp_path / "tmpfs", "1m") as scratch:
+        (scratch / "ballast").write_bytes(b"\0" * 700_000)
+        if shared:
+            (scratch / (scratch_prefix("other-recording") + "busy")).mkdir()
+        with pytest.raises(ScratchFull if not shared else ScratchBusy) as caught:
+            await process_job(JobMessage(contact.recording_id, 5.0), deps, scratch=scratch)
+        assert isinstance(caught.value, TransientError) is shared
+        assert not isinstance(caught.value, TooLargeForScratch)
+        assert sorted(p.name for p in scratch.iterdir() if p.name.startswith("job-")) == (
+            [scratch_prefix("other-recording") + "busy"] if shared else []
+        )

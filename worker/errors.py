@@ -51,8 +51,6 @@ The tree::
 
 from __future__ import annotations
 
-import anyio
-
 MAX_ONE_LINE_CHARS = 300
 
 
@@ -309,8 +307,9 @@ def first_error(error: BaseException) -> BaseException:
             pending.extend(item.exceptions)
         else:
             leaves.append(item)
-    cancelled = anyio.get_cancelled_exc_class()
-    real = [leaf for leaf in leaves if not isinstance(leaf, cancelled)] or leaves
+    # Cancellation (asyncio.CancelledError, trio.Cancelled) is a BaseException, not an
+    # Exception: it says why a task stopped, not why a job failed.
+    real = [leaf for leaf in leaves if isinstance(leaf, Exception)] or leaves
     for kind in (PermanentError, TransientError, Exception):
         for leaf in real:
             if isinstance(leaf, kind):
