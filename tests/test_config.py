@@ -116,8 +116,9 @@ def test_queue_required_for_run() -> None:
         ("WORKER_CONCURRENCY", "-1", "positive integer"),
         ("WORKER_CONCURRENCY", "two", "wrong type"),
         ("VISIBILITY_TIMEOUT", "50000", "at most 43200"),
-        ("SHUTDOWN_GRACE_SECONDS", "nan", "positive number"),
-        ("SHUTDOWN_GRACE_SECONDS", "inf", "positive number"),
+        ("SHUTDOWN_GRACE_SECONDS", "nan", "number >= 0"),
+        ("SHUTDOWN_GRACE_SECONDS", "inf", "number >= 0"),
+        ("SHUTDOWN_GRACE_SECONDS", "-1", "number >= 0"),
         ("METRICS_PORT", "0", "TCP port"),
         ("LOG_LEVEL", "loud", "DEBUG, INFO"),
         ("LOG_FORMAT", "xml", "json, console"),
@@ -139,6 +140,11 @@ def test_invalid_values(variable: str, value: str, needle: str) -> None:
     assert len(found) == 1, found
     assert found[0].startswith(variable) or needle in found[0]
     assert needle in found[0]
+
+
+def test_a_zero_shutdown_grace_is_accepted() -> None:
+    # "Give everything back at once" on SIGTERM: a natural setting, not a mistake.
+    assert settings(SHUTDOWN_GRACE_SECONDS="0").shutdown_grace_seconds == 0.0
 
 
 def test_every_known_placeholder_is_accepted() -> None:

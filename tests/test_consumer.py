@@ -28,6 +28,7 @@ from tests.worker_harness import (
     seed_contact,
     send_job,
     send_raw,
+    set_max_receive_count,
     settings_for,
     slow_merge,
     upload_connect_audio,
@@ -160,34 +161,44 @@ async def test_permanent_failures_go_to_the_dlq_at_once_and_worker_keeps_going(
     assert list(scratch.iterdir()) == []
 
 
-async def test_transient_failure_until_max_receive_count_is_redriven_by_sqs(
+async def test_transient_failure_on_the_last_receive_is_dead_lettered_with_its_reason(
     aws: AwsEnv, scratch: Path, short_recording: Path
 ) -> None:
-    sqs = aws.client("sqs")
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=aws.dlq_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 2}
-    sqs.set_queue_attributes(
-        QueueUrl=aws.queue_url, Attributes={"RedrivePolicy": json.dumps(redrive)}
-    )
+    # Connect audio that never arrives (recording disabled, an IVR-only contact), queue with
+    # maxReceiveCount 3: the worker dead-letters it itself on the third receive, with the
+    # reason, instead of SQS moving it silently; the row says FAILED and why.
+    set_max_receive_count(aws, 3)
     contact = seed_contact(aws, recording=short_recording, connect_audio=None)
-    message_id = send_job(aws, contact.recording_id, 3)
+    sqs = aws.client("sqs")
+    message_id = sqs.send_message(
+        QueueUrl=aws.queue_url,
+        MessageBody=json.dumps({"recordingID": contact.recording_id, "callEndingTimestamp": 3}),
+        MessageAttributes={"traceId": {"DataType": "String", "StringValue": "trace-42"}},
+    )["MessageId"]
     found: list[Any] = []
 
-    def redriven() -> bool:
+    def dead() -> bool:
         found.extend(dlq_messages(aws))
         return bool(found)
 
-    async with running_consumer(settings_for(aws, scratch)):
-        await eventually(redriven, what="SQS redrive to the DLQ")
-    assert [m["MessageId"] for m in found] == [message_id]
-    # Moved by SQS, not dead-lettered by the worker: no reason attributes, row not FAILED.
-    assert "errorReason" not in attributes(found[0])
+    settings = settings_for(aws, scratch, RETRY_BACKOFF_MAX_SECONDS="2")
+    async with running_consumer(settings):
+        await eventually(dead, what="the DLQ")
+        await eventually(_queue_empty(aws), what="message deleted")
+    assert [m["MessageId"] for m in found] != [message_id]  # sent by the worker, not SQS
+    attrs = attributes(found[0])
+    assert attrs["errorReason"] == "retries_exhausted"
+    assert attrs["errorDetail"] == "connect_audio_not_ready"
+    assert attrs["errorClass"] == "RetriesExhausted"
+    assert attrs["receiveCount"] == "3" and attrs["originalMessageId"] == message_id
+    assert attrs["errorMessage"] == "Connect recording not found after 3 attempts"
+    assert attrs["traceId"] == "trace-42"  # the producer's attributes travel along
     row = get_row(aws, contact.recording_id)
-    assert row.get("processingStatus") != "FAILED"
-    assert int(row["processingAttempts"]) == 2
-    assert queue_depth(aws) == (0, 0)
+    assert row["processingStatus"] == "FAILED"
+    assert row["processingError"] == "Connect recording not found after 3 attempts"
+    assert row.get("isProcessed") is not True and "leaseOwner" not in row
+    assert int(row["processingAttempts"]) == 3
+    assert list(scratch.iterdir()) == []
 
 
 async def test_heartbeat_keeps_a_long_job_from_being_delivered_twice(

@@ -149,6 +149,36 @@ def test_sigterm_mid_job_releases_the_message_and_exits_0(
     assert second.count("job.succeeded") == 1
 
 
+def test_zero_grace_gives_the_message_back_at_once(
+    aws: AwsEnv,
+    scratch: Path,
+    short_recording: Path,
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    # SHUTDOWN_GRACE_SECONDS=0: "give everything back at once". Accepted at start-up; SIGTERM
+    # mid-job cancels the job at once, releases lease and message, and exits 0.
+    import time
+
+    contact = seed_contact(aws, recording=short_recording)
+    message_id = send_job(aws, contact.recording_id, 3)
+    worker = workers(worker_env(aws, scratch, SHUTDOWN_GRACE_SECONDS="0"), readrate=0.25)
+    worker.wait_for_event("worker.ready")
+    worker.wait_for_event("merge_plan")
+    wait_for(lambda: bool(_ffmpeg_children_using(scratch)), what="ffmpeg running")
+    signalled = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, worker.tail()
+    assert time.monotonic() - signalled < 10, "a zero grace must not wait for anything"
+    assert worker.count("job.released") == 1
+    # Visible again within seconds (the queue's own visibility timeout is 300 s).
+    wait_for(lambda: queue_depth(aws)[0] == 1, timeout=5, what="the message visible again")
+    assert [m["MessageId"] for m in receive_now(aws)] == [message_id]
+    row = get_row(aws, contact.recording_id)
+    assert "leaseOwner" not in row and row.get("processingStatus") is None
+    assert list(scratch.iterdir()) == []
+    assert _ffmpeg_children_using(scratch) == []
+
+
 def test_second_signal_stops_at_once_and_still_releases(
     aws: AwsEnv,
     scratch: Path,

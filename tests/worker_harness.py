@@ -401,6 +401,20 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
+def set_max_receive_count(aws: AwsEnv, count: int) -> None:
+    """Give the job queue a redrive policy to its DLQ after ``count`` receives."""
+    from worker.queue import RedrivePolicy
+
+    sqs = aws.client("sqs")
+    arn = sqs.get_queue_attributes(QueueUrl=aws.dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sqs.set_queue_attributes(
+        QueueUrl=aws.queue_url,
+        Attributes={"RedrivePolicy": RedrivePolicy(arn, count).to_json()},
+    )
+
+
 def with_fresh_queues(world: AwsEnv) -> AwsEnv:
     """``world`` with a new, empty job queue and DLQ (same parameters as ``provision``).
 

@@ -127,7 +127,7 @@ def retries_exhausted(error: BaseException, attempts: int) -> RetriesExhausted:
     message such as "Connect recording not found after 3 attempts"."""
     reason = retry_reason(error)
     phrase, with_detail = _GAVE_UP.get(reason, (reason.replace("_", " "), True))
-    text = f"{phrase} after {attempts} attempts"
+    text = f"{phrase} after {attempts} attempt{'s' if attempts != 1 else ''}"
     if with_detail:
         # A bug's text is not ours: it gets its type and passes redact() like a log line.
         last = describe(error)
