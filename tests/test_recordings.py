@@ -429,6 +429,11 @@ async def test_release_lease(db: Db) -> None:
     [
         ({"isProcessed": {"BOOL": True}, "videoKey": {"S": "k/recording.webm"}}, STATUS_DONE),
         ({"isProcessed": {"N": "1"}, "videoKey": {"S": "k/recording.mp4"}}, STATUS_DONE),
+        # Every spelling _read_bool accepts (older writers; _true_like keeps their type).
+        ({"isProcessed": {"S": "true"}, "videoKey": {"S": "k/recording.mp4"}}, STATUS_DONE),
+        ({"isProcessed": {"S": " TRUE "}, "videoKey": {"S": "k/recording.mp4"}}, STATUS_DONE),
+        ({"isProcessed": {"N": "2"}, "videoKey": {"S": "k/recording.mp4"}}, STATUS_DONE),
+        ({"isProcessed": {"N": "1.0"}, "videoKey": {"S": "k/recording.mp4"}}, STATUS_DONE),
         ({"processingError": {"S": "media_invalid"}}, STATUS_FAILED),
     ],
 )
@@ -444,6 +449,35 @@ async def test_release_after_a_rerun_restores_the_earlier_status(
     row = db.row()
     assert row["processingStatus"] == {"S": restored}
     assert "leaseOwner" not in row
+
+
+@pytest_anyio
+@pytest.mark.parametrize("processed", [{"S": "false"}, {"N": "0"}, {"BOOL": False}])
+async def test_release_after_a_rerun_of_an_unprocessed_row_restores_no_done(
+    db: Db, processed: dict[str, Any]
+) -> None:
+    db.seed(isProcessed=processed, videoKey={"S": "k/recording.mp4"})
+    await db.table.claim_lease(RID, "worker-a", 300)
+    await db.table.release_lease(RID, "worker-a")
+    assert "processingStatus" not in db.row()
+
+
+@pytest_anyio
+async def test_a_done_row_written_as_a_string_still_acknowledges_duplicates_after_a_rerun(
+    db: Db,
+) -> None:
+    # The original message (call end 14) must still be recognised as done after a failed
+    # re-run for a corrected call end was given back.
+    db.seed(
+        processingStatus={"S": STATUS_DONE},
+        isProcessed={"S": "true"},
+        videoKey={"S": "k/recording.mp4"},
+        callEndSeconds={"N": "14"},
+    )
+    await db.table.claim_lease(RID, "worker-a", 300, unless_done_call_end=20.0)
+    await db.table.release_lease(RID, "worker-a")
+    with pytest.raises(AlreadyDone):
+        await db.table.claim_lease(RID, "worker-b", 300, unless_done_call_end=14.0)
 
 
 @pytest_anyio
