@@ -248,3 +248,111 @@ def test_redrive_bad_arguments_exit_2(aws: AwsEnv) -> None:
     assert_one_line_error(run_cli("redrive", env=env), 2)
     line = assert_one_line_error(run_cli("redrive", env={**aws.env, "DLQ_URL": aws.queue_url}), 2)
     assert "same queue" in line
+
+
+class _FaultySqs:
+    """The real boto3 SQS client on the emulator, with chosen answers replaced (the faults
+    moto cannot produce: per-entry DeleteMessageBatch failures, a malformed RedrivePolicy)."""
+
+    def __init__(
+        self,
+        real: Any,
+        *,
+        undeletable: set[str] | None = None,
+        failures_per_message: int | None = None,
+        redrive_policy: str | None = None,
+    ) -> None:
+        self._real = real
+        self._undeletable = undeletable or set()  # bodies whose DLQ copy cannot be deleted
+        self._failures_left: dict[str, int] = {}
+        self._failures_per_message = failures_per_message  # None: fails every time
+        self._redrive_policy = redrive_policy
+        self._bodies: dict[str, str] = {}  # receipt handle -> body
+        self.sent_bodies: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def get_queue_attributes(self, **kwargs: Any) -> Any:
+        if self._redrive_policy is not None and "RedrivePolicy" in kwargs["AttributeNames"]:
+            return {"Attributes": {"RedrivePolicy": self._redrive_policy}}
+        return self._real.get_queue_attributes(**kwargs)
+
+    def receive_message(self, **kwargs: Any) -> Any:
+        response = self._real.receive_message(**kwargs)
+        for message in response.get("Messages", []):
+            self._bodies[message["ReceiptHandle"]] = message["Body"]
+        return response
+
+    def send_message_batch(self, **kwargs: Any) -> Any:
+        self.sent_bodies += [entry["MessageBody"] for entry in kwargs["Entries"]]
+        return self._real.send_message_batch(**kwargs)
+
+    def delete_message_batch(self, **kwargs: Any) -> Any:
+        entries = []
+        for entry in kwargs["Entries"]:
+            body = self._bodies.get(entry["ReceiptHandle"], "")
+            if body in self._undeletable and self._should_fail(body):
+                entry = {**entry, "ReceiptHandle": "garbage"}  # SQS answers with a Failed entry
+            entries.append(entry)
+        return self._real.delete_message_batch(**{**kwargs, "Entries": entries})
+
+    def _should_fail(self, body: str) -> bool:
+        if self._failures_per_message is None:
+            return True
+        left = self._failures_left.setdefault(body, self._failures_per_message)
+        self._failures_left[body] = left - 1
+        return left > 0
+
+
+def test_redrive_retries_a_failed_delete_and_sends_nothing_twice(
+    aws: AwsEnv, monkeypatch: Any
+) -> None:
+    from worker import admin
+
+    monkeypatch.setattr(admin, "_DELETE_RETRY_SECONDS", 0.01)
+    sqs = aws.client("sqs")
+    bodies = _dead_letter(sqs, aws.dlq_url, 4)
+    faulty = _FaultySqs(sqs, undeletable={bodies[1]}, failures_per_message=1)
+    result = admin.redrive(aws.queue_url, aws.dlq_url, sqs=faulty)
+    assert (result.moved, result.failed, result.not_deleted) == (4, 0, ())
+    assert queue_depth(sqs, aws.dlq_url) == 0  # the failed delete was retried
+    assert sorted(faulty.sent_bodies) == sorted(bodies)
+    assert queue_depth(sqs, aws.queue_url) == 4
+
+
+def test_redrive_does_not_count_or_resend_a_message_it_could_not_delete(
+    aws: AwsEnv, monkeypatch: Any
+) -> None:
+    from worker import admin
+
+    # The DLQ copy comes back within the run (1 s visibility instead of 60 s): it must not be
+    # sent a second time, neither by this run nor by the next one.
+    monkeypatch.setattr(admin, "_REDRIVE_VISIBILITY_SECONDS", 1)
+    monkeypatch.setattr(admin, "_DELETE_RETRY_SECONDS", 0.01)
+    sqs = aws.client("sqs")
+    bodies = _dead_letter(sqs, aws.dlq_url, 3)
+    faulty = _FaultySqs(sqs, undeletable={bodies[0]})
+    result = admin.redrive(aws.queue_url, aws.dlq_url, sqs=faulty)
+    assert (result.moved, result.failed, len(result.not_deleted)) == (2, 0, 1)
+    assert sorted(faulty.sent_bodies) == sorted(bodies)  # each sent once
+    assert queue_depth(sqs, aws.queue_url) == 3
+    again = admin.redrive(aws.queue_url, aws.dlq_url, sqs=_FaultySqs(sqs))
+    assert (again.moved, again.failed) == (0, 0)  # hidden: not sent again
+    assert queue_depth(sqs, aws.queue_url) == 3
+
+
+def test_redrive_with_a_malformed_redrive_policy_exits_2_with_one_line(
+    aws: AwsEnv, monkeypatch: Any, capsys: Any
+) -> None:
+    from worker import admin, cli
+
+    monkeypatch.setenv("QUEUE_URL", aws.queue_url)
+    monkeypatch.delenv("DLQ_URL", raising=False)
+    for policy in ("{not json", '{"maxReceiveCount": 3}', '{"deadLetterTargetArn": "nope"}'):
+        faulty = _FaultySqs(aws.client("sqs"), redrive_policy=policy)
+        monkeypatch.setattr(admin, "sqs_client", lambda faulty=faulty: faulty)
+        assert cli.main(["redrive"]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("komorebi-worker: "), lines
+        assert "RedrivePolicy" in lines[0] or "dead-letter target" in lines[0]

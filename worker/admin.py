@@ -229,8 +229,11 @@ def redrive(
                 else:
                     run.unsent.add(message["MessageId"])
         _delete_sent(client, source, run)
+        # Still not deleted: hide them at once, so neither this run nor the next sends them.
+        _hide(client, source, {mid: run.handles[mid] for mid in run.sent - run.deleted})
+        if not fresh:
+            break  # only copies we already sent came back: nothing new to move
     leftovers = sorted(run.sent - run.deleted)
-    _hide(client, source, {mid: run.handles[mid] for mid in leftovers})
     return RedriveResult(
         moved=len(run.sent & run.deleted),
         failed=len(run.unsent),
