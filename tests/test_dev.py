@@ -123,3 +123,40 @@ def test_use_emulator_leaves_no_way_to_real_aws() -> None:
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
     }
+
+
+BLOCK_MOTO = '''
+import sys
+
+
+class _NoMoto:
+    """As in the production image: moto (a development dependency) is not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "moto" or name.startswith("moto."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoMoto())
+'''
+
+
+def test_dev_without_the_emulator_says_so_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_MOTO)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(tmp_path)}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import moto"], env=env, capture_output=True, text=True
+    )
+    assert probe.returncode != 0 and "No module named 'moto'" in probe.stderr  # blocked
+    result = subprocess.run(
+        [str(SCRIPT), "dev", "--once", "--output-dir", str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("komorebi-worker: dev needs the development install")

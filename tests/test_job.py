@@ -4,9 +4,12 @@ helpers (backoff, error selection)."""
 from __future__ import annotations
 
 import random
+import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -36,7 +39,14 @@ from worker.errors import (
     TooLargeForScratch,
     TransientError,
 )
-from worker.job import JobDeps, first_error, process_job, scratch_prefix, sweep_stale_scratch
+from worker.job import (
+    JobDeps,
+    first_error,
+    process_job,
+    remove_scratch,
+    scratch_prefix,
+    sweep_stale_scratch,
+)
 from worker.messages import JobMessage
 from worker.outcome import backoff_seconds
 from worker.recordings import RecordingTable
@@ -341,3 +351,35 @@ async def test_a_disk_full_right_now_is_transient_only_when_shared(
         assert sorted(p.name for p in scratch.iterdir() if p.name.startswith("job-")) == (
             [scratch_prefix("other-recording") + "busy"] if shared else []
         )
+
+
+async def test_the_scratch_directory_is_removed_in_a_thread(
+    aws: AwsEnv, deps: JobDeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unlinking multi-GB files takes a while: on the event loop it would stall every other
+    # job's heartbeat and /healthz.
+    real_rmtree = shutil.rmtree
+    calls: list[tuple[str, bool]] = []
+
+    def spy(path: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append((Path(path).name, threading.current_thread() is threading.main_thread()))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", spy)
+    contact = seed_contact(aws, recording=None)
+    scratch = deps.settings.scratch_dir
+    with pytest.raises(RecordingNotFound):
+        await process_job(JobMessage(contact.recording_id, 5.0), deps, scratch=scratch)
+    assert [name for name, _ in calls] and all(name.startswith("job-") for name, _ in calls)
+    assert not any(on_loop for _, on_loop in calls), "rmtree ran on the event loop"
+    assert list(scratch.iterdir()) == []
+
+
+async def test_scratch_removal_is_not_interrupted_by_a_cancellation(tmp_path: Path) -> None:
+    workdir = tmp_path / "job-1-rec-x"
+    (workdir / "nested").mkdir(parents=True)
+    (workdir / "nested" / "recording-input.mp4").write_bytes(b"\0" * 100_000)
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # already cancelled when the clean-up starts
+        await remove_scratch(workdir)
+    assert not workdir.exists()

@@ -636,3 +636,29 @@ def test_microphone_that_stopped_early_leaves_silence_not_a_short_output(
     if call_end < 3.0:  # the mic is there until 3 s
         assert band_share(window(pcm, 16000, call_end + 0.1, 2.9), 16000, 1000) > 0.8
     assert rms(window(pcm, 16000, max(call_end, 3.0) + 0.2, 11.8)) < 1e-3
+
+
+def test_every_probe_of_a_merge_uses_the_configured_time_limit(
+    generated: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FFMPEG_TIMEOUT_BASE_SECONDS, not a hard-coded 60 s: the output probe of a long recording
+    # on a loaded host needs the same room as the input probes.
+    real_probe = media.probe
+    limits: dict[str, float] = {}
+
+    async def spy(path: Path, *, timeout: float = 60.0) -> media.MediaInfo:
+        limits[path.name] = timeout
+        return await real_probe(path, timeout=timeout)
+
+    monkeypatch.setattr(media, "probe", spy)
+    request = media.MergeRequest(
+        recording=generated("h264-aac"),
+        connect_audio=generated("connect-8k-mono-2s"),
+        call_end_seconds=2.0,
+        output=tmp_path / "recording.mp4",
+        thumbnail=None,
+        options=media.MergeOptions(timeout_base_seconds=7.5),
+    )
+    anyio.run(media.merge, request)
+    assert limits.keys() >= {"recording.mp4", request.recording.name}
+    assert set(limits.values()) == {7.5}, limits

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 
 from tests.fixtures_aws import AwsEnv
+from worker import storage
 from worker.aws import AwsClients
 from worker.errors import AwsUnavailable, ScratchFull
 from worker.observability import BYTES_TRANSFERRED
@@ -321,3 +323,65 @@ async def test_object_replaced_mid_download_is_detected(
     with pytest.raises(ObjectChanged):
         await store.download(s3env.bucket, "k", destination)
     assert not destination.exists()
+
+
+class _BreakingBody:
+    """A real GetObject body that breaks after ``chunks`` reads, as a dropped connection does
+    half-way through a transfer (botocore does not retry a body; the store must)."""
+
+    def __init__(self, body: Any, chunks: int) -> None:
+        self._body = body
+        self._left = chunks
+
+    async def __aenter__(self) -> _BreakingBody:
+        await self._body.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._body.__aexit__(*exc)
+
+    async def read(self, size: int = -1) -> bytes:
+        if self._left == 0:
+            raise aiohttp.ClientPayloadError("connection lost half-way")
+        self._left -= 1
+        return bytes(await self._body.read(size))
+
+
+class _FirstAttemptBreaks:
+    """The worker's real S3 client, whose first GET of each range breaks mid-body."""
+
+    def __init__(self, s3: Any, chunks: int) -> None:
+        self._s3 = s3
+        self._chunks = chunks
+        self.broken: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s3, name)
+
+    async def get_object(self, **kwargs: Any) -> Any:
+        response = await self._s3.get_object(**kwargs)
+        key = kwargs.get("Range", "all")
+        if key not in self.broken:
+            self.broken.add(key)
+            response["Body"] = _BreakingBody(response["Body"], self._chunks)
+        return response
+
+
+@pytest.mark.parametrize("size", [3 * MIB, 11 * MIB])  # one GET; three ranged GETs
+async def test_retried_downloads_count_their_bytes_once(
+    s3env: S3Env,
+    clients: AwsClients,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+) -> None:
+    monkeypatch.setattr(storage, "WRITE_CHUNK", 256 * 1024)  # counted as it is written
+    payload = os.urandom(size)
+    s3env.boto.put_object(Bucket=s3env.bucket, Key="flaky", Body=payload)
+    flaky = _FirstAttemptBreaks(clients.s3, chunks=6)
+    store = ObjectStore(flaky, part_size=5 * MIB)
+    before = _transferred("download")
+    assert await store.download(s3env.bucket, "flaky", tmp_path / "flaky") == size
+    assert flaky.broken  # every GET broke once and was retried
+    assert (tmp_path / "flaky").read_bytes() == payload
+    assert _transferred("download") - before == size

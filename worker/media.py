@@ -767,11 +767,15 @@ async def merge(
     :class:`worker.errors.ScratchFull`. A failed or rejected output is deleted.
     """
     options = request.options
-    recording = request.recording_info or await probe(request.recording)
+    recording = request.recording_info or await probe(
+        request.recording, timeout=options.timeout_base_seconds
+    )
     if recording.video is None:
         raise NoVideoStream(f"{request.recording.name} has no video stream")
     container = check_output_path(recording, request.output)
-    connect = request.connect_info or await probe(request.connect_audio)
+    connect = request.connect_info or await probe(
+        request.connect_audio, timeout=options.timeout_base_seconds
+    )
     if connect.audio is None:
         raise NoAudioStream(f"{request.connect_audio.name} has no audio stream")
     outputs = {request.output.absolute(), *(p.absolute() for p in [request.thumbnail] if p)}
