@@ -10,8 +10,9 @@ rows, output keys, metrics and the worker's log. ``check_case`` asserts one case
 Outcomes:
 - ``dlq``: permanent — in the DLQ at once with errorClass/errorReason/errorMessage attributes,
   the row FAILED (when it exists), no output;
-- ``redrive``: transient — retried with backoff, then moved to the DLQ by SQS's redrive
-  after maxReceiveCount receives; row not DONE;
+- ``exhausted``: transient — retried with backoff, then dead-lettered by the worker itself on
+  the last receive (reason ``retries_exhausted``, the transient reason as ``errorDetail``),
+  the row FAILED;
 - ``done``: processed — row DONE, output probed (duration, audio stream).
 """
 
@@ -40,7 +41,7 @@ class Case:
 
     name: str
     kind: str  # message | media | connect | row
-    outcome: str  # dlq | redrive | done
+    outcome: str  # dlq | exhausted | done
     reasons: tuple[str, ...] = ()
     raw_body: str | None = None  # message cases: the body as sent
     call_end: object = "00:00:01"
@@ -143,9 +144,9 @@ CASES: list[Case] = [
     ),
     Case("recording_missing", "media", "dlq", ("recording_not_found",), recording=None),
     # --- Connect audio ---
-    Case("connect_missing", "connect", "redrive", ("connect_audio_not_ready",), connect=()),
+    Case("connect_missing", "connect", "exhausted", ("connect_audio_not_ready",), connect=()),
     # A 0-byte object is treated as "not uploaded yet" (recordings.choose_connect_audio).
-    Case("connect_empty", "connect", "redrive", ("connect_audio_not_ready",), connect=("zero",)),
+    Case("connect_empty", "connect", "exhausted", ("connect_audio_not_ready",), connect=("zero",)),
     Case(
         "connect_not_audio",
         "connect",
@@ -156,7 +157,7 @@ CASES: list[Case] = [
     Case(
         "connect_key_missing_object",
         "connect",
-        "redrive",
+        "exhausted",
         ("connect_audio_not_ready",),
         connect=(),
         extra={"connectAudioKey": "connect/komorebi-test/CallRecordings/2026/11/27/none.wav"},
@@ -164,7 +165,7 @@ CASES: list[Case] = [
     Case(
         "connect_key_traversal",
         "connect",
-        "redrive",
+        "exhausted",
         ("connect_audio_not_ready",),
         extra={"connectAudioKey": "../../../../etc/passwd"},
     ),
@@ -291,7 +292,7 @@ def hostile_run(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
     worker = hs.WorkerProcess(hs.worker_env(world.aws, scratch), log_path).start()
     try:
         message_ids = {case.name: world.send(case.body) for case in CASES}
-        expected_dlq = sum(case.outcome in ("dlq", "redrive") for case in CASES)
+        expected_dlq = sum(case.outcome in ("dlq", "exhausted") for case in CASES)
         done_ids = [c.recording_id for c in CASES if c.outcome == "done" and c.recording_id]
         hs.wait_until(
             lambda: not worker.alive() or _finished(world, expected_dlq, done_ids),
@@ -362,7 +363,7 @@ def check_case(run: CorpusRun, case: Case) -> None:
     for event in events:
         assert hs.leaks(json.dumps(event)) == [], f"log event leaks: {event}"
     outputs = [key for key in run.output_keys if rid and f"/{rid}/" in key]
-    if case.outcome in ("dlq", "redrive"):
+    if case.outcome in ("dlq", "exhausted"):
         assert case.body in run.dlq, f"{case.name}: not in the DLQ"
         message = run.dlq[case.body]
         attributes = {k: v.get("StringValue", "") for k, v in message.get(
@@ -378,14 +379,19 @@ def check_case(run: CorpusRun, case: Case) -> None:
                 _one_line_clean(str(row.get("processingError", "")), "processingError")
                 assert not row.get("leaseOwner"), f"{case.name}: lease left on a FAILED row"
         else:
-            # Moved by SQS's redrive (or dead-lettered by the worker after its last attempt).
-            receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "0"))
-            assert receives >= MAX_RECEIVE_COUNT or attributes.get("errorReason") in case.reasons
+            # Dead-lettered by the worker on the last receive the redrive policy allows.
+            assert attributes.get("errorReason") == "retries_exhausted", (case.name, attributes)
+            assert attributes.get("errorDetail") in case.reasons, (case.name, attributes)
+            assert attributes.get("receiveCount") == str(MAX_RECEIVE_COUNT), attributes
+            assert attributes.get("originalMessageId") == run.message_ids[case.name]
+            _one_line_clean(attributes.get("errorMessage", ""), "errorMessage")
             retried = [e for e in events if e.get("reason") in case.reasons]
             assert retried, f"{case.name}: no log event saying why it was retried"
             if row is not None:
-                assert row.get("processingStatus") != "DONE"
+                assert row.get("processingStatus") == "FAILED", (case.name, row)
                 assert row.get("isProcessed") in (False, None)
+                _one_line_clean(str(row.get("processingError", "")), "processingError")
+                assert not row.get("leaseOwner"), f"{case.name}: lease left on a FAILED row"
         if case.row == "none" and rid:
             assert rid not in run.rows, f"{case.name}: a row was created for a missing recording"
         named = _named_id(case.body)

@@ -42,7 +42,7 @@ def test_scratch_dir_left_empty(hostile_run: CorpusRun) -> None:
 
 def test_dead_letter_queue_holds_exactly_the_failures(hostile_run: CorpusRun) -> None:
     """One DLQ message per failing case (none twice, no valid job among them)."""
-    failing = {case.body for case in CASES if case.outcome in ("dlq", "redrive")}
+    failing = {case.body for case in CASES if case.outcome in ("dlq", "exhausted")}
     assert set(hostile_run.dlq) == failing
 
 
@@ -81,11 +81,16 @@ def test_metrics_count_dead_letters_and_retries(hostile_run: CorpusRun) -> None:
     for reason, count in expected.items():
         sent = hs.metric_value(hostile_run.metrics, "komorebi_dlq_sends_total", {"reason": reason})
         assert sent == count, (reason, sent, count)
-    transient = sum(case.outcome == "redrive" for case in CASES)
+    transient = sum(case.outcome == "exhausted" for case in CASES)
     retries = hs.metric_value(
         hostile_run.metrics, "komorebi_retries_total", {"reason": "connect_audio_not_ready"}
     )
-    assert retries >= transient * MAX_RECEIVE_COUNT
+    # Retried on every receive but the last, where the worker dead-letters it.
+    assert retries >= transient * (MAX_RECEIVE_COUNT - 1)
+    exhausted = hs.metric_value(
+        hostile_run.metrics, "komorebi_dlq_sends_total", {"reason": "retries_exhausted"}
+    )
+    assert exhausted == transient
 
 
 # --- security hygiene ------------------------------------------------------------------------
