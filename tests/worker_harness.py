@@ -424,6 +424,7 @@ def with_fresh_queues(world: AwsEnv) -> AwsEnv:
     import dataclasses
 
     from worker.provisioning import DLQ_ATTRIBUTES, QUEUE_ATTRIBUTES, QUEUE_MAX_RECEIVE_COUNT
+    from worker.queue import RedrivePolicy
 
     sqs = world.client("sqs")
     name = f"jobs-{uuid.uuid4().hex[:10]}"
@@ -431,9 +432,7 @@ def with_fresh_queues(world: AwsEnv) -> AwsEnv:
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
     ]
-    redrive = json.dumps(
-        {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": QUEUE_MAX_RECEIVE_COUNT}
-    )
+    redrive = RedrivePolicy(dlq_arn, QUEUE_MAX_RECEIVE_COUNT).to_json()
     queue_url = sqs.create_queue(
         QueueName=name, Attributes={**QUEUE_ATTRIBUTES, "RedrivePolicy": redrive}
     )["QueueUrl"]

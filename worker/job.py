@@ -3,8 +3,8 @@
 :func:`process_job` reads like the Lambda it replaces: read the row, download the Connect
 audio and the Komorebi recording, merge them (split, cut, concatenate and mux happen in one
 ffmpeg run, :mod:`worker.media`), upload, mark the row processed. What it does *not* do is
-decide what a failure means: it raises a typed error (:mod:`worker.errors`) and the consumer
-decides, in one place, whether to retry or dead-letter (SPEC §6).
+decide what a failure means: it raises a typed error (:mod:`worker.errors`) and
+:func:`worker.outcome.decide` decides, in one place, whether to retry or dead-letter (SPEC §6).
 
 The job owns the recording's lease (SPEC §4) while it works: it claims it before the first
 download, renews it every ``VISIBILITY_TIMEOUT/3`` in its own task group, and releases it
