@@ -66,6 +66,27 @@ def _ffmpeg_children_using(folder: Path) -> list[psutil.Process]:
     return found
 
 
+def _wait_for_line(process: subprocess.Popen[str], needle: str, *, timeout: float) -> None:
+    """Read the process's stderr until it contains ``needle`` (fails on exit or timeout)."""
+    import select
+    import time
+
+    assert process.stderr is not None
+    fd = process.stderr.fileno()
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            chunk = os.read(fd, 65536)
+            seen += chunk
+            if needle.encode() in seen:
+                return
+            if not chunk:
+                break
+    raise AssertionError(f"no {needle!r} from the worker (exit code {process.poll()})")
+
+
 def test_run_refuses_to_start_without_ffmpeg(aws: AwsEnv, tmp_path: Path) -> None:
     # Every job would fail: say so at start-up, with the other configuration problems.
     bare = tmp_path / "bin"
@@ -261,7 +282,10 @@ def test_sigterm_while_aws_does_not_answer_exits_at_once(aws: AwsEnv, tmp_path: 
             text=True,
         )
         try:
-            time.sleep(2)  # well inside the first hung GetQueueAttributes
+            # Signals are handled once "worker.starting" is logged; the first GetQueueAttributes
+            # is then about to hang (a fixed sleep raced a slow start on a loaded machine).
+            _wait_for_line(process, "worker.starting", timeout=30)
+            time.sleep(1)  # well inside the first hung GetQueueAttributes
             process.send_signal(signal.SIGTERM)
             # Without the cancellation this takes the SDK's read timeout (60 s) or more.
             assert process.wait(timeout=20) == 0
