@@ -5,6 +5,7 @@ whose maxReceiveCount is 3 (backoff 1-2 s)."""
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -143,3 +144,32 @@ async def test_a_failed_dead_letter_on_the_last_receive_still_fails_the_row(
     assert row["processingError"] == "Connect recording not found after 1 attempt"
     assert metric("komorebi_retries_total", reason="aws_unavailable") == dead_letter_failures + 1
     assert jobs("dead_letter") == dead_letters  # counted as a retry: it is not in the DLQ
+
+
+async def test_a_lease_held_through_every_retry_still_ends_with_a_reason(
+    aws: AwsEnv, scratch: Path, short_recording: Path
+) -> None:
+    # Another worker's lease stays live through all three receives (a very long job, or a
+    # stuck one): the message is dead-lettered with the reason, and the row says FAILED and
+    # why, while the holder's lease is left alone (its own result has the last word).
+    contact = seed_contact(aws, recording=short_recording)
+    aws.client("dynamodb").update_item(
+        TableName=aws.table_name,
+        Key={"videoID": {"S": contact.recording_id}},
+        UpdateExpression="SET leaseOwner = :o, leaseExpiresAt = :e, processingStatus = :p",
+        ExpressionAttributeValues={
+            ":o": {"S": "other-worker/1234"},
+            ":e": {"N": str(int(time.time()) + 3600)},
+            ":p": {"S": "PROCESSING"},
+        },
+    )
+    send_job(aws, contact.recording_id, 3)
+    found: list[Any] = []
+    async with running_consumer(settings_for(aws, scratch, RETRY_BACKOFF_MAX_SECONDS="2")):
+        await eventually(_collect(aws, found), what="the DLQ")
+    attrs = attributes(found[0])
+    assert (attrs["errorReason"], attrs["errorDetail"]) == ("retries_exhausted", "lease_held")
+    row = get_row(aws, contact.recording_id)
+    assert row["processingStatus"] == "FAILED"
+    assert row["processingError"] == "recording kept leased by another worker after 3 attempts"
+    assert row["leaseOwner"] == "other-worker/1234"

@@ -402,6 +402,21 @@ async def test_mark_failed_respects_another_workers_live_lease(db: Db) -> None:
 
 
 @pytest_anyio
+async def test_mark_failed_beside_a_live_lease_leaves_the_holder_the_last_word(db: Db) -> None:
+    db.seed()
+    await db.table.claim_lease(RID, "worker-a", 300)
+    await db.table.mark_failed(RID, "gave up waiting", owner="worker-b", beside_live_lease=True)
+    row = db.row()
+    assert row["processingStatus"] == {"S": STATUS_FAILED}
+    assert row["processingError"] == {"S": "gave up waiting"}
+    assert row["leaseOwner"] == {"S": "worker-a"}  # not taken away
+    await db.table.renew_lease(RID, "worker-a", 300)  # the holder keeps working
+    await db.table.mark_done(RID, "worker-a", DoneRecord("v.mp4", "t.png", 4.0, 3.0, 0.5))
+    row = db.row()
+    assert row["processingStatus"] == {"S": STATUS_DONE} and "processingError" not in row
+
+
+@pytest_anyio
 async def test_mark_failed_on_missing_row_is_a_no_op(db: Db) -> None:
     await db.table.mark_failed("missing", "row_not_found")
     assert db.row("missing") == {}  # and no row was created

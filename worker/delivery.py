@@ -27,7 +27,14 @@ import anyio
 import structlog
 
 from worker.config import SQS_MAX_VISIBILITY_SECONDS, Settings
-from worker.errors import JobError, JobTooLong, ReceiptHandleInvalid, describe, first_error
+from worker.errors import (
+    JobError,
+    JobTooLong,
+    LeaseHeld,
+    ReceiptHandleInvalid,
+    describe,
+    first_error,
+)
 from worker.job import JobDeps, JobResult, process_job
 from worker.messages import JobMessage, parse_message, recording_id_of
 from worker.observability import (
@@ -124,7 +131,7 @@ class Settler:
             # without our attributes: the row says why all the same.
             log.warning("job.dead_letter_failed", error=dlq_error.message)
             if is_last_receive(message.receive_count, self.queue.max_receive_count):
-                await self._mark_failed(recording_id, error.message)
+                await self._mark_failed(recording_id, decision)
             delay = backoff_seconds(
                 message.receive_count,
                 self.settings.retry_backoff_base_seconds,
@@ -133,7 +140,7 @@ class Settler:
             await self._retry(Retry(delay, dlq_error.reason, dlq_error), message, elapsed)
             return
         await self._delete(message)
-        await self._mark_failed(recording_id, error.message)
+        await self._mark_failed(recording_id, decision)
         record_job("dead_letter", elapsed, reason=decision.reason)
         log.warning(
             "job.dead_lettered",
@@ -144,11 +151,16 @@ class Settler:
             duration_seconds=_round(elapsed),
         )
 
-    async def _mark_failed(self, recording_id: str | None, text: str) -> None:
+    async def _mark_failed(self, recording_id: str | None, decision: DeadLetter) -> None:
         if recording_id is None:
             return
         try:
-            await self.table.mark_failed(recording_id, text)
+            await self.table.mark_failed(
+                recording_id,
+                decision.error.message,
+                # Gave up waiting for another worker's lease: the row says so all the same.
+                beside_live_lease=decision.detail == LeaseHeld.reason,
+            )
         except JobError as mark_error:
             log.warning("job.mark_failed_failed", error=mark_error.message)
 

@@ -480,12 +480,21 @@ class RecordingTable:
             await self._raise_lease_lost(recording_id, owner)
 
     async def mark_failed(
-        self, recording_id: str, reason: str, *, owner: str | None = None
+        self,
+        recording_id: str,
+        reason: str,
+        *,
+        owner: str | None = None,
+        beside_live_lease: bool = False,
     ) -> None:
         """Record a permanent failure (SPEC §4) with a one-line ``processingError``.
 
         Never overwrites DONE, never interrupts another worker's live lease (``owner`` is ours,
-        if we hold one), and is a silent no-op when the row is missing.
+        if we hold one), and is a silent no-op when the row is missing. With
+        ``beside_live_lease`` (this message gave up waiting for that lease) the status and
+        error are still written, the lease left alone: its holder's own ``mark_done`` (or
+        failure) has the last word, and a lease that is never released does not leave the row
+        saying PROCESSING forever.
         """
         now = time.time()
         values: dict[str, Any] = {
@@ -514,5 +523,15 @@ class RecordingTable:
             ),
             ExpressionAttributeValues=values,
         )
+        if not ok and beside_live_lease:
+            ok = await self._update(
+                recording_id,
+                UpdateExpression="SET processingStatus = :failed, processingError = :error",
+                ConditionExpression=(
+                    "attribute_exists(videoID) AND "
+                    "(attribute_not_exists(processingStatus) OR processingStatus <> :done)"
+                ),
+                ExpressionAttributeValues={k: values[k] for k in (":failed", ":error", ":done")},
+            )
         if not ok:
             log.info("mark_failed_skipped", recording_id=recording_id, error_reason=reason[:100])
