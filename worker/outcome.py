@@ -42,7 +42,6 @@ _MAX_EXPONENT = 30
 _RNG = random.Random()  # noqa: S311 - jitter, not cryptography
 
 UNEXPECTED = "unexpected"
-RETRIES_EXHAUSTED = RetriesExhausted.reason
 
 # How the row's processingError starts when retries ran out, by the last transient reason;
 # True: the last error's own text follows (it says which call, key or code failed).
