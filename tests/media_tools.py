@@ -2,7 +2,8 @@
 
 Analysis: :func:`decode_pcm` (any file -> float32 samples), :func:`band_share` /
 :func:`dominant_frequency` / :func:`rms` per window, :func:`tone_profile`, :func:`framemd5`
-(decoded video frame hashes), :func:`probe_duration` / :func:`stream_end` (durations).
+(decoded video frame hashes), :func:`probe_duration` / :func:`stream_end` /
+:func:`timeline_duration` (durations), :func:`packet_times`.
 Generation: :func:`make_recording` and :func:`make_tone_wav` (ffmpeg lavfi sources).
 """
 
@@ -114,7 +115,9 @@ def framemd5(path: Path) -> list[str]:
     """MD5 of every decoded video frame of the first video stream, in order.
 
     ``-fps_mode passthrough`` keeps exactly the coded frames (no duplication or dropping for
-    VFR), so equal lists prove the video was not re-encoded.
+    VFR) and ``-autoscale 0`` hashes each at its native size (ffmpeg would otherwise scale a
+    resized recording's frames to the first size), so equal lists prove that the video was
+    not re-encoded and that no frame was lost.
     """
     text = _run(
         [
@@ -125,6 +128,8 @@ def framemd5(path: Path) -> list[str]:
             "0:v:0",
             "-fps_mode",
             "passthrough",
+            "-autoscale",
+            "0",
             "-f",
             "framemd5",
             "-",
@@ -150,7 +155,9 @@ def probe_duration(path: Path) -> float:
 
 
 def stream_end(path: Path, selector: str = "v:0") -> float:
-    """End (max pts + duration) of a stream from its packets, relative to the file's start."""
+    """End (max pts + duration, less trimmed samples) of a stream from its packets, relative
+    to the file's start. Discarded priming packets (flag D) and the samples a packet's
+    DiscardPadding trims from its end are not part of it."""
     text = _run(
         [
             "ffprobe",
@@ -159,25 +166,69 @@ def stream_end(path: Path, selector: str = "v:0") -> float:
             "-select_streams",
             selector,
             "-show_entries",
-            "format=start_time:packet=pts_time,duration_time",
+            "format=start_time:stream=sample_rate"
+            ":packet=pts_time,duration_time,flags:packet_side_data=discard_padding",
             "-of",
             "compact",
             str(path),
         ]
     ).decode()
-    end, origin = 0.0, 0.0
-    for line in text.splitlines():
+    ends: list[tuple[float, int]] = []  # (pts + duration, samples trimmed at the end)
+    origin, rate = 0.0, 0.0
+    for line in text.splitlines():  # ffprobe prints the packets first
         fields = dict(part.split("=", 1) for part in line.split("|") if "=" in part)
         if line.startswith("format|"):
             origin = float(fields.get("start_time", "0").replace("N/A", "0"))
-        elif line.startswith("packet|"):
+        elif line.startswith("stream|"):
+            rate = float(fields.get("sample_rate", "0").replace("N/A", "0"))
+        elif line.startswith("packet|") and "D" not in fields.get("flags", ""):
             try:
                 pts = float(fields["pts_time"])
             except (KeyError, ValueError):
                 continue
             duration = fields.get("duration_time", "N/A")
-            end = max(end, pts + (float(duration) if duration != "N/A" else 0.0))
+            ends.append(
+                (
+                    pts + (float(duration) if duration != "N/A" else 0.0),
+                    int(fields.get("discard_padding", 0)),
+                )
+            )
+    end = max((e - (trim / rate if rate else 0.0) for e, trim in ends), default=0.0)
     return end - origin
+
+
+def packet_times(path: Path, selector: str = "v:0") -> list[float]:
+    """Presentation times of a stream's packets, in order of time, on the file's own clock."""
+    text = _run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            selector,
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ]
+    ).decode()
+    return sorted(float(v) for line in text.splitlines() if (v := line.strip(" ,")) != "N/A" and v)
+
+
+def start_time(path: Path) -> float:
+    """The container's start time (ffmpeg's t=0 of the file)."""
+    fmt = ffprobe_json(path)["format"]
+    assert isinstance(fmt, dict)
+    return float(fmt.get("start_time", 0.0))
+
+
+def timeline_duration(path: Path) -> float:
+    """From the file's start to the end of its last audio or video sample (from packets)."""
+    streams = ffprobe_json(path)["streams"]
+    assert isinstance(streams, list)
+    kinds = {s["codec_type"] for s in streams}
+    return max(stream_end(path, f"{kind[0]}:0") for kind in ("video", "audio") if kind in kinds)
 
 
 def decoded_audio_seconds(path: Path, rate: int = 16000) -> float:

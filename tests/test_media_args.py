@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -404,7 +405,7 @@ def test_thumbnail_fast_seek(duration: float, at: str) -> None:
 def test_probe_args_have_the_allow_lists() -> None:
     for args in (
         media.build_probe_args(Path("/in/x.mp4")),
-        media.build_packet_scan_args(Path("/in/x.mp4"), 0),
+        media.build_timeline_args(Path("/in/x.mp4")),
     ):
         assert args[0] == "ffprobe"
         i = args.index("-i")
@@ -432,38 +433,224 @@ def test_header_duration_plausibility(duration: float | None, size: int, plausib
     assert media.header_duration_plausible(duration, size) is plausible
 
 
-def test_packet_end_parser() -> None:
-    scan = media.PacketEnd()
-    for line in [
-        "pts_time=0.000000|dts_time=0.000000|duration_time=N/A",
-        "",
-        "side_data|",
-        "pts_time=7.992000|dts_time=7.992000|duration_time=0.008000",
-        "pts_time=7.500000|dts_time=7.500000|duration_time=0.033000",
-        "pts_time=N/A|dts_time=7.995000|duration_time=0.001000",
-        "garbage",
-    ]:
-        scan.feed(line)
-    assert scan.packets == 4
-    assert scan.end == pytest.approx(8.0)
+@pytest.mark.parametrize(
+    ("header", "timeline", "size", "truncated"),
+    [
+        (3.364, 2.247, 130_000, True),  # a cut fragmented MP4
+        (11.966, 11.945, 207_000, False),  # the header counts the last frame's duration
+        (11.9, 11.972, 283_000, False),  # the header is shorter: nothing missing
+        (0.0, 8.0, 400_000, False),  # no header duration (MediaRecorder WebM)
+        (3 * 3600.0, 2.0, 60_000, False),  # an implausible header: the packets win
+        (3600.0, 3400.0, 10**9, True),  # 200 s of an hour missing (over 1 s and 5 %)
+        (3600.0, 3590.0, 10**9, False),  # 10 s: under 5 %
+    ],
+)
+def test_truncation(header: float, timeline: float, size: int, truncated: bool) -> None:
+    assert media.looks_truncated(header, timeline, size) is truncated
 
 
-def test_check_output_tolerance() -> None:
-    out = media.MediaInfo(
-        Path("/o.mp4"),
-        "mov,mp4",
-        8.06,
-        stream(0, "video", "h264"),
-        stream(1, "audio", "aac"),
+def scan(lines: list[str], rates: dict[int, int | None]) -> media.Timeline:
+    scanner = media.TimelineScan(rates)
+    for line in lines:
+        scanner.feed(line)
+    timeline = scanner.timeline()
+    assert timeline is not None
+    return timeline
+
+
+def test_timeline_is_first_sample_to_end_of_last_sample_of_any_stream() -> None:
+    # A static screen: the last frame at 6.986 s, the microphone on to 11.974 s.
+    timeline = scan(
+        [
+            "stream_index=0|pts_time=0.030000|dts_time=0.030000|duration_time=N/A|flags=K_|",
+            "",
+            "stream_index=1|pts_time=0.000000|dts_time=0.000000|duration_time=0.033000|flags=K_",
+            "stream_index=1|pts_time=6.986000|dts_time=6.986000|duration_time=0.001000|flags=__",
+            "stream_index=0|pts_time=11.914000|dts_time=11.914000|duration_time=0.060000|flags=K_",
+            "stream_index=1|pts_time=N/A|dts_time=3.000000|duration_time=0.033000|flags=__",
+            "stream_index=2|pts_time=-5.0|duration_time=99|flags=K_",  # not a stream we use
+            "garbage",
+        ],
+        {0: 48000, 1: None},
     )
-    media.check_output(out, 8.0, media.MP4, 16000)  # 60 ms < 64 ms (AAC frame) + 10 ms
+    assert timeline.origin == 0.0
+    assert timeline.end == pytest.approx(11.974)
+    assert timeline.duration == pytest.approx(11.974)
+    audio, video = timeline.stream(0), timeline.stream(1)
+    assert audio is not None and video is not None
+    assert (audio.start, audio.packets) == (pytest.approx(0.03), 2)
+    assert (video.start, video.end, video.last, video.packets) == (
+        0.0,
+        pytest.approx(6.987),
+        6.986,
+        3,
+    )
+    assert timeline.stream(2) is None
+
+
+def test_timeline_origin_is_the_earliest_stream_and_relative_spans_use_it() -> None:
+    # Firefox: the audio starts 1 ms before the video.
+    timeline = scan(
+        [
+            "stream_index=0|pts_time=0.000000|duration_time=0.008000|flags=K_",
+            "stream_index=1|pts_time=-0.001000|duration_time=0.020000|flags=K_",
+            "stream_index=0|pts_time=10.057000|duration_time=0.008000|flags=__",
+            "stream_index=1|pts_time=9.939000|duration_time=0.020000|flags=K_",
+        ],
+        {0: None, 1: 48000},
+    )
+    assert timeline.origin == -0.001
+    assert timeline.duration == pytest.approx(10.066)
+    video = timeline.relative(0)
+    assert video is not None
+    assert (video.start, video.end, video.last) == (
+        pytest.approx(0.001),
+        pytest.approx(10.066),
+        pytest.approx(10.058),
+    )
+
+
+def test_timeline_skips_priming_the_demuxer_discards_and_samples_it_trims() -> None:
+    timeline = scan(
+        [
+            # MP4 AAC priming (edit list): a discarded packet before 0.
+            "stream_index=1|pts_time=-0.021333|duration_time=0.021333|flags=KD|",
+            # Opus in MP4: 312 samples of pre-skip in the first packet.
+            "stream_index=2|pts_time=-0.006500|duration_time=0.020000|flags=K_|skip_samples=312",
+            "stream_index=0|pts_time=0.000000|duration_time=0.066667|flags=K_",
+            "stream_index=1|pts_time=0.000000|duration_time=0.021333|flags=K_",
+            # WebM DiscardPadding: the last packet's last 480 samples are not played.
+            "stream_index=2|pts_time=3.993500|duration_time=0.020000|flags=K_|discard_padding=480",
+        ],
+        {0: None, 1: 48000, 2: 48000},
+    )
+    assert timeline.origin == 0.0
+    aac, opus = timeline.stream(1), timeline.stream(2)
+    assert aac is not None and opus is not None
+    assert (aac.packets, aac.discarded) == (1, 1)
+    assert opus.start == pytest.approx(0.0)
+    assert opus.end == pytest.approx(4.0035)
+
+
+def test_timeline_scan_without_packets_is_none() -> None:
+    scanner = media.TimelineScan({0: None})
+    scanner.feed("stream_index=0|pts_time=N/A|dts_time=N/A|duration_time=N/A|flags=K_")
+    assert scanner.timeline() is None
+
+
+def span(index: int, start: float, end: float, last: float, packets: int) -> media.StreamSpan:
+    return media.StreamSpan(index, start, end, last, packets)
+
+
+def probed(
+    path: str,
+    video_span: media.StreamSpan,
+    audio_span: media.StreamSpan | None,
+    *,
+    time_base: str = "1/1000",
+) -> media.MediaInfo:
+    from fractions import Fraction
+
+    spans = tuple(s for s in (video_span, audio_span) if s is not None)
+    timeline = media.Timeline(spans)
+    video = replace(stream(video_span.index, "video", "vp8"), time_base=Fraction(time_base))
+    audio = stream(audio_span.index, "audio", "opus") if audio_span else None
+    return media.MediaInfo(
+        Path(path), "matroska,webm", timeline.duration, video, audio, timeline=timeline
+    )
+
+
+STATIC_END = probed(
+    "/in/rec.webm", span(1, 0.0, 6.987, 6.986, 210), span(0, 0.03, 11.974, 11.914, 199)
+)
+
+
+def check(out: media.MediaInfo, container: media.Container = media.WEBM) -> None:
+    options = media.MergeOptions()
+    plan = media.plan_merge(STATIC_END, connect(5.0), 6.0, options)
+    media.check_output(out, STATIC_END, plan, container)
+
+
+def test_output_check_accepts_the_whole_timeline() -> None:
+    assert media.plan_merge(STATIC_END, connect(), 6.0, media.MergeOptions()).duration == (
+        pytest.approx(11.974)
+    )
+    # The output's Opus starts 8 ms early (encoder pre-skip); the video holds to the end.
+    check(
+        probed("/o/x.webm", span(0, 0.0, 11.974, 6.986, 210), span(1, -0.008, 11.972, 11.95, 600))
+    )
+
+
+@pytest.mark.parametrize(
+    ("video", "audio", "reason"),
+    [
+        # The old bug: the output cut at the last frame, the ACW audio after it lost.
+        (span(0, 0.0, 6.987, 6.986, 210), span(1, 0.0, 6.987, 6.96, 350), "lasts 6.987 s"),
+        # A frame lost in the copy.
+        (span(0, 0.0, 11.974, 6.986, 209), span(1, 0.0, 11.974, 11.95, 600), "209 video frames"),
+        # Video moved off its original time.
+        (span(0, 0.5, 11.974, 6.986, 210), span(1, 0.0, 11.974, 11.95, 600), "video starts"),
+        # Audio short of the end.
+        (span(0, 0.0, 11.974, 6.986, 210), span(1, 0.0, 11.9, 11.88, 595), "audio lasts"),
+    ],
+)
+def test_output_check_rejects(
+    video: media.StreamSpan, audio: media.StreamSpan, reason: str
+) -> None:
+    with pytest.raises(media.OutputRejected, match=reason):
+        check(probed("/o/x.webm", video, audio))
+
+
+def test_output_check_tolerance_is_one_audio_frame_and_rounding() -> None:
+    def out(end: float) -> media.MediaInfo:
+        return probed("/o/x.mp4", span(0, 0.0, end, 6.986, 210), span(1, 0.0, end, end - 0.06, 600))
+
+    check(out(11.974 + 0.060), media.MP4)  # 60 ms < 64 ms (AAC frame at 16 kHz) + 10 ms
     with pytest.raises(media.OutputRejected):
-        media.check_output(out, 7.9, media.MP4, 16000)
+        check(out(11.974 + 0.080), media.MP4)
     with pytest.raises(media.OutputRejected):
-        media.check_output(out, 8.0, media.WEBM, 48000)  # Opus: 20 ms + 10 ms
-    no_audio = media.MediaInfo(Path("/o.mp4"), "mov,mp4", 8.0, stream(0, "video", "h264"), None)
+        check(out(11.974 + 0.060), media.WEBM)  # Opus: 20 ms + 10 ms
+    no_audio = replace(out(11.974), audio=None)
     with pytest.raises(media.OutputRejected, match="no audio"):
-        media.check_output(no_audio, 8.0, media.MP4, 16000)
+        check(no_audio, media.MP4)
+
+
+def test_last_frame_is_held_to_the_end_of_the_timeline() -> None:
+    plan = media.plan_merge(STATIC_END, connect(), 6.0, media.MergeOptions())
+    args = media.hold_last_frame_args(STATIC_END, plan, media.WEBM)
+    # Packet 209 (the last, counted from 0) lasts until 11.974 s; no other packet changes.
+    assert args == ["-bsf:v", "setts=duration='if(eq(N\\,209)\\,11.974000/TB-PTS\\,DURATION)'"]
+    merge_args, _ = build(STATIC_END, connect(), 6.0)
+    assert merge_args[merge_args.index("-bsf:v") - 2 : merge_args.index("-bsf:v")] == [
+        "-c:v",
+        "copy",
+    ]
+    # WebM: timestamps as they are, even the encoder's negative Opus pre-skip ones (else the
+    # muxer would shift the video 7 ms off its original time).
+    assert value_after(merge_args, "-avoid_negative_ts") == ["disabled"]
+
+
+def test_mp4_track_keeps_the_recordings_time_base_for_the_held_frame() -> None:
+    rec = probed("/in/rec.webm", span(1, 0.0, 6.987, 6.986, 210), span(0, 0.0, 11.974, 11.9, 199))
+    rec = replace(rec, video=replace(rec.video, codec_name="h264"))  # type: ignore[arg-type]
+    plan = media.plan_merge(rec, connect(), 6.0, media.MergeOptions())
+    args = media.hold_last_frame_args(rec, plan, media.MP4)
+    assert args[-2:] == ["-video_track_timescale", "1000"]
+    merge_args, _ = build(rec, connect(), 6.0, output="/out/recording.mp4")
+    assert "-avoid_negative_ts" not in merge_args
+
+
+def test_webm_output_of_video_in_another_time_base_is_not_held() -> None:
+    # The WebM muxer's 1/1000 is chosen after the filter's TB (1/15360): no setts.
+    rec = probed(
+        "/in/rec.mp4",
+        span(1, 0.0, 6.987, 6.986, 210),
+        span(0, 0.0, 11.974, 11.9, 199),
+        time_base="1/15360",
+    )
+    plan = media.plan_merge(rec, connect(), 6.0, media.MergeOptions())
+    assert media.hold_last_frame_args(rec, plan, media.WEBM) == []
+    assert media.hold_last_frame_args(recording(), plan, media.WEBM) == []  # no timeline
 
 
 def test_stderr_tail_is_bounded_and_picks_the_reason() -> None:

@@ -41,8 +41,12 @@ from tests.media_tools import (
     framemd5,
     make_recording,
     make_tone_wav,
+    packet_times,
+    probe_duration,
     rms,
+    start_time,
     stream_end,
+    timeline_duration,
     window,
 )
 from worker import ffmpeg as ffmpeg_module
@@ -172,16 +176,21 @@ def assert_timeline(path: Path, segments: list[Segment], *, stereo: bool = False
 def assert_same_video_and_duration(
     output: Path, recording: Path, result: media.MergeResult, audio: AudioSettings
 ) -> None:
-    """Output: same video frames as the input, audio and video as long as the recording."""
+    """Output: the input's video frames (native size) at their original times, and the
+    output (container, packets, decoded audio) as long as the recording's timeline."""
     assert framemd5(output) == input_frames(recording), "video frames differ: re-encoded?"
+    shift = start_time(recording)  # ffmpeg's t=0 of the recording
+    original = [t - shift for t in input_video_times(recording)]
+    assert packet_times(output) == pytest.approx(original, abs=0.0015)
     frame = 0.020 if output.suffix == ".webm" else 1024 / audio.sample_rate
     tolerance = frame + media.CONTAINER_ROUNDING_SECONDS
     expected = result.media_duration_seconds
-    # The recording's real end, measured independently of the engine.
-    assert abs(input_video_end(recording) - expected) < 0.02
+    # The recording's timeline (first to last sample of any stream), measured independently.
+    assert abs(input_duration(recording) - expected) < 0.002
     pcm = decoded(output, 1)
     assert abs(pcm.shape[0] / 16000 - expected) <= tolerance
-    assert abs(stream_end(output, "v:0") - expected) <= tolerance
+    assert abs(probe_duration(output) - expected) <= tolerance
+    assert abs(timeline_duration(output) - expected) <= tolerance
 
 
 @functools.cache
@@ -197,8 +206,13 @@ def input_frames(path: Path) -> list[str]:
 
 
 @functools.cache
-def input_video_end(path: Path) -> float:
-    return stream_end(path, "v:0")
+def input_duration(path: Path) -> float:
+    return timeline_duration(path)
+
+
+@functools.cache
+def input_video_times(path: Path) -> list[float]:
+    return packet_times(path)
 
 
 FIXTURE_CASES = [
@@ -248,8 +262,10 @@ def test_browser_fixture_end_aligned(
 
 def test_webm_without_header_duration_uses_packets(data_dir: Path) -> None:
     info = anyio.run(media.probe, data_dir / CHROME_VP8_OPUS)
-    assert info.duration_source == "packets"
-    assert info.duration == pytest.approx(stream_end(data_dir / CHROME_VP8_OPUS), abs=0.001)
+    assert info.timeline is not None
+    # The audio ends 26 ms after the last frame: the recording lasts until then.
+    assert info.duration == pytest.approx(stream_end(data_dir / CHROME_VP8_OPUS, "a:0"), abs=0.001)
+    assert info.duration > stream_end(data_dir / CHROME_VP8_OPUS, "v:0") + 0.02
     assert info.video is not None and info.video.codec_name == "vp8"
     assert info.audio is not None and info.audio.start_time == pytest.approx(0.040)
 
@@ -590,8 +606,7 @@ def test_header_claiming_hours_is_not_trusted(
     path = tmp_path / "lying.webm"
     path.write_bytes(bytes(lying))
     info = anyio.run(media.probe, path)
-    assert info.duration_source == "packets"
-    assert info.duration == pytest.approx(stream_end(path), abs=0.001)
+    assert info.duration == pytest.approx(timeline_duration(path), abs=0.001)
     assert info.duration < 5
     out = tmp_path / "out"
     out.mkdir()

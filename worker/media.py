@@ -5,15 +5,18 @@ Layers, pure core first:
 - :func:`container_for`, :func:`plan_merge`, :func:`build_audio_graph`,
   :func:`build_merge_args`, :func:`build_thumbnail_args` are pure functions of probe results
   and options (unit-tested without ffmpeg).
-- :func:`probe` runs ffprobe (with the allow-lists of :mod:`worker.ffmpeg`) and computes the
-  recording's real end, scanning packet timestamps when the header has no usable duration
-  (MediaRecorder WebM never has one).
+- :func:`probe` runs ffprobe (with the allow-lists of :mod:`worker.ffmpeg`) and reads the
+  file's :class:`Timeline` from its packets (MediaRecorder WebM has no header duration, and
+  a header would only say less: the same scan for every file).
 - :func:`merge` runs one ffmpeg process for the merge, a second short one for the thumbnail,
   then probes the output and rejects it when its duration or streams are wrong.
 
-Timeline: ffmpeg shifts every input so that its earliest timestamp is 0; all durations and
-offsets here are on that shifted timeline, which is also where ``callEnd`` is measured from
-(the start of the Komorebi recording).
+Timeline (:class:`Timeline`, the one definition): from the earliest timestamp of any stream
+(ffmpeg shifts every input so that it is 0) to the end of the last sample of any stream, audio
+or video. All durations and offsets here are on that shifted timeline, which is also where
+``callEnd`` is measured from (the start of the Komorebi recording). The output covers exactly
+that: every video frame stream-copied at its original time, the last one held to the end,
+audio exactly as long.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,13 +48,17 @@ log = structlog.get_logger(__name__)
 ProgressCallback = Callable[[float], None]
 
 # A header that claims fewer bits per second than this for the whole file is not believed
-# (e.g. "3 hours" on a 400 kB file): the real end is then read from packet timestamps.
-# Screen recordings, even of a static screen, and speech audio stay well above it.
+# (e.g. "3 hours" on a 400 kB file): screen recordings, even of a static screen, and speech
+# audio stay well above it.
 MIN_PLAUSIBLE_BITRATE = 4000.0
+# A believable header duration this much longer than the packets' timeline means that the file
+# was cut (a fragmented MP4's index promising samples that are not there): the larger of the two.
+TRUNCATION_MIN_SECONDS = 1.0
+TRUNCATION_MIN_SHARE = 0.05
 # Nothing we process is longer than a week (messages.MAX_CALL_END_SECONDS likewise).
 MAX_PLAUSIBLE_DURATION = 7 * 24 * 3600.0
 # Container timestamp rounding allowed on top of one audio frame in the output check:
-# WebM stores milliseconds, and ffmpeg shifts WebM video by the Opus pre-skip (6.5 ms).
+# WebM stores milliseconds, and the output's Opus packets start 6.5 ms early (pre-skip).
 CONTAINER_ROUNDING_SECONDS = 0.010
 PROGRESS_LOG_INTERVAL_SECONDS = 30.0
 # Past this call end the recording's audio after callEnd is read from a second, fast-seeked
@@ -80,22 +88,66 @@ class StreamInfo:
     channels: int | None
     width: int | None
     height: int | None
-    # Matroska's per-track DURATION tag (the track's end timestamp), when a muxer wrote one.
-    tag_end: float | None = None
+    time_base: Fraction | None = None
 
-    def end(self, origin: float) -> float | None:
-        """The stream's end on the file's shifted timeline, if the header says."""
-        if self.duration is not None:
-            return self.start_time + self.duration - origin
-        if self.tag_end is not None:
-            return self.tag_end - origin
-        return None
+
+@dataclass(frozen=True)
+class StreamSpan:
+    """Where one stream's samples lie on its file's own clock (seconds), from its packets."""
+
+    index: int
+    start: float  # the first presented sample (discarded priming and skipped samples excluded)
+    end: float  # the end of the last sample: max(pts + duration)
+    last: float  # the start of the last sample (for video: the frame held to the end)
+    packets: int  # presented packets (frames)
+    discarded: int = 0  # packets the demuxer marks discarded (still copied by ffmpeg)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The one definition of a file's timeline, used by the plan, the merge and the check.
+
+    ``origin`` is the earliest timestamp of any stream (ffmpeg shifts every input by it, so it
+    is t=0 of the merge and of ``callEnd``); ``end`` is the end of the last sample of any
+    stream, audio or video: a static screen emits no video frames while the microphone goes on,
+    and the last picture stays on screen until the last sound. Both come from the packets
+    (:class:`TimelineScan`), the same way for files with and without a header duration.
+    """
+
+    streams: tuple[StreamSpan, ...]
+
+    @property
+    def origin(self) -> float:
+        """The earliest timestamp of any stream (the file's t=0 for ffmpeg)."""
+        return min(span.start for span in self.streams)
+
+    @property
+    def end(self) -> float:
+        """The end of the last sample of any stream, on the file's own clock."""
+        return max(span.end for span in self.streams)
+
+    @property
+    def duration(self) -> float:
+        """How long the file lasts: from the first sample of any stream to the last's end."""
+        return self.end - self.origin
+
+    def stream(self, index: int) -> StreamSpan | None:
+        """The span of stream ``index`` (None when it has no packets)."""
+        return next((span for span in self.streams if span.index == index), None)
+
+    def relative(self, index: int) -> StreamSpan | None:
+        """Stream ``index``'s span with times relative to :attr:`origin`."""
+        span = self.stream(index)
+        if span is None:
+            return None
+        o = self.origin
+        return replace(span, start=span.start - o, end=span.end - o, last=span.last - o)
 
 
 @dataclass(frozen=True)
 class MediaInfo:
-    """A probed file. ``duration`` is its real end on ffmpeg's timeline (see module doc):
-    the end of the video stream when there is one, else of the audio stream."""
+    """A probed file. ``duration`` is its :class:`Timeline`'s duration (when probed; tests
+    may build one without a timeline)."""
 
     path: Path
     format_name: str
@@ -104,7 +156,7 @@ class MediaInfo:
     audio: StreamInfo | None
     start_time: float = 0.0
     size_bytes: int = 0
-    duration_source: Literal["header", "packets"] = "header"
+    timeline: Timeline | None = None
 
 
 @dataclass(frozen=True)
@@ -404,13 +456,48 @@ def build_merge_args(
         args += ["-ss", str(seek), *ffmpeg.input_args(recording.path)]
     args += ["-filter_complex", graph]
     args += ["-map", f"0:{recording.video.index}", "-map", "[aout]"]
-    args += ["-c:v", "copy"]
+    args += ["-c:v", "copy", *hold_last_frame_args(recording, plan, container)]
     args += ["-c:a", container.audio_codec, "-b:a", options.audio.bitrate]
     args += ["-ar", str(plan.sample_rate), "-ac", str(plan.channels)]
     args += ["-map_chapters", "-1", "-dn", "-sn"]
     if container is MP4:
         args += ["-movflags", "+faststart"]
+    else:
+        args += ["-avoid_negative_ts", "disabled"]
     args += ["-f", container.muxer, "-y", ffmpeg.file_url(output)]
+    return args
+
+
+def hold_last_frame_args(recording: MediaInfo, plan: MergePlan, container: Container) -> list[str]:
+    """``-bsf:v setts`` (and the MP4 time base): the last frame lasts to the end (pure).
+
+    The last video packet's duration (a timestamp: the picture is not touched) is set so that
+    the video track, and with it the container's duration, end exactly at the end of the
+    timeline: a static screen's last frame, seconds before the microphone's last sound, stays
+    on screen until then. WebM stores no frame durations (Chromium writes none, ffmpeg's
+    muxer neither): left alone, the muxer would use ffmpeg's guess from the frame rate it
+    estimated (1 ms to 1 s for the same recorder, changed by resizes and frame drops).
+
+    ffmpeg 5.1 gives the filter ``TB`` from before the muxer chose its time base: the MP4
+    muxer would turn a WebM's 1/1000 into 1/16000 and ``PTS*TB`` would be 16 times off, so
+    the MP4 track keeps the recording's time base (``-video_track_timescale``, exact: every
+    frame at its original time); the WebM muxer always uses 1/1000, so a video in another
+    time base is left as it is.
+    """
+    video = recording.video
+    span = recording.timeline.relative(video.index) if recording.timeline and video else None
+    if video is None or span is None:
+        return []
+    base = video.time_base
+    if base is None or base.numerator != 1 or (container is WEBM and base != Fraction(1, 1000)):
+        return []
+    last_packet = span.packets + span.discarded - 1  # setts counts packets from 0
+    args = [
+        "-bsf:v",
+        f"setts=duration='if(eq(N\\,{last_packet})\\,{plan.duration:.6f}/TB-PTS\\,DURATION)'",
+    ]
+    if container is MP4:
+        args += ["-video_track_timescale", str(base.denominator)]
     return args
 
 
@@ -450,17 +537,20 @@ def build_probe_args(path: Path) -> list[str]:
     ]
 
 
-def build_packet_scan_args(path: Path, stream_index: int) -> list[str]:
-    """ffprobe listing one stream's packet timestamps, one line per packet (pure)."""
+def build_timeline_args(path: Path) -> list[str]:
+    """ffprobe listing every packet's stream, times, flags and skipped samples (pure).
+
+    Demuxing only (no decoding): a pass over the file at disk speed. One line per packet,
+    read by :class:`TimelineScan`.
+    """
     return [
         ffmpeg.FFPROBE,
         "-hide_banner",
         "-v",
         "error",
-        "-select_streams",
-        str(stream_index),
         "-show_entries",
-        "packet=pts_time,dts_time,duration_time",
+        "packet=stream_index,pts_time,dts_time,duration_time,flags"
+        ":packet_side_data=skip_samples,discard_padding",
         "-of",
         "compact=p=0",
         *ffmpeg.input_args(path),
@@ -476,6 +566,14 @@ def _float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def _fraction(value: Any) -> Fraction | None:
+    try:
+        number = Fraction(str(value))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return number if number > 0 else None
 
 
 def _int(value: Any) -> int | None:
@@ -496,29 +594,14 @@ def _stream(raw: dict[str, Any]) -> StreamInfo:
         channels=_int(raw.get("channels")),
         width=_int(raw.get("width")),
         height=_int(raw.get("height")),
-        tag_end=_clock((raw.get("tags") or {}).get("DURATION")),
+        time_base=_fraction(raw.get("time_base")),
     )
 
 
-def _clock(value: Any) -> float | None:
-    """Seconds from ``HH:MM:SS.fffffffff`` (Matroska DURATION tags), else None."""
-    if not isinstance(value, str):
-        return None
-    parts = value.strip().split(":")
-    if len(parts) != 3:
-        return None
-    hours, minutes, seconds = (_float(part) for part in parts)
-    if hours is None or minutes is None or seconds is None:
-        return None
-    return hours * 3600 + minutes * 60 + seconds
-
-
-def parse_probe_json(path: Path, text: str, size_bytes: int) -> tuple[MediaInfo, float | None]:
-    """MediaInfo from ffprobe's JSON, and the header's end of the anchor stream (or None).
-
-    The anchor is the video stream, else the audio stream. ``MediaInfo.duration`` is set to
-    the header value (0 when absent); :func:`probe` replaces it when it is not plausible.
-    """
+def parse_probe_json(path: Path, text: str, size_bytes: int) -> MediaInfo:
+    """MediaInfo from ffprobe's JSON: the first video stream (not a cover picture) and the
+    first audio stream. ``duration`` is the header's (0 when absent) until :func:`probe`
+    replaces it with the timeline's."""
     try:
         data = json.loads(text)
     except ValueError:
@@ -535,23 +618,15 @@ def parse_probe_json(path: Path, text: str, size_bytes: int) -> tuple[MediaInfo,
         None,
     )
     audio = next((_stream(s) for s in streams if s.get("codec_type") == "audio"), None)
-    origin = _float(fmt.get("start_time")) or 0.0
-    anchor = video or audio
-    header_end: float | None = None
-    if anchor is not None and anchor.duration is not None:
-        header_end = anchor.start_time + anchor.duration - origin
-    elif _float(fmt.get("duration")) is not None:
-        header_end = _float(fmt.get("duration"))
-    info = MediaInfo(
+    return MediaInfo(
         path=path,
         format_name=str(fmt.get("format_name", "unknown")),
-        duration=header_end or 0.0,
+        duration=_float(fmt.get("duration")) or 0.0,
         video=video,
         audio=audio,
-        start_time=origin,
+        start_time=_float(fmt.get("start_time")) or 0.0,
         size_bytes=size_bytes,
     )
-    return info, header_end
 
 
 def header_duration_plausible(duration: float | None, size_bytes: int) -> bool:
@@ -561,29 +636,75 @@ def header_duration_plausible(duration: float | None, size_bytes: int) -> bool:
     return size_bytes * 8 / duration >= MIN_PLAUSIBLE_BITRATE
 
 
-class PacketEnd:
-    """Streaming maximum of ``pts + duration`` over ffprobe ``compact`` packet lines."""
+def looks_truncated(header_duration: float, timeline_duration: float, size_bytes: int) -> bool:
+    """Whether a believable header promises clearly more media than the packets hold (pure).
 
-    def __init__(self) -> None:
-        self.end: float | None = None
-        self.packets = 0
+    A header that claims an implausible length (see :func:`header_duration_plausible`) is
+    ignored instead: the packets are the truth.
+    """
+    if not header_duration_plausible(header_duration, size_bytes):
+        return False
+    missing = header_duration - timeline_duration
+    return missing > max(TRUNCATION_MIN_SECONDS, TRUNCATION_MIN_SHARE * header_duration)
+
+
+class TimelineScan:
+    """Builds a :class:`Timeline` from ffprobe packet lines (:func:`build_timeline_args`).
+
+    Per stream: the first presented sample is the smallest packet time, where packets that
+    the demuxer marks discarded (flag ``D``: MP4 edit-list priming) do not count and an
+    audio packet's skipped samples (Opus pre-skip in MP4) move its start; the end is the
+    largest ``pts + duration``, less the samples a packet discards at its end (WebM
+    DiscardPadding). ``sample_rates`` are the audio streams' rates; other streams' packets
+    (subtitles, data, a cover picture) are ignored.
+    """
+
+    def __init__(self, streams: dict[int, int | None]) -> None:
+        self._rates = streams
+        self._spans: dict[int, list[float]] = {}  # index -> [start, end, last, packets]
+        self._discarded: dict[int, int] = {}
 
     def feed(self, line: str) -> None:
-        """Take one output line (non-packet lines, e.g. side data, are ignored)."""
+        """Take one output line (lines without a timed packet are ignored)."""
         values = dict(part.split("=", 1) for part in line.split("|") if "=" in part)
+        index = _int(values.get("stream_index"))
+        if index not in self._rates:
+            return
+        if "D" in values.get("flags", ""):
+            self._discarded[index] = self._discarded.get(index, 0) + 1
+            return
         when = _float(values.get("pts_time"))
         if when is None:
             when = _float(values.get("dts_time"))
         if when is None:
             return
-        self.packets += 1
-        end = when + (_float(values.get("duration_time")) or 0.0)
-        if self.end is None or end > self.end:
-            self.end = end
+        rate = self._rates[index]
+        duration = _float(values.get("duration_time")) or 0.0
+        start, end = when, when + duration
+        if rate:
+            start += (_int(values.get("skip_samples")) or 0) / rate
+            end -= (_int(values.get("discard_padding")) or 0) / rate
+        span = self._spans.get(index)
+        if span is None:
+            self._spans[index] = [start, end, when, 1]
+        else:
+            span[0], span[1], span[2] = min(span[0], start), max(span[1], end), max(span[2], when)
+            span[3] += 1
+
+    def timeline(self) -> Timeline | None:
+        """The timeline of what was fed (None when no packet had a time)."""
+        if not self._spans:
+            return None
+        return Timeline(
+            tuple(
+                StreamSpan(index, start, end, last, int(n), self._discarded.get(index, 0))
+                for index, (start, end, last, n) in sorted(self._spans.items())
+            )
+        )
 
 
 async def probe(path: Path, *, timeout: float = 60.0) -> MediaInfo:  # noqa: ASYNC109
-    """Probe ``path`` with the allow-lists; find its real end (see :class:`MediaInfo`).
+    """Probe ``path`` with the allow-lists and read its :class:`Timeline` from its packets.
 
     Raises :class:`MediaError` (or a subclass) for files ffprobe refuses or cannot read,
     :class:`worker.errors.MediaTimeout` past ``timeout``.
@@ -603,83 +724,98 @@ async def probe(path: Path, *, timeout: float = 60.0) -> MediaInfo:  # noqa: ASY
         what=f"probe of {path.name}",
         on_stdout_line=lines.append,
     )
-    info, header_end = parse_probe_json(path, "\n".join(lines), size)
-    anchor = info.video or info.audio
-    if anchor is None:
+    info = parse_probe_json(path, "\n".join(lines), size)
+    streams = [s for s in (info.video, info.audio) if s is not None]
+    if not streams:
         FFMPEG_FAILURES.labels(reason="no_streams").inc()
         raise MediaError(f"{path.name} has neither video nor audio")
-    if not header_duration_plausible(header_end, size):
-        scanner = PacketEnd()
-        # Reading every packet is a demux pass (no decoding): allow for the file's size.
-        scan_timeout = timeout + size / 20e6
-        await ffmpeg.run(
-            build_packet_scan_args(path, anchor.index),
-            timeout=scan_timeout,
-            what=f"packet scan of {path.name}",
-            on_stdout_line=scanner.feed,
+    scanner = TimelineScan({s.index: s.sample_rate for s in streams})
+    # Reading every packet is a demux pass (no decoding): allow for the file's size.
+    await ffmpeg.run(
+        build_timeline_args(path),
+        timeout=timeout + size / 20e6,
+        what=f"packet scan of {path.name}",
+        on_stdout_line=scanner.feed,
+    )
+    timeline = scanner.timeline()
+    if timeline is None or not 0 < timeline.duration <= MAX_PLAUSIBLE_DURATION:
+        FFMPEG_FAILURES.labels(reason="invalid_data").inc()
+        raise MediaError(f"{path.name}: no readable packets")
+    header_duration = info.duration
+    if looks_truncated(header_duration, timeline.duration, size):
+        FFMPEG_FAILURES.labels(reason="truncated").inc()
+        raise MediaError(
+            f"{path.name} is truncated: its header says {header_duration:.3f} s, "
+            f"its media ends at {timeline.duration:.3f} s"
         )
-        if scanner.end is None or scanner.end - info.start_time <= 0:
-            FFMPEG_FAILURES.labels(reason="invalid_data").inc()
-            raise MediaError(f"{path.name}: no readable {anchor.codec_type} packets")
-        info = MediaInfo(
-            path=info.path,
-            format_name=info.format_name,
-            duration=scanner.end - info.start_time,
-            video=info.video,
-            audio=info.audio,
-            start_time=info.start_time,
-            size_bytes=size,
-            duration_source="packets",
-        )
-        log.info(
-            "media_duration_from_packets",
-            file=path.name,
-            header_duration=header_end,
-            packets=scanner.packets,
-            duration=round(info.duration, 3),
-        )
+    info = replace(info, duration=timeline.duration, timeline=timeline)
     log.info(
         "media_probed",
         file=path.name,
         format=info.format_name,
         duration=round(info.duration, 3),
-        duration_source=info.duration_source,
+        header_duration=round(header_duration, 3) or None,
+        origin=round(timeline.origin, 3),
+        streams={
+            f"{kind} {s.codec_name}": _span_summary(timeline.relative(s.index))
+            for kind, s in (("video", info.video), ("audio", info.audio))
+            if s is not None
+        },
         video=info.video and f"{info.video.codec_name} {info.video.width}x{info.video.height}",
         audio=info.audio
-        and f"{info.audio.codec_name} {info.audio.sample_rate} Hz {info.audio.channels} ch"
-        f" start {info.audio.start_time:.3f}",
+        and f"{info.audio.codec_name} {info.audio.sample_rate} Hz {info.audio.channels} ch",
     )
     return info
+
+
+def _span_summary(span: StreamSpan | None) -> str:
+    if span is None:
+        return "no packets"
+    return f"{span.start:.3f}-{span.end:.3f} s, {span.packets} packets"
 
 
 # --- merging ---------------------------------------------------------------------------------
 
 
 def check_output(
-    output: MediaInfo, expected_duration: float, container: Container, sample_rate: int
+    output: MediaInfo, recording: MediaInfo, plan: MergePlan, container: Container
 ) -> None:
-    """Reject an output without video or audio, or whose duration is not the recording's.
+    """Reject an output that does not cover the recording's timeline exactly (pure).
 
-    Tolerance: one encoded audio frame (AAC 1024 samples, Opus 20 ms) plus
-    :data:`CONTAINER_ROUNDING_SECONDS`.
+    Both files' :class:`Timeline` are measured the same way. The output must last
+    ``plan.duration``, its audio must run from its start to its end, and its video must hold
+    every frame of the recording's, the first at its original time. Tolerance: one encoded
+    audio frame (AAC 1024 samples, Opus 20 ms) plus :data:`CONTAINER_ROUNDING_SECONDS`.
     """
     name = output.path.name
     if output.video is None:
         raise OutputRejected(f"{name}: output has no video stream")
     if output.audio is None:
         raise OutputRejected(f"{name}: output has no audio stream")
-    tolerance = container.audio_frame_seconds(sample_rate) + CONTAINER_ROUNDING_SECONDS
-    ends = {
-        "output": output.duration,
-        "video": output.video.end(output.start_time),
-        "audio": output.audio.end(output.start_time),
-    }
-    for what, end in ends.items():
-        if end is not None and abs(end - expected_duration) > tolerance:
+    if output.timeline is None or recording.timeline is None or recording.video is None:
+        raise OutputRejected(f"{name}: no timeline to check")
+    tolerance = container.audio_frame_seconds(plan.sample_rate) + CONTAINER_ROUNDING_SECONDS
+    video = output.timeline.relative(output.video.index)
+    audio = output.timeline.relative(output.audio.index)
+    source = recording.timeline.relative(recording.video.index)
+    if video is None or audio is None or source is None:
+        raise OutputRejected(f"{name}: output has a stream without packets")
+    for what, seconds in (("duration", output.timeline.duration), ("audio", audio.end)):
+        if abs(seconds - plan.duration) > tolerance:
             raise OutputRejected(
-                f"{name}: {what} duration {end:.3f} s differs from the recording's "
-                f"{expected_duration:.3f} s by more than {tolerance:.3f} s"
+                f"{name}: {what} lasts {seconds:.3f} s, the recording {plan.duration:.3f} s "
+                f"(more than {tolerance:.3f} s apart)"
             )
+    if audio.start > tolerance:
+        raise OutputRejected(f"{name}: audio starts {audio.start:.3f} s late")
+    if video.packets != source.packets:
+        raise OutputRejected(
+            f"{name}: {video.packets} video frames, the recording has {source.packets}"
+        )
+    if abs(video.start - source.start) > CONTAINER_ROUNDING_SECONDS:
+        raise OutputRejected(
+            f"{name}: video starts at {video.start:.3f} s, in the recording at {source.start:.3f} s"
+        )
 
 
 def _media_timeout(options: MergeOptions, duration: float) -> float:
@@ -815,7 +951,7 @@ async def merge(
         )
         written = await probe(request.output, timeout=options.timeout_base_seconds)
         try:
-            check_output(written, plan.duration, container, plan.sample_rate)
+            check_output(written, recording, plan, container)
         except OutputRejected:
             FFMPEG_FAILURES.labels(reason="output_rejected").inc()
             raise
