@@ -117,11 +117,14 @@ def framemd5(path: Path) -> list[str]:
     ``-fps_mode passthrough`` keeps exactly the coded frames (no duplication or dropping for
     VFR) and ``-autoscale 0`` hashes each at its native size (ffmpeg would otherwise scale a
     resized recording's frames to the first size), so equal lists prove that the video was
-    not re-encoded and that no frame was lost.
+    not re-encoded and that no frame was lost. One decoder thread: a damaged stream (avc1 MP4
+    after a resize) is concealed differently from run to run by a multi-threaded decoder.
     """
     text = _run(
         [
             *FFMPEG,
+            "-threads",
+            "1",
             "-i",
             str(path),
             "-map",
@@ -136,6 +139,18 @@ def framemd5(path: Path) -> list[str]:
         ]
     ).decode()
     return [line.rsplit(",", 1)[1].strip() for line in text.splitlines() if line and line[0] != "#"]
+
+
+def frame_sizes(path: Path) -> list[str]:
+    """``WxH`` of every decoded frame of the first video stream, in order."""
+    return _ffprobe_csv(path, "v:0", "frame=width,height")
+
+
+def _ffprobe_csv(path: Path, selector: str, entries: str) -> list[str]:
+    """One ``-show_entries`` value row per line (``a,b``), for one stream."""
+    args = ["ffprobe", "-v", "error", "-select_streams", selector, "-show_entries", entries]
+    text = _run([*args, "-of", "csv=p=0:s=x", str(path)]).decode()
+    return [line.strip("x") for line in text.splitlines() if line.strip("x")]
 
 
 def ffprobe_json(path: Path) -> dict[str, object]:
@@ -199,21 +214,8 @@ def stream_end(path: Path, selector: str = "v:0") -> float:
 
 def packet_times(path: Path, selector: str = "v:0") -> list[float]:
     """Presentation times of a stream's packets, in order of time, on the file's own clock."""
-    text = _run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-select_streams",
-            selector,
-            "-show_entries",
-            "packet=pts_time",
-            "-of",
-            "csv=p=0",
-            str(path),
-        ]
-    ).decode()
-    return sorted(float(v) for line in text.splitlines() if (v := line.strip(" ,")) != "N/A" and v)
+    rows = _ffprobe_csv(path, selector, "packet=pts_time")
+    return sorted(float(row) for row in rows if row != "N/A")
 
 
 def start_time(path: Path) -> float:
@@ -229,6 +231,11 @@ def timeline_duration(path: Path) -> float:
     assert isinstance(streams, list)
     kinds = {s["codec_type"] for s in streams}
     return max(stream_end(path, f"{kind[0]}:0") for kind in ("video", "audio") if kind in kinds)
+
+
+def timeline_end(path: Path) -> float:
+    """Where the file's last audio or video sample ends, on its own clock (absolute)."""
+    return start_time(path) + timeline_duration(path)
 
 
 def decoded_audio_seconds(path: Path, rate: int = 16000) -> float:

@@ -585,13 +585,15 @@ def test_output_check_accepts_the_whole_timeline() -> None:
     ("video", "audio", "reason"),
     [
         # The old bug: the output cut at the last frame, the ACW audio after it lost.
-        (span(0, 0.0, 6.987, 6.986, 210), span(1, 0.0, 6.987, 6.96, 350), "lasts 6.987 s"),
+        (span(0, 0.0, 6.987, 6.986, 210), span(1, 0.0, 6.987, 6.96, 350), "ends at 6.987 s"),
         # A frame lost in the copy.
         (span(0, 0.0, 11.974, 6.986, 209), span(1, 0.0, 11.974, 11.95, 600), "209 video frames"),
         # Video moved off its original time.
         (span(0, 0.5, 11.974, 6.986, 210), span(1, 0.0, 11.974, 11.95, 600), "video starts"),
         # Audio short of the end.
-        (span(0, 0.0, 11.974, 6.986, 210), span(1, 0.0, 11.9, 11.88, 595), "audio lasts"),
+        (span(0, 0.0, 11.974, 6.986, 210), span(1, 0.0, 11.9, 11.88, 595), "audio ends"),
+        # Audio shifted late (its start after the first frame).
+        (span(0, 0.0, 11.974, 6.986, 210), span(1, 0.05, 11.974, 11.95, 600), "audio starts"),
     ],
 )
 def test_output_check_rejects(

@@ -782,10 +782,13 @@ def check_output(
 ) -> None:
     """Reject an output that does not cover the recording's timeline exactly (pure).
 
-    Both files' :class:`Timeline` are measured the same way. The output must last
-    ``plan.duration``, its audio must run from its start to its end, and its video must hold
-    every frame of the recording's, the first at its original time. Tolerance: one encoded
-    audio frame (AAC 1024 samples, Opus 20 ms) plus :data:`CONTAINER_ROUNDING_SECONDS`.
+    Both files' :class:`Timeline` are measured the same way. The output is written on the
+    recording's timeline (its t=0 is the recording's origin, its timestamps are not shifted):
+    it must end at ``plan.duration``, its audio must run from 0 to there, and its video must
+    hold every frame of the recording's, the first at its original time. The output's own
+    origin is not used: the audio encoder's priming (Opus pre-skip, 6.5 to 13 ms before 0)
+    lies before it. Tolerance: one encoded audio frame (AAC 1024 samples, Opus 20 ms) plus
+    :data:`CONTAINER_ROUNDING_SECONDS`.
     """
     name = output.path.name
     if output.video is None:
@@ -795,15 +798,15 @@ def check_output(
     if output.timeline is None or recording.timeline is None or recording.video is None:
         raise OutputRejected(f"{name}: no timeline to check")
     tolerance = container.audio_frame_seconds(plan.sample_rate) + CONTAINER_ROUNDING_SECONDS
-    video = output.timeline.relative(output.video.index)
-    audio = output.timeline.relative(output.audio.index)
+    video = output.timeline.stream(output.video.index)
+    audio = output.timeline.stream(output.audio.index)
     source = recording.timeline.relative(recording.video.index)
     if video is None or audio is None or source is None:
         raise OutputRejected(f"{name}: output has a stream without packets")
-    for what, seconds in (("duration", output.timeline.duration), ("audio", audio.end)):
-        if abs(seconds - plan.duration) > tolerance:
+    for what, end in (("output", output.timeline.end), ("audio", audio.end)):
+        if abs(end - plan.duration) > tolerance:
             raise OutputRejected(
-                f"{name}: {what} lasts {seconds:.3f} s, the recording {plan.duration:.3f} s "
+                f"{name}: {what} ends at {end:.3f} s, the recording at {plan.duration:.3f} s "
                 f"(more than {tolerance:.3f} s apart)"
             )
     if audio.start > tolerance:
