@@ -14,12 +14,12 @@ PY_DIRS := $(wildcard worker tests bench)
 
 .PHONY: help setup system-deps demo test test-fast lint lint-python lint-infra lint-docker \
         lint-compose audit bench soak clean image push deploy deploy-dry-run \
-        pipeline-dry-run lock
+        pipeline-dry-run lock recordings
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-system-deps: ## ffmpeg (+ prometheus for tests) from apt when root and missing
+system-deps: ## ffmpeg (+ prometheus, chromium for tests) from apt when root and missing
 	@./.ci/system-deps
 
 $(STAMP): pyproject.toml requirements.lock
@@ -69,6 +69,10 @@ lint-compose:
 
 audit:
 	@./.ci/audit
+
+recordings: setup ## re-record tests/data's browser recordings (Chromium + Firefox ESR)
+	@./.ci/system-deps recorder
+	$(BIN)/python -m tests.recorder
 
 bench: setup ## performance benchmarks (writes bench/results/)
 	$(BIN)/python -m bench

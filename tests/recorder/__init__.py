@@ -1,0 +1,175 @@
+"""Makes the real browser recordings of ``tests/data`` (``python -m tests.recorder``).
+
+``recorder.html`` records a canvas (the agent's shared screen) and a WebAudio 1000 Hz tone
+(the microphone) with ``MediaRecorder`` in headless Chromium or Firefox ESR, in the ways
+agents' screens really behave (see :data:`RECORDINGS`), and POSTs the blob to a local server.
+The tests use the committed files; this only regenerates them (browsers needed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CHROMIUM = "chromium"
+FIREFOX = "firefox"
+
+VP8 = "video/webm;codecs=vp8,opus"
+VP9 = "video/webm;codecs=vp9,opus"
+H264_WEBM = "video/webm;codecs=h264,opus"
+AVC1_MP4 = "video/mp4;codecs=avc1,opus"
+AVC3_MP4 = "video/mp4;codecs=avc3,opus"
+
+# Headless Chromium, quiet and self-contained (plus --headless on the command line, and a new
+# --user-data-dir per run); the playback test launches it with the same flags.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+RESIZE = {"size": "640x360", "resize": "4:1280x720,8:854x480"}
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One recording: file name, browser, MIME type, page parameters, and what it shows."""
+
+    name: str
+    browser: str
+    mime: str
+    quirk: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        """How long the page records."""
+        return float(self.params.get("secs", "10"))
+
+    def query(self) -> dict[str, str]:
+        """The page's query parameters (Firefox: its fake microphone, see recorder.html)."""
+        fake = {"mic": "fake"} if self.browser == FIREFOX else {}
+        return {"mime": self.mime, "name": self.name, **fake, **self.params}
+
+
+RECORDINGS: tuple[Recording, ...] = (
+    Recording(
+        "chrome-vp8-resize-12s.webm",
+        CHROMIUM,
+        VP8,
+        "frame size 640x360 -> 1280x720 (4 s) -> 854x480 (8 s)",
+        {"secs": "12", **RESIZE},
+    ),
+    Recording(
+        "chrome-vp8-odd-1277x713-10s.webm", CHROMIUM, VP8, "odd frame size", {"size": "1277x713"}
+    ),
+    Recording(
+        "chrome-vp9-resize-12s.webm", CHROMIUM, VP9, "VP9, resized twice", {"secs": "12", **RESIZE}
+    ),
+    Recording(
+        "chrome-h264-resize-12s.webm",
+        CHROMIUM,
+        H264_WEBM,
+        "H.264 in WebM, resized twice",
+        {"secs": "12", **RESIZE},
+    ),
+    Recording(
+        "chrome-avc1-resize-12s.mp4",
+        CHROMIUM,
+        AVC1_MP4,
+        "MP4 (avc1), resized twice: Chromium writes no new SPS/PPS after a resize, so"
+        " decoders show later frames at the first size (errors, the same in the output)",
+        {"secs": "12", **RESIZE},
+    ),
+    Recording(
+        "chrome-avc3-resize-12s.mp4",
+        CHROMIUM,
+        AVC3_MP4,
+        "MP4 (avc3: parameter sets in the stream), resized twice",
+        {"secs": "12", **RESIZE},
+    ),
+    Recording(
+        "chrome-vp8-static-end-12s.webm",
+        CHROMIUM,
+        VP8,
+        "screen static from 7 s: no video frame after 7 s, microphone to 12 s",
+        {"secs": "12", "static": "7"},
+    ),
+    Recording(
+        "chrome-vp9-static-end-12s.webm",
+        CHROMIUM,
+        VP9,
+        "VP9, screen static from 8 s, microphone to 12 s",
+        {"secs": "12", "static": "8"},
+    ),
+    Recording(
+        "chrome-avc1-static-end-12s.mp4",
+        CHROMIUM,
+        AVC1_MP4,
+        "MP4, screen static from 7 s, microphone to 12 s",
+        {"secs": "12", "static": "7"},
+    ),
+    Recording(
+        "chrome-h264-static-end-12s.webm",
+        CHROMIUM,
+        H264_WEBM,
+        "H.264 WebM, odd size 1277x713, screen static from 7.5 s, microphone to 12 s",
+        {"secs": "12", "static": "7.5", "size": "1277x713"},
+    ),
+    Recording(
+        "chrome-vp8-1fps-11s.webm",
+        CHROMIUM,
+        VP8,
+        "1 frame per second (a clock); ffprobe guesses 1 s per frame, so the timeline ends"
+        " 0.3 s after the microphone",
+        {"secs": "10.7", "fps": "1"},
+    ),
+    Recording(
+        "chrome-vp8-late-video-10s.webm",
+        CHROMIUM,
+        VP8,
+        "nothing drawn for 1 s: the first video frame after the first audio",
+        {"videoDelay": "1"},
+    ),
+    Recording(
+        "chrome-avc1-late-video-10s.mp4",
+        CHROMIUM,
+        AVC1_MP4,
+        "MP4, nothing drawn for 1 s: Chromium's MP4 muxer still starts the video track at 0"
+        " (its first frame 1 s ahead of its sound), so the video ends 1 s before the audio",
+        {"videoDelay": "1"},
+    ),
+    Recording(
+        "chrome-vp8-stereo-muted-10s.webm",
+        CHROMIUM,
+        VP8,
+        "stereo 48 kHz microphone, muted from 5 s to 6.5 s",
+        {"stereo": "1", "mute": "5:6.5"},
+    ),
+    Recording(
+        "chrome-vp9-silent-lead-10s.webm",
+        CHROMIUM,
+        VP9,
+        "microphone silent for the first 3 s",
+        {"silentUntil": "3"},
+    ),
+    Recording(
+        "firefox-vp8-opus-10s.webm",
+        FIREFOX,
+        VP8,
+        "Firefox ESR WebM (VP8 + Opus), its fake microphone (a 1 kHz tone); audio from -1 ms",
+        {},
+    ),
+    Recording(
+        "firefox-vp8-resize-static-12s.webm",
+        FIREFOX,
+        VP8,
+        "Firefox ESR, resized 640x360 -> 1280x720 -> 854x480, static from 10 s (Firefox"
+        " keeps sending frames of a static canvas); its audio starts 1 ms before the video",
+        {"secs": "12", "static": "10", **RESIZE},
+    ),
+)
