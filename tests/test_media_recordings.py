@@ -108,12 +108,12 @@ def expected(name: str, call_end: float, duration: float) -> list[Segment]:
     return [s for s in segs if s.end - s.start > 2 * GUARD + 0.02]
 
 
-def call_ends(name: str) -> list[float]:
-    duration = input_duration(DATA_DIR / name)
-    return [3.0, round(duration - 3.0, 2)]
+def call_end_at(name: str, when: str) -> float:
+    """``early``: 3 s (before the 5 s seek threshold); ``late``: 3 s before the end."""
+    return 3.0 if when == "early" else round(input_duration(DATA_DIR / name) - 3.0, 2)
 
 
-CASES = [(name, call_end) for name in FILES for call_end in call_ends(name)]
+CASES = [(name, when) for name in FILES for when in ("early", "late")]
 
 
 def extension(name: str) -> str:
@@ -128,9 +128,10 @@ def _video_codec(name: str) -> str:
     return next(str(s["codec_name"]) for s in streams if s["codec_type"] == "video")
 
 
-@pytest.mark.parametrize(("name", "call_end"), CASES, ids=[f"{n}@{c}" for n, c in CASES])
-def test_recording_merges_whole_and_in_place(name: str, call_end: float, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "when"), CASES, ids=[f"{n}-{w}" for n, w in CASES])
+def test_recording_merges_whole_and_in_place(name: str, when: str, tmp_path: Path) -> None:
     recording = DATA_DIR / name
+    call_end = call_end_at(name, when)
     result = run_merge(recording, DATA_DIR / CONNECT_WAV, call_end, tmp_path, ext=extension(name))
     duration = result.media_duration_seconds
     assert not result.call_end_clamped
@@ -139,13 +140,26 @@ def test_recording_merges_whole_and_in_place(name: str, call_end: float, tmp_pat
     assert_timeline(result.output, expected(name, call_end, duration))
 
 
-@pytest.mark.parametrize("name", FILES)
+def _sounds_to_the_end(name: str) -> bool:
+    """Has a microphone that the recorder did not silence in its last second (cheap: this
+    runs at collection)."""
+    streams = ffprobe_json(DATA_DIR / name)["streams"]
+    assert isinstance(streams, list)
+    params = PAGE_PARAMS.get(name, {})
+    ends = [float(params.get("silentUntil", 0))]
+    if "mute" in params:
+        ends.append(float(params["mute"].split(":")[1]))
+    last_silence = max(ends)
+    seconds = float(params.get("secs", 10))
+    return any(s["codec_type"] == "audio" for s in streams) and last_silence < seconds - 1.5
+
+
+@pytest.mark.parametrize("name", [n for n in FILES if _sounds_to_the_end(n)])
 def test_acw_audio_reaches_the_last_second(name: str, tmp_path: Path) -> None:
     """The microphone's last second is in the output, however early the last frame was."""
     mic = microphone(name)
-    if mic is None or any(hi > mic.end - 1.0 for _, hi in mic.silences):
-        pytest.skip("no microphone, or silent in its last second")
-    call_end = call_ends(name)[1]
+    assert mic is not None
+    call_end = call_end_at(name, "late")
     result = run_merge(
         DATA_DIR / name, DATA_DIR / CONNECT_WAV, call_end, tmp_path, ext=extension(name)
     )
@@ -190,3 +204,12 @@ def test_stereo_48k_output_of_a_stereo_microphone(tmp_path: Path) -> None:
         result.output, expected(name, call_end, result.media_duration_seconds), stereo=True
     )
     assert decode_pcm(result.output, channels=2).shape[1] == 2
+
+
+def test_every_recorder_recording_is_committed_small_and_described() -> None:
+    readme = (DATA_DIR / "README.md").read_text()
+    for rec in RECORDINGS:
+        path = DATA_DIR / rec.name
+        assert path.is_file(), f"{rec.name}: run `make recordings`"
+        assert path.stat().st_size < 1_000_000, rec.name
+        assert f"| `{rec.name}` |" in readme, f"{rec.name} is not in tests/data/README.md"

@@ -6,8 +6,9 @@ Layers, pure core first:
   :func:`build_merge_args`, :func:`build_thumbnail_args` are pure functions of probe results
   and options (unit-tested without ffmpeg).
 - :func:`probe` runs ffprobe (with the allow-lists of :mod:`worker.ffmpeg`) and reads the
-  file's :class:`Timeline` from its packets (MediaRecorder WebM has no header duration, and
-  a header would only say less: the same scan for every file).
+  file's :class:`Timeline` from its packets, the same way with or without a header duration
+  (MediaRecorder WebM has none); a header promising clearly more than the packets hold is a
+  truncated file.
 - :func:`merge` runs one ffmpeg process for the merge, a second short one for the thumbnail,
   then probes the output and rejects it when its duration or streams are wrong.
 
@@ -257,7 +258,11 @@ def container_for(video_codec: str) -> Container:
 def plan_merge(
     recording: MediaInfo, connect: MediaInfo, call_end: float, options: MergeOptions
 ) -> MergePlan:
-    """Clamp ``call_end`` to the recording and place the Connect audio (pure)."""
+    """Clamp ``call_end`` to the recording and place the Connect audio (pure).
+
+    The recording lasts its :class:`Timeline`'s duration (``MediaInfo.duration``): the output
+    audio is exactly that many samples, from the recording's origin.
+    """
     if not math.isfinite(call_end) or call_end < 0:
         raise ValueError("call end must be a finite number >= 0")
     rate = options.audio.sample_rate
