@@ -694,3 +694,53 @@ def test_recording_audio_is_laid_over_exact_length_silence() -> None:
         in graph
     )
     assert "[quiet][mic]amix=inputs=2:duration=first:dropout_transition=0:normalize=0[rec]" in graph
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "intervals"),
+    [
+        (8.0, 400_000, None),  # short: every packet
+        (0.0, 10**8, None),  # no header (MediaRecorder WebM): every packet
+        (3 * 3600.0, 400_000, None),  # an implausible header: every packet
+        (600.0, 14_000_000, ("%+20,570.000%", 570.0)),  # head 20 s, tail from 30 s before
+    ],
+)
+def test_long_files_with_a_believable_header_are_read_in_two_intervals(
+    header: float, size: int, intervals: tuple[str, float] | None
+) -> None:
+    assert media.scan_intervals(header, size) == intervals
+    args = media.build_timeline_args(Path("/in/x.mp4"), intervals[0] if intervals else None)
+    assert ("-read_intervals" in args) is (intervals is not None)
+
+
+@pytest.mark.parametrize(
+    ("spans", "enough"),
+    [
+        ((span(0, 0.0, 600.0, 599.9, 40), span(1, 0.02, 599.98, 599.9, 80)), True),
+        ((span(0, 0.0, 19.9, 19.8, 40), span(1, 0.02, 19.98, 19.9, 80)), False),  # empty tail
+        ((span(0, 0.0, 600.0, 599.9, 40), span(1, 575.0, 599.98, 599.9, 8)), False),  # late
+        ((span(0, 0.0, 600.0, 599.9, 40),), False),  # a stream missing
+    ],
+)
+def test_intervals_suffice_or_every_packet_is_read(
+    spans: tuple[media.StreamSpan, ...], enough: bool
+) -> None:
+    timeline = media.Timeline(spans, complete=False)
+    assert media.intervals_suffice(timeline, 570.0, 2) is enough
+
+
+def test_output_read_in_intervals_counts_the_frames_ffmpeg_wrote() -> None:
+    rec = STATIC_END
+    out = probed("/o/x.webm", span(0, 0.0, 11.974, 6.986, 3), span(1, 0.0, 11.974, 11.95, 9))
+    partial = replace(out, timeline=replace(out.timeline, complete=False))  # type: ignore[arg-type]
+    plan = media.plan_merge(rec, connect(), 6.0, media.MergeOptions())
+    media.check_output(partial, rec, plan, media.WEBM, 210)
+    with pytest.raises(media.OutputRejected, match="209 video frames"):
+        media.check_output(partial, rec, plan, media.WEBM, 209)
+    # A recording read in intervals has no frame count to compare with.
+    unknown = replace(rec, timeline=replace(rec.timeline, complete=False))  # type: ignore[arg-type]
+    media.check_output(partial, unknown, plan, media.WEBM, 209)
+    progress = media._Progress(12.0, None)
+    for line in ("frame=209", "fps=0.0", "out_time_us=11974000", "frame=210", "progress=end"):
+        progress.feed(line)
+    assert progress.frames == 210

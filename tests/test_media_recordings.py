@@ -213,3 +213,55 @@ def test_every_recorder_recording_is_committed_small_and_described() -> None:
         assert path.is_file(), f"{rec.name}: run `make recordings`"
         assert path.stat().st_size < 1_000_000, rec.name
         assert f"| `{rec.name}` |" in readme, f"{rec.name} is not in tests/data/README.md"
+
+
+@pytest.fixture(scope="module")
+def long_recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """3-minute files made of a real recording looped (stream copy), with a header duration:
+    an MP4 (H.264) and a WebM (VP8), and the MP4 cut at 60 %."""
+    from tests.media_tools import FFMPEG, _run
+
+    folder = tmp_path_factory.mktemp("long")
+    out = {}
+    for name, source in (
+        ("long.mp4", "chrome-h264-resize-12s.webm"),
+        ("long.webm", "chrome-vp8-static-end-12s.webm"),
+    ):
+        path = folder / name
+        loop = [*FFMPEG, "-stream_loop", "14", "-i", str(DATA_DIR / source), "-c", "copy"]
+        _run([*loop, *(["-movflags", "+faststart"] if name.endswith("mp4") else []), str(path)])
+        out[name] = path
+    data = out["long.mp4"].read_bytes()
+    cut = folder / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    out["cut.mp4"] = cut
+    return out
+
+
+@pytest.mark.parametrize("name", ["long.mp4", "long.webm"])
+def test_long_file_read_in_intervals_has_the_same_timeline(
+    name: str, long_recordings: dict[str, Path], tmp_path: Path
+) -> None:
+    import anyio
+
+    path = long_recordings[name]
+    info = anyio.run(media.probe, path)
+    assert info.timeline is not None and not info.timeline.complete  # head and tail only
+    assert info.duration == pytest.approx(input_duration(path), abs=0.001)
+    assert info.duration > 170
+    result = run_merge(
+        path, DATA_DIR / CONNECT_WAV, info.duration - 30, tmp_path, ext=name[-4:].strip(".")
+    )
+    assert result.media_duration_seconds == pytest.approx(info.duration)
+    last = window(decoded(result.output, 1), 16000, info.duration - 1.0, info.duration - GUARD)
+    assert band_share(last, 16000, RECORDING_TONE) > 0.8
+
+
+def test_long_file_cut_short_is_refused_as_truncated(long_recordings: dict[str, Path]) -> None:
+    import anyio
+
+    from worker.errors import MediaError
+
+    # The header promises 3 minutes; the tail read finds nothing, the full read 1.8 minutes.
+    with pytest.raises(MediaError, match=r"truncated: its header says 179\.\d+ s, its media ends"):
+        anyio.run(media.probe, long_recordings["cut.mp4"])

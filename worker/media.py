@@ -7,8 +7,9 @@ Layers, pure core first:
   and options (unit-tested without ffmpeg).
 - :func:`probe` runs ffprobe (with the allow-lists of :mod:`worker.ffmpeg`) and reads the
   file's :class:`Timeline` from its packets, the same way with or without a header duration
-  (MediaRecorder WebM has none); a header promising clearly more than the packets hold is a
-  truncated file.
+  (MediaRecorder WebM has none): every packet, or for a long file with a believable header its
+  first and last seconds (:func:`scan_intervals`); a header promising clearly more than the
+  packets hold is a truncated file.
 - :func:`merge` runs one ffmpeg process for the merge, a second short one for the thumbnail,
   then probes the output and rejects it when its duration or streams are wrong.
 
@@ -56,6 +57,12 @@ MIN_PLAUSIBLE_BITRATE = 4000.0
 # was cut (a fragmented MP4's index promising samples that are not there): the larger of the two.
 TRUNCATION_MIN_SECONDS = 1.0
 TRUNCATION_MIN_SHARE = 0.05
+# A file with a believable header duration longer than this is read in two intervals, its
+# first seconds (the origin) and its last (the end), not packet by packet: ffprobe seeks with
+# the container's index. (MediaRecorder WebM has no header: read whole.)
+INTERVAL_MIN_SECONDS = 120.0
+HEAD_SECONDS = 20.0
+TAIL_SECONDS = 30.0
 # Nothing we process is longer than a week (messages.MAX_CALL_END_SECONDS likewise).
 MAX_PLAUSIBLE_DURATION = 7 * 24 * 3600.0
 # Container timestamp rounding allowed on top of one audio frame in the output check:
@@ -116,6 +123,7 @@ class Timeline:
     """
 
     streams: tuple[StreamSpan, ...]
+    complete: bool = True  # every packet read (False: only the head and the tail; counts partial)
 
     @property
     def origin(self) -> float:
@@ -542,17 +550,19 @@ def build_probe_args(path: Path) -> list[str]:
     ]
 
 
-def build_timeline_args(path: Path) -> list[str]:
-    """ffprobe listing every packet's stream, times, flags and skipped samples (pure).
+def build_timeline_args(path: Path, intervals: str | None = None) -> list[str]:
+    """ffprobe listing packets' stream, times, flags and skipped samples (pure).
 
-    Demuxing only (no decoding): a pass over the file at disk speed. One line per packet,
-    read by :class:`TimelineScan`.
+    Demuxing only (no decoding): a pass over the file at disk speed, or over ``intervals``
+    (ffprobe's ``-read_intervals``, see :func:`scan_intervals`). One line per packet, read by
+    :class:`TimelineScan`.
     """
     return [
         ffmpeg.FFPROBE,
         "-hide_banner",
         "-v",
         "error",
+        *(["-read_intervals", intervals] if intervals else []),
         "-show_entries",
         "packet=stream_index,pts_time,dts_time,duration_time,flags"
         ":packet_side_data=skip_samples,discard_padding",
@@ -653,6 +663,21 @@ def looks_truncated(header_duration: float, timeline_duration: float, size_bytes
     return missing > max(TRUNCATION_MIN_SECONDS, TRUNCATION_MIN_SHARE * header_duration)
 
 
+def scan_intervals(header_duration: float, size_bytes: int) -> tuple[str, float] | None:
+    """``-read_intervals`` for a long file with a believable header, and where its tail
+    starts (pure); None: read every packet.
+
+    The head gives the origin (every stream starts there: a muxer interleaves by time), the
+    tail, read to the end of the file whatever the header says, gives the end.
+    """
+    if not header_duration_plausible(header_duration, size_bytes):
+        return None
+    if header_duration < INTERVAL_MIN_SECONDS:
+        return None
+    tail = header_duration - TAIL_SECONDS
+    return f"%+{HEAD_SECONDS:g},{tail:.3f}%", tail
+
+
 class TimelineScan:
     """Builds a :class:`Timeline` from ffprobe packet lines (:func:`build_timeline_args`).
 
@@ -696,7 +721,7 @@ class TimelineScan:
             span[0], span[1], span[2] = min(span[0], start), max(span[1], end), max(span[2], when)
             span[3] += 1
 
-    def timeline(self) -> Timeline | None:
+    def timeline(self, *, complete: bool = True) -> Timeline | None:
         """The timeline of what was fed (None when no packet had a time)."""
         if not self._spans:
             return None
@@ -704,12 +729,14 @@ class TimelineScan:
             tuple(
                 StreamSpan(index, start, end, last, int(n), self._discarded.get(index, 0))
                 for index, (start, end, last, n) in sorted(self._spans.items())
-            )
+            ),
+            complete=complete,
         )
 
 
 async def probe(path: Path, *, timeout: float = 60.0) -> MediaInfo:  # noqa: ASYNC109
-    """Probe ``path`` with the allow-lists and read its :class:`Timeline` from its packets.
+    """Probe ``path`` with the allow-lists and read its :class:`Timeline` from its packets
+    (all of them, or the head and tail of a long file with a believable header).
 
     Raises :class:`MediaError` (or a subclass) for files ffprobe refuses or cannot read,
     :class:`worker.errors.MediaTimeout` past ``timeout``.
@@ -734,15 +761,17 @@ async def probe(path: Path, *, timeout: float = 60.0) -> MediaInfo:  # noqa: ASY
     if not streams:
         FFMPEG_FAILURES.labels(reason="no_streams").inc()
         raise MediaError(f"{path.name} has neither video nor audio")
-    scanner = TimelineScan({s.index: s.sample_rate for s in streams})
+    rates = {s.index: s.sample_rate for s in streams}
     # Reading every packet is a demux pass (no decoding): allow for the file's size.
-    await ffmpeg.run(
-        build_timeline_args(path),
-        timeout=timeout + size / 20e6,
-        what=f"packet scan of {path.name}",
-        on_stdout_line=scanner.feed,
-    )
-    timeline = scanner.timeline()
+    scan_timeout = timeout + size / 20e6
+    timeline: Timeline | None = None
+    intervals = scan_intervals(info.duration, size)
+    if intervals is not None:
+        timeline = await _scan(path, rates, scan_timeout, intervals[0])
+        if timeline is not None and not intervals_suffice(timeline, intervals[1], len(rates)):
+            timeline = None  # the header misled the seek: read every packet instead
+    if timeline is None:
+        timeline = await _scan(path, rates, scan_timeout, None)
     if timeline is None or not 0 < timeline.duration <= MAX_PLAUSIBLE_DURATION:
         FFMPEG_FAILURES.labels(reason="invalid_data").inc()
         raise MediaError(f"{path.name}: no readable packets")
@@ -773,6 +802,33 @@ async def probe(path: Path, *, timeout: float = 60.0) -> MediaInfo:  # noqa: ASY
     return info
 
 
+async def _scan(
+    path: Path,
+    rates: dict[int, int | None],
+    timeout: float,  # noqa: ASYNC109
+    intervals: str | None,
+) -> Timeline | None:
+    scanner = TimelineScan(rates)
+    await ffmpeg.run(
+        build_timeline_args(path, intervals),
+        timeout=timeout,
+        what=f"packet scan of {path.name}",
+        on_stdout_line=scanner.feed,
+    )
+    return scanner.timeline(complete=intervals is None)
+
+
+def intervals_suffice(timeline: Timeline, tail_from: float, streams: int) -> bool:
+    """Whether the head and tail reads found every stream's start and the file's end: each
+    stream began in the head, and the tail held packets (none if the header promised more
+    than the file holds, which the full scan then shows)."""
+    return (
+        len(timeline.streams) == streams
+        and all(span.start < tail_from for span in timeline.streams)
+        and timeline.end >= tail_from
+    )
+
+
 def _span_summary(span: StreamSpan | None) -> str:
     if span is None:
         return "no packets"
@@ -783,16 +839,22 @@ def _span_summary(span: StreamSpan | None) -> str:
 
 
 def check_output(
-    output: MediaInfo, recording: MediaInfo, plan: MergePlan, container: Container
+    output: MediaInfo,
+    recording: MediaInfo,
+    plan: MergePlan,
+    container: Container,
+    frames_written: int | None = None,
 ) -> None:
     """Reject an output that does not cover the recording's timeline exactly (pure).
 
     Both files' :class:`Timeline` are measured the same way. The output is written on the
     recording's timeline (its t=0 is the recording's origin, its timestamps are not shifted):
     it must end at ``plan.duration``, its audio must run from 0 to there, and its video must
-    hold every frame of the recording's, the first at its original time. The output's own
-    origin is not used: the audio encoder's priming (Opus pre-skip, 6.5 to 13 ms before 0)
-    lies before it. Tolerance: one encoded audio frame (AAC 1024 samples, Opus 20 ms) plus
+    hold every frame of the recording's, the first at its original time. Frames are counted in
+    the output's packets or, when a long output was read in intervals, taken from the merge's
+    ffmpeg (``frames_written``); not compared when the recording was read in intervals. The
+    output's own origin is not used: the audio encoder's priming (Opus pre-skip, 6.5 to 13 ms
+    before 0) lies before it. Tolerance: one encoded audio frame (AAC 1024 samples, Opus 20 ms) plus
     :data:`CONTAINER_ROUNDING_SECONDS`.
     """
     name = output.path.name
@@ -816,10 +878,14 @@ def check_output(
             )
     if audio.start > tolerance:
         raise OutputRejected(f"{name}: audio starts {audio.start:.3f} s late")
-    if video.packets != source.packets:
-        raise OutputRejected(
-            f"{name}: {video.packets} video frames, the recording has {source.packets}"
-        )
+    # ffmpeg's count includes packets the demuxer marks discarded (it copies them too).
+    frames, expected = (
+        (video.packets, source.packets)
+        if output.timeline.complete
+        else (frames_written, source.packets + source.discarded)
+    )
+    if recording.timeline.complete and frames is not None and frames != expected:
+        raise OutputRejected(f"{name}: {frames} video frames, the recording has {expected}")
     if abs(video.start - source.start) > CONTAINER_ROUNDING_SECONDS:
         raise OutputRejected(
             f"{name}: video starts at {video.start:.3f} s, in the recording at {source.start:.3f} s"
@@ -837,9 +903,13 @@ class _Progress:
         self.total = total
         self.callback = callback
         self.last_log = time.monotonic()
+        self.frames: int | None = None  # video packets written so far (ffmpeg's frame=)
 
     def feed(self, line: str) -> None:
         key, _, value = line.partition("=")
+        if key == "frame":
+            self.frames = _int(value)
+            return
         if key not in ("out_time_us", "out_time_ms"):  # both are microseconds
             return
         micros = _float(value)
@@ -959,7 +1029,7 @@ async def merge(
         )
         written = await probe(request.output, timeout=options.timeout_base_seconds)
         try:
-            check_output(written, recording, plan, container)
+            check_output(written, recording, plan, container, progress.frames)
         except OutputRejected:
             FFMPEG_FAILURES.labels(reason="output_rejected").inc()
             raise
