@@ -29,6 +29,7 @@ def options_from_settings(settings: Settings) -> MergeOptions:
     return MergeOptions(
         align=settings.align,
         audio=settings.audio,
+        loudness_target=settings.loudness_target,
         timeout_base_seconds=settings.ffmpeg_timeout_base_seconds,
         timeout_per_media_second=settings.ffmpeg_timeout_per_media_second,
     )

@@ -11,10 +11,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker import __version__
 from worker.errors import ConfigError, SettingsError, WorkerError
+
+if TYPE_CHECKING:  # numpy and the media engine load only for the commands that use them
+    from worker.media import MergeResult
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 # `dev` runs moto's server (moto[server]: flask, werkzeug): development dependencies only.
@@ -51,9 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--thumbnail", type=Path, help="also write a PNG thumbnail here")
     merge.add_argument(
         "--align",
-        choices=("end", "start"),
-        default="end",
-        help="end: the Connect audio ends at the call end (default); start: it starts at 0",
+        choices=("auto", "end", "start"),
+        default="auto",
+        help="auto: the call end measured from the audio, else --call-end (default); "
+        "end: the Connect audio ends at --call-end; start: it starts at 0",
+    )
+    merge.add_argument(
+        "--loudness-target",
+        default=None,
+        metavar="LUFS",
+        help="bring both segments to this integrated loudness, e.g. -18 (default: off)",
     )
     merge.add_argument(
         "--audio-channels",
@@ -127,7 +137,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     import anyio
 
     from worker import media
-    from worker.config import AudioSettings
+    from worker.config import AudioSettings, parse_loudness_target
     from worker.errors import UnsupportedMedia
     from worker.messages import parse_timestamp
     from worker.observability import configure_logging
@@ -163,7 +173,13 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     audio = AudioSettings(
         channels=args.audio_channels or defaults.channels, sample_rate=rate, bitrate=bitrate
     )
-    options = media.MergeOptions(align=args.align, audio=audio)
+    target = None
+    if args.loudness_target is not None:
+        try:
+            target = parse_loudness_target(args.loudness_target)
+        except ValueError as error:
+            raise ConfigError(f"--loudness-target: {error}") from None
+    options = media.MergeOptions(align=args.align, audio=audio, loudness_target=target)
 
     # Logs go to stderr; by default only errors, so a failure stays one clear line.
     configure_logging(
@@ -201,10 +217,26 @@ def _cmd_merge(args: argparse.Namespace) -> int:
             f"end; clamped to {result.call_end_seconds:.3f} s",
             file=sys.stderr,
         )
+    if args.align == "auto":
+        print(f"komorebi-worker: {describe_sync(result)}", file=sys.stderr)
     print(result.output)
     if result.thumbnail is not None:
         print(result.thumbnail)
     return EXIT_OK
+
+
+def describe_sync(result: MergeResult) -> str:
+    """One line on how the call end was placed (the values the worker stores on the row)."""
+    synced = result.sync
+    if synced.method == "waveform":
+        return (
+            f"sync: waveform, call end {result.call_end_seconds:.3f} s (--call-end "
+            f"{synced.offset_seconds:+.3f} s, confidence {synced.confidence:.1f})"
+        )
+    return (
+        f"sync: timestamp, call end {result.call_end_seconds:.3f} s "
+        f"({synced.reason.replace('_', ' ')}, confidence {synced.confidence:.1f})"
+    )
 
 
 class _MergeProgress:

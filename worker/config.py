@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from worker.errors import SettingsError
 
-AlignMode = Literal["end", "start"]
+AlignMode = Literal["auto", "end", "start"]
 LogFormat = Literal["json", "console"]
 
 DEFAULT_METRICS_PORT = 9657
@@ -67,7 +67,9 @@ class Settings:
     scratch_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
     log_level: str = "INFO"
     log_format: LogFormat = "json"
-    align: AlignMode = "end"
+    align: AlignMode = "auto"
+    # EBU R128 target (LUFS) both segments are brought to; None: levels left as they are.
+    loudness_target: float | None = None
     audio: AudioSettings = field(default_factory=AudioSettings)
     keys: KeyTemplates = field(default_factory=KeyTemplates)
     retry_backoff_base_seconds: float = 15.0
@@ -187,6 +189,26 @@ def _sample_rate(raw: str) -> int:
     return value
 
 
+# Integrated loudness targets that make sense for speech (EBU R128 is -23, podcasts -16).
+LOUDNESS_TARGET_RANGE = (-40.0, -5.0)
+
+
+def parse_loudness_target(raw: str) -> float | None:
+    """``LOUDNESS_TARGET``: off (None) or a target in LUFS within LOUDNESS_TARGET_RANGE."""
+    value = raw.strip().lower().removesuffix("lufs").strip()
+    if value in ("off", "none", "false"):
+        return None
+    low, high = LOUDNESS_TARGET_RANGE
+    problem = f"must be off or a loudness in LUFS from {low:g} to {high:g} (e.g. -18)"
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(problem) from None
+    if not low <= number <= high:
+        raise ValueError(problem)
+    return number
+
+
 TEMPLATE_PLACEHOLDERS = ("yyyy", "mm", "dd", "agent_id", "recording_id", "instance", "ext")
 
 
@@ -223,7 +245,8 @@ _OPTIONAL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SCRATCH_DIR": ("scratch_dir", Path),
     "LOG_LEVEL": ("log_level", _log_level),
     "LOG_FORMAT": ("log_format", _choice("json", "console")),
-    "ALIGN_MODE": ("align", _choice("end", "start")),
+    "ALIGN_MODE": ("align", _choice("auto", "end", "start")),
+    "LOUDNESS_TARGET": ("loudness_target", parse_loudness_target),
     "RETRY_BACKOFF_BASE_SECONDS": ("retry_backoff_base_seconds", _positive_float),
     "RETRY_BACKOFF_MAX_SECONDS": ("retry_backoff_max_seconds", _positive_float),
     "TASK_PROTECTION_MINUTES": ("protection_minutes", _positive_int),

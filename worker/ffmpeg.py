@@ -127,14 +127,24 @@ async def _read_lines(stream: ByteReceiveStream, handle: Callable[[str], None]) 
         handle(buffer.decode("utf-8", "replace"))
 
 
+async def _read_chunks(stream: ByteReceiveStream, handle: Callable[[bytes], None]) -> None:
+    """Feed ``handle`` the raw bytes of ``stream`` (binary output, e.g. PCM on a pipe)."""
+    async for chunk in stream:
+        handle(chunk)
+
+
 async def run(
     args: Sequence[str],
     *,
     timeout: float,  # noqa: ASYNC109 - the limit is per process, enforced inside
     what: str,
     on_stdout_line: Callable[[str], None] | None = None,
+    on_stdout_bytes: Callable[[bytes], None] | None = None,
 ) -> RunResult:
     """Run ``args``, stream its stdout lines to ``on_stdout_line``, enforce ``timeout``.
+
+    ``on_stdout_bytes`` instead receives stdout as raw chunks (binary output such as
+    ``-f f32le pipe:1``); the caller bounds what it keeps.
 
     Raises :class:`MediaTimeout` past the limit, :class:`ScratchFull` on ENOSPC and
     :class:`MediaError` for any other non-zero exit, each with one line taken from the
@@ -154,7 +164,10 @@ async def run(
             async with anyio.create_task_group() as group:
                 assert process.stdout is not None and process.stderr is not None
                 group.start_soon(_read_lines, process.stderr, tail.add)
-                group.start_soon(_read_lines, process.stdout, on_stdout_line or _ignore)
+                if on_stdout_bytes is not None:
+                    group.start_soon(_read_chunks, process.stdout, on_stdout_bytes)
+                else:
+                    group.start_soon(_read_lines, process.stdout, on_stdout_line or _ignore)
             await process.wait()
         timed_out = scope.cancelled_caught
     finally:

@@ -175,6 +175,9 @@ async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobRe
                         # is recognised as a duplicate even when the merge clamped it.
                         call_end_seconds=job.call_end_seconds,
                         connect_audio_offset_seconds=merged.connect_audio_offset_seconds,
+                        sync_method=merged.sync.method,
+                        sync_offset_seconds=merged.sync.offset_seconds,
+                        sync_confidence=merged.sync.confidence,
                     ),
                 )
     except AlreadyDone:
@@ -329,6 +332,7 @@ async def merge(
         options=media.MergeOptions(
             align=settings.align,
             audio=settings.audio,
+            loudness_target=settings.loudness_target,
             timeout_base_seconds=settings.ffmpeg_timeout_base_seconds,
             timeout_per_media_second=settings.ffmpeg_timeout_per_media_second,
         ),

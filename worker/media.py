@@ -32,10 +32,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 import structlog
 
-from worker import ffmpeg
-from worker.config import AudioSettings
+from worker import ffmpeg, loudness, sync
+from worker.config import AlignMode, AudioSettings
 from worker.errors import (
     MediaError,
     NoAudioStream,
@@ -193,10 +194,17 @@ CODECS = frozenset(_CONTAINERS)  # video codecs the merge accepts
 
 @dataclass(frozen=True)
 class MergeOptions:
-    """How to merge: alignment, output audio format, time-limit scaling."""
+    """How to merge: alignment, output audio format, loudness, time-limit scaling.
 
-    align: Literal["end", "start"] = "end"
+    ``align``: ``auto`` measures the call end from the audio (:mod:`worker.sync`) and
+    END-aligns on it, falling back to the timestamp; ``end`` END-aligns on the timestamp;
+    ``start`` is the Lambda's start alignment. ``loudness_target`` (LUFS): both segments are
+    brought to it (:mod:`worker.loudness`); None leaves the levels as they are.
+    """
+
+    align: AlignMode = "auto"
     audio: AudioSettings = field(default_factory=AudioSettings)
+    loudness_target: float | None = None
     timeout_base_seconds: float = 120.0
     timeout_per_media_second: float = 1.0
 
@@ -227,6 +235,8 @@ class MergeResult:
     call_end_clamped: bool
     connect_duration_seconds: float
     connect_audio_offset_seconds: float
+    sync: sync.SyncResult = sync.TIMESTAMP_ONLY
+    loudness: loudness.LoudnessGains | None = None
 
 
 @dataclass(frozen=True)
@@ -349,12 +359,13 @@ def recording_seek_seconds(plan: MergePlan) -> int:
 def build_audio_graph(
     plan: MergePlan,
     *,
-    align: Literal["end", "start"],
+    align: AlignMode,
     recording_audio: StreamInfo | None,
     connect_audio: StreamInfo,
     recording_input: int = 0,
     connect_input: int = 1,
     recording_seek: int = 0,
+    gains: loudness.LoudnessGains | None = None,
 ) -> str:
     """The ``-filter_complex`` graph whose ``[aout]`` is the merged audio (pure).
 
@@ -365,14 +376,19 @@ def build_audio_graph(
     ``-ss recording_seek``: ffmpeg then offsets its timestamps by the seek point as well as
     by the file's start time, so its t=0 is ``recording_seek`` on the recording's timeline and
     ``[rec]`` cuts ``callEnd - recording_seek`` seconds instead of ``callEnd``.
+
+    ``align`` ``auto`` is END alignment (on the call end the sync measured, already in
+    ``plan``). ``gains`` adds the loudness stage (:func:`loudness_steps`).
     """
+    connect_gain, recording_gain, output_steps = loudness_steps(gains)
     chains: list[str] = []
     labels: list[str] = []
     norm = _normalize(plan)
     cs = plan.call_end_samples
     if cs > 0:
         steps = [*_connect_mix(connect_audio.channels, plan.channels), _resample(plan), norm]
-        if align == "end":
+        steps += connect_gain
+        if align != "start":
             if plan.offset_samples < 0:  # Connect longer than callEnd: cut its head
                 steps += [f"atrim=start_sample={-plan.offset_samples}", "asetpts=PTS-STARTPTS"]
             elif plan.offset_samples > 0:  # shorter: silence before it
@@ -393,6 +409,7 @@ def build_audio_graph(
                 *_mic_mix(recording_audio.channels, plan.channels),
                 _resample(plan),
                 norm,
+                *recording_gain,
                 f"atrim=start_sample={skip}",
                 "asetpts=PTS-STARTPTS",
                 f"apad=whole_len={tail}",
@@ -419,13 +436,62 @@ def build_audio_graph(
         chains.append(source + ",".join(steps) + "[rec]")
         labels.append("[rec]")
     if len(labels) == 2:
-        chains.append("[conn][rec]concat=n=2:v=0:a=1[aout]")
+        chains.append("[conn][rec]" + ",".join(["concat=n=2:v=0:a=1", *output_steps]) + "[aout]")
     elif labels:
         # A single segment: rename its label (anull is a no-op pass-through).
-        chains.append(f"{labels[0]}anull[aout]")
+        chains.append(labels[0] + ",".join(["anull", *output_steps]) + "[aout]")
     else:
         raise MediaError("recording has no duration")
     return ";".join(chains)
+
+
+def loudness_steps(
+    gains: loudness.LoudnessGains | None,
+) -> tuple[list[str], list[str], list[str]]:
+    """The loudness stage: (Connect chain, recording chain, merged output) filters (pure).
+
+    A static gain per segment, then one delay-free peak limiter over the merged audio (it
+    keeps the sample count, so the output's length and the alignment are unchanged). None:
+    no filter at all, today's audio exactly.
+    """
+    if gains is None:
+        return [], [], []
+    return (
+        loudness.volume_step(gains.connect_db),
+        loudness.volume_step(gains.recording_db),
+        [loudness.limiter_step()],
+    )
+
+
+def chapters_metadata(plan: MergePlan) -> str:
+    """FFMETADATA with the chapters "Call" [0, callEnd) and "After Call Work" [callEnd, end)
+    (milliseconds; a segment shorter than 1 ms is left out) (pure)."""
+    end_ms = round(plan.duration * 1000)
+    call_ms = min(end_ms, round(plan.call_end * 1000))
+    lines = [";FFMETADATA1"]
+    for title, start, stop in (("Call", 0, call_ms), ("After Call Work", call_ms, end_ms)):
+        if stop > start:
+            lines += ["[CHAPTER]", "TIMEBASE=1/1000", f"START={start}", f"END={stop}"]
+            lines.append(f"title={title}")
+    return "\n".join(lines) + "\n"
+
+
+def chapters_input_args(path: Path) -> list[str]:
+    """Our own FFMETADATA file as an input: its own demuxer, local file only.
+
+    This input is generated by us (trusted), so it gets ``-f ffmetadata`` and a one-entry
+    allow-list of its own; the untrusted inputs keep :data:`worker.ffmpeg.FORMAT_WHITELIST`.
+    """
+    return [
+        "-format_whitelist",
+        "ffmetadata",
+        "-protocol_whitelist",
+        "file",
+        "-f",
+        "ffmetadata",
+        "-i",
+        ffmpeg.file_url(path),
+    ]
 
 
 def _base_args() -> list[str]:
@@ -440,8 +506,14 @@ def build_merge_args(
     output: Path,
     options: MergeOptions,
     progress: bool = True,
+    chapters: Path | None = None,
+    gains: loudness.LoudnessGains | None = None,
 ) -> list[str]:
-    """The complete ffmpeg command line of the one-pass merge (pure)."""
+    """The complete ffmpeg command line of the one-pass merge (pure).
+
+    ``chapters``: an FFMETADATA file (:func:`chapters_metadata`) whose chapters the output
+    gets; without it the output has none (the recording's own are never copied).
+    """
     if recording.video is None:
         raise NoVideoStream(f"{recording.path.name} has no video stream")
     if connect.audio is None:
@@ -459,6 +531,7 @@ def build_merge_args(
         recording_input=2 if seek else 0,
         connect_input=1,
         recording_seek=seek,
+        gains=gains,
     )
     args = _base_args()
     if progress:
@@ -467,12 +540,15 @@ def build_merge_args(
     args += ffmpeg.input_args(connect.path)
     if seek:
         args += ["-ss", str(seek), *ffmpeg.input_args(recording.path)]
+    if chapters is not None:
+        args += chapters_input_args(chapters)
     args += ["-filter_complex", graph]
     args += ["-map", f"0:{recording.video.index}", "-map", "[aout]"]
     args += ["-c:v", "copy", *hold_last_frame_args(recording, plan, container)]
     args += ["-c:a", container.audio_codec, "-b:a", options.audio.bitrate]
     args += ["-ar", str(plan.sample_rate), "-ac", str(plan.channels)]
-    args += ["-map_chapters", "-1", "-dn", "-sn"]
+    args += ["-map_chapters", str(3 if seek else 2) if chapters is not None else "-1"]
+    args += ["-dn", "-sn"]
     if container is MP4:
         args += ["-movflags", "+faststart"]
     else:
@@ -1004,9 +1080,15 @@ async def merge(
             call_end=request.call_end_seconds,
             media_duration=round(plan.duration, 3),
         )
+    synced, gains = await measure_audio(recording, connect, plan, options)
+    if synced.method == "waveform":
+        # The measured call end drives END alignment (whole samples, as the timestamp did).
+        measured = plan_merge(recording, connect, plan.call_end + synced.offset_seconds, options)
+        plan = replace(measured, call_end_clamped=plan.call_end_clamped)
     log.info(
         "merge_plan",
         align=options.align,
+        sync_method=synced.method,
         media_duration=round(plan.duration, 3),
         call_end=round(plan.call_end, 3),
         connect_duration=round(plan.connect_duration, 3),
@@ -1015,12 +1097,20 @@ async def merge(
         recording_audio=recording.audio is not None,
         recording_audio_seek=recording_seek_seconds(plan) if recording.audio else 0,
     )
+    chapters = request.output.with_name(f".{request.output.name}.chapters")
     args = build_merge_args(
-        recording=recording, connect=connect, plan=plan, output=request.output, options=options
+        recording=recording,
+        connect=connect,
+        plan=plan,
+        output=request.output,
+        options=options,
+        chapters=chapters,
+        gains=gains,
     )
     progress = _Progress(plan.duration, on_progress)
     started = time.monotonic()
     try:
+        chapters.write_text(chapters_metadata(plan))
         await ffmpeg.run(
             args,
             timeout=_media_timeout(options, plan.duration),
@@ -1041,6 +1131,8 @@ async def merge(
         _remove(request.output)
         _remove(request.thumbnail)
         raise
+    finally:
+        _remove(chapters)
     log.info(
         "merge_done",
         seconds=round(time.monotonic() - started, 3),
@@ -1058,4 +1150,68 @@ async def merge(
         call_end_clamped=plan.call_end_clamped,
         connect_duration_seconds=plan.connect_duration,
         connect_audio_offset_seconds=plan.offset,
+        sync=synced,
+        loudness=gains,
     )
+
+
+async def measure_audio(
+    recording: MediaInfo, connect: MediaInfo, plan: MergePlan, options: MergeOptions
+) -> tuple[sync.SyncResult, loudness.LoudnessGains | None]:
+    """The call-end sync (``align`` auto) and the loudness measurement, side by side.
+
+    Both read short stretches next to the timestamp's call end (fast seeks), so their cost
+    does not grow with the recording's length.
+    """
+    connect_audio = connect.audio
+    if connect_audio is None:
+        raise NoAudioStream(f"{connect.path.name} has no audio stream")
+    result: dict[str, Any] = {"sync": sync.TIMESTAMP_ONLY, "gains": None}
+    timeout = options.timeout_base_seconds
+    audio = recording.audio
+
+    async def measure_sync() -> None:
+        result["sync"] = await sync.measure(
+            sync.SyncInputs(
+                recording=recording.path,
+                recording_audio_index=audio.index if audio else None,
+                recording_audio_channels=audio.channels if audio else None,
+                recording_duration=plan.duration,
+                connect=connect.path,
+                connect_audio_index=connect_audio.index,
+                connect_audio_channels=connect_audio.channels,
+                connect_duration=plan.connect_duration,
+                call_end=plan.call_end,
+            ),
+            timeout=timeout,
+        )
+
+    async def measure_loudness(target: float) -> None:
+        near = loudness.stretches_near(plan.call_end, plan.duration, plan.connect_duration)
+        rate = [f"aresample={plan.sample_rate}"]  # measured in the output's band
+        connect_stretch = loudness.Stretch(
+            connect.path,
+            connect_audio.index,
+            *near[0],
+            mix=[*_connect_mix(connect_audio.channels, plan.channels), *rate],
+        )
+        recording_stretch = None
+        if audio is not None:
+            recording_stretch = loudness.Stretch(
+                recording.path,
+                audio.index,
+                *near[1],
+                mix=[*_mic_mix(audio.channels, plan.channels), *rate],
+            )
+        result["gains"] = await loudness.measure_gains(
+            connect_stretch, recording_stretch, target, timeout=timeout
+        )
+
+    async with anyio.create_task_group() as group:
+        if options.align == "auto":
+            group.start_soon(measure_sync)
+        if options.loudness_target is not None:
+            group.start_soon(measure_loudness, options.loudness_target)
+    synced: sync.SyncResult = result["sync"]
+    gains: loudness.LoudnessGains | None = result["gains"]
+    return synced, gains

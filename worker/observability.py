@@ -133,6 +133,13 @@ CALL_END_CLAMPS = Counter(
     "Jobs whose callEnd was beyond the recording's end and was clamped.",
     registry=REGISTRY,
 )
+SYNC_OUTCOMES = Counter(
+    "komorebi_sync_total",
+    "Call-end syncs by method (waveform: measured from the audio, timestamp: the message's) "
+    "and reason (measured, or why the timestamp was kept).",
+    ["method", "reason"],
+    registry=REGISTRY,
+)
 DUPLICATES = Counter(
     "komorebi_duplicates_total",
     "Messages acknowledged without work because the recording was already done.",

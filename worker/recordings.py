@@ -198,6 +198,11 @@ class DoneRecord:
     media_duration_seconds: float
     call_end_seconds: float
     connect_audio_offset_seconds: float
+    # How the call end was placed (issue 13): waveform (measured) or timestamp (the message's),
+    # measured minus timestamp (s), and the measurement's standard score.
+    sync_method: str = "timestamp"
+    sync_offset_seconds: float = 0.0
+    sync_confidence: float = 0.0
 
 
 def _number(value: float) -> dict[str, str]:
@@ -460,7 +465,9 @@ class RecordingTable:
             UpdateExpression=(
                 "SET isProcessed = :true, processingStatus = :done, videoKey = :video, "
                 "thumbnailKey = :thumb, processedAt = :at, mediaDurationSeconds = :duration, "
-                "callEndSeconds = :call_end, connectAudioOffsetSeconds = :offset "
+                "callEndSeconds = :call_end, connectAudioOffsetSeconds = :offset, "
+                "syncMethod = :sync_method, syncOffsetSeconds = :sync_offset, "
+                "syncConfidence = :sync_confidence "
                 "REMOVE leaseOwner, leaseExpiresAt, processingError"
             ),
             ConditionExpression="leaseOwner = :me",
@@ -474,6 +481,9 @@ class RecordingTable:
                 ":duration": _number(done.media_duration_seconds),
                 ":call_end": _number(done.call_end_seconds),
                 ":offset": _number(done.connect_audio_offset_seconds),
+                ":sync_method": _string(done.sync_method),
+                ":sync_offset": _number(round(done.sync_offset_seconds, 6)),
+                ":sync_confidence": _number(round(done.sync_confidence, 2)),
             },
         )
         if not ok:

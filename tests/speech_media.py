@@ -1,0 +1,409 @@
+"""Realistic call media for the sync tests and the sync benchmark (espeak-ng + ffmpeg + numpy).
+
+A *conversation* is two synthetic voices (espeak-ng, different voices and texts) taking turns.
+From it, :func:`make_speech_case` writes:
+
+- the Connect recording as Amazon Connect delivers it: 8 kHz stereo WAV, customer left, agent
+  right, band-limited to the telephony band and passed through G.711 mu-law;
+- the Komorebi recording: a small screen video plus the agent's microphone — the agent's voice
+  in a reverberant room with background noise, at its own gain, encoded with Opus at 48 kHz
+  (WebM or MP4) or AAC — placed so that the call truly ends at ``true_call_end`` on the
+  recording's timeline; after the call the agent keeps talking (After Call Work).
+
+Negative cases replace the microphone with: nothing (no audio stream), near-silence, another
+conversation, or music-like tones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+RATE = 48000
+Audio = npt.NDArray[np.float32]
+FFMPEG = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+
+SCRIPTS: list[tuple[list[str], list[str]]] = [
+    (
+        [
+            "Thank you for calling Komorebi support, my name is Alex. How can I help you today?",
+            "I am sorry to hear that. Can you tell me the account number, please?",
+            "Thank you. I can see two outages on your line this week, both in the evening.",
+            "I will reset the port on our side now. It takes about a minute.",
+            "All right, it is done. Could you restart the router for me?",
+            "Perfect. Is there anything else I can help you with today?",
+            "You are welcome. Have a lovely evening, goodbye.",
+        ],
+        [
+            "Hi, yes, my internet keeps dropping every evening since Tuesday.",
+            "Sure, it is four seven one, nine nine two, three eight.",
+            "Yes, that is exactly when it happens, around eight o'clock.",
+            "Okay, I will wait.",
+            "Restarting it now. The lights are coming back.",
+            "No, that is all, thank you so much for your help.",
+        ],
+    ),
+    (
+        [
+            "Good morning, billing department, this is Sam speaking.",
+            "Of course. I can see the invoice from the third of March here.",
+            "The second charge is the annual renewal, which was moved to this month.",
+            "I can split it into three payments if that helps you.",
+            "Great, I have set that up. You will receive an email confirmation shortly.",
+            "Thanks for your patience, and have a good day.",
+        ],
+        [
+            "Good morning. I was charged twice on my last invoice and I do not understand why.",
+            "Yes, there are two lines, one for forty dollars and one for four hundred.",
+            "Oh, I see. That is a lot to pay at once though.",
+            "Yes please, three payments would be much better.",
+            "Wonderful, thank you, that solves it.",
+        ],
+    ),
+    (
+        [
+            "Hello, you are through to the travel desk, my name is Robin.",
+            "Let me look up the booking. Could you spell the surname for me?",
+            "Thank you. The flight on Friday was cancelled by the airline this morning.",
+            "There is a later flight at six fifteen with seats available in economy.",
+            "I have moved you to that flight, the new ticket is on its way.",
+            "My pleasure, safe travels.",
+        ],
+        [
+            "Hello, I am calling about my flight to Lisbon on Friday.",
+            "It is Fernandes, F E R N A N D E S.",
+            "Cancelled? Oh no, what are my options?",
+            "Six fifteen is fine, please book me on that one.",
+            "Thank you very much.",
+        ],
+    ),
+]
+ACW_LINES = [
+    "Okay, noting down the port reset and the router restart for the ticket.",
+    "Right, payment plan created, three instalments, closing the case now.",
+    "Rebooked on the later flight, adding a note for the airline refund.",
+]
+VOICES = [  # (agent, customer): espeak-ng voice, words per minute, pitch
+    (("en-us", 165, 45), ("en-gb+f3", 150, 65)),
+    (("en-gb", 160, 40), ("en-us+f2", 155, 70)),
+    (("en-us+m3", 170, 35), ("en-gb-scotland+f4", 150, 60)),
+]
+
+
+def _run(args: Sequence[str], stdin: bytes | None = None) -> bytes:
+    done = subprocess.run(list(args), input=stdin, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"{args[0]} failed: {done.stderr.decode(errors='replace')[-600:]}")
+    return done.stdout
+
+
+def speak(text: str, voice: tuple[str, int, int]) -> Audio:
+    """One utterance by espeak-ng, at 48 kHz float32."""
+    name, speed, pitch = voice
+    wav = _run(["espeak-ng", "-v", name, "-s", str(speed), "-p", str(pitch), "--stdout", text])
+    raw = _run([*FFMPEG, "-i", "pipe:0", "-ar", str(RATE), "-ac", "1", "-f", "f32le", "-"], wav)
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """Two tracks of the same length at 48 kHz: what each party said, when."""
+
+    agent: Audio
+    customer: Audio
+    acw: Audio  # the agent talking after the call (notes for the ticket)
+
+    @property
+    def seconds(self) -> float:
+        """Length of the call."""
+        return self.agent.size / RATE
+
+
+def conversation(script: int, voices: int, *, seed: int, min_seconds: float) -> Conversation:
+    """Turns of agent and customer (agent first) with natural gaps, looped to ``min_seconds``."""
+    rng = np.random.default_rng(seed)
+    agent_lines, customer_lines = SCRIPTS[script % len(SCRIPTS)]
+    agent_voice, customer_voice = VOICES[voices % len(VOICES)]
+    agent_parts: list[Audio] = []
+    customer_parts: list[Audio] = []
+    length = 0
+    turn = 0
+    while length < min_seconds * RATE:
+        lines, voice = (
+            (agent_lines, agent_voice) if turn % 2 == 0 else (customer_lines, customer_voice)
+        )
+        speech = speak(lines[(turn // 2) % len(lines)], voice)
+        gap = np.zeros(int(rng.uniform(0.25, 0.9) * RATE), np.float32)
+        silent = np.zeros(speech.size + gap.size, np.float32)
+        voiced = np.concatenate([speech, gap])
+        agent_parts.append(voiced if turn % 2 == 0 else silent)
+        customer_parts.append(silent if turn % 2 == 0 else voiced)
+        length += voiced.size
+        turn += 1
+    acw = speak(ACW_LINES[script % len(ACW_LINES)], agent_voice)
+    return Conversation(np.concatenate(agent_parts), np.concatenate(customer_parts), acw)
+
+
+def _db(value: float) -> float:
+    return float(10 ** (value / 20))
+
+
+def room(voice: Audio, *, seed: int, noise_db: float, reverb_seconds: float = 0.25) -> Audio:
+    """A voice heard by a laptop/headset microphone: short reverb plus room noise."""
+    rng = np.random.default_rng(seed)
+    taps = int(reverb_seconds * RATE)
+    response = rng.standard_normal(taps) * np.exp(-6.9 * np.arange(taps) / taps)  # -60 dB
+    response *= 0.3 / np.sqrt(np.sum(response**2))
+    response[0] = 1.0  # the direct path
+    size = 1 << (voice.size + taps).bit_length()
+    wet = np.fft.irfft(np.fft.rfft(voice, size) * np.fft.rfft(response, size), size)
+    wet = wet[: voice.size]
+    # Room noise: brown-ish rumble plus a little hiss, at noise_db dBFS RMS.
+    white = rng.standard_normal(voice.size)
+    brown = np.cumsum(white)
+    brown -= np.convolve(brown, np.ones(4800) / 4800, mode="same")  # no DC drift
+    noise = brown / (np.std(brown) + 1e-12) + 0.3 * white
+    noise *= _db(noise_db) / np.std(noise)
+    return (wet + noise).astype(np.float32)
+
+
+def melody(seconds: float, *, seed: int, loop_seconds: float | None = None) -> Audio:
+    """Music-like tones: a note every 0.3 s (looped every ``loop_seconds`` when given)."""
+    rng = np.random.default_rng(seed)
+    span = loop_seconds or seconds
+    notes = rng.choice(
+        [262.0, 294.0, 330.0, 349.0, 392.0, 440.0, 494.0, 523.0], int(span / 0.3) + 1
+    )
+    t = np.arange(int(0.3 * RATE)) / RATE
+    envelope = np.minimum(1.0, np.minimum(t, 0.3 - t) / 0.02)
+    pattern = np.concatenate([0.3 * envelope * np.sin(2 * np.pi * f * t) for f in notes])
+    pattern = pattern[: int(span * RATE)]
+    repeats = int(np.ceil(seconds / span))
+    return np.tile(pattern, repeats)[: int(seconds * RATE)].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class SpeechCase:
+    """A recording and its Connect audio with a known true call end."""
+
+    name: str
+    recording: Path
+    connect: Path
+    true_call_end: float  # where the Connect audio truly ends on the recording's timeline
+    connect_duration: float
+    duration: float
+    must_fall_back: bool  # no usable microphone: only the timestamp may be used
+
+    @property
+    def true_placement(self) -> float:
+        """Recording time of the Connect file's t=0 (END alignment on the true call end)."""
+        return self.true_call_end - self.connect_duration
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """How to build one case (hashable: its JSON names the cache entry)."""
+
+    name: str
+    script: int = 0
+    voices: int = 0
+    call_seconds: float = 30.0
+    connect_start: float = 3.0  # recording time where the Connect audio starts (may be < 0)
+    acw_seconds: float = 8.0
+    container: str = "webm"  # webm (VP8 + Opus), mp4 (H.264 + Opus), mp4-aac
+    mic: str = "speech"  # speech | none | silence | other | tones | looped_tones
+    mic_gain_db: float = -6.0
+    noise_db: float = -50.0
+    connect_gain_db: float = -12.0
+    seed: int = 1
+
+    @property
+    def must_fall_back(self) -> bool:
+        """Cases whose microphone holds nothing of this call."""
+        return self.mic != "speech"
+
+
+def _connect_wav(path: Path, talk: Conversation, spec: CaseSpec, samples: int) -> None:
+    """8 kHz stereo (customer left, agent right), telephony band, mu-law round trip."""
+    stereo = np.stack([talk.customer[:samples], talk.agent[:samples]], axis=1)
+    stereo = (stereo * _db(spec.connect_gain_db)).astype("<f4")
+    with tempfile.TemporaryDirectory() as tmp:
+        mulaw = Path(tmp) / "mulaw.wav"
+        _run(
+            [*FFMPEG, "-f", "f32le", "-ar", str(RATE), "-ac", "2", "-i", "pipe:0",
+             "-af", "highpass=f=300,lowpass=f=3400", "-ar", "8000", "-c:a", "pcm_mulaw",
+             str(mulaw)],
+            stereo.tobytes(),
+        )  # fmt: skip
+        _run([*FFMPEG, "-i", str(mulaw), "-c:a", "pcm_s16le", str(path)])
+
+
+def _mic(spec: CaseSpec, talk: Conversation, total: int, call_end: int, start: int) -> Audio:
+    """The recording's audio track (48 kHz), per ``spec.mic``."""
+    mic = np.zeros(total, np.float32)
+    if spec.mic in ("speech", "other"):
+        source = talk
+        if spec.mic == "other":  # another call: the same agent voice, other words and times
+            source = conversation(spec.script + 1, spec.voices, seed=spec.seed + 7,
+                                  min_seconds=spec.call_seconds)  # fmt: skip
+        voice = source.agent
+        # Agent track sample i is at recording sample start + i.
+        lo, hi = max(0, start), min(call_end, start + voice.size)
+        mic[lo:hi] = voice[lo - start : hi - start]
+        acw_at = call_end + RATE // 2
+        acw = source.acw[: max(0, total - acw_at)]
+        mic[acw_at : acw_at + acw.size] = acw
+        mic *= _db(spec.mic_gain_db)
+    elif spec.mic in ("tones", "looped_tones"):
+        loop = 2.0 if spec.mic == "looped_tones" else None
+        mic[:] = melody(total / RATE, seed=spec.seed, loop_seconds=loop) * _db(spec.mic_gain_db)
+    noise_db = -75.0 if spec.mic == "silence" else spec.noise_db
+    return room(mic, seed=spec.seed, noise_db=noise_db)
+
+
+def make_speech_case(directory: Path, spec: CaseSpec) -> SpeechCase:
+    """Write (or reuse from ``directory``) the media of ``spec``."""
+    key = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
+    folder = directory / f"{spec.name}-{key}"
+    meta_path = folder / "case.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        return SpeechCase(**{**meta, "recording": Path(meta["recording"]),
+                             "connect": Path(meta["connect"])})  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    talk = conversation(spec.script, spec.voices, seed=spec.seed, min_seconds=spec.call_seconds)
+    connect_samples = int(spec.call_seconds * RATE)
+    connect = folder / "connect.wav"
+    connect_seconds = connect_samples / RATE
+    true_call_end = spec.connect_start + connect_seconds
+    duration = true_call_end + spec.acw_seconds
+    total = round(duration * RATE)
+    start = round(spec.connect_start * RATE)
+    if spec.mic == "looped_tones":
+        # A 2-second tune looping through the whole recording (a speaker in the room) and on
+        # the agent's line: every 2 s shift matches equally well, no true answer to find.
+        tune = melody(duration + 1, seed=spec.seed, loop_seconds=2.0)
+        line = tune[max(0, start) :][:connect_samples]
+        talk = Conversation(line, np.zeros_like(line), talk.acw)
+        mic = room(tune[:total] * _db(spec.mic_gain_db), seed=spec.seed, noise_db=spec.noise_db)
+    else:
+        mic = _mic(spec, talk, total, start + connect_samples, start)
+    _connect_wav(connect, talk, spec, connect_samples)
+    recording = folder / ("recording.webm" if spec.container == "webm" else "recording.mp4")
+    _recording(recording, mic if spec.mic != "none" else None, duration, spec.container)
+    np.save(folder / "mic.npy", mic.astype(np.float16))  # what was written, for the checks
+    case = SpeechCase(
+        name=spec.name,
+        recording=recording,
+        connect=connect,
+        true_call_end=true_call_end,
+        connect_duration=connect_seconds,
+        duration=duration,
+        must_fall_back=spec.must_fall_back,
+    )
+    meta_path.write_text(json.dumps({**asdict(case), "recording": str(recording),
+                                     "connect": str(connect)}))  # fmt: skip
+    return case
+
+
+def _recording(path: Path, mic: Audio | None, duration: float, container: str) -> None:
+    video = ["-f", "lavfi", "-i", f"testsrc2=size=160x120:rate=15:duration={duration:.6f}"]
+    args = [*FFMPEG, *video]
+    stdin = None
+    if mic is not None:
+        args += ["-f", "f32le", "-ar", str(RATE), "-ac", "1", "-i", "pipe:0"]
+        stdin = np.clip(mic, -1, 1).astype("<f4").tobytes()
+    args += ["-map", "0:v"]
+    if container == "webm":
+        args += ["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "100k"]
+    else:
+        args += ["-c:v", "libx264", "-preset", "ultrafast", "-g", "30", "-pix_fmt", "yuv420p"]
+    if mic is not None:
+        codec = ["-c:a", "aac", "-b:a", "96k"] if container == "mp4-aac" else [
+            "-c:a", "libopus", "-b:a", "32k"]  # fmt: skip
+        args += ["-map", "1:a", *codec, "-ar", "48000"]
+    args += [str(path)]
+    _run(args, stdin)
+
+
+# Timestamp errors the message's call end may carry (seconds), on top of whole-second
+# truncation: `callEndingTimestamp` is HH:MM:SS.
+TIMESTAMP_ERRORS = (-3.0, -1.5, 0.0, 0.7, 2.0, 3.0)
+
+
+def message_call_end(true_call_end: float, error: float) -> float:
+    """The call end a message would carry: the true one plus ``error``, truncated to seconds."""
+    return float(max(0, int(true_call_end + error)))
+
+
+# --- measuring the output (independent of worker.sync: plain FFT cross-correlation) ----------
+
+
+def _locate(reference: Audio, signal: Audio) -> float:
+    """Sub-sample position (samples) where ``reference`` best matches inside ``signal``."""
+    size = 1 << (reference.size + signal.size).bit_length()
+    spectrum = np.fft.rfft(signal.astype(np.float64), size)
+    corr = np.fft.irfft(spectrum * np.conj(np.fft.rfft(reference.astype(np.float64), size)), size)
+    corr = corr[: signal.size - reference.size + 1]
+    best = int(np.argmax(corr))
+    if 0 < best < corr.size - 1:
+        left, centre, right = corr[best - 1 : best + 2]
+        curvature = left - 2 * centre + right
+        if curvature < 0:
+            return best + 0.5 * (left - right) / curvature
+    return float(best)
+
+
+def microphone_placement(output: Path, case: SpeechCase, call_end_used: float) -> float:
+    """Where the microphone's sample 0 lies in ``output``'s audio (s), measured by content
+    (0 when the output keeps the microphone at its written timing).
+
+    The output carries the recording's own audio after the call end; a stretch of what was
+    written there (After Call Work speech and room noise) is located in it. Containers may
+    shift a whole file (WebM stores Opus' pre-skip as a negative start), so alignment is
+    judged between the two sources *in the output*, never against assumed timestamps.
+    """
+    from tests.media_tools import decode_pcm
+
+    rate = 16000
+    written = np.load(case.recording.parent / "mic.npy").astype(np.float32)[:: RATE // rate]
+    out = decode_pcm(output, rate=rate)[:, 0]
+    first = call_end_used + 0.3
+    last = min(case.duration - 0.3, first + 6.0)
+    reference = written[int(first * rate) : int(last * rate)]
+    segment = out[int((first - 0.5) * rate) : int((last + 0.5) * rate)]
+    return (_locate(reference, segment) / rate + first - 0.5) - first
+
+
+def connect_placement(output: Path, connect: Path, call_end_used: float) -> float:
+    """Where the Connect audio starts in ``output``'s audio (s), measured by content.
+
+    The Connect file's last 15 s (up to 0.2 s before its end, clear of the boundary) are
+    located in the output's audio before the call end.
+    """
+    from tests.media_tools import decode_pcm
+
+    rate = 16000
+    out = decode_pcm(output, rate=rate)[:, 0]
+    conn = decode_pcm(connect, rate=rate)[:, 0]
+    duration = conn.size / rate
+    first = max(0.0, duration - 15.2)
+    reference = conn[int(first * rate) : int((duration - 0.2) * rate)]
+    segment = out[: int(call_end_used * rate)]
+    return _locate(reference, segment) / rate - first
+
+
+def alignment_error(output: Path, case: SpeechCase, call_end_used: float) -> float:
+    """How far the Connect audio is from where the microphone says it belongs (s), in the
+    output: (Connect placement - microphone placement) - the true placement."""
+    conn = connect_placement(output, case.connect, call_end_used)
+    mic = microphone_placement(output, case, call_end_used)
+    return conn - mic - case.true_placement

@@ -1,0 +1,166 @@
+"""Even loudness (issue 13): both segments of the output brought to one EBU R128 target.
+
+Telephony audio and a browser microphone differ by many dB, so the boundary at the call end
+jumps. With ``LOUDNESS_TARGET`` set, each segment gets one **static gain** that brings its
+integrated loudness to the target, and the merged audio passes a true-peak-safe limiter:
+
+- Static, not ``loudnorm``'s single-pass dynamic mode: a constant gain keeps the speech's own
+  dynamics and never pumps background noise up in pauses; the limiter only touches the rare
+  peaks a gain pushes over the ceiling (``latency=1``: no delay, so the sync is kept).
+- Measured by ffmpeg's own ``ebur128`` (the BS.1770 reference the checks use) on a bounded
+  stretch next to the call end (:data:`MEASURE_SECONDS` of each source), so the cost is flat
+  with the recording's length. The microphone is measured across the call end: the same
+  microphone and voice before (where the agent talks) and after it (After Call Work), so a
+  quiet ACW of keyboard noise is not pumped up to speech level.
+- A stretch with nothing above the R128 gates (silence) keeps its level (gain 0), and gains
+  are bounded to +-:data:`MAX_GAIN_DB`.
+
+The argument builders, the parser and the gain rule are pure; :func:`measure_gains` runs the
+two measurements side by side with the allow-listed, time-limited runner.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import structlog
+
+from worker import ffmpeg
+
+log = structlog.get_logger(__name__)
+
+MEASURE_SECONDS = 60.0
+MAX_GAIN_DB = 30.0
+# Sample-peak ceiling of the limiter: 2 dB below full scale leaves room for the inter-sample
+# peaks of the lossy encoders (true peak stays below -1 dBTP for speech).
+LIMIT_DB = -2.0
+# ebur128 reports -70 LUFS (its absolute gate) when nothing passes the gates.
+SILENT_LUFS = -69.0
+MIN_TARGET_LUFS, MAX_TARGET_LUFS = -40.0, -5.0
+
+_INTEGRATED = re.compile(r"^\s*I:\s*(-?\d+(?:\.\d+)?|-?inf|nan)\s*LUFS", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class LoudnessGains:
+    """Gain (dB) for each segment and what was measured (LUFS, None: silent/unmeasured)."""
+
+    target_lufs: float
+    connect_db: float
+    recording_db: float
+    connect_lufs: float | None
+    recording_lufs: float | None
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """One measurement: a stream of a file, from ``start`` for ``seconds``, mixed by ``mix``."""
+
+    path: Path
+    stream_index: int
+    start: float
+    seconds: float
+    mix: list[str]
+
+
+def build_measure_args(stretch: Stretch) -> list[str]:
+    """ffmpeg running ``ebur128`` over one stretch, printing its summary on stderr (pure)."""
+    chain = ",".join([*stretch.mix, "ebur128=framelog=verbose"])
+    args = [ffmpeg.FFMPEG, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info"]
+    if stretch.start > 0:
+        args += ["-ss", f"{stretch.start:.6f}"]
+    args += ["-t", f"{stretch.seconds:.6f}", *ffmpeg.input_args(stretch.path)]
+    args += ["-map", f"0:{stretch.stream_index}", "-vn", "-sn", "-dn", "-af", chain]
+    args += ["-f", "null", "-"]
+    return args
+
+
+def parse_integrated(lines: list[str]) -> float | None:
+    """Integrated loudness (LUFS) from an ``ebur128`` summary; None if silent or absent."""
+    for line in reversed(lines):
+        match = _INTEGRATED.match(line)
+        if match:
+            value = float(match[1])
+            return value if math.isfinite(value) and value > SILENT_LUFS else None
+    return None
+
+
+def gain_for(measured: float | None, target: float) -> float:
+    """The static gain (dB) that brings ``measured`` to ``target``; 0 for silence."""
+    if measured is None:
+        return 0.0
+    return max(-MAX_GAIN_DB, min(MAX_GAIN_DB, target - measured))
+
+
+def stretches_near(
+    call_end: float, recording_duration: float, connect_duration: float
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(start, seconds) of the Connect and the recording stretches measured (pure).
+
+    Connect: its last :data:`MEASURE_SECONDS`. Recording: :data:`MEASURE_SECONDS` centred on
+    the call end, clamped to the recording.
+    """
+    connect_seconds = min(MEASURE_SECONDS, connect_duration)
+    begin = max(0.0, min(call_end, recording_duration) - MEASURE_SECONDS / 2)
+    end = min(recording_duration, begin + MEASURE_SECONDS)
+    begin = max(0.0, end - MEASURE_SECONDS)
+    return (connect_duration - connect_seconds, connect_seconds), (begin, end - begin)
+
+
+def volume_step(gain_db: float) -> list[str]:
+    """The filter applying a static gain (none for 0 dB)."""
+    return [f"volume={gain_db:.2f}dB"] if abs(gain_db) >= 0.005 else []
+
+
+def limiter_step() -> str:
+    """Peak limiter without delay (``latency=1``) and without auto-levelling (``level=0``)."""
+    limit = 10 ** (LIMIT_DB / 20)
+    return f"alimiter=limit={limit:.4f}:attack=5:release=50:level=0:latency=1"
+
+
+async def _integrated(stretch: Stretch, timeout: float) -> float | None:  # noqa: ASYNC109
+    if stretch.seconds <= 0:
+        return None
+    result = await ffmpeg.run(
+        build_measure_args(stretch), timeout=timeout, what=f"loudness of {stretch.path.name}"
+    )
+    return parse_integrated(result.stderr_tail)
+
+
+async def measure_gains(
+    connect: Stretch,
+    recording: Stretch | None,
+    target: float,
+    *,
+    timeout: float,  # noqa: ASYNC109 - per ffmpeg run, enforced by worker.ffmpeg.run
+) -> LoudnessGains:
+    """Measure both stretches side by side; the gains that bring each to ``target``."""
+    measured: dict[str, float | None] = {"connect": None, "recording": None}
+
+    async def one(name: str, stretch: Stretch) -> None:
+        measured[name] = await _integrated(stretch, timeout)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(one, "connect", connect)
+        if recording is not None:
+            group.start_soon(one, "recording", recording)
+    gains = LoudnessGains(
+        target_lufs=target,
+        connect_db=gain_for(measured["connect"], target),
+        recording_db=gain_for(measured["recording"], target),
+        connect_lufs=measured["connect"],
+        recording_lufs=measured["recording"],
+    )
+    log.info(
+        "loudness_measured",
+        target=target,
+        connect_lufs=gains.connect_lufs,
+        recording_lufs=gains.recording_lufs,
+        connect_gain_db=round(gains.connect_db, 2),
+        recording_gain_db=round(gains.recording_db, 2),
+    )
+    return gains
