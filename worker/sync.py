@@ -15,8 +15,9 @@ window around the timestamp's placement.
   sharp peak per real alignment; parabolic interpolation gives the sub-sample position.
 - Confidence: the peak's standard score (``z``: peak minus mean over the search window, in
   standard deviations, as BBC's audio-offset-finder reports), the side-peak ratio (the next
-  peak outside +-:data:`PEAK_EXCLUSION_SECONDS`, relative to the peak: near 1 for periodic
-  music or a looped prompt), and the agreement of the two independent halves of the stretch.
+  peak outside +-:data:`PEAK_EXCLUSION_SECONDS`, relative to the peak, in the whitened and in
+  the plain correlation: near 1 for a looped prompt or music that matches at every period),
+  and the agreement of the two independent halves of the stretch.
   Only all three together make a *confident* measurement; anything else falls back to the
   timestamp (:class:`SyncResult.method` ``timestamp`` with a ``reason``), never a guess.
 
@@ -57,11 +58,15 @@ MIN_STRETCH_SECONDS = 6.0  # below this, too little speech to trust
 BAND_HZ = (250.0, 3400.0)  # telephony band (G.711 passes 300-3400 Hz)
 PHAT_BETA = 0.8  # 1 = pure PHAT; a little magnitude weighting resists noise-only bins
 PEAK_EXCLUSION_SECONDS = 0.020  # a peak's own lobe (reverberation, pitch) around it
-# Thresholds chosen on the speech corpus (bench.sync_bench, docs/performance.md): real
-# alignments score z >= 40, unrelated audio stays below 8, so 15 leaves margin both ways.
-MIN_Z = 15.0
-MIN_HALF_Z = 8.0
-MAX_SIDE_PEAK_RATIO = 0.6
+PLAIN_EXCLUSION_SECONDS = 0.050  # the plain correlation's lobe (voiced speech's pitch periods)
+TAPER_SECONDS = 0.25
+# Thresholds chosen on the speech corpus (bench/sync_bench.py; docs/performance.md): real
+# alignments score z >= 290 with side-peak ratios <= 0.07; another conversation (even in the
+# same synthetic voice, sharing whole words) stays at z <= 9 and music at z <= 5, while a
+# looped tune scores z 45-70 but a side-peak ratio of 1.0. Each threshold sits well between.
+MIN_Z = 20.0
+MIN_HALF_Z = 10.0
+MAX_SIDE_PEAK_RATIO = 0.5
 AGREEMENT_SECONDS = 0.002  # the halves' estimates must agree with the whole's within this
 # Below this RMS (about -60 dBFS) a stretch is silence (or a muted microphone).
 SILENCE_RMS = 1e-3
@@ -229,21 +234,41 @@ def _rms(signal: Signal) -> float:
     return float(np.sqrt(np.mean(np.square(signal, dtype=np.float64)))) if signal.size else 0.0
 
 
+def _taper(signal: Signal) -> npt.NDArray[np.float64]:
+    """``signal`` with raised-cosine ends (:data:`TAPER_SECONDS`): a stretch's abrupt cut is
+    broadband, and whitening would otherwise weigh it like speech."""
+    out = signal.astype(np.float64)
+    ramp = min(out.size // 4, round(TAPER_SECONDS * SYNC_RATE))
+    if ramp > 1:
+        rise = np.hanning(2 * ramp)[:ramp]
+        out[:ramp] *= rise
+        out[-ramp:] *= rise[::-1]
+    return out
+
+
 def _correlate(
     spectrum: npt.NDArray[np.complex128], reference: Signal, size: int, rate: int
-) -> npt.NDArray[np.float64]:
-    """GCC-PHAT-beta of ``reference`` against the signal whose rfft is ``spectrum``."""
-    cross = spectrum * np.conj(np.fft.rfft(reference.astype(np.float64), size))
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """GCC-PHAT-beta and plain (band-limited) cross-correlation of ``reference`` against the
+    signal whose rfft is ``spectrum``."""
+    cross = spectrum * np.conj(np.fft.rfft(_taper(reference), size))
+    freqs = np.fft.rfftfreq(size, 1.0 / rate)
+    cross[(freqs < BAND_HZ[0]) | (freqs > BAND_HZ[1])] = 0
+    plain = np.fft.irfft(cross, size)
     magnitude = np.abs(cross)
     floor = 1e-12 + 1e-9 * float(magnitude.max(initial=0.0))
     cross /= (magnitude + floor) ** PHAT_BETA
-    freqs = np.fft.rfftfreq(size, 1.0 / rate)
-    cross[(freqs < BAND_HZ[0]) | (freqs > BAND_HZ[1])] = 0
-    return np.fft.irfft(cross, size)
+    return np.fft.irfft(cross, size), plain
 
 
-def _peak(correlation: npt.NDArray[np.float64], low: int, high: int, rate: int) -> Peak:
+def _peak(
+    correlations: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]],
+    low: int,
+    high: int,
+    rate: int,
+) -> Peak:
     """Best lag in ``[low, high]`` samples (negative lags wrap around) and its scores."""
+    correlation, plain = correlations
     lags = np.arange(low, high + 1)
     values = correlation[lags % correlation.size]
     best = int(np.argmax(values))
@@ -263,6 +288,16 @@ def _peak(correlation: npt.NDArray[np.float64], low: int, high: int, rate: int) 
         curvature = left - 2 * centre + right
         if curvature < 0:
             shift = float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
+    # Periodic audio (a looped prompt, music) matches at every period; whitening can still
+    # favour one of them, so the plain correlation must favour it too.
+    energy = plain[lags % plain.size]
+    near = max(1, round(0.002 * rate))
+    far = round(PLAIN_EXCLUSION_SECONDS * rate)
+    at_peak = float(energy[max(0, best - near) : best + near + 1].max())
+    away = np.ones(energy.size, dtype=bool)
+    away[max(0, best - far) : best + far + 1] = False
+    rival = float(energy[away].max(initial=0.0))
+    side = max(side, rival / at_peak if at_peak > 0 else 1.0)
     return Peak(lag=(float(lags[best]) + shift) / rate, z=z, side_peak_ratio=side)
 
 

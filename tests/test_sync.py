@@ -1,0 +1,180 @@
+"""worker.sync's pure parts: the window plan, the decode arguments, the estimator and the rule.
+
+Signals here are synthetic (seeded noise shaped like speech bursts), so every expected lag is
+known exactly; the real-media tests are in test_sync_speech.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker import sync
+from worker.ffmpeg import FORMAT_WHITELIST, PROTOCOL_WHITELIST
+
+RATE = sync.SYNC_RATE
+
+
+def bursts(seconds: float, seed: int) -> np.ndarray:
+    """Noise in syllable-like bursts (speech's on/off structure, broadband inside)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    envelope = np.repeat(rng.random(n // 1600 + 1) > 0.4, 1600)[:n].astype(np.float32)
+    return (rng.standard_normal(n) * 0.1 * envelope).astype(np.float32)
+
+
+def delayed(signal: np.ndarray, lag_samples: float, total: int) -> np.ndarray:
+    """``signal`` placed ``lag_samples`` (fractional: by a frequency-domain shift) into zeros."""
+    out = np.zeros(total, np.float64)
+    whole = int(np.floor(lag_samples))
+    out[whole : whole + signal.size] = signal
+    frac = lag_samples - whole
+    if frac:
+        size = 1 << (total * 2).bit_length()
+        spectrum = np.fft.rfft(out, size)
+        spectrum *= np.exp(-2j * np.pi * np.fft.rfftfreq(size) * frac)
+        out = np.fft.irfft(spectrum, size)[:total]
+    return out.astype(np.float32)
+
+
+def window(zero_lag: float = 5.5) -> sync.SyncWindow:
+    return sync.SyncWindow(
+        connect_start=0.0,
+        connect_seconds=20.0,
+        recording_seek=0,
+        recording_seconds=31.0,
+        zero_lag=zero_lag,
+        min_offset=-5.0,
+        max_offset=5.0,
+    )
+
+
+@pytest.mark.parametrize("true_offset", [-4.2, -0.6180, 0.0, 0.5, 2.71875 + 1 / 3 / RATE])
+def test_estimate_finds_a_known_lag_to_a_fraction_of_a_sample(true_offset: float) -> None:
+    rng = np.random.default_rng(5)
+    reference = bursts(20.0, seed=1)
+    lag = (5.5 + true_offset) * RATE
+    signal = delayed(reference * 0.3, lag, 31 * RATE)
+    signal += (rng.standard_normal(signal.size) * 0.003).astype(np.float32)
+    result = sync.synchronise(reference, signal, window())
+    assert result.method == "waveform", result
+    assert result.reason == "measured"
+    assert abs(result.offset_seconds - true_offset) < 0.1 / RATE  # a tenth of a sample
+    assert result.confidence >= sync.MIN_Z
+
+
+def test_unrelated_audio_falls_back_with_low_confidence() -> None:
+    reference = bursts(20.0, seed=1)
+    signal = bursts(31.0, seed=2)
+    result = sync.synchronise(reference, signal, window())
+    assert (result.method, result.reason, result.offset_seconds) == (
+        "timestamp",
+        "low_confidence",
+        0.0,
+    )
+    assert 0 < result.confidence < sync.MIN_Z
+    assert result.estimate_seconds is not None  # what it would have guessed, for the logs
+
+
+def test_silence_falls_back_before_any_estimate() -> None:
+    speech = bursts(20.0, seed=1)
+    quiet = np.zeros(31 * RATE, np.float32)
+    assert sync.synchronise(speech, quiet, window()).reason == "silent_recording"
+    assert sync.synchronise(quiet[: 20 * RATE], speech, window()).reason == "silent_connect"
+
+
+def test_a_pattern_repeating_inside_the_window_is_ambiguous() -> None:
+    loop = bursts(2.0, seed=4)
+    reference = np.tile(loop, 10)
+    signal = np.tile(loop, 16)[: 31 * RATE]
+    result = sync.synchronise(reference, signal, window(zero_lag=6.0))
+    assert (result.method, result.reason) == ("timestamp", "ambiguous")
+
+
+def test_halves_at_different_lags_fall_back() -> None:
+    # The second half of the reference sits 1.5 s later in the signal than the first half:
+    # a strong whole-window peak, but not one alignment (a cut or a pause in one recording).
+    reference = bursts(20.0, seed=1)
+    signal = np.zeros(31 * RATE, np.float32)
+    half = reference.size // 2
+    start = int(5.5 * RATE)
+    signal[start : start + half] = reference[:half]
+    later = start + half + int(1.5 * RATE)
+    signal[later : later + half] = reference[half:]
+    signal += np.random.default_rng(0).standard_normal(signal.size).astype(np.float32) * 0.003
+    result = sync.synchronise(reference, signal, window())
+    # Two equal peaks (ambiguous), and each half confirms only its own.
+    assert (result.method, result.reason) in {
+        ("timestamp", "halves_disagree"),
+        ("timestamp", "ambiguous"),
+    }
+    found = sync.estimate(reference, signal, min_lag=0.5, max_lag=10.5)
+    first, second = found.halves
+    assert abs(second.lag - first.lag - 1.5) < 1e-3
+
+
+def test_decide_refuses_offsets_outside_the_recording() -> None:
+    peak = sync.Peak(lag=5.5 + 1.0, z=80.0, side_peak_ratio=0.1)
+    found = sync.Estimate(peak, (peak, peak))
+    narrow = sync.SyncWindow(0.0, 20.0, 0, 31.0, 5.5, -5.0, 0.5)
+    assert sync.decide(found, 5.5, narrow).reason == "out_of_range"
+    assert sync.decide(found, 5.5, window()).method == "waveform"
+
+
+def test_window_covers_the_stretch_and_the_search() -> None:
+    plan = sync.plan_window(call_end=600.0, recording_duration=900.0, connect_duration=580.0)
+    assert isinstance(plan, sync.SyncWindow)
+    assert plan.connect_seconds == sync.STRETCH_SECONDS
+    assert plan.connect_start == pytest.approx(580.0 - sync.STRETCH_SECONDS)
+    # The recording is decoded from a whole second before [call_end - stretch - search].
+    assert plan.recording_seek == int(600 - 30 - 5 - sync.DECODE_MARGIN_SECONDS)
+    assert plan.recording_seek + plan.recording_seconds == pytest.approx(
+        600 + 5 + sync.DECODE_MARGIN_SECONDS
+    )
+    # Zero offset: the Connect stretch starts at call_end - stretch on the recording.
+    assert plan.recording_seek + plan.zero_lag == pytest.approx(600.0 - 30.0)
+    assert (plan.min_offset, plan.max_offset) == (-5.0, 5.0)
+
+
+def test_window_is_clamped_to_the_recording() -> None:
+    plan = sync.plan_window(call_end=20.0, recording_duration=22.0, connect_duration=60.0)
+    assert isinstance(plan, sync.SyncWindow)
+    assert plan.connect_seconds == 25.0  # call_end + search: nothing earlier can match
+    assert plan.recording_seek == 0
+    assert plan.recording_seconds == pytest.approx(22.0)
+    assert plan.max_offset == pytest.approx(2.0)  # the measured end stays inside
+    assert sync.plan_window(call_end=0.5, recording_duration=9.0, connect_duration=3.0) == (
+        "too_short"
+    )
+
+
+@pytest.mark.parametrize(("channels", "pan"), [(2, "pan=mono|c0=c1"), (1, "pan=mono|c0=c0")])
+def test_connect_decode_takes_the_agent_channel(channels: int, pan: str) -> None:
+    args = sync.build_decode_args(
+        Path("/in/connect.wav"), 0, channels=channels, agent=True, seek=512.25, seconds=30.0
+    )
+    i = args.index("-i")
+    # Fast seek: -ss before the input, whose allow-lists are the untrusted inputs' ones.
+    assert args[i - 6 : i] == [
+        "-ss",
+        "512.250000",
+        "-format_whitelist",
+        FORMAT_WHITELIST,
+        "-protocol_whitelist",
+        PROTOCOL_WHITELIST,
+    ]
+    assert args[i + 1] == "file:/in/connect.wav"
+    chain = args[args.index("-af") + 1].split(",")
+    assert chain == [pan, "aresample=8000:async=1:first_pts=0", "atrim=end_sample=240000"]
+    assert args[-5:] == ["-f", "f32le", "-c:a", "pcm_f32le", "pipe:1"]
+
+
+def test_microphone_decode_averages_its_channels_and_skips_a_zero_seek() -> None:
+    args = sync.build_decode_args(
+        Path("/in/rec.webm"), 1, channels=2, agent=False, seek=0, seconds=12.5
+    )
+    assert "-ss" not in args
+    assert args[args.index("-map") + 1] == "0:1"
+    assert args[args.index("-af") + 1].startswith("pan=mono|c0=0.5*c0+0.5*c1,")
