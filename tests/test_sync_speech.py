@@ -1,0 +1,216 @@
+"""Issue 13 on realistic speech: waveform sync, chapters and loudness, checked in the output.
+
+Media (tests/speech_media.py): espeak-ng agent and customer voices; the Connect file at 8 kHz
+stereo, telephony band, through G.711 mu-law; the recording's microphone in a noisy,
+reverberant room, Opus or AAC at 48 kHz, placed at a known true call end. Messages carry the
+true call end plus an error, truncated to whole seconds. The alignment error is measured in
+the merged file by content (Connect audio against the microphone), never taken from the
+worker's own report.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.speech_media import (
+    CaseSpec,
+    SpeechCase,
+    alignment_error,
+    connect_placement,
+    make_speech_case,
+    message_call_end,
+)
+from worker import media
+from worker.observability import SYNC_OUTCOMES
+
+MAX_ERROR_SECONDS = 0.020
+SPEECH = {
+    "webm-opus": CaseSpec("webm-opus", script=0, voices=0, container="webm", call_seconds=24),
+    "mp4-aac-noisy": CaseSpec("mp4-aac-noisy", script=1, voices=1, container="mp4-aac",
+                              noise_db=-38, connect_start=-2.5, call_seconds=26),
+    "mp4-opus-quiet": CaseSpec("mp4-opus-quiet", script=2, voices=2, container="mp4",
+                               mic_gain_db=-20, connect_start=4.2, call_seconds=22),
+}  # fmt: skip
+FALLBACK = {
+    "no-microphone": CaseSpec("no-microphone", mic="none", call_seconds=20),
+    "muted-microphone": CaseSpec("muted-microphone", mic="silence", call_seconds=20),
+    "other-conversation": CaseSpec("other-conversation", mic="other", script=1, voices=1,
+                                   container="mp4-aac", call_seconds=24),
+    "music": CaseSpec("music", mic="tones", call_seconds=20),
+    "looped-music-on-hold": CaseSpec("looped-music-on-hold", mic="looped_tones",
+                                     container="mp4", call_seconds=36),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("speech")
+
+
+@functools.cache
+def _case(directory: Path, spec: CaseSpec) -> SpeechCase:
+    return make_speech_case(directory, spec)
+
+
+_MERGES: dict[tuple[object, ...], media.MergeResult] = {}
+
+
+def merged(
+    directory: Path, spec: CaseSpec, call_end: float, *, loudness: float | None = None
+) -> tuple[SpeechCase, media.MergeResult]:
+    """Merge (once per session) with ALIGN_MODE auto."""
+    case = _case(directory, spec)
+    key = (spec, call_end, loudness)
+    if key not in _MERGES:
+        ext = "webm" if spec.container == "webm" else "mp4"
+        out = directory / f"out-{spec.name}-{call_end:g}-{loudness}.{ext}"
+        request = media.MergeRequest(
+            recording=case.recording,
+            connect_audio=case.connect,
+            call_end_seconds=call_end,
+            output=out,
+            thumbnail=None,
+            options=media.MergeOptions(align="auto", loudness_target=loudness),
+        )
+        _MERGES[key] = anyio.run(media.merge, request)
+    return case, _MERGES[key]
+
+
+@pytest.mark.parametrize("name", list(SPEECH))
+@pytest.mark.parametrize("timestamp_error", [-3.0, -1.4, 0.6, 3.0])
+def test_connect_audio_lands_within_20_ms_of_the_microphone(
+    speech_dir: Path, name: str, timestamp_error: float
+) -> None:
+    spec = SPEECH[name]
+    case = _case(speech_dir, spec)
+    call_end = message_call_end(case.true_call_end, timestamp_error)
+    before = SYNC_OUTCOMES.labels(method="waveform", reason="measured")._value.get()
+    case, result = merged(speech_dir, spec, call_end)
+    assert result.sync.method == "waveform", result.sync
+    assert result.sync.confidence >= 20
+    error = alignment_error(result.output, case, result.call_end_seconds)
+    assert abs(error) <= MAX_ERROR_SECONDS, f"{name}: {error * 1000:.2f} ms"
+    # What the row gets: measured minus timestamp, and the placement actually used.
+    assert result.call_end_seconds == pytest.approx(call_end + result.sync.offset_seconds)
+    assert abs(result.sync.offset_seconds - (case.true_call_end - call_end)) < 0.02
+    assert result.connect_audio_offset_seconds == pytest.approx(
+        result.call_end_seconds - case.connect_duration, abs=1e-3
+    )
+    assert SYNC_OUTCOMES.labels(method="waveform", reason="measured")._value.get() >= before + 1
+
+
+def test_the_timestamp_alone_would_have_been_wrong(speech_dir: Path) -> None:
+    """The same media END-aligned on the timestamp: off by the timestamp's error (the
+    measurement above can tell a misplacement)."""
+    spec = SPEECH["mp4-aac-noisy"]
+    case = _case(speech_dir, spec)
+    call_end = message_call_end(case.true_call_end, 1.6)
+    out = speech_dir / "timestamp-only.mp4"
+    request = media.MergeRequest(
+        case.recording, case.connect, call_end, out, None, media.MergeOptions(align="end")
+    )
+    result = anyio.run(media.merge, request)
+    assert result.sync.method == "timestamp" and result.sync.reason == "disabled"
+    error = alignment_error(out, case, result.call_end_seconds)
+    assert error == pytest.approx(call_end - case.true_call_end, abs=0.005)
+    assert abs(error) > 0.5
+
+
+@pytest.mark.parametrize("name", list(FALLBACK))
+def test_audio_without_this_call_falls_back_to_the_timestamp(speech_dir: Path, name: str) -> None:
+    spec = FALLBACK[name]
+    case = _case(speech_dir, spec)
+    call_end = message_call_end(case.true_call_end, 2.0)
+    case, result = merged(speech_dir, spec, call_end)
+    assert result.sync.method == "timestamp", result.sync
+    assert result.sync.offset_seconds == 0.0
+    assert result.sync.reason in {
+        "no_recording_audio",
+        "silent_recording",
+        "low_confidence",
+        "ambiguous",
+        "halves_disagree",
+    }
+    # Placed exactly where the timestamp says (END alignment), checked in the output.
+    assert result.call_end_seconds == call_end
+    assert result.connect_audio_offset_seconds == call_end - case.connect_duration
+    miss = connect_placement(result.output, case.connect, call_end) - (
+        call_end - case.connect_duration
+    )
+    if spec.mic == "looped_tones":  # the 2 s loop matches at every period, here too
+        miss = (miss + 1.0) % 2.0 - 1.0
+    assert abs(miss) <= 0.010
+
+
+def chapters(path: Path) -> list[tuple[str, float, float]]:
+    raw = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_chapters", "-of", "json", str(path)],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return [
+        (c["tags"]["title"], float(c["start_time"]), float(c["end_time"]))
+        for c in json.loads(raw)["chapters"]
+    ]
+
+
+@pytest.mark.parametrize("name", ["webm-opus", "mp4-aac-noisy"])
+def test_chapters_call_and_after_call_work_at_the_synced_call_end(
+    speech_dir: Path, name: str
+) -> None:
+    spec = SPEECH[name]
+    case = _case(speech_dir, spec)
+    _, result = merged(speech_dir, spec, message_call_end(case.true_call_end, 0.6))
+    found = chapters(result.output)
+    assert [title for title, _, _ in found] == ["Call", "After Call Work"]
+    (_, call_start, call_stop), (_, acw_start, acw_stop) = found
+    assert call_start == 0.0
+    assert call_stop == acw_start == pytest.approx(result.call_end_seconds, abs=0.0015)
+    assert acw_stop == pytest.approx(result.media_duration_seconds, abs=0.0015)
+
+
+def loudness_of(path: Path, start: float, stop: float) -> tuple[float, float]:
+    """(integrated LUFS, true peak dBTP) of ``path``'s audio in [start, stop), by ffmpeg."""
+    err = subprocess.run(
+        ["ffmpeg", "-nostdin", "-hide_banner", "-ss", f"{start:.3f}", "-t", f"{stop - start:.3f}",
+         "-i", str(path), "-map", "0:a:0", "-af", "ebur128=peak=true:framelog=verbose",
+         "-f", "null", "-"],
+        capture_output=True, text=True, check=True,
+    ).stderr  # fmt: skip
+    lines = [line.strip() for line in err.splitlines()]
+    integrated = next(float(x.split()[1]) for x in reversed(lines) if x.startswith("I:"))
+    peak = next(float(x.split()[1]) for x in reversed(lines) if x.startswith("Peak:"))
+    return integrated, peak
+
+
+@pytest.mark.parametrize("name", ["webm-opus", "mp4-opus-quiet"])
+def test_loudness_target_evens_out_the_two_segments(speech_dir: Path, name: str) -> None:
+    spec = SPEECH[name]
+    case = _case(speech_dir, spec)
+    call_end = message_call_end(case.true_call_end, 0.6)
+    _, plain = merged(speech_dir, spec, call_end)
+    _, even = merged(speech_dir, spec, call_end, loudness=-18.0)
+    guard = 0.3
+    for result, target in ((plain, None), (even, -18.0)):
+        call, _ = loudness_of(result.output, 0.0, result.call_end_seconds - guard)
+        acw, _ = loudness_of(
+            result.output, result.call_end_seconds + guard, result.media_duration_seconds
+        )
+        if target is None:
+            assert abs(call - acw) > 2.5, "the test media must start out uneven"
+        else:
+            assert abs(call - acw) <= 2.0, (call, acw)
+            assert abs(call - target) <= 2.0 and abs(acw - target) <= 2.0, (call, acw)
+    _, peak = loudness_of(even.output, 0.0, even.media_duration_seconds)
+    assert peak <= -1.0  # no clipping: true peak under -1 dBTP
+    assert even.loudness is not None and even.loudness.connect_db > 10
+    # Still synced, still the recording's length.
+    assert even.sync.method == "waveform"
+    assert abs(alignment_error(even.output, case, even.call_end_seconds)) <= MAX_ERROR_SECONDS
+    assert even.media_duration_seconds == plain.media_duration_seconds
