@@ -47,7 +47,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.metrics_port not in (80, 443, 8080, 9090)  # not a well-known port
     assert s.scratch_dir.is_dir()
     assert (s.log_level, s.log_format) == ("INFO", "json")
-    assert s.align == "end"
+    assert s.align == "auto"  # issue 13: the call end measured from the audio
+    assert s.loudness_target is None  # levels untouched unless asked
     assert s.audio == AudioSettings(channels=1, sample_rate=16000, bitrate="48k")
     assert s.keys == KeyTemplates()
     assert s.queue_url is None and s.dlq_url is None
@@ -111,6 +112,13 @@ def test_queue_required_for_run() -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "target"), [("-18", -18.0), ("-16 LUFS", -16.0), ("off", None), ("-23.5", -23.5)]
+)
+def test_loudness_target(value: str, target: float | None) -> None:
+    assert Settings.from_env({**REQUIRED, "LOUDNESS_TARGET": value}).loudness_target == target
+
+
+@pytest.mark.parametrize(
     ("variable", "value", "needle"),
     [
         ("WORKER_CONCURRENCY", "-1", "positive integer"),
@@ -122,7 +130,10 @@ def test_queue_required_for_run() -> None:
         ("METRICS_PORT", "0", "TCP port"),
         ("LOG_LEVEL", "loud", "DEBUG, INFO"),
         ("LOG_FORMAT", "xml", "json, console"),
-        ("ALIGN_MODE", "middle", "end, start"),
+        ("ALIGN_MODE", "middle", "auto, end, start"),
+        ("LOUDNESS_TARGET", "loud", "off or a loudness in LUFS"),
+        ("LOUDNESS_TARGET", "-3", "from -40 to -5"),
+        ("LOUDNESS_TARGET", "-60", "from -40 to -5"),
         ("AUDIO_CHANNELS", "6", "1 (mono) or 2"),
         ("AUDIO_SAMPLE_RATE", "44100", "8000, 12000, 16000, 24000 or 48000"),
         ("AUDIO_BITRATE", "fast", "48k"),

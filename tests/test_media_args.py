@@ -744,3 +744,80 @@ def test_output_read_in_intervals_counts_the_frames_ffmpeg_wrote() -> None:
     for line in ("frame=209", "fps=0.0", "out_time_us=11974000", "frame=210", "progress=end"):
         progress.feed(line)
     assert progress.frames == 210
+
+
+def test_chapters_are_our_own_ffmetadata_input_with_its_own_allow_list() -> None:
+    rec, conn = recording(), connect()
+    options = media.MergeOptions(align="end")
+    for call_end, n_inputs in ((4.0, 3), (6.0, 4)):
+        plan = media.plan_merge(rec, conn, call_end, options)
+        args = media.build_merge_args(
+            recording=rec, connect=conn, plan=plan, output=Path("/out/r.webm"),
+            options=options, chapters=Path("/out/.r.webm.chapters"),
+        )  # fmt: skip
+        inputs = [i for i, a in enumerate(args) if a == "-i"]
+        assert len(inputs) == n_inputs
+        *untrusted, ours = inputs
+        for i in untrusted:  # the media inputs keep the allow-list of untrusted input
+            assert args[i - 4 : i] == ["-format_whitelist", FORMAT_WHITELIST,
+                                       "-protocol_whitelist", PROTOCOL_WHITELIST]  # fmt: skip
+        assert args[ours - 6 : ours + 2] == [
+            "-format_whitelist", "ffmetadata", "-protocol_whitelist", "file",
+            "-f", "ffmetadata", "-i", "file:/out/.r.webm.chapters",
+        ]  # fmt: skip
+        assert value_after(args, "-map_chapters") == [str(n_inputs - 1)]
+    # Without a chapters file the recording's own chapters are still dropped.
+    args, _ = build(rec, conn, 6.0)
+    assert value_after(args, "-map_chapters") == ["-1"]
+
+
+@pytest.mark.parametrize(
+    ("call_end", "titles"),
+    [(3.25, ["Call", "After Call Work"]), (0.0, ["After Call Work"]), (8.0, ["Call"])],
+)
+def test_chapters_metadata(call_end: float, titles: list[str]) -> None:
+    plan = media.plan_merge(recording(duration=8.0), connect(), call_end, media.MergeOptions())
+    text = media.chapters_metadata(plan)
+    assert text.startswith(";FFMETADATA1\n")
+    assert [line[6:] for line in text.splitlines() if line.startswith("title=")] == titles
+    bounds = [int(line[len("START=") :]) for line in text.splitlines() if line.startswith("START")]
+    assert bounds == ([0, 3250] if len(titles) == 2 else [0])
+
+
+def test_loudness_stage_is_a_static_gain_per_segment_and_one_limiter() -> None:
+    from worker.loudness import LoudnessGains
+
+    rec, conn = recording(), connect()
+    options = media.MergeOptions(align="end", loudness_target=-18.0)
+    plan = media.plan_merge(rec, conn, 6.0, options)
+    gains = LoudnessGains(-18.0, 12.5, -3.25, -30.5, -14.75)
+    args = media.build_merge_args(
+        recording=rec, connect=conn, plan=plan, output=Path("/out/r.webm"), options=options,
+        gains=gains,
+    )  # fmt: skip
+    conn_chain, *_, out_chain = graph_of(args).split(";")
+    assert "volume=12.50dB" in conn_chain and "volume=-3.25dB" in graph_of(args)
+    assert out_chain.startswith("[conn][rec]concat=n=2:v=0:a=1,alimiter=")
+    assert "level=0" in out_chain and "latency=1" in out_chain  # no auto-gain, no delay
+    # Off (None): exactly today's graph.
+    plain = media.build_merge_args(
+        recording=rec, connect=conn, plan=plan, output=Path("/out/r.webm"), options=options
+    )
+    assert "volume=" not in graph_of(plain) and "alimiter" not in graph_of(plain)
+    assert graph_of(plain).endswith("[conn][rec]concat=n=2:v=0:a=1[aout]")
+
+
+def test_loudness_summary_parsing_and_gain_rule() -> None:
+    from worker import loudness
+
+    summary = ["[Parsed_ebur128_0 @ 0x1] Summary:", "Integrated loudness:",
+               "I:         -27.3 LUFS", "Threshold: -37.6 LUFS"]  # fmt: skip
+    assert loudness.parse_integrated(summary) == -27.3
+    assert loudness.parse_integrated(["I:         -70.0 LUFS"]) is None  # silence
+    assert loudness.parse_integrated(["nothing"]) is None
+    assert loudness.gain_for(-27.3, -18.0) == pytest.approx(9.3)
+    assert loudness.gain_for(None, -18.0) == 0.0
+    assert loudness.gain_for(-90.0, -18.0) == loudness.MAX_GAIN_DB
+    (c_start, c_len), (r_start, r_len) = loudness.stretches_near(600.0, 900.0, 580.0)
+    assert (c_start, c_len) == (520.0, 60.0)
+    assert (r_start, r_len) == (570.0, 60.0)  # centred on the call end

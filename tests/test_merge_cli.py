@@ -70,10 +70,24 @@ def test_success_prints_paths(
     )
     assert code == 0, stderr
     assert stdout.splitlines() == [str(out), str(thumb)]
-    assert stderr == ""
+    # One line on how the call end was placed: a 5 s call of tones is too short to sync on.
+    assert one_line(stderr) == (
+        "komorebi-worker: sync: timestamp, call end 6.000 s (too short, confidence 0.0)"
+    )
     assert framemd5(out) == framemd5(data_dir / CHROME_H264_OPUS_WEBM)
     kinds = sorted(s["codec_name"] for s in ffprobe_json(out)["streams"])  # type: ignore[union-attr, index]
-    assert kinds == ["aac", "h264"]
+    # MP4 keeps its chapters ("Call", "After Call Work") in a QuickTime chapter track.
+    assert kinds == ["aac", "bin_data", "h264"]
+
+
+def test_end_alignment_prints_nothing_but_the_paths(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "merged.webm"
+    code, stdout, stderr = merge_cli(
+        capsys, data_dir / CHROME_VP8_OPUS, data_dir / CONNECT_WAV, "6", out, "--align", "end"
+    )
+    assert (code, stdout.splitlines(), stderr) == (0, [str(out)], "")
 
 
 def test_progress_bar_when_asked(
@@ -102,7 +116,9 @@ def test_clamp_is_a_warning_not_an_error(
     )
     assert code == 0
     assert out.strip() == str(tmp_path / "o.webm")
-    assert "clamped" in one_line(err)
+    warning, synced = [line for line in err.splitlines() if line.strip()]
+    assert "clamped" in warning
+    assert synced.startswith("komorebi-worker: sync: timestamp, call end 8.")
 
 
 @pytest.mark.parametrize(
@@ -195,7 +211,8 @@ def test_console_script_exit_codes(data_dir: Path, tmp_path: Path) -> None:
         text=True,
         check=False,
     )
-    assert (ok.returncode, ok.stdout.strip(), ok.stderr) == (0, str(tmp_path / "o.webm"), "")
+    assert (ok.returncode, ok.stdout.strip()) == (0, str(tmp_path / "o.webm"))
+    assert ok.stderr.startswith("komorebi-worker: sync: timestamp, call end 6.000 s")
     usage = subprocess.run(
         [str(script), "merge", "--recording", "x"], capture_output=True, text=True, check=False
     )

@@ -327,6 +327,9 @@ async def test_mark_done_sets_exactly_the_spec_attributes(db: Db) -> None:
         media_duration_seconds=61.253,
         call_end_seconds=14.0,
         connect_audio_offset_seconds=-0.5,
+        sync_method="waveform",
+        sync_offset_seconds=0.4375,
+        sync_confidence=312.46,
     )
     await db.table.mark_done(RID, "worker-a", done)
 
@@ -339,6 +342,9 @@ async def test_mark_done_sets_exactly_the_spec_attributes(db: Db) -> None:
         "mediaDurationSeconds": {"N": "61.253"},
         "callEndSeconds": {"N": "14"},
         "connectAudioOffsetSeconds": {"N": "-0.5"},
+        "syncMethod": {"S": "waveform"},
+        "syncOffsetSeconds": {"N": "0.4375"},
+        "syncConfidence": {"N": "312.46"},
     }
     for name, value in written.items():
         if "N" in value:

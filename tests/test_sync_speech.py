@@ -214,3 +214,28 @@ def test_loudness_target_evens_out_the_two_segments(speech_dir: Path, name: str)
     assert even.sync.method == "waveform"
     assert abs(alignment_error(even.output, case, even.call_end_seconds)) <= MAX_ERROR_SECONDS
     assert even.media_duration_seconds == plain.media_duration_seconds
+
+
+def test_merge_command_prints_the_sync_result(
+    speech_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cli import main
+
+    spec = SPEECH["webm-opus"]
+    case = _case(speech_dir, spec)
+    call_end = message_call_end(case.true_call_end, -1.4)
+    out = speech_dir / "cli.webm"
+    code = main(
+        ["merge", "--recording", str(case.recording), "--connect-audio", str(case.connect),
+         "--call-end", f"{call_end:g}", "--output", str(out), "--progress", "none"]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.splitlines() == [str(out)]
+    (line,) = captured.err.splitlines()
+    offset = case.true_call_end - call_end
+    assert line.startswith("komorebi-worker: sync: waveform, call end ")
+    measured = float(line.split("call end ")[1].split(" s")[0])
+    assert measured == pytest.approx(case.true_call_end, abs=0.02)
+    assert f"(--call-end {offset:+.2f}" in line or f"(--call-end {offset:+.3f}"[:-1] in line
+    assert "confidence " in line
