@@ -3,7 +3,8 @@
 ``worker.media.merge(MergeRequest(...))`` probes both inputs, runs the one-pass merge, probes
 and checks the output and makes the thumbnail, exactly as ``worker.job`` calls it. Run as a
 subprocess by the bench so its RSS starts clean:
-``python -m bench.merge_run RECORDING CONNECT_WAV CALL_END OUTPUT THUMBNAIL``; prints one JSON
+``python -m bench.merge_run RECORDING CONNECT_WAV CALL_END OUTPUT THUMBNAIL [ALIGN]``
+(``ALIGN`` auto, the default, or end: without the call-end sync); prints one JSON
 line with the in-process wall time of ``merge`` (without the interpreter start-up and imports,
 which a running worker has already paid) and the import time.
 """
@@ -48,15 +49,17 @@ async def _run(request: MergeRequest) -> dict[str, object]:
         "media_duration_seconds": result.media_duration_seconds,
         "output": str(result.output),
         "output_bytes": result.output.stat().st_size,
+        "sync_method": result.sync.method,
+        "sync_reason": result.sync.reason,
     }
 
 
 def main(argv: list[str]) -> int:
     """CLI entry for the bench's subprocess."""
-    recording, connect, call_end, output, thumbnail = argv
+    recording, connect, call_end, output, thumbnail, *rest = argv
     settings = Settings(
         ac_audio_bucket="bench", input_bucket="bench", output_bucket="bench",
-        connect_instance_alias="bench",
+        connect_instance_alias="bench", align=rest[0] if rest else "auto",  # type: ignore[arg-type]
     )  # fmt: skip
     request = MergeRequest(
         recording=Path(recording),

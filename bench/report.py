@@ -14,6 +14,7 @@ MIB = 1024 * 1024
 
 LABELS = {
     "merge": "this project (merge)",
+    "merge_nosync": "this project, ALIGN_MODE=end (no sync)",
     "lambda": "Lambda five-pass",
     "floor": "floor (copy + audio encode, faststart)",
     "floor_nofaststart": "floor without faststart (info)",
@@ -158,6 +159,8 @@ def render(results: dict[str, Any]) -> str:
             "![wall time vs recording length](chart.png)",
             "",
         ]
+    if results.get("sync"):
+        out += sync_section(results["sync"])
     if results.get("transfer"):
         out += _transfer_section(results["transfer"])
     worker = results.get("worker")
@@ -179,6 +182,41 @@ def render(results: dict[str, Any]) -> str:
         out.append(f"- {key}: {value}")
     out += ["", "## Reproduce", "", "```", *results["reproduce"], "```", ""]
     return "\n".join(out)
+
+
+def sync_section(synced: dict[str, Any]) -> list[str]:
+    """Issue 13: the call-end sync's error table over the speech corpus."""
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    out = [
+        "## Call-end sync on the speech corpus (issue 13)",
+        "",
+        f"{synced['cases']} cases x {synced['merges'] // max(1, synced['cases'])} timestamp "
+        "errors, each merged with `ALIGN_MODE=auto`; the alignment error is measured in the "
+        "output (Connect audio against the microphone, by cross-correlation).",
+        "",
+        "| Merges | Waveform syncs | Median abs error ms | Max abs error ms | Wrong syncs "
+        "| Fallbacks (required) | Fallbacks on speech | Timestamp alone: median abs error ms "
+        "| Lowest synced confidence | Highest confidence without the call |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        f"| {synced['merges']} | {synced['waveform_syncs']} "
+        f"| {ms(synced['median_abs_error_ms'])} | {ms(synced['max_abs_error_ms'])} "
+        f"| {synced['wrong_syncs']} | {synced['fallbacks']} ({synced['fallbacks_expected']}) "
+        f"| {synced['fallbacks_on_speech']} | {ms(synced['timestamp_median_abs_error_ms'])} "
+        f"| {ms(synced['min_confidence_synced'])} | {ms(synced['max_confidence_negative'])} |",
+        "",
+        "| Case | Timestamp error s | Method | Reason | Confidence | Error in output ms |",
+        "|---|--:|---|---|--:|--:|",
+    ]
+    for row in synced["rows"]:
+        out.append(
+            f"| {row['case']} | {row['timestamp_error']:+.1f} | {row['method']} "
+            f"| {row['reason']} | {row['confidence']:.1f} | {row['error_ms']:+.2f} |"
+        )
+    out.append("")
+    return out
 
 
 def _worker_section(worker: dict[str, Any]) -> list[str]:

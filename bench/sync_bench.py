@@ -67,14 +67,21 @@ def _merge(case: Any, call_end: float, out: Path) -> media.MergeResult:
     return anyio.run(media.merge, request)
 
 
-def run_sync_bench(cache: Path, specs: list[CaseSpec] | None = None) -> dict[str, Any]:
+def run_sync_bench(
+    cache: Path,
+    specs: list[CaseSpec] | None = None,
+    errors: tuple[float, ...] = TIMESTAMP_ERRORS,
+) -> dict[str, Any]:
     """Every case x timestamp error: sync outcome and the alignment error in the output."""
+    from worker.observability import configure_logging
+
+    configure_logging(level="WARNING", fmt="console")  # the table, not every merge's log
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sync-bench-") as tmp:
         for spec in specs or CORPUS:
             case = make_speech_case(cache, spec)
             ext = "webm" if spec.container == "webm" else "mp4"
-            for error in TIMESTAMP_ERRORS:
+            for error in errors:
                 call_end = message_call_end(case.true_call_end, error)
                 out = Path(tmp) / f"{spec.name}.{ext}"
                 started = time.perf_counter()

@@ -16,7 +16,7 @@ def test_bench_machinery_on_a_short_recording(tmp_path: Path) -> None:
     results_dir = tmp_path / "results"
     code = main(
         [
-            "--short-seconds", "3", "--skip-worker", "--skip-transfer",
+            "--short-seconds", "3", "--skip-worker", "--skip-transfer", "--skip-sync",
             "--results-dir", str(results_dir),
         ]
     )  # fmt: skip
@@ -35,3 +35,24 @@ def test_bench_machinery_on_a_short_recording(tmp_path: Path) -> None:
     # The Lambda writes intermediate WAV/MP4 files; the one-pass merge and the floor do not.
     assert runs["lambda"]["scratch_ratio"] > 1.2
     assert runs["merge"]["scratch_ratio"] < 1.05
+
+
+def test_sync_bench_machinery_on_two_small_cases(tmp_path: Path) -> None:
+    from bench.report import sync_section
+    from bench.sync_bench import run_sync_bench
+    from tests.speech_media import CaseSpec
+
+    specs = [
+        CaseSpec("speech", call_seconds=14, connect_start=1.0, acw_seconds=5),
+        CaseSpec("music", mic="tones", call_seconds=14, acw_seconds=5),
+    ]
+    summary = run_sync_bench(tmp_path / "speech", specs, errors=(-2.0, 0.5))
+    assert summary["merges"] == 4
+    assert summary["wrong_syncs"] == 0
+    assert summary["fallbacks_expected"] == 2
+    methods = {(r["case"], r["method"]) for r in summary["rows"]}
+    assert ("music", "waveform") not in methods
+    assert summary["max_abs_error_ms"] is None or summary["max_abs_error_ms"] <= 20
+    table = "\n".join(sync_section(summary))
+    assert "| Case | Timestamp error s | Method |" in table
+    assert table.count("| music |") == 2
