@@ -239,3 +239,16 @@ def test_merge_command_prints_the_sync_result(
     assert measured == pytest.approx(case.true_call_end, abs=0.02)
     assert f"(--call-end {offset:+.2f}" in line or f"(--call-end {offset:+.3f}"[:-1] in line
     assert "confidence " in line
+
+
+@pytest.mark.parametrize("timestamp_error", [-8.0, 7.0])
+def test_a_timestamp_beyond_the_search_window_keeps_the_timestamp(
+    speech_dir: Path, timestamp_error: float
+) -> None:
+    """The true call end outside +-5 s of the timestamp is never looked for: no guess."""
+    spec = SPEECH["mp4-aac-noisy"]
+    case = _case(speech_dir, spec)
+    call_end = message_call_end(case.true_call_end, timestamp_error)
+    _, result = merged(speech_dir, spec, call_end)
+    assert (result.sync.method, result.sync.reason) == ("timestamp", "low_confidence")
+    assert result.call_end_seconds == call_end

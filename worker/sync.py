@@ -17,7 +17,8 @@ window around the timestamp's placement.
   standard deviations, as BBC's audio-offset-finder reports), the side-peak ratio (the next
   peak outside +-:data:`PEAK_EXCLUSION_SECONDS`, relative to the peak, in the whitened and in
   the plain correlation: near 1 for a looped prompt or music that matches at every period),
-  and the agreement of the two independent halves of the stretch.
+  and the agreement of the two independent halves of the stretch (split where half of the
+  agent's speech energy lies, so a turn-taking call gives both halves something to match).
   Only all three together make a *confident* measurement; anything else falls back to the
   timestamp (:class:`SyncResult.method` ``timestamp`` with a ``reason``), never a guess.
 
@@ -67,7 +68,7 @@ TAPER_SECONDS = 0.25
 MIN_Z = 20.0
 MIN_HALF_Z = 10.0
 MAX_SIDE_PEAK_RATIO = 0.5
-AGREEMENT_SECONDS = 0.002  # the halves' estimates must agree with the whole's within this
+AGREEMENT_SECONDS = 0.004  # the halves must agree with the whole within this (drift: 250 ppm)
 # Below this RMS (about -60 dBFS) a stretch is silence (or a muted microphone).
 SILENCE_RMS = 1e-3
 DECODE_MARGIN_SECONDS = 0.5  # decoded beyond the search window at both ends
@@ -145,7 +146,8 @@ class Peak:
 
 @dataclass(frozen=True)
 class Estimate:
-    """The whole stretch's peak and its two halves' peaks (lags on the whole's scale)."""
+    """The whole stretch's peak and its two halves' peaks (lags on the whole's scale); the
+    halves split the stretch where half its energy lies (:func:`energy_midpoint`)."""
 
     whole: Peak
     halves: tuple[Peak, Peak]
@@ -315,13 +317,26 @@ def estimate(
     spectrum = np.fft.rfft(signal.astype(np.float64), size)
     low, high = math.ceil(min_lag * rate), math.floor(max_lag * rate)
     whole = _peak(_correlate(spectrum, reference, size, rate), low, high, rate)
-    half = reference.size // 2
+    half = energy_midpoint(reference)
     first = _peak(_correlate(spectrum, reference[:half], size, rate), low, high, rate)
     # The second half starts `half` samples later: its lag is the whole's plus that.
     later = _correlate(spectrum, reference[half:], size, rate)
     second = _peak(later, low + half, high + half, rate)
     second = Peak(second.lag - half / rate, second.z, second.side_peak_ratio)
     return Estimate(whole, (first, second))
+
+
+def energy_midpoint(reference: Signal) -> int:
+    """Where to split ``reference`` into two halves holding equal energy (the agent's speech,
+    not the stretch's time: in a turn-taking call one half in time may be all customer), kept
+    within the middle 80% of the stretch."""
+    energy = np.cumsum(np.square(reference, dtype=np.float64))
+    total = float(energy[-1]) if energy.size else 0.0
+    middle = reference.size // 2
+    if total <= 0:
+        return middle
+    split = int(np.searchsorted(energy, total / 2))
+    return int(np.clip(split, reference.size // 10, reference.size - reference.size // 10))
 
 
 def decide(found: Estimate, zero_lag: float, window: SyncWindow) -> SyncResult:
