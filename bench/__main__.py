@@ -324,6 +324,16 @@ def main(argv: list[str] | None = None) -> int:
 
             print("call-end sync on the speech corpus:", flush=True)
             results["sync"] = run_sync_bench(args.cache_dir / "speech")
+            if not args.skip_media:
+                from bench.sync_bench import measure_sync_cost
+
+                longest = max(cases, key=lambda c: c.seconds)
+                cost = measure_sync_cost(
+                    longest.recording, longest.connect_audio, longest.call_end_seconds
+                )
+                cost["minutes"] = longest.minutes
+                results["sync"]["cost"] = cost
+                print(f"  sync alone on {longest.minutes} min: {cost}", flush=True)
         if not args.skip_transfer:
             from bench.transfer_bench import run_transfer_bench
 

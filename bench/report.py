@@ -207,6 +207,16 @@ def sync_section(synced: dict[str, Any]) -> list[str]:
         f"| {synced['fallbacks_on_speech']} | {ms(synced['timestamp_median_abs_error_ms'])} "
         f"| {ms(synced['min_confidence_synced'])} | {ms(synced['max_confidence_negative'])} |",
         "",
+    ]
+    cost = synced.get("cost")
+    if cost:
+        out += [
+            f"The sync alone (two fast-seeked decodes and the correlations, in process) on the "
+            f"{cost['minutes']}-minute recording: median {cost['median_seconds']:.2f} s, best "
+            f"{cost['best_seconds']:.2f} s.",
+            "",
+        ]
+    out += [
         "| Case | Timestamp error s | Method | Reason | Confidence | Error in output ms |",
         "|---|--:|---|---|--:|--:|",
     ]

@@ -119,6 +119,37 @@ def run_sync_bench(
     return summarise(rows)
 
 
+def measure_sync_cost(
+    recording: Path, connect: Path, call_end: float, repeats: int = 5
+) -> dict[str, Any]:
+    """Wall time of the sync alone (two fast-seeked decodes + the correlations), in process,
+    on one recording: median and best of ``repeats``."""
+    from worker import sync
+
+    async def once() -> float:
+        rec = await media.probe(recording)
+        conn = await media.probe(connect)
+        assert conn.audio is not None
+        audio = rec.audio
+        inputs = sync.SyncInputs(
+            recording=recording,
+            recording_audio_index=audio.index if audio else None,
+            recording_audio_channels=audio.channels if audio else None,
+            recording_duration=rec.duration,
+            connect=connect,
+            connect_audio_index=conn.audio.index,
+            connect_audio_channels=conn.audio.channels,
+            connect_duration=conn.duration,
+            call_end=min(call_end, rec.duration),
+        )
+        started = time.perf_counter()
+        await sync.measure(inputs)
+        return time.perf_counter() - started
+
+    times = [anyio.run(once) for _ in range(repeats)]
+    return {"median_seconds": statistics.median(times), "best_seconds": min(times)}
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The error table: over waveform syncs, |error| median/max; wrong syncs; fallbacks."""
     synced = [abs(r["error_ms"]) for r in rows if r["method"] == "waveform"]

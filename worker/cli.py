@@ -229,9 +229,10 @@ def describe_sync(result: MergeResult) -> str:
     """One line on how the call end was placed (the values the worker stores on the row)."""
     synced = result.sync
     if synced.method == "waveform":
+        offset = round(synced.offset_seconds, 3) + 0.0  # no "-0.000"
         return (
             f"sync: waveform, call end {result.call_end_seconds:.3f} s (--call-end "
-            f"{synced.offset_seconds:+.3f} s, confidence {synced.confidence:.1f})"
+            f"{offset:+.3f} s, confidence {synced.confidence:.1f})"
         )
     return (
         f"sync: timestamp, call end {result.call_end_seconds:.3f} s "
