@@ -233,12 +233,12 @@ def sync_targets(synced: dict[str, Any]) -> list[dict[str, Any]]:
     tag = f"{synced['waveform_syncs']} waveform syncs of {synced['merges']} merges"
     return [
         {
-            "name": "median |alignment error| <= 5 ms (speech corpus)",
+            "name": "median abs alignment error <= 5 ms (speech corpus)",
             "measured": "-" if median is None else f"{median:.2f} ms ({tag})",
             "met": None if median is None else median <= 5.0,
         },
         {
-            "name": "max |alignment error| <= 20 ms (speech corpus)",
+            "name": "max abs alignment error <= 20 ms (speech corpus)",
             "measured": "-" if worst is None else f"{worst:.2f} ms",
             "met": None if worst is None else worst <= 20.0,
         },

@@ -103,7 +103,7 @@ def run_sync_bench(
                         "method": result.sync.method,
                         "reason": result.sync.reason,
                         "confidence": result.sync.confidence,
-                        "error_ms": round(measured * 1000, 3),
+                        "error_ms": round(float(measured) * 1000, 3),
                         "wrong": waveform
                         and (case.must_fall_back or abs(measured) > WRONG_SECONDS),
                         "merge_seconds": round(seconds, 3),

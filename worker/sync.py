@@ -68,6 +68,7 @@ TAPER_SECONDS = 0.25
 MIN_Z = 20.0
 MIN_HALF_Z = 10.0
 MAX_SIDE_PEAK_RATIO = 0.5
+MIN_CORRELATION = 0.15
 AGREEMENT_SECONDS = 0.004  # the halves must agree with the whole within this (drift: 250 ppm)
 # Below this RMS (about -60 dBFS) a stretch is silence (or a muted microphone).
 SILENCE_RMS = 1e-3
@@ -151,6 +152,10 @@ class Estimate:
 
     whole: Peak
     halves: tuple[Peak, Peak]
+    # Correlation coefficient (telephony band) of the reference and the signal, aligned at the
+    # whole's lag: how much of the two waveforms is really the same (a whitened peak can be
+    # sharp on signals that share nothing, e.g. two unrelated tones).
+    correlation: float = 1.0
 
 
 # --- planning (pure) -------------------------------------------------------------------------
@@ -334,7 +339,29 @@ def estimate(
     later = _correlate(spectrum, reference[half:], size, rate)
     second = _peak(later, low + half, high + half, rate)
     second = Peak(second.lag - half / rate, second.z, second.side_peak_ratio)
-    return Estimate(whole, (first, second))
+    coefficient = _coefficient(spectrum, reference, size, round(whole.lag * rate), rate)
+    return Estimate(whole, (first, second), coefficient)
+
+
+def _coefficient(
+    spectrum: npt.NDArray[np.complex128], reference: Signal, size: int, lag: int, rate: int
+) -> float:
+    """Pearson correlation of the band-limited reference and signal at integer ``lag``."""
+    freqs = np.fft.rfftfreq(size, 1.0 / rate)
+    outside = (freqs < BAND_HZ[0]) | (freqs > BAND_HZ[1])
+    band = spectrum.copy()
+    band[outside] = 0
+    signal = np.fft.irfft(band, size)
+    ours = np.fft.rfft(_taper(reference), size)
+    ours[outside] = 0
+    ref = np.fft.irfft(ours, size)[: reference.size]
+    begin, end = max(0, lag), min(size, lag + reference.size)
+    if end <= begin:
+        return 0.0
+    aligned = signal[begin:end]
+    part = ref[begin - lag : end - lag]
+    denominator = float(np.linalg.norm(part) * np.linalg.norm(aligned))
+    return float(np.dot(part, aligned)) / denominator if denominator > 0 else 0.0
 
 
 def energy_midpoint(reference: Signal) -> int:
@@ -359,7 +386,7 @@ def decide(found: Estimate, zero_lag: float, window: SyncWindow) -> SyncResult:
     def fallback(reason: str) -> SyncResult:
         return SyncResult.timestamp(reason, confidence=confidence, estimate=offset)
 
-    if whole.z < MIN_Z:
+    if whole.z < MIN_Z or found.correlation < MIN_CORRELATION:
         return fallback("low_confidence")
     if whole.side_peak_ratio > MAX_SIDE_PEAK_RATIO:
         return fallback("ambiguous")
