@@ -27,6 +27,7 @@ from tests.speech_media import (
     alignment_error,
     connect_placement,
     make_speech_case,
+    merge_case,
     message_call_end,
 )
 from worker import media
@@ -55,18 +56,6 @@ CORPUS = [
 ]  # fmt: skip
 
 
-def _merge(case: Any, call_end: float, out: Path) -> media.MergeResult:
-    request = media.MergeRequest(
-        recording=case.recording,
-        connect_audio=case.connect,
-        call_end_seconds=call_end,
-        output=out,
-        thumbnail=None,
-        options=media.MergeOptions(align="auto"),
-    )
-    return anyio.run(media.merge, request)
-
-
 def run_sync_bench(
     cache: Path,
     specs: list[CaseSpec] | None = None,
@@ -85,7 +74,7 @@ def run_sync_bench(
                 call_end = message_call_end(case.true_call_end, error)
                 out = Path(tmp) / f"{spec.name}.{ext}"
                 started = time.perf_counter()
-                result = _merge(case, call_end, out)
+                result = merge_case(case, call_end, out)
                 seconds = time.perf_counter() - started
                 if spec.mic in ("none", "silence"):  # nothing to locate the microphone by
                     placed = connect_placement(out, case.connect, result.call_end_seconds)
@@ -129,19 +118,8 @@ def measure_sync_cost(
     async def once() -> float:
         rec = await media.probe(recording)
         conn = await media.probe(connect)
-        assert conn.audio is not None
-        audio = rec.audio
-        inputs = sync.SyncInputs(
-            recording=recording,
-            recording_audio_index=audio.index if audio else None,
-            recording_audio_channels=audio.channels if audio else None,
-            recording_duration=rec.duration,
-            connect=connect,
-            connect_audio_index=conn.audio.index,
-            connect_audio_channels=conn.audio.channels,
-            connect_duration=conn.duration,
-            call_end=min(call_end, rec.duration),
-        )
+        plan = media.plan_merge(rec, conn, call_end, media.MergeOptions())
+        inputs = media.sync_inputs(rec, conn, plan)
         started = time.perf_counter()
         await sync.measure(inputs)
         return time.perf_counter() - started

@@ -23,9 +23,13 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from worker import media
 
 RATE = 48000
 Audio = npt.NDArray[np.float32]
@@ -332,6 +336,30 @@ def _recording(path: Path, mic: Audio | None, duration: float, container: str) -
         args += ["-map", "1:a", *codec, "-ar", "48000"]
     args += [str(path)]
     _run(args, stdin)
+
+
+def merge_case(
+    case: SpeechCase,
+    call_end: float,
+    output: Path,
+    *,
+    align: str = "auto",
+    loudness: float | None = None,
+) -> media.MergeResult:
+    """``worker.media.merge`` of ``case`` with the message's ``call_end`` (no thumbnail)."""
+    import anyio
+
+    from worker import media
+
+    request = media.MergeRequest(
+        recording=case.recording,
+        connect_audio=case.connect,
+        call_end_seconds=call_end,
+        output=output,
+        thumbnail=None,
+        options=media.MergeOptions(align=align, loudness_target=loudness),  # type: ignore[arg-type]
+    )
+    return anyio.run(media.merge, request)
 
 
 # Timestamp errors the message's call end may carry (seconds), on top of whole-second

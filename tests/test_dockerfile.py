@@ -221,8 +221,10 @@ def test_runtime_lock_agrees_with_the_full_lock() -> None:
     assert runtime, "empty runtime lock"
     disagree = {n: (v, full.get(n)) for n, v in runtime.items() if full.get(n) != v}
     assert not disagree, f"runtime vs full lock: {disagree} (run `make lock`)"
-    for dev_tool in ("pytest", "moto", "ruff", "mypy", "checkov", "cfn-lint", "numpy"):
+    # numpy is a runtime dependency (worker/sync.py); scipy and matplotlib stay out.
+    for dev_tool in ("pytest", "moto", "ruff", "mypy", "checkov", "cfn-lint", "matplotlib"):
         assert dev_tool not in runtime
+    assert "scipy" not in runtime and "numpy" in runtime
 
 
 def test_runtime_lock_has_every_project_dependency() -> None:

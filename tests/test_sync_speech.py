@@ -15,7 +15,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import anyio
 import pytest
 
 from tests.speech_media import (
@@ -24,6 +23,7 @@ from tests.speech_media import (
     alignment_error,
     connect_placement,
     make_speech_case,
+    merge_case,
     message_call_end,
 )
 from worker import media
@@ -70,15 +70,7 @@ def merged(
     if key not in _MERGES:
         ext = "webm" if spec.container == "webm" else "mp4"
         out = directory / f"out-{spec.name}-{call_end:g}-{loudness}.{ext}"
-        request = media.MergeRequest(
-            recording=case.recording,
-            connect_audio=case.connect,
-            call_end_seconds=call_end,
-            output=out,
-            thumbnail=None,
-            options=media.MergeOptions(align="auto", loudness_target=loudness),
-        )
-        _MERGES[key] = anyio.run(media.merge, request)
+        _MERGES[key] = merge_case(case, call_end, out, loudness=loudness)
     return case, _MERGES[key]
 
 
@@ -112,10 +104,7 @@ def test_the_timestamp_alone_would_have_been_wrong(speech_dir: Path) -> None:
     case = _case(speech_dir, spec)
     call_end = message_call_end(case.true_call_end, 1.6)
     out = speech_dir / "timestamp-only.mp4"
-    request = media.MergeRequest(
-        case.recording, case.connect, call_end, out, None, media.MergeOptions(align="end")
-    )
-    result = anyio.run(media.merge, request)
+    result = merge_case(case, call_end, out, align="end")
     assert result.sync.method == "timestamp" and result.sync.reason == "disabled"
     error = alignment_error(out, case, result.call_end_seconds)
     assert error == pytest.approx(call_end - case.true_call_end, abs=0.005)

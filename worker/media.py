@@ -1155,6 +1155,24 @@ async def merge(
     )
 
 
+def sync_inputs(recording: MediaInfo, connect: MediaInfo, plan: MergePlan) -> sync.SyncInputs:
+    """What :func:`worker.sync.measure` needs, from the probes and the timestamp's plan."""
+    if connect.audio is None:
+        raise NoAudioStream(f"{connect.path.name} has no audio stream")
+    audio = recording.audio
+    return sync.SyncInputs(
+        recording=recording.path,
+        recording_audio_index=audio.index if audio else None,
+        recording_audio_channels=audio.channels if audio else None,
+        recording_duration=plan.duration,
+        connect=connect.path,
+        connect_audio_index=connect.audio.index,
+        connect_audio_channels=connect.audio.channels,
+        connect_duration=plan.connect_duration,
+        call_end=plan.call_end,
+    )
+
+
 async def measure_audio(
     recording: MediaInfo, connect: MediaInfo, plan: MergePlan, options: MergeOptions
 ) -> tuple[sync.SyncResult, loudness.LoudnessGains | None]:
@@ -1171,20 +1189,8 @@ async def measure_audio(
     audio = recording.audio
 
     async def measure_sync() -> None:
-        result["sync"] = await sync.measure(
-            sync.SyncInputs(
-                recording=recording.path,
-                recording_audio_index=audio.index if audio else None,
-                recording_audio_channels=audio.channels if audio else None,
-                recording_duration=plan.duration,
-                connect=connect.path,
-                connect_audio_index=connect_audio.index,
-                connect_audio_channels=connect_audio.channels,
-                connect_duration=plan.connect_duration,
-                call_end=plan.call_end,
-            ),
-            timeout=timeout,
-        )
+        inputs = sync_inputs(recording, connect, plan)
+        result["sync"] = await sync.measure(inputs, timeout=timeout)
 
     async def measure_loudness(target: float) -> None:
         near = loudness.stretches_near(plan.call_end, plan.duration, plan.connect_duration)
