@@ -292,6 +292,7 @@ async def test_metrics_exposition_parses_back(server: Server) -> None:
         "komorebi_ffmpeg_failures",
         "komorebi_call_end_clamps",
         "komorebi_duplicates",
+        "komorebi_sync",
         "komorebi_last_successful_poll_timestamp_seconds",
         "komorebi_task_protection_enabled",
         "komorebi_worker_ready",
@@ -313,7 +314,7 @@ async def test_metrics_exposition_parses_back(server: Server) -> None:
     assert "28800.0" in les and "+Inf" in les
     # No per-recording labels anywhere: every label is from a small, fixed set.
     label_names = {key for family in families.values() for s in family.samples for key in s.labels}
-    assert label_names <= {"outcome", "stage", "reason", "direction", "le"}
+    assert label_names <= {"outcome", "stage", "reason", "direction", "le", "method"}
 
 
 @pytest.mark.anyio

@@ -105,6 +105,23 @@ class SyncResult:
 
 
 TIMESTAMP_ONLY = SyncResult.timestamp("disabled")
+# Every reason the timestamp can be kept for (the `reason` label of komorebi_sync_total).
+FALLBACK_REASONS = (
+    "disabled",
+    "no_recording_audio",
+    "too_short",
+    "silent_connect",
+    "silent_recording",
+    "low_confidence",
+    "ambiguous",
+    "halves_disagree",
+    "out_of_range",
+    "decode_failed",
+)
+# Every outcome exists from the first scrape (at 0), so rates and ratios work at once.
+SYNC_OUTCOMES.labels(method="waveform", reason="measured")
+for _reason in FALLBACK_REASONS:
+    SYNC_OUTCOMES.labels(method="timestamp", reason=_reason)
 
 
 @dataclass(frozen=True)
