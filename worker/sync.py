@@ -62,9 +62,10 @@ PEAK_EXCLUSION_SECONDS = 0.020  # a peak's own lobe (reverberation, pitch) aroun
 PLAIN_EXCLUSION_SECONDS = 0.050  # the plain correlation's lobe (voiced speech's pitch periods)
 TAPER_SECONDS = 0.25
 # Thresholds chosen on the speech corpus (bench/sync_bench.py; docs/performance.md): real
-# alignments score z >= 290 with side-peak ratios <= 0.07; another conversation (even in the
-# same synthetic voice, sharing whole words) stays at z <= 9 and music at z <= 5, while a
-# looped tune scores z 45-70 but a side-peak ratio of 1.0. Each threshold sits well between.
+# alignments score z 285-600 and a correlation of 0.6-0.74; another conversation (even in the
+# same synthetic voice, sharing whole words) stays at z <= 9 and correlation <= 0.04, music
+# at z <= 5, unrelated tones at z 15 but correlation 0.00001; a looped tune scores z 40-70
+# but a side-peak ratio of 1.0. Each threshold sits well between, and all must pass.
 MIN_Z = 20.0
 MIN_HALF_Z = 10.0
 MAX_SIDE_PEAK_RATIO = 0.5
