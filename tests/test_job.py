@@ -263,6 +263,33 @@ async def test_cancelled_job_releases_lease_and_scratch(aws: AwsEnv, deps: JobDe
     assert list(deps.settings.scratch_dir.iterdir()) == []
 
 
+class _SlowClaimTable(RecordingTable):
+    """A table whose claim lands in DynamoDB, then answers late (a slow network reply)."""
+
+    claimed = False
+
+    async def claim_lease(self, *args: Any, **kwargs: Any) -> None:
+        await super().claim_lease(*args, **kwargs)
+        self.claimed = True
+        await anyio.sleep(30)
+
+
+async def test_cancel_while_the_claim_is_answered_leaves_no_lease(
+    aws: AwsEnv, deps: JobDeps
+) -> None:
+    contact = seed_contact(aws)
+    table = _SlowClaimTable(deps.table._db, deps.table.table_name)
+    slow = JobDeps(settings=deps.settings, table=table, store=deps.store, worker_id=deps.worker_id)
+    with anyio.move_on_after(1.0) as scope:
+        await process_job(
+            JobMessage(contact.recording_id, 5.0), slow, scratch=slow.settings.scratch_dir
+        )
+    assert scope.cancelled_caught and table.claimed
+    row = get_row(aws, contact.recording_id)
+    assert "leaseOwner" not in row
+    assert "processingStatus" not in row
+
+
 def test_backoff_grows_exponentially_with_jitter_and_bounds() -> None:
     rng = random.Random(7)
     for count in range(1, 8):

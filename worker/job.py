@@ -357,13 +357,19 @@ async def leased(deps: JobDeps, job: JobMessage) -> AsyncIterator[str]:
     recording_id = job.recording_id
     owner = f"{deps.worker_id}/{secrets.token_hex(4)}"
     with stage("claim_lease"):
-        await deps.table.claim_lease(
-            recording_id,
-            owner,
-            settings.lease_seconds,
-            unless_done_call_end=job.call_end_seconds,
-            call_end_tolerance=CALL_END_TOLERANCE_SECONDS,
-        )
+        try:
+            await deps.table.claim_lease(
+                recording_id,
+                owner,
+                settings.lease_seconds,
+                unless_done_call_end=job.call_end_seconds,
+                call_end_tolerance=CALL_END_TOLERANCE_SECONDS,
+            )
+        except anyio.get_cancelled_exc_class():
+            # The write may have landed before the cancellation reached us; releasing a lease
+            # we do not hold is a no-op, so give it back either way.
+            await release_lease(deps.table, recording_id, owner)
+            raise
 
     async def keep() -> None:
         # A lease lives VISIBILITY_TIMEOUT and is renewed every third of it: it survives two
