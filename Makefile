@@ -41,7 +41,7 @@ lock: ## re-resolve requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 -q -c requirements.lock \
 		-o requirements-runtime.lock
 
-demo: setup ## run the whole pipeline once on the embedded AWS emulator
+demo: system-deps $(STAMP) ## run the whole pipeline once on the embedded AWS emulator
 	$(BIN)/komorebi-worker dev --once
 
 test: setup lint ## lint, then the whole test suite, then the image test
