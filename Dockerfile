@@ -29,11 +29,13 @@ FROM python:3.11.14-slim-bookworm AS ffmpeg
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Not pinned to a Debian revision on purpose: the security archive keeps only the newest
 # build, so a pin breaks every rebuild after a security update; the base image tag pins the
-# release, a rebuild picks up the fixes.
+# release, a rebuild picks up the fixes. Sources come from the same archives as the packages
+# (deb822 or one-line lists, whichever the base has), so a mirror-only build host works too.
 # hadolint ignore=DL3008
-RUN printf 'deb-src http://deb.debian.org/debian bookworm main\ndeb-src http://deb.debian.org/debian-security bookworm-security main\n' \
-        > /etc/apt/sources.list.d/ffmpeg-source.list \
-    && apt-get update \
+RUN sed -i 's/^Types: deb$/Types: deb deb-src/' /etc/apt/sources.list.d/*.sources 2>/dev/null; \
+    sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > /etc/apt/sources.list.d/source.list \
+        2>/dev/null; \
+    apt-get update \
     && apt-get install -y --no-install-recommends dpkg-dev gcc libc6-dev make nasm pkg-config \
         xz-utils libopus-dev libdav1d-dev zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
