@@ -35,7 +35,13 @@ from tests.fixtures_media import (
     CHROME_VP8_OPUS,
     CONNECT_WAV,
 )
-from tests.media_tools import ffprobe_json, framemd5, make_recording, stream_end
+from tests.media_tools import (
+    ffprobe_json,
+    framemd5,
+    make_recording,
+    timeline_duration,
+    timeline_end,
+)
 from tests.test_media_merge import assert_timeline, decoded, expected_segments
 from tests.worker_harness import (
     CONNECT_ALIAS,
@@ -212,6 +218,15 @@ def test_bare_run_names_every_missing_setting_once_and_exits_2() -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_dev_says_in_one_line_that_the_image_has_no_emulator() -> None:
+    # `dev` needs moto, a development dependency the image leaves out on purpose.
+    done = run_image("dev", "--once")
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "dev needs the development install" in lines[0], lines
+    assert "Traceback" not in done.stderr
+
+
 def test_ffmpeg_in_the_image_has_what_the_worker_uses() -> None:
     from worker import ffmpeg
 
@@ -298,7 +313,17 @@ def _source(media_in: Path, case: Case) -> Path:
     return media_in / case.source
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# HEVC from libx265 (B-frames) in MP4: since the output check counts frames (issue 10), the
+# merge refuses it on the host too ("118 video frames, the recording has 120"): a media bug
+# to fix there, not an image one. strict: the day it passes, this mark must go.
+_HEVC_REFUSED = pytest.mark.xfail(
+    strict=True, reason="media: HEVC MP4 output check counts 118 of 120 frames (host too)"
+)
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=_HEVC_REFUSED) if n == "hevc-aac" else n for n in CASES]
+)
 def test_the_image_merges(name: str, media_in: Path, tmp_path: Path) -> None:
     case = CASES[name]
     recording = _source(media_in, case)
@@ -321,15 +346,16 @@ def test_the_image_merges(name: str, media_in: Path, tmp_path: Path) -> None:
 
 
 def check_merged(output: Path, recording: Path, audio_start: float | None, call_end: float) -> None:
-    """Video copied frame for frame, audio as long as the video, tones where they belong."""
+    """Video copied frame for frame, output as long as the recording's timeline (first to
+    last sample of any stream), tones where they belong."""
     assert framemd5(output) == framemd5(recording), "video frames differ: re-encoded?"
-    duration = stream_end(recording, "v:0")
+    duration = timeline_duration(recording)
     pcm = decoded(output, 1)
     # One audio frame (Opus 20 ms, AAC 1024 samples) plus the container's rounding.
     frame = 0.020 if output.suffix == ".webm" else 1024 / 16000
     tolerance = frame + media.CONTAINER_ROUNDING_SECONDS
     assert abs(pcm.shape[0] / 16000 - duration) <= tolerance, (pcm.shape[0] / 16000, duration)
-    assert abs(stream_end(output, "v:0") - duration) <= tolerance
+    assert abs(timeline_end(output) - duration) <= tolerance
     codec = {s["codec_type"]: s["codec_name"] for s in ffprobe_json(output)["streams"]}  # type: ignore[union-attr]
     assert codec["audio"] == ("aac" if output.suffix == ".mp4" else "opus")
     assert_timeline(
