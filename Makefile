@@ -12,15 +12,19 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 PY_DIRS := $(wildcard worker tests bench)
 
-.PHONY: help setup system-deps demo test test-fast lint lint-python lint-infra lint-docker \
-        lint-compose audit bench soak clean image push deploy deploy-dry-run \
-        pipeline-dry-run lock recordings
+.PHONY: help setup system-deps emulators demo test test-fast lint lint-python lint-infra \
+        lint-docker lint-compose audit bench soak clean image image-test image-rm push deploy \
+        deploy-dry-run pipeline-dry-run lock recordings
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-system-deps: ## ffmpeg (+ prometheus, chromium for tests) from apt when root and missing
+system-deps: ## ffmpeg, prometheus, chromium, podman, node (tests, image test) from apt when root and missing
 	@./.ci/system-deps
+
+# The second AWS implementation of the end-to-end tests (LocalStack + dynalite), in .cache/.
+emulators: $(STAMP)
+	@./.ci/emulators/install
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +33,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $(STAMP)
 
-setup: system-deps $(STAMP) ## create .venv from the lock file and check system tools
+setup: system-deps $(STAMP) emulators ## .venv from the lock file, system tools, test emulators
 
 lock: ## re-resolve requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -q -o requirements.lock
@@ -37,11 +41,15 @@ lock: ## re-resolve requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 -q -c requirements.lock \
 		-o requirements-runtime.lock
 
-demo: setup ## run the whole pipeline once on the embedded AWS emulator
+demo: system-deps $(STAMP) ## run the whole pipeline once on the embedded AWS emulator
 	$(BIN)/komorebi-worker dev --once
 
-test: setup lint ## lint, then the whole test suite
+test: setup lint ## lint, then the whole test suite, then the image test
 	$(BIN)/pytest -q
+	@$(MAKE) --no-print-directory image-test
+
+image-test: setup ## build the image with podman and run it for real (IMAGE_TEST=skip skips)
+	@./.ci/image-test
 
 test-fast: setup ## tests without lint
 	$(BIN)/pytest -q -x
@@ -81,29 +89,48 @@ soak: setup ## long fault-injection soak (3 workers, 300+ messages)
 	$(BIN)/python -m tests.soak --messages 300
 
 # --- image and deployment: each Jenkinsfile stage calls one of these ------------------------
+# DRY_RUN=1 prints the commands of image, push and deploy instead of running them.
 AWS_REGION ?= eu-west-1
-IMAGE_REPO ?= komorebi-worker
 IMAGE_TAG ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo dev)
 STACK_NAME ?= komorebi-worker
 DEPLOY_ENV ?= staging
 DEPLOY_PARAMS ?= infra/params/$(DEPLOY_ENV).env
-DEPLOY := $(BIN)/python .ci/deploy.py --image-tag $(IMAGE_TAG) --stack-name $(STACK_NAME) \
-	--region $(AWS_REGION)
+DRY_RUN ?=
+RUN := $(if $(DRY_RUN),@echo +,)
+# One repository name for push, task and IAM, one CPU for the build and the tasks: the
+# template's ImageRepositoryName and CpuArchitecture, as DEPLOY_PARAMS (else the template's
+# defaults) sets them. Each is read once, when first used.
+PARAMETER = $(BIN)/python .ci/deploy.py --params $(DEPLOY_PARAMS) --lenient --get
+IMAGE_REPO ?= $(eval IMAGE_REPO := $(shell $(PARAMETER) ImageRepositoryName))$(IMAGE_REPO)
+CPU_ARCHITECTURE ?= $(eval CPU_ARCHITECTURE := $(shell $(PARAMETER) CpuArchitecture))$(CPU_ARCHITECTURE)
+PLATFORM_X86_64 := linux/amd64
+PLATFORM_ARM64 := linux/arm64
+IMAGE_PLATFORM = $(PLATFORM_$(CPU_ARCHITECTURE))
+CHECK_PARAMS = $(BIN)/python .ci/deploy.py --params $(DEPLOY_PARAMS) --get ImageRepositoryName
+DEPLOY = $(BIN)/python .ci/deploy.py --image-tag $(IMAGE_TAG) --stack-name $(STACK_NAME) \
+	--region $(AWS_REGION) --image-repository $(IMAGE_REPO)
 
-image: ## build the worker image (IMAGE_REPO:IMAGE_TAG, tag defaults to the commit)
-	docker build --pull -t $(IMAGE_REPO):$(IMAGE_TAG) .
+image: $(STAMP) ## build IMAGE_REPO:IMAGE_TAG for the tasks' CpuArchitecture (tag: the commit)
+	@test -n "$(IMAGE_REPO)" && test -n "$(IMAGE_PLATFORM)" || { echo "image: no repository \
+	or CPU architecture from $(DEPLOY_PARAMS) (CpuArchitecture='$(CPU_ARCHITECTURE)')" >&2; exit 2; }
+	$(RUN) docker build --pull --platform $(IMAGE_PLATFORM) -t $(IMAGE_REPO):$(IMAGE_TAG) .
 
-push: ## push the image to ECR (creates the repository on first use)
-	./.ci/push-image $(IMAGE_REPO) $(IMAGE_TAG) $(AWS_REGION)
+image-rm: ## remove the image `make image` built (Jenkins' clean-up)
+	docker image rm -f "$(IMAGE_REPO):$(IMAGE_TAG)"
+
+push: $(STAMP) ## push the image to ECR (creates the repository on first use)
+	@$(CHECK_PARAMS) >/dev/null
+	./.ci/push-image $(IMAGE_REPO) $(IMAGE_TAG) $(AWS_REGION) $(if $(DRY_RUN),--dry-run)
 
 deploy: $(STAMP) ## aws cloudformation deploy with IMAGE_TAG (params: infra/params/DEPLOY_ENV.env)
-	$(DEPLOY) --params $(DEPLOY_PARAMS)
+	$(DEPLOY) --params $(DEPLOY_PARAMS) $(if $(DRY_RUN),--dry-run)
 
 deploy-dry-run: $(STAMP) ## validate infra/params/example.env, print the deploy command
-	@$(DEPLOY) --params infra/params/example.env --dry-run
+	@$(MAKE) --no-print-directory deploy DRY_RUN=1 DEPLOY_PARAMS=infra/params/example.env
 
-pipeline-dry-run: deploy-dry-run ## the push and deploy stages' commands, printed, not run
-	@./.ci/push-image $(IMAGE_REPO) $(IMAGE_TAG) $(AWS_REGION) --dry-run
+pipeline-dry-run: $(STAMP) ## the image, push and deploy stages' commands, printed, not run
+	@$(MAKE) --no-print-directory image push deploy DRY_RUN=1 \
+		DEPLOY_PARAMS=infra/params/example.env
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,17 +1,29 @@
 """Render and run `aws cloudformation deploy` for infra/template.yaml (Jenkins' Deploy stage).
 
-    python .ci/deploy.py --params infra/params/example.env --image-tag TAG [--dry-run]
+    python .ci/deploy.py --params infra/params/example.env --image-tag TAG
+        [--image-repository REPO] [--dry-run]
+    python .ci/deploy.py --params FILE --get NAME [--lenient]
 
-The parameter file holds KEY=VALUE lines (comments with #). Every key must be a template
-parameter and every parameter without a default must be given, so a typo fails here, in
-`make lint`, instead of half-way through a CloudFormation deployment. --dry-run prints the
-command instead of running it; `make deploy-dry-run` (part of `make lint`) exercises this path.
+The parameter file holds KEY=VALUE lines (comments with #, ${VAR} expanded from the
+environment). It is checked against the template the way CloudFormation would check it:
+unknown keys, missing required parameters, Type (Number, AWS::EC2 ids, lists),
+AllowedValues, AllowedPattern, MinValue/MaxValue and MinLength/MaxLength, so a typo fails
+here, in `make lint`, instead of half-way through a deployment. --dry-run prints the command
+instead of running it; `make pipeline-dry-run` (part of `make lint`) exercises this path.
+
+--get prints one parameter's effective value (the file's, else the template's default): the
+Makefile takes the image repository (ImageRepositoryName) and the image platform
+(CpuArchitecture) from here, so push, task and IAM use one name and the image is built for
+the CPU the tasks run on. --lenient: a missing file means the template's defaults.
+--image-repository passes the Makefile's IMAGE_REPO as ImageRepositoryName (and refuses a
+file that names another repository).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -22,8 +34,16 @@ import yaml
 TEMPLATE = Path(__file__).resolve().parent.parent / "infra" / "template.yaml"
 
 
+class ParamsError(Exception):
+    """The parameter file cannot be used (one line, shown as ``deploy: <file>: <reason>``)."""
+
+
 def read_params(path: Path) -> dict[str, str]:
     """KEY=VALUE lines; blank lines and # comments ignored; ${VAR} expanded from the env."""
+    if not path.is_file():
+        raise ParamsError(
+            "no such parameter file (copy infra/params/example.env to it, see docs/deploy.md)"
+        )
     values: dict[str, str] = {}
     for number, raw in enumerate(path.read_text().splitlines(), start=1):
         line = raw.strip()
@@ -31,9 +51,63 @@ def read_params(path: Path) -> dict[str, str]:
             continue
         key, sep, value = line.partition("=")
         if not sep or not key.strip():
-            raise SystemExit(f"deploy: {path}:{number}: expected KEY=VALUE")
+            raise ParamsError(f"line {number}: expected KEY=VALUE")
         values[key.strip()] = os.path.expandvars(value.strip())
     return values
+
+
+_UNSET_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+# CloudFormation's AWS-specific parameter types this template uses, as the console checks them.
+_AWS_ID_PATTERNS = {
+    "AWS::EC2::VPC::Id": re.compile(r"vpc-[0-9a-f]{8}(?:[0-9a-f]{9})?"),
+    "AWS::EC2::Subnet::Id": re.compile(r"subnet-[0-9a-f]{8}(?:[0-9a-f]{9})?"),
+}
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _check_value(name: str, spec: dict[str, Any], value: str) -> list[str]:
+    """Problems of one parameter value against its declaration (empty list when fine)."""
+    unset = _UNSET_VARIABLE.findall(value)
+    if unset:
+        return [f"{name}: environment variable {', '.join(unset)} is not set"]
+    kind = str(spec.get("Type", "String"))
+    problems: list[str] = []
+    if kind == "Number":
+        number = _number(value)
+        if number is None:
+            return [f"{name}={value!r}: not a number"]
+        if "MinValue" in spec and number < float(spec["MinValue"]):
+            problems.append(f"{name}={value!r}: below MinValue {spec['MinValue']}")
+        if "MaxValue" in spec and number > float(spec["MaxValue"]):
+            problems.append(f"{name}={value!r}: above MaxValue {spec['MaxValue']}")
+        allowed = spec.get("AllowedValues")
+        if allowed is not None and number not in [float(a) for a in allowed]:
+            problems.append(f"{name}={value!r}: not one of {', '.join(map(str, allowed))}")
+        return problems
+    items = [value]
+    if kind.startswith("List<") or kind == "CommaDelimitedList":
+        items = [item.strip() for item in value.split(",")]
+        kind = kind[5:-1] if kind.startswith("List<") else "String"
+    for item in items:
+        pattern = _AWS_ID_PATTERNS.get(kind)
+        if pattern is not None and not pattern.fullmatch(item):
+            problems.append(f"{name}={item!r}: not a valid {kind}")
+    allowed = spec.get("AllowedValues")
+    if allowed is not None and value not in [str(a) for a in allowed]:
+        problems.append(f"{name}={value!r}: not one of {', '.join(map(str, allowed))}")
+    if "AllowedPattern" in spec and not re.fullmatch(str(spec["AllowedPattern"]), value):
+        problems.append(f"{name}={value!r}: does not match AllowedPattern {spec['AllowedPattern']}")
+    if "MinLength" in spec and len(value) < int(spec["MinLength"]):
+        problems.append(f"{name}={value!r}: shorter than MinLength {spec['MinLength']}")
+    if "MaxLength" in spec and len(value) > int(spec["MaxLength"]):
+        problems.append(f"{name}={value!r}: longer than MaxLength {spec['MaxLength']}")
+    return problems
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -66,13 +140,25 @@ def check_params(template: Path, values: dict[str, str]) -> list[str]:
     problems += [
         f"missing parameter {name} (no default)"
         for name, spec in declared.items()
-        if "Default" not in spec and name not in values
+        if "Default" not in spec and not values.get(name)
     ]
     for name, value in values.items():
-        allowed = declared.get(name, {}).get("AllowedValues")
-        if allowed is not None and value not in [str(a) for a in allowed]:
-            problems.append(f"{name}={value!r}: not one of {', '.join(map(str, allowed))}")
+        spec = declared.get(name)
+        if spec is not None and (value or "Default" in spec):  # empty + required: missing
+            problems += _check_value(name, spec, value)
     return problems
+
+
+def effective_value(template: Path, values: dict[str, str], name: str) -> str:
+    """The value CloudFormation would use for ``name``: the file's, else the default."""
+    declared = template_parameters(template)
+    if name not in declared:
+        raise ParamsError(f"{name} is not a parameter of {template.name}")
+    if name in values:
+        return values[name]
+    if "Default" in declared[name]:
+        return str(declared[name]["Default"])
+    raise ParamsError(f"missing parameter {name} (no default)")
 
 
 def build_command(
@@ -97,16 +183,41 @@ def main(argv: list[str] | None = None) -> int:
     """Validate the parameters, then print or run the deploy command."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, required=True)
-    parser.add_argument("--image-tag", required=True)
+    parser.add_argument("--image-tag")
+    parser.add_argument(
+        "--image-repository", help="ImageRepositoryName (the Makefile's IMAGE_REPO)"
+    )
     parser.add_argument("--stack-name", default="komorebi-worker")
     parser.add_argument("--region", default=os.environ.get("AWS_REGION", "eu-west-1"))
     parser.add_argument("--template", type=Path, default=TEMPLATE)
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--get", metavar="NAME", help="print one parameter's effective value")
+    parser.add_argument("--lenient", action="store_true", help="with --get: no file = defaults")
     args = parser.parse_args(argv)
 
-    values = read_params(args.params)
+    try:
+        if args.get:
+            lenient = args.lenient and not args.params.exists()
+            values = {} if lenient else read_params(args.params)
+            print(effective_value(args.template, values, args.get))
+            return 0
+        if not args.image_tag:
+            parser.error("--image-tag is required")
+        values = read_params(args.params)
+    except ParamsError as error:
+        print(f"deploy: {args.params}: {error}", file=sys.stderr)
+        return 2
     values["ImageTag"] = args.image_tag
-    problems = check_params(args.template, values)
+    problems = []
+    if args.image_repository:
+        named = values.get("ImageRepositoryName")
+        if named and named != args.image_repository:
+            problems.append(
+                f"ImageRepositoryName={named} but the image was pushed to "
+                f"{args.image_repository} (IMAGE_REPO): use one name"
+            )
+        values["ImageRepositoryName"] = args.image_repository
+    problems += check_params(args.template, values)
     if problems:
         for problem in problems:
             print(f"deploy: {args.params}: {problem}", file=sys.stderr)

@@ -1,5 +1,10 @@
 """The consumer (SPEC §6) in-process, on a real moto server with real ffmpeg: outcomes decided
-by error type, retries with backoff, the DLQ, heartbeat, duplicates, leases, the 12-hour cap."""
+by error type, retries with backoff, the DLQ, heartbeat, duplicates, leases, the 12-hour cap.
+
+The tests marked ``backends`` also run on a second, independent implementation (LocalStack for
+SQS and S3, dynalite for DynamoDB: tests/emulators.py); the differences from moto they meet
+are in docs/deploy.md ("Two AWS emulators").
+"""
 
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ from tests.worker_harness import (
     with_fresh_queues,
 )
 from worker import consumer as consumer_module
-from worker import media
+from worker import media, recordings
 from worker.aws import open_clients
 from worker.consumer import Consumer
 from worker.errors import ConfigError
@@ -45,10 +50,14 @@ from worker.protection import TaskProtector
 pytestmark = pytest.mark.anyio
 
 
+# The end-to-end paths that must hold on every AWS implementation, not just moto.
+on_both_backends = pytest.mark.backends("moto", "localstack")
+
+
 @pytest.fixture
-def aws(world: AwsEnv) -> AwsEnv:
-    """The shared world with this test's own empty queue and DLQ."""
-    return with_fresh_queues(world)
+def aws(backend_world: AwsEnv) -> AwsEnv:
+    """The shared world (of this test's backend) with this test's own empty queue and DLQ."""
+    return with_fresh_queues(backend_world)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +74,7 @@ def _queue_empty(aws: AwsEnv) -> Callable[[], bool]:
     return lambda: queue_depth(aws) == (0, 0)
 
 
+@on_both_backends
 async def test_message_processed_and_deleted(
     aws: AwsEnv, scratch: Path, short_recording: Path
 ) -> None:
@@ -85,6 +95,7 @@ async def test_message_processed_and_deleted(
     assert list(scratch.iterdir()) == []
 
 
+@on_both_backends
 async def test_connect_audio_uploaded_late_is_retried_then_succeeds(
     aws: AwsEnv, scratch: Path, short_recording: Path
 ) -> None:
@@ -109,6 +120,7 @@ async def test_connect_audio_uploaded_late_is_retried_then_succeeds(
     assert dlq_messages(aws) == []
 
 
+@on_both_backends
 async def test_permanent_failures_go_to_the_dlq_at_once_and_worker_keeps_going(
     aws: AwsEnv, scratch: Path, short_recording: Path
 ) -> None:
@@ -161,6 +173,7 @@ async def test_permanent_failures_go_to_the_dlq_at_once_and_worker_keeps_going(
     assert list(scratch.iterdir()) == []
 
 
+@on_both_backends
 async def test_transient_failure_on_the_last_receive_is_dead_lettered_with_its_reason(
     aws: AwsEnv, scratch: Path, short_recording: Path
 ) -> None:
@@ -229,6 +242,7 @@ async def test_heartbeat_keeps_a_long_job_from_being_delivered_twice(
     assert queue_depth(aws) == (0, 0)
 
 
+@on_both_backends
 async def test_same_message_twice_is_processed_once(
     aws: AwsEnv, scratch: Path, short_recording: Path
 ) -> None:
@@ -265,6 +279,7 @@ async def test_a_queue_without_dlq_is_a_configuration_error(aws: AwsEnv, scratch
             await consumer.run()
 
 
+@on_both_backends
 async def test_two_workers_on_one_recording_are_serialised_by_the_lease(
     aws: AwsEnv, scratch: Path, short_recording: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -455,3 +470,110 @@ async def test_a_hung_receive_is_abandoned_and_the_loop_keeps_ticking(
         # Sent while the loop is stuck in the black hole: only a later poll can take it.
         send_job(aws, contact.recording_id, 3)
         await eventually(_done(aws, contact.recording_id), what="the job done after the hang")
+
+
+@on_both_backends
+async def test_delivery_deleted_while_its_job_runs_is_seen_as_lost(
+    aws: AwsEnv,
+    scratch: Path,
+    short_recording: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    json_logs: io.StringIO,
+) -> None:
+    # Someone else deletes the delivery mid-job (an operator, a purge, a redelivery already
+    # acknowledged): every implementation words the heartbeat's error its own way (moto:
+    # ReceiptHandleIsInvalid; LocalStack and AWS: InvalidParameterValue naming the parameter
+    # ReceiptHandle), and each must read as "this delivery is gone": heartbeats stop at once,
+    # the job still finishes, and the receipt handle is never logged.
+    monkeypatch.setattr(media, "build_merge_args", slow_merge(1.0))
+    contact = seed_contact(aws, recording=short_recording)
+    message_id = send_job(aws, contact.recording_id, 3)
+    handles: list[str] = []
+    settings = settings_for(aws, scratch, VISIBILITY_TIMEOUT="3")  # a heartbeat every second
+    async with running_consumer(settings) as consumer:
+        receive = consumer.queue.receive
+
+        async def spy(max_messages: int, wait_seconds: int = 20, **options: Any) -> list[Any]:
+            got = await receive(max_messages, wait_seconds, **options)
+            handles.extend(m.receipt_handle for m in got)
+            return got
+
+        consumer.queue.receive = spy  # type: ignore[method-assign]
+        await eventually(lambda: consumer.in_flight == 1 and bool(handles), what="job start")
+        await anyio.to_thread.run_sync(
+            lambda: aws.client("sqs").delete_message(
+                QueueUrl=aws.queue_url, ReceiptHandle=handles[0]
+            )
+        )
+        await eventually(lambda: '"heartbeat.lost"' in json_logs.getvalue(), what="lost")
+        await eventually(_done(aws, contact.recording_id), what="row DONE")
+        await eventually(lambda: consumer.in_flight == 0, what="job settled")
+    records = [json.loads(line) for line in json_logs.getvalue().splitlines()]
+    mine = [r for r in records if r.get("message_id") == message_id]
+    events = [r["event"] for r in mine]
+    assert events.count("heartbeat.lost") == 1, events
+    assert "heartbeat.failed" not in events, [r for r in mine if r["event"] == "heartbeat.failed"]
+    assert events.count("job.succeeded") == 1
+    text = json_logs.getvalue()
+    for handle in handles:
+        assert handle not in text
+        assert handle[:24] not in text  # not even its start
+    assert queue_depth(aws) == (0, 0)
+
+
+@pytest.mark.backends("localstack")
+async def test_two_workers_claiming_at_the_same_moment_merge_once(
+    aws: AwsEnv, scratch: Path, short_recording: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two deliveries of one recording, two workers, and both lease claims sent at the same
+    # moment (held at a barrier until both are ready). DynamoDB (and dynalite) serialise
+    # conditional writes: exactly one claim wins, one merge runs; the loser backs off and later
+    # acknowledges its delivery as a duplicate. Not on moto: it lets both claims win.
+    merges: list[str] = []
+    real_merge = media.merge
+
+    async def counting_merge(request: media.MergeRequest, **kwargs: Any) -> media.MergeResult:
+        merges.append(request.output.name)
+        return await real_merge(request, **kwargs)
+
+    monkeypatch.setattr(media, "merge", counting_merge)
+    arrived: list[str] = []
+    both = anyio.Event()
+    real_claim = recordings.RecordingTable.claim_lease
+
+    async def claim_together(
+        table: recordings.RecordingTable, recording_id: str, owner: str, *args: Any, **kw: Any
+    ) -> None:
+        arrived.append(owner)
+        if len(arrived) >= 2:
+            both.set()
+        with anyio.move_on_after(20):
+            await both.wait()
+        return await real_claim(table, recording_id, owner, *args, **kw)
+
+    monkeypatch.setattr(recordings.RecordingTable, "claim_lease", claim_together)
+    contact = seed_contact(aws, recording=short_recording)
+    send_job(aws, contact.recording_id, 3)
+    send_job(aws, contact.recording_id, 3)
+    before = {o: jobs(o) for o in ("success", "duplicate")}
+    lease_retries = metric("komorebi_retries_total", reason="lease_held")
+    one_slot = {"WORKER_CONCURRENCY": "1"}
+    settings_a = settings_for(aws, scratch, **one_slot)
+    settings_b = settings_for(
+        aws, scratch, **one_slot, RETRY_BACKOFF_BASE_SECONDS="2", RETRY_BACKOFF_MAX_SECONDS="2"
+    )
+    async with (
+        running_consumer(settings_a, worker_id="worker-a"),
+        running_consumer(settings_b, worker_id="worker-b"),
+    ):
+        await eventually(both.is_set, what="both workers claiming")
+        await eventually(_done(aws, contact.recording_id), what="row DONE")
+        await eventually(_queue_empty(aws), what="both messages handled", timeout=60)
+    owners = {owner.split("/")[0] for owner in arrived[:2]}
+    assert owners == {"worker-a", "worker-b"}, arrived
+    assert len(merges) == 1, merges
+    assert jobs("success") == before["success"] + 1
+    assert jobs("duplicate") == before["duplicate"] + 1
+    assert metric("komorebi_retries_total", reason="lease_held") >= lease_retries + 1
+    assert int(get_row(aws, contact.recording_id)["processingAttempts"]) == 1
+    assert dlq_messages(aws) == []

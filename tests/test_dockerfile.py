@@ -4,8 +4,13 @@
   its HEALTHCHECK (and the task definition's) run here against a real HTTP server.
 - Locks: requirements-runtime.lock pins exactly what requirements.lock pins, and holds every
   third-party module the worker imports (no dev tool reaches the image, none is missing).
-- Jenkinsfile: every stage runs one Makefile target, which exists (`make -n`), and
-  .ci/deploy.py rejects a bad parameter file before CloudFormation sees it.
+- Jenkinsfile: every stage runs one Makefile target, run here in dry-run mode; push and
+  deploy run on main in any job type; one image repository name and the template's CPU
+  architecture flow from the parameter file through build, push, task and IAM; .ci/deploy.py
+  rejects a bad or missing parameter file before CloudFormation sees it, and every template
+  parameter is documented.
+
+The image itself is built and run by `make image-test` (tests/test_image.py).
 """
 
 from __future__ import annotations
@@ -70,20 +75,65 @@ def test_base_image_pinned_and_multi_stage() -> None:
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", bases[0])
 
 
+def stage_named(name: str) -> list[tuple[str, str]]:
+    return next(s for s in stages() if s[0][1].split()[-1] == name)
+
+
 def test_runtime_stage_is_small_and_hardened() -> None:
     stage = final_stage()
     runs = " ".join(args_of(stage, "RUN"))
-    assert "apt-get install -y --no-install-recommends ffmpeg" in runs
+    installed = re.findall(
+        r"apt-get install -y --no-install-recommends ((?:[a-z0-9.+-]+ ?)+)", runs
+    )
+    # Only the codec libraries the ffmpeg build links: not Debian's ffmpeg (and its GPU/X
+    # stack), no development packages.
+    assert [package for group in installed for package in group.split()] == [
+        "libopus0",
+        "libdav1d6",
+    ]
     assert "rm -rf /var/lib/apt/lists/*" in runs
-    for compiler in ("gcc", "g++", "build-essential", "make ", "python3-dev"):
+    for compiler in ("gcc", "g++", "build-essential", "make ", "python3-dev", "-dev"):
         assert compiler not in runs
-    # Only the virtualenv comes from the build stage; no source tree, no pip cache.
-    assert args_of(stage, "COPY") == ["--from=build /opt/venv /opt/venv"]
+    # Only the virtualenv and the ffmpeg build come from the other stages; no source tree.
+    assert sorted(args_of(stage, "COPY")) == [
+        "--from=build /opt/venv /opt/venv",
+        "--from=ffmpeg /out /opt/ffmpeg",
+    ]
+    assert "/opt/ffmpeg/bin" in " ".join(args_of(stage, "ENV"))
     [user] = args_of(stage, "USER")
     uid, gid = (int(part) for part in user.split(":"))
     assert uid >= 1000 and gid >= 1000
     assert json.loads(args_of(stage, "ENTRYPOINT")[0]) == ["komorebi-worker"]
     assert json.loads(args_of(stage, "CMD")[0]) == ["run"]
+
+
+def test_ffmpeg_is_built_from_debian_source_without_network_or_devices() -> None:
+    from worker import ffmpeg
+
+    runs = " ".join(args_of(stage_named("ffmpeg"), "RUN"))
+    assert "apt-get source --download-only --only-source ffmpeg" in runs
+    configure = runs[runs.index("./configure") :]
+    for flag in (
+        "--disable-network",
+        "--disable-autodetect",
+        "--disable-everything",
+        "--enable-protocol=file,pipe",
+        "--enable-indev=lavfi",
+        "--disable-ffplay",
+    ):
+        assert flag in configure, flag
+    # The worker's allow-lists (SPEC §5) name nothing the build leaves out.
+    # (ffmpeg names its mov and matroska demuxers after every format they read.)
+    demuxers = re.search(r"--enable-demuxer='([^']+)'", configure)
+    assert demuxers is not None
+    aliases = {"mp4": "mov", "m4a": "mov", "3gp": "mov", "3g2": "mov", "mj2": "mov"}
+    enabled = set(demuxers[1].split(","))
+    for allowed in ffmpeg.FORMAT_WHITELIST.split(","):
+        assert aliases.get(allowed, {"webm": "matroska"}.get(allowed, allowed)) in enabled
+    assert set(ffmpeg.PROTOCOL_WHITELIST.split(",")) == {"file", "pipe"}
+    # The output codecs: AAC (MP4), Opus (WebM), PNG (thumbnail).
+    encoders = re.search(r"--enable-encoder='([^']+)'", configure)
+    assert encoders is not None and {"aac", "libopus", "png"} <= set(encoders[1].split(","))
 
 
 def test_scratch_volume_is_owned_by_the_worker() -> None:
@@ -305,16 +355,134 @@ def test_every_jenkins_stage_runs_one_make_target() -> None:
         targets.append(commands[0].split()[1])
     assert targets == ["lint", "test", "image", "push", "deploy"]
     for target in targets:
-        result = subprocess.run(
-            ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60,
-            env={**os.environ, "IMAGE_TAG": "test-tag"},
-        )  # fmt: skip
+        result = make("-n", target, IMAGE_TAG="test-tag")
         assert result.returncode == 0, f"make -n {target}: {result.stderr}"
-    deploy = subprocess.run(
-        ["make", "-n", "deploy"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "IMAGE_TAG": "test-tag", "DEPLOY_ENV": "prod"},
-    ).stdout  # fmt: skip
+    deploy = make("-n", "deploy", IMAGE_TAG="test-tag", DEPLOY_ENV="prod").stdout
     assert "--image-tag test-tag" in deploy and "infra/params/prod.env" in deploy
+
+
+def make(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """``make ARGS VAR=value...`` in the checkout (variables on the command line win)."""
+    return subprocess.run(
+        ["make", "--no-print-directory", *args, *(f"{k}={v}" for k, v in variables.items())],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def params_file(tmp_path: Path, **changes: str | None) -> Path:
+    """example.env with ``changes`` (None removes the parameter)."""
+    lines = []
+    for line in (ROOT / "infra" / "params" / "example.env").read_text().splitlines():
+        key = line.partition("=")[0]
+        if key in changes:
+            if changes[key] is not None:
+                lines.append(f"{key}={changes[key]}")
+            continue
+        lines.append(line)
+    lines += [
+        f"{k}={v}" for k, v in changes.items() if v is not None and f"{k}=" not in "\n".join(lines)
+    ]
+    path = tmp_path / "env.env"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_the_deploy_stages_run_in_dry_run_mode_with_one_name_and_one_cpu(tmp_path: Path) -> None:
+    # What Jenkins runs, for real but printing instead of calling docker and aws: the
+    # environment's ImageRepositoryName and CpuArchitecture decide the build, the push, the
+    # stack parameter (and through it the task's image and the execution role's ECR grant).
+    params = params_file(tmp_path, ImageRepositoryName="team/komorebi", CpuArchitecture="ARM64")
+    for _name, commands in jenkins_stages()[2:]:
+        target = commands[0].split()[1]
+        result = make(target, DRY_RUN="1", DEPLOY_PARAMS=str(params), IMAGE_TAG="t-1")
+        assert result.returncode == 0, f"make {target}: {result.stderr}"
+        out = result.stdout
+        if target == "image":
+            assert "+ docker build --pull --platform linux/arm64 -t team/komorebi:t-1 ." in out
+        elif target == "push":
+            assert "--repository-name team/komorebi " in out
+            assert re.search(
+                r"\+ docker push \S+\.dkr\.ecr\.eu-west-1\.amazonaws\.com/team/komorebi:t-1", out
+            )
+        else:
+            command = out.splitlines()[-1].split()  # after make's echo of the recipe
+            assert command[:3] == ["aws", "cloudformation", "deploy"]
+            assert "ImageRepositoryName=team/komorebi" in command and "ImageTag=t-1" in command
+            assert "CpuArchitecture=ARM64" in command
+    worker = next(
+        c
+        for c in load_template()["Resources"]["TaskDefinition"]["Properties"][
+            "ContainerDefinitions"
+        ]
+        if c["Name"] == "worker"
+    )
+    assert worker["Image"]["Fn::Sub"].endswith("/${ImageRepositoryName}:${ImageTag}")
+    template = load_template()["Resources"]["TaskDefinition"]["Properties"]
+    assert template["RuntimePlatform"]["CpuArchitecture"] == {"Ref": "CpuArchitecture"}
+
+
+def test_image_repo_overrides_everything_but_never_disagrees(tmp_path: Path) -> None:
+    unnamed = params_file(tmp_path, ImageRepositoryName=None, CpuArchitecture=None)
+    outputs = {
+        target: make(target, DRY_RUN="1", DEPLOY_PARAMS=str(unnamed), IMAGE_REPO="other",
+                     IMAGE_TAG="t-2").stdout
+        for target in ("image", "push", "deploy")
+    }  # fmt: skip
+    assert "--platform linux/amd64 -t other:t-2" in outputs["image"]  # the template's X86_64
+    assert "/other:t-2" in outputs["push"]
+    assert "ImageRepositoryName=other" in outputs["deploy"].split()
+    named = params_file(tmp_path, ImageRepositoryName="team/komorebi")
+    refused = make("deploy", DRY_RUN="1", DEPLOY_PARAMS=str(named), IMAGE_REPO="other")
+    assert refused.returncode != 0
+    assert "ImageRepositoryName=team/komorebi but the image was pushed to other" in refused.stderr
+
+
+def _jenkins_condition(stage: str) -> str:
+    text = (ROOT / "Jenkinsfile").read_text()
+    body = re.search(rf"stage\('{stage}'\)\s*\{{(.*?)\n        \}}", text, re.S)
+    assert body is not None, stage
+    when = re.search(r"when\s*\{\s*expression\s*\{(.*)\}\s*\}", body[1])
+    assert when is not None and "branch '" not in body[1], f"{stage}: not an expression check"
+    return when[1].strip()
+
+
+def _evaluate(condition: str, env: dict[str, str]) -> bool:
+    """The Jenkinsfile's branch condition, evaluated as Groovy would (``==~`` is a full match)."""
+    parts = condition.split("||")
+    result = False
+    for part in parts:
+        equals = re.fullmatch(r"\s*env\.(\w+)\s*==\s*'([^']*)'\s*", part)
+        matches = re.fullmatch(r"\s*env\.(\w+)\s*==~\s*/(.*)/\s*", part)
+        if equals:
+            result |= env.get(equals[1]) == equals[2]
+        elif matches:
+            value = env.get(matches[1])
+            result |= (
+                value is not None
+                and re.fullmatch(matches[2].replace("\\/", "/"), value) is not None
+            )
+        else:
+            raise AssertionError(f"cannot read condition part {part!r}")
+    return result
+
+
+@pytest.mark.parametrize(
+    ("job", "env", "deploys"),
+    [
+        ("multibranch main", {"BRANCH_NAME": "main", "GIT_BRANCH": "main"}, True),
+        ("plain pipeline from SCM", {"GIT_BRANCH": "origin/main"}, True),
+        ("plain pipeline, local branch", {"GIT_BRANCH": "main"}, True),
+        ("multibranch feature", {"BRANCH_NAME": "feature-x", "GIT_BRANCH": "feature-x"}, False),
+        ("plain pipeline, other branch", {"GIT_BRANCH": "origin/main-hotfix"}, False),
+        ("plain pipeline, lookalike", {"GIT_BRANCH": "origin/not-main"}, False),
+        ("no SCM information", {}, False),
+    ],
+)
+def test_push_and_deploy_run_for_main_in_any_job_type(
+    job: str, env: dict[str, str], deploys: bool
+) -> None:
+    for stage in ("Push to ECR", "Deploy"):
+        assert _evaluate(_jenkins_condition(stage), env) is deploys, (job, stage)
 
 
 def run_deploy(params: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -338,13 +506,95 @@ def test_deploy_rejects_bad_parameter_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.env"
     example = (ROOT / "infra" / "params" / "example.env").read_text()
     bad.write_text(
-        example.replace("InputBucketName=", "InputBucketNmae=").replace(
-            "TaskCpu=2048", "TaskCpu=3000"
-        )
+        example.replace("InputBucketName=", "InputBucketNmae=")
+        .replace("TaskCpu=2048", "TaskCpu=3000")
+        .replace("TaskMemory=4096", "TaskMemory=1024")
+        .replace("EphemeralStorageGiB=50", "EphemeralStorageGiB=500")
+        .replace("MaxTasks=10", "MaxTasks=ten")
+        .replace("ConnectInstanceAlias=example-instance", "ConnectInstanceAlias=-bad_alias")
+        .replace("SubnetIds=subnet-0123456789abcdef0,", "SubnetIds=subnet-0123456789abcdef0,sn-1,")
+        .replace("VpcId=vpc-0123456789abcdef0", "VpcId=${KOMOREBI_TEST_UNSET_VPC}")
     )
     result = run_deploy(bad)
     assert result.returncode == 2
-    assert "unknown parameter InputBucketNmae" in result.stderr
-    assert "missing parameter InputBucketName" in result.stderr
-    assert "TaskCpu='3000'" in result.stderr
+    errors = result.stderr.splitlines()
+    assert all(line.startswith(f"deploy: {bad}: ") for line in errors)
+    text = result.stderr
+    assert "unknown parameter InputBucketNmae" in text
+    assert "missing parameter InputBucketName" in text
+    assert "TaskCpu='3000': not one of" in text  # AllowedValues (Type Number)
+    assert "TaskMemory='1024': below MinValue 2048" in text
+    assert "EphemeralStorageGiB='500': above MaxValue 200" in text
+    assert "MaxTasks='ten': not a number" in text
+    assert "ConnectInstanceAlias='-bad_alias': does not match AllowedPattern" in text
+    assert "SubnetIds='sn-1': not a valid AWS::EC2::Subnet::Id" in text
+    assert "VpcId: environment variable KOMOREBI_TEST_UNSET_VPC is not set" in text
+    assert len(errors) == 9
     assert result.stdout == ""
+
+
+def test_deploy_checks_lengths_and_number_types(tmp_path: Path) -> None:
+    template = tmp_path / "template.yaml"
+    template.write_text(
+        "Parameters:\n"
+        "  Name: {Type: String, MinLength: 3, MaxLength: 5}\n"
+        "  Count: {Type: Number, Default: 1, MinValue: 1}\n"
+        "  ImageTag: {Type: String}\n"
+    )
+    for value, problem in (
+        ("ab", "shorter than MinLength 3"),
+        ("abcdef", "longer than MaxLength 5"),
+    ):
+        params = tmp_path / "p.env"
+        params.write_text(f"Name={value}\nCount=1.5e0\n")
+        result = run_deploy(params, "--template", str(template))
+        assert result.returncode == 2 and problem in result.stderr, result.stderr
+    params.write_text("Name=abcd\nCount=2\n")
+    assert run_deploy(params, "--template", str(template)).returncode == 0
+
+
+def test_a_missing_parameter_file_is_one_clear_line() -> None:
+    for command in (("deploy",), ("push",)):
+        result = make(*command, DRY_RUN="1", DEPLOY_ENV="no-such-env", IMAGE_TAG="t")
+        assert result.returncode != 0
+        first = result.stderr.splitlines()[0]
+        assert first == (
+            "deploy: infra/params/no-such-env.env: no such parameter file "
+            "(copy infra/params/example.env to it, see docs/deploy.md)"
+        ), result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_the_default_environment_has_its_parameter_file() -> None:
+    default = re.search(r"^DEPLOY_ENV \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    jenkins = re.search(
+        r"name: 'DEPLOY_ENV', defaultValue: '([^']+)'", (ROOT / "Jenkinsfile").read_text()
+    )
+    assert default is not None and jenkins is not None and default[1] == jenkins[1]
+    params = ROOT / "infra" / "params" / f"{default[1]}.env"
+    unset = run_deploy(params)
+    assert unset.returncode == 2
+    names = re.findall(r"environment variable (\w+) is not set", unset.stderr)
+    assert names and len(names) == len(unset.stderr.splitlines())
+    env = {**os.environ, **dict.fromkeys(names, "x")}
+    env.update({n: "vpc-0123456789abcdef0" for n in names if "VPC" in n})
+    env.update({n: "subnet-0123456789abcdef0" for n in names if "SUBNET" in n})
+    env.update({n: f"staging-{n.lower().replace('_', '-')}" for n in names if "BUCKET" in n})
+    done = subprocess.run(
+        [sys.executable, str(ROOT / ".ci" / "deploy.py"), "--params", str(params),
+         "--image-tag", "abc123", "--dry-run"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_template_parameter_is_documented() -> None:
+    declared = set(load_template()["Parameters"])
+    example = (ROOT / "infra" / "params" / "example.env").read_text()
+    listed = set(re.findall(r"^#?\s*([A-Za-z0-9]+)=", example, re.M))
+    assert declared - listed == set(), "not in infra/params/example.env"
+    assert listed - declared == set(), "example.env names parameters the template lacks"
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    table = set(re.findall(r"^\| `([A-Za-z0-9]+)` \|", docs, re.M))
+    assert declared - table == set(), "not in docs/deploy.md's parameter table"
+    assert run_deploy(ROOT / "infra" / "params" / "example.env").returncode == 0

@@ -188,6 +188,50 @@ def test_expected_errors_are_one_line_unexpected_ones_keep_their_traceback(
     assert "Traceback" in unexpected["exception"] and "KeyError" in unexpected["exception"]
 
 
+RECEIPT_HANDLE = (
+    "AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a+FmdhBNTWpSUxhCWQpT4E0YL3qHWqkqJ0R3UQ/Z4mHSkTBSv"
+    "Vt4KfGv8pYsH2lULcYZsZ0lWjnU8ojTPF2VaHR1Dl0CPmV7wbXFdbpHs7DnQk3U8bvIBlmDE="
+)
+
+
+def test_receipt_handles_never_reach_a_log_line(captured: io.StringIO) -> None:
+    # Whoever holds a receipt handle can delete or hide the message: a field named after it,
+    # an SDK error quoting it (AWS and LocalStack do) and a parameter dump are all redacted,
+    # by the log pipeline itself, whoever logs them.
+    log = structlog.get_logger("test")
+    log.warning("heartbeat.lost", receipt_handle=RECEIPT_HANDLE)
+    log.warning(
+        "heartbeat.failed",
+        error=f"ChangeMessageVisibility: InvalidParameterValue: Value {RECEIPT_HANDLE} for "
+        "parameter ReceiptHandle is invalid. Reason: Message does not exist.",
+    )
+    log.info("sent", params={"QueueUrl": "q", "ReceiptHandle": RECEIPT_HANDLE})
+    logging.getLogger("botocore.hooks").warning(
+        "params: {'ReceiptHandle': '%s', 'VisibilityTimeout': 30}", RECEIPT_HANDLE
+    )
+    records = lines(captured)
+    assert [r["event"] for r in records][:3] == ["heartbeat.lost", "heartbeat.failed", "sent"]
+    text = captured.getvalue()
+    assert RECEIPT_HANDLE not in text
+    assert RECEIPT_HANDLE[:20] not in text
+    assert text.count("[REDACTED]") == 4
+    # What is not a handle stays readable.
+    assert "for parameter ReceiptHandle is invalid" in text and '"QueueUrl": "q"' in text
+
+
+def test_errors_translated_for_the_dlq_carry_no_receipt_handle() -> None:
+    from botocore.exceptions import ClientError
+
+    from worker.aws import translate
+
+    error = ClientError(
+        {"Error": {"Code": "InternalError", "Message": f"boom for ReceiptHandle={RECEIPT_HANDLE}"}},
+        "DeleteMessage",
+    )
+    text = translate(error).message
+    assert RECEIPT_HANDLE not in text and text.startswith("DeleteMessage: InternalError: boom")
+
+
 def test_console_format_is_readable_text() -> None:
     buffer = io.StringIO()
     configure_logging("INFO", "console", buffer)

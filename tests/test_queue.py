@@ -1,4 +1,5 @@
-"""JobQueue against a real moto SQS server."""
+"""JobQueue against a real moto SQS server (and LocalStack's SQS where marked), and how SQS
+errors are recognised whatever implementation words them."""
 
 from __future__ import annotations
 
@@ -38,8 +39,14 @@ class Queues:
 
 
 @pytest.fixture
-def aws(world: AwsEnv) -> Queues:
-    boto = world.client("sqs")
+async def clients(backend_clients: AwsClients) -> AwsClients:
+    """The worker's clients on this test's backend (moto unless marked)."""
+    return backend_clients
+
+
+@pytest.fixture
+def aws(backend_world: AwsEnv) -> Queues:
+    boto = backend_world.client("sqs")
     name = f"q-{uuid.uuid4().hex[:12]}"
     dlq_url = boto.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
     arn = boto.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
@@ -74,6 +81,7 @@ async def _receive_one(queue: JobQueue) -> ReceivedMessage:
     return messages[0]
 
 
+@pytest.mark.backends("moto", "localstack")
 async def test_send_and_receive_with_receive_count(queue: JobQueue) -> None:
     before_ms = int(time.time() * 1000) - 60_000
     message_id = await queue.send(BODY)
@@ -133,6 +141,7 @@ async def test_delete_removes_the_message(aws: Queues, queue: JobQueue) -> None:
     assert _counts(aws, aws.queue_url) == (0, 0)
 
 
+@pytest.mark.backends("moto", "localstack")
 async def test_stale_receipt_handle_is_a_typed_error(queue: JobQueue) -> None:
     await queue.send(BODY)
     message = await _receive_one(queue)
@@ -144,6 +153,7 @@ async def test_stale_receipt_handle_is_a_typed_error(queue: JobQueue) -> None:
         await queue.change_visibility(bogus, 30)
 
 
+# moto only: LocalStack 4.14 does not enforce SQS's 12-hour limit (docs/deploy.md).
 async def test_visibility_past_twelve_hours_is_a_typed_error(aws: Queues, queue: JobQueue) -> None:
     await queue.send(BODY)
     message = await _receive_one(queue)
@@ -178,6 +188,7 @@ def test_fit_attributes_drops_detail_before_the_reason() -> None:
     assert fit_attributes(attributes, "b" * 262_144) == {}
 
 
+@pytest.mark.backends("moto", "localstack")
 async def test_dead_letter_sends_body_and_reason_attributes(aws: Queues, queue: JobQueue) -> None:
     await queue.send(BODY)
     message = await _receive_one(queue)
@@ -269,3 +280,73 @@ async def test_dead_letter_keeps_the_producers_attributes(aws: Queues, queue: Jo
         QueueUrl=aws.dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=0
     )["Messages"][0]["MessageAttributes"]
     assert len(second) == 10 and second["errorReason"]["StringValue"] == "media_invalid"
+
+
+# What each implementation answers when a delivery is gone (copied from real responses:
+# moto 5, LocalStack 4.14, and AWS's documented wording).
+_LOCALSTACK_HANDLE = "YjFiMmFkOWYtODhjOC00ZTZlLWFkOGUtMjQ2ZjMwZGRkZWRmIGFybjphd3M6c3Fz"
+_DELIVERY_GONE = {
+    "moto": ("ReceiptHandleIsInvalid", "The input receipt handle is invalid."),
+    "localstack": (
+        "InvalidParameterValue",
+        f"Value {_LOCALSTACK_HANDLE} for parameter ReceiptHandle is invalid. Reason: Message "
+        "does not exist or is not available for visibility timeout change.",
+    ),
+    "aws-query": ("AWS.SimpleQueueService.MessageNotInflight", "Message not in flight."),
+    "garbage": ("ReceiptHandleIsInvalid", 'The input receipt handle "x" is not a valid one.'),
+    "no-code": ("", "Value abc for parameter ReceiptHandle is invalid. Reason: expired."),
+}
+_NOT_DELIVERY_GONE = {
+    "visibility-limit": (
+        "InvalidParameterValue",
+        "Value 43201 for parameter VisibilityTimeout is invalid. Reason: Total VisibilityTimeout "
+        "for the message is beyond the limit [43200 seconds]",
+    ),
+    # A known, different code never counts, whatever its text says.
+    "throttled": ("ThrottlingException", "Rate exceeded for receipt handle operations (invalid)"),
+    "queue-gone": ("AWS.SimpleQueueService.NonExistentQueue", "The queue does not exist."),
+}
+
+
+def _client_error(code: str, message: str, query_code: str | None = None) -> Exception:
+    from botocore.exceptions import ClientError
+
+    error: dict[str, str] = {"Code": code, "Message": message}
+    if query_code:
+        error["QueryErrorCode"] = query_code
+    return ClientError({"Error": error}, "ChangeMessageVisibility")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", sorted(_DELIVERY_GONE))
+def test_every_wording_of_a_lost_delivery_is_recognised(name: str) -> None:
+    from worker.queue import _is_receipt_error
+
+    assert _is_receipt_error(_client_error(*_DELIVERY_GONE[name]))
+
+
+@pytest.mark.parametrize("name", sorted(_NOT_DELIVERY_GONE))
+def test_other_errors_are_not_mistaken_for_a_lost_delivery(name: str) -> None:
+    from worker.queue import _is_receipt_error
+
+    assert not _is_receipt_error(_client_error(*_NOT_DELIVERY_GONE[name]))
+
+
+def test_the_query_protocol_code_counts_too() -> None:
+    from worker.queue import _is_receipt_error
+
+    json_code = _client_error("SomethingNew", "whatever", "ReceiptHandleIsInvalid")
+    assert _is_receipt_error(json_code)
+
+
+@pytest.mark.backends("moto", "localstack")
+async def test_a_deleted_delivery_is_lost_on_every_implementation(queue: JobQueue) -> None:
+    # Each implementation answers in its own words (moto: ReceiptHandleIsInvalid; LocalStack
+    # and AWS: InvalidParameterValue naming the ReceiptHandle parameter); all mean "lost", and
+    # the error never carries the handle.
+    await queue.send(BODY)
+    message = await _receive_one(queue)
+    await queue.delete(message)
+    with pytest.raises(ReceiptHandleInvalid) as caught:
+        await queue.change_visibility(message, 30)
+    assert message.receipt_handle not in str(caught.value)
+    await queue.delete(message)  # deleting twice is not an error anywhere

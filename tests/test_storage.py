@@ -25,6 +25,15 @@ from worker.observability import BYTES_TRANSFERRED
 from worker.storage import MIB, ObjectChanged, ObjectNotFound, ObjectStore
 
 pytestmark = pytest.mark.anyio
+# Transfers that must also work on LocalStack's S3, which (unlike moto) verifies each part's
+# CRC32 (BadDigest on a mismatch) and the composite checksum.
+on_both_backends = pytest.mark.backends("moto", "localstack")
+
+
+@pytest.fixture
+async def clients(backend_clients: AwsClients) -> AwsClients:
+    """The worker's clients on this test's backend (moto unless marked)."""
+    return backend_clients
 
 
 @dataclass
@@ -36,8 +45,8 @@ class S3Env:
 
 
 @pytest.fixture
-def s3env(world: AwsEnv) -> S3Env:
-    boto = world.client("s3")
+def s3env(backend_world: AwsEnv) -> S3Env:
+    boto = backend_world.client("s3")
     bucket = f"t-{uuid.uuid4().hex[:16]}"
     boto.create_bucket(Bucket=bucket)
     return S3Env(bucket, boto)
@@ -105,6 +114,7 @@ async def test_download_empty_object(s3env: S3Env, clients: AwsClients, tmp_path
     assert destination.read_bytes() == b""
 
 
+@on_both_backends
 async def test_large_download_uses_parallel_ranges(
     s3env: S3Env, clients: AwsClients, tmp_path: Path
 ) -> None:
@@ -183,6 +193,7 @@ async def test_download_to_full_disk_raises_scratch_full(
     assert list(tiny_tmpfs.iterdir()) == []
 
 
+@on_both_backends
 async def test_small_upload_has_content_type_and_crc32(
     s3env: S3Env, clients: AwsClients, tmp_path: Path
 ) -> None:
@@ -205,6 +216,7 @@ async def test_small_upload_has_content_type_and_crc32(
     assert body == data
 
 
+@on_both_backends
 async def test_multipart_upload_above_part_size(
     s3env: S3Env, clients: AwsClients, tmp_path: Path
 ) -> None:
@@ -235,6 +247,7 @@ async def test_multipart_upload_above_part_size(
     assert s3.list_multipart_uploads(Bucket=s3env.bucket).get("Uploads", []) == []
 
 
+@on_both_backends
 async def test_failed_multipart_upload_is_aborted(
     s3env: S3Env, clients: AwsClients, tmp_path: Path
 ) -> None:

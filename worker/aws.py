@@ -21,6 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.config import Settings
 from worker.errors import AwsRejected, AwsUnavailable, ConfigError, WorkerError, one_line
+from worker.observability import redact
 
 # Generous per-request timeouts: a read timeout is per socket read, not per transfer, so long
 # streaming downloads are not cut; a silent connection still fails within a minute.
@@ -151,8 +152,9 @@ def http_status(error: BaseException) -> int | None:
 
 
 def _scrub(text: str) -> str:
-    # URLs can carry presigned query strings or internal endpoints: never let them out.
-    return one_line(_URL.sub("<url>", text), _MAX_MESSAGE)
+    # URLs can carry presigned query strings or internal endpoints, error messages receipt
+    # handles (this text reaches logs, DLQ attributes and the row): never let them out.
+    return one_line(_URL.sub("<url>", redact(text)), _MAX_MESSAGE)
 
 
 def translate(error: BaseException) -> WorkerError:

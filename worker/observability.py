@@ -380,9 +380,20 @@ _SECRET_ASSIGNMENT = re.compile(
     r"""(["']?\s*(?:[:=]|%3D)\s*["']?)(?:AWS4-HMAC-SHA256\s+)?(?:(?!%26)[^\s"',;&])+"""
 )
 
+# SQS receipt handles: whoever holds one can delete or hide the message until it is
+# redelivered, so they stay out of logs. AWS and LocalStack quote them in errors
+# ("Value <handle> for parameter ReceiptHandle is invalid"); SDK parameter dumps and JSON put
+# them after a ReceiptHandle key.
+_RECEIPT_IN_ERROR = re.compile(r"(?i)(\bvalue\s+)\S+(\s+for\s+parameter\s+ReceiptHandle\b)")
+_RECEIPT_ASSIGNMENT = re.compile(
+    r"""(?i)(\breceipt[ _-]?handle["']?\s*(?:[:=]|%3D)?\s*["']?)[A-Za-z0-9+/=_-]{16,}"""
+)
+_RECEIPT_KEY = re.compile(r"(?i)receipt[ _-]?handle")
+
 
 def redact(text: str) -> str:
-    """Remove credentials from ``text``: presigned-URL query strings, access key ids, secrets.
+    """Remove credentials from ``text``: presigned-URL query strings, access key ids, secrets,
+    SQS receipt handles.
 
     Used on ffmpeg stderr tails and exception messages, and by the log pipeline on every
     string value, so a secret cannot reach a log line even when a caller forgets.
@@ -392,16 +403,20 @@ def redact(text: str) -> str:
     text = _URL_QUERY.sub(lambda m: f"{m.group(1)}?{_REDACTED}", text)
     text = _SIGNING_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}{_REDACTED}", text)
     text = _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{_REDACTED}", text)
+    text = _RECEIPT_IN_ERROR.sub(lambda m: f"{m.group(1)}{_REDACTED}{m.group(2)}", text)
+    text = _RECEIPT_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{_REDACTED}", text)
     return _ACCESS_KEY_ID.sub(_REDACTED, text)
 
 
-def _redact_value(value: Any) -> Any:
+def _redact_value(value: Any, key: object = None) -> Any:
+    if isinstance(key, str) and _RECEIPT_KEY.search(key) and value:
+        return _REDACTED  # a receipt_handle=... field, whatever its value looks like
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, list | tuple):
         return type(value)(_redact_value(item) for item in value)
     if isinstance(value, dict):
-        return {key: _redact_value(item) for key, item in value.items()}
+        return {k: _redact_value(item, k) for k, item in value.items()}
     return value
 
 
@@ -435,7 +450,7 @@ def _redact_event(
 ) -> structlog.typing.EventDict:
     for key, value in event_dict.items():
         if key not in ("timestamp", "level", "logger") and not key.startswith("_"):
-            event_dict[key] = _redact_value(value)
+            event_dict[key] = _redact_value(value, key)
     return event_dict
 
 
