@@ -44,6 +44,19 @@ _RECORDINGS: dict[str, tuple[str, dict[str, object]]] = {
         {"video_codec": "libvpx-vp9", "audio_codec": "libopus", "audio_delay": 0.5},
     ),
     "mpeg4-aac": ("mp4", {"video_codec": "mpeg4", "audio_codec": "aac", "duration": 1.0}),
+    # Not from a browser: uploaded or re-encoded files, with B-frames (frames reordered).
+    "h264-bframes-aac": (
+        "mp4",
+        {"video_codec": "libx264", "audio_codec": "aac", "video_args": ["-bf", "3", "-g", "30"]},
+    ),
+    "hevc-aac": (
+        "mp4",
+        {
+            "video_codec": "libx265",
+            "audio_codec": "aac",
+            "video_args": ["-preset", "ultrafast", "-x265-params", "log-level=error:bframes=3"],
+        },
+    ),
 }
 
 _CONNECTS: dict[str, tuple[list[tuple[float, list[float]]], int]] = {

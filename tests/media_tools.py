@@ -257,11 +257,13 @@ def make_recording(
     audio_duration: float | None = None,
     size: str = "160x120",
     fps: int = 15,
+    video_args: Sequence[str] = (),
 ) -> Path:
     """A small screen-recording-like file: testsrc2 video + a sine tone (or no audio).
 
     ``audio_delay`` starts the audio that many seconds after the video (like MediaRecorder);
-    ``audio_duration`` ends it early (a microphone muted or unplugged mid-recording).
+    ``audio_duration`` ends it early (a microphone muted or unplugged mid-recording);
+    ``video_args`` replace the encoder's speed options (e.g. to get B-frames).
     """
     args = [*FFMPEG, "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={duration}"]
     if audio_codec is not None:
@@ -278,7 +280,9 @@ def make_recording(
     if audio_codec is not None:
         args += ["-map", "1:a", "-c:a", audio_codec, "-ac", "2"]
     args += ["-c:v", video_codec, "-pix_fmt", "yuv420p"]
-    if video_codec == "libx264":
+    if video_args:
+        args += list(video_args)
+    elif video_codec == "libx264":
         args += ["-preset", "ultrafast", "-g", "30"]
     elif video_codec.startswith("libvpx"):
         args += ["-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k"]

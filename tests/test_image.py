@@ -313,17 +313,7 @@ def _source(media_in: Path, case: Case) -> Path:
     return media_in / case.source
 
 
-# HEVC from libx265 (B-frames) in MP4: since the output check counts frames (issue 10), the
-# merge refuses it on the host too ("118 video frames, the recording has 120"): a media bug
-# to fix there, not an image one. strict: the day it passes, this mark must go.
-_HEVC_REFUSED = pytest.mark.xfail(
-    strict=True, reason="media: HEVC MP4 output check counts 118 of 120 frames (host too)"
-)
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=_HEVC_REFUSED) if n == "hevc-aac" else n for n in CASES]
-)
+@pytest.mark.parametrize("name", list(CASES))
 def test_the_image_merges(name: str, media_in: Path, tmp_path: Path) -> None:
     case = CASES[name]
     recording = _source(media_in, case)

@@ -319,6 +319,20 @@ def test_late_recording_audio_keeps_its_timestamps(
     assert_timeline(result.output, segs)
 
 
+@pytest.mark.parametrize("name", ["h264-bframes-aac", "hevc-aac"])
+def test_video_with_b_frames_keeps_every_frame(
+    generated: Callable[[str], Path], tmp_path: Path, name: str
+) -> None:
+    """Reordered frames (B-frames, from uploads rather than browsers) are all copied."""
+    recording = generated(name)
+    streams = ffprobe_json(recording)["streams"]
+    assert isinstance(streams, list)
+    assert any(s.get("has_b_frames", 0) > 0 for s in streams), "fixture lost its B-frames"
+    result = run_merge(recording, generated("connect-8k-mono-2s"), 2.0, tmp_path, ext="mp4")
+    assert_same_video_and_duration(result.output, recording, result, AudioSettings())
+    assert_timeline(result.output, expected_segments(result.media_duration_seconds, 2.0, 2.0))
+
+
 def test_recording_without_audio_gets_silence(
     generated: Callable[[str], Path], tmp_path: Path
 ) -> None:

@@ -98,6 +98,7 @@ class StreamInfo:
     width: int | None
     height: int | None
     time_base: Fraction | None = None
+    reorder_delay: int = 0  # ffprobe's has_b_frames: frames decoded before the first shown
 
 
 @dataclass(frozen=True)
@@ -571,7 +572,7 @@ def hold_last_frame_args(recording: MediaInfo, plan: MergePlan, container: Conta
     muxer would turn a WebM's 1/1000 into 1/16000 and ``PTS*TB`` would be 16 times off, so
     the MP4 track keeps the recording's time base (``-video_track_timescale``, exact: every
     frame at its original time); the WebM muxer always uses 1/1000, so a video in another
-    time base is left as it is.
+    time base is left as it is, and so is a video with B-frames (see below).
     """
     video = recording.video
     span = recording.timeline.relative(video.index) if recording.timeline and video else None
@@ -579,6 +580,11 @@ def hold_last_frame_args(recording: MediaInfo, plan: MergePlan, container: Conta
         return []
     base = video.time_base
     if base is None or base.numerator != 1 or (container is WEBM and base != Fraction(1, 1000)):
+        return []
+    if video.reorder_delay:
+        # B-frames (never from a browser, but from uploaded or re-encoded files): ffmpeg
+        # 5.1's setts drops the last reordered frames of the copy even with an identity
+        # expression, so such a video keeps its own last-frame duration.
         return []
     last_packet = span.packets + span.discarded - 1  # setts counts packets from 0
     args = [
@@ -686,6 +692,7 @@ def _stream(raw: dict[str, Any]) -> StreamInfo:
         width=_int(raw.get("width")),
         height=_int(raw.get("height")),
         time_base=_fraction(raw.get("time_base")),
+        reorder_delay=_int(raw.get("has_b_frames")) or 0,
     )
 
 
