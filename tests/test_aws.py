@@ -124,7 +124,7 @@ async def test_unreachable_endpoint_is_aws_unavailable(
         with pytest.raises(AwsUnavailable) as caught:
             await queue.receive(1, wait_seconds=0)
     message = str(caught.value)
-    assert message.startswith("EndpointConnectionError:")
+    assert message.startswith("SQS: EndpointConnectionError:")
     assert "127.0.0.1" not in message and "\n" not in message
 
 
@@ -160,3 +160,20 @@ def test_translate_tells_outages_misconfiguration_and_rejections_apart(
     assert isinstance(translated, PermanentError) is permanent
     assert isinstance(translated, TransientError) is not permanent
     assert translated.reason == reason
+
+
+def test_translated_names_the_service_of_a_connection_error() -> None:
+    # A connection error names no operation and its endpoint URL is removed: without the
+    # service an operator reading "AWS unavailable after 3 attempts: EndpointConnectionError:
+    # Could not connect to the endpoint URL: <url>" cannot tell which service was down.
+    from worker.aws import DYNAMODB, translated
+
+    with pytest.raises(AwsUnavailable) as caught, translated(service=DYNAMODB):
+        raise EndpointConnectionError(endpoint_url=SECRET_URL)
+    assert str(caught.value) == (
+        "DynamoDB: EndpointConnectionError: Could not connect to the endpoint URL: <url>"
+    )
+    # Service errors already name their operation; the service adds nothing.
+    with pytest.raises(AwsUnavailable) as caught, translated(service=DYNAMODB):
+        raise _client_error("InternalError", "boom", 500, "GetItem")
+    assert str(caught.value) == "GetItem: InternalError: boom"

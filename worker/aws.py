@@ -132,6 +132,10 @@ _MISSING_RESOURCE_CODES = frozenset(
         "QueueDoesNotExist",
     }
 )
+# Service names for connection errors (see translate): one per adapter module.
+DYNAMODB = "DynamoDB"
+S3 = "S3"
+SQS = "SQS"
 _URL = re.compile(r"""["']?\b[a-z][a-z0-9+.-]*://[^\s"']+["']?""", re.IGNORECASE)
 _MAX_MESSAGE = 300
 
@@ -157,11 +161,14 @@ def _scrub(text: str) -> str:
     return one_line(_URL.sub("<url>", redact(text)), _MAX_MESSAGE)
 
 
-def translate(error: BaseException) -> WorkerError:
+def translate(error: BaseException, service: str | None = None) -> WorkerError:
     """Turn an SDK/network error into :class:`AwsUnavailable` (transient) with one line.
 
     The message is ``"<Operation>: <Code>: <Message>"`` for service errors, and
-    ``"<ErrorType>: <detail>"`` for connection problems; URLs and signatures are removed.
+    ``"<service>: <ErrorType>: <detail>"`` for connection problems (their text names no
+    operation, and the endpoint URL is removed, so without ``service`` a DLQ copy saying
+    "Could not connect to the endpoint URL: <url>" would not tell which of S3, SQS or DynamoDB
+    was down); URLs and signatures are removed.
     Worker errors pass through unchanged. Missing objects/rows are not special-cased here:
     the adapters check for them before calling this.
     """
@@ -183,7 +190,8 @@ def translate(error: BaseException) -> WorkerError:
             return AwsUnavailable(text, reason="aws_resource_missing")
         return AwsUnavailable(text)
     detail = str(error).strip() or "no detail"
-    return AwsUnavailable(_scrub(f"{type(error).__name__}: {detail}"))
+    prefix = f"{service}: " if service else ""
+    return AwsUnavailable(_scrub(f"{prefix}{type(error).__name__}: {detail}"))
 
 
 def _no_special_case(error: BaseException) -> BaseException | None:
@@ -193,12 +201,15 @@ def _no_special_case(error: BaseException) -> BaseException | None:
 @contextmanager
 def translated(
     special: Callable[[BaseException], BaseException | None] = _no_special_case,
+    *,
+    service: str | None = None,
 ) -> Iterator[None]:
     """Re-raise SDK/network errors inside the block as worker errors (:func:`translate`).
 
     ``special`` sees each SDK error first; an exception it returns is raised instead, without
     the SDK error as its cause (e.g. :class:`worker.errors.ObjectNotFound` for a 404, or
     :class:`worker.errors.ReceiptHandleInvalid`). Worker errors pass through unchanged.
+    ``service`` (``DYNAMODB``, ``S3``, ``SQS``) names the service in connection errors.
     """
     try:
         yield
@@ -208,4 +219,4 @@ def translated(
         mapped = special(error)
         if mapped is not None:
             raise mapped from None
-        raise translate(error) from error
+        raise translate(error, service) from error

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import structlog
 
-from worker.aws import AWS_ERRORS, error_code, translate, translated
+from worker.aws import AWS_ERRORS, SQS, error_code, translate, translated
 from worker.config import SQS_MAX_VISIBILITY_SECONDS
 from worker.errors import (
     ConfigError,
@@ -271,7 +271,7 @@ class JobQueue:
         return await self.resolve_dlq_url()
 
     async def _load_redrive_policy(self) -> None:
-        with translated():
+        with translated(service=SQS):
             response = await self._sqs.get_queue_attributes(
                 QueueUrl=self.queue_url, AttributeNames=["QueueArn", "RedrivePolicy"]
             )
@@ -293,7 +293,7 @@ class JobQueue:
             raise ConfigError(
                 "DLQ_URL is not set and the queue has no RedrivePolicy to find the DLQ"
             )
-        with translated():
+        with translated(service=SQS):
             resolved = await self._sqs.get_queue_url(
                 QueueName=policy.dlq_name, QueueOwnerAWSAccountId=policy.dlq_account
             )
@@ -310,7 +310,7 @@ class JobQueue:
                 )
                 limit = int(response.get("Attributes", {}).get("MaximumMessageSize", limit))
             except _LIMIT_ERRORS as error:
-                log.warning("dlq_size_unknown", error=translate(error).message)
+                log.warning("dlq_size_unknown", error=translate(error, SQS).message)
             self._dlq_limit = limit
         return self._dlq_limit
 
@@ -330,7 +330,7 @@ class JobQueue:
         extra: dict[str, Any] = {}
         if visibility_timeout is not None:
             extra["VisibilityTimeout"] = visibility_timeout
-        with translated():
+        with translated(service=SQS):
             response = await self._sqs.receive_message(
                 QueueUrl=self.queue_url,
                 MaxNumberOfMessages=max(1, min(SQS_MAX_BATCH, max_messages)),
@@ -369,7 +369,7 @@ class JobQueue:
                 )
             return _receipt_error(message, error)
 
-        with translated(special):
+        with translated(special, service=SQS):
             await self._sqs.change_message_visibility(
                 QueueUrl=self.queue_url,
                 ReceiptHandle=message.receipt_handle,
@@ -378,7 +378,7 @@ class JobQueue:
 
     async def delete(self, message: ReceivedMessage) -> None:
         """Acknowledge the message. :class:`ReceiptHandleInvalid` if the delivery expired."""
-        with translated(lambda error: _receipt_error(message, error)):
+        with translated(lambda error: _receipt_error(message, error), service=SQS):
             await self._sqs.delete_message(
                 QueueUrl=self.queue_url, ReceiptHandle=message.receipt_handle
             )
@@ -406,14 +406,14 @@ class JobQueue:
         limit = await self._dlq_size_limit()
         attributes = fit_attributes(attributes, message.body, limit)
         attributes = _with_producer_attributes(attributes, message.attributes, message.body, limit)
-        with translated():
+        with translated(service=SQS):
             await self._sqs.send_message(
                 QueueUrl=dlq_url, MessageBody=message.body, MessageAttributes=attributes
             )
 
     async def send(self, body: str, *, queue_url: str | None = None) -> str:
         """Enqueue ``body`` (on this queue, or ``queue_url``); return the message id."""
-        with translated():
+        with translated(service=SQS):
             response = await self._sqs.send_message(
                 QueueUrl=queue_url or self.queue_url, MessageBody=body
             )

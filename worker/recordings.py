@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from worker.aws import error_code, translated
+from worker.aws import DYNAMODB, error_code, translated
 from worker.config import KeyTemplates
 from worker.errors import (
     AlreadyDone,
@@ -295,7 +295,7 @@ class RecordingTable:
     async def _update(self, recording_id: str, **kwargs: Any) -> bool:
         """Run one UpdateItem; False when its condition failed, AwsUnavailable on errors."""
         try:
-            with translated(_condition_failed):
+            with translated(_condition_failed, service=DYNAMODB):
                 await self._db.update_item(
                     TableName=self.table_name, Key=self._key(recording_id), **kwargs
                 )
@@ -304,7 +304,7 @@ class RecordingTable:
         return True
 
     async def _raw(self, recording_id: str) -> dict[str, Any] | None:
-        with translated():
+        with translated(service=DYNAMODB):
             response = await self._db.get_item(
                 TableName=self.table_name, Key=self._key(recording_id), ConsistentRead=True
             )

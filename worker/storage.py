@@ -25,7 +25,7 @@ import anyio.to_thread
 import structlog
 from botocore.exceptions import ClientError
 
-from worker.aws import AWS_ERRORS, error_code, http_status, translate, translated
+from worker.aws import AWS_ERRORS, S3, error_code, http_status, translate, translated
 from worker.errors import (
     AwsUnavailable,
     ObjectChanged,
@@ -115,7 +115,7 @@ class ObjectStore:
         """Every object whose key starts with ``prefix`` (all pages), in key order."""
         found: list[ObjectSummary] = []
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
-        with translated():
+        with translated(service=S3):
             while True:
                 page = await self._s3.list_objects_v2(**kwargs)
                 for item in page.get("Contents", []):
@@ -142,7 +142,7 @@ class ObjectStore:
         )
 
     async def _head(self, bucket: str, key: str) -> dict[str, Any]:
-        with translated(_not_found(bucket, key)):
+        with translated(_not_found(bucket, key), service=S3):
             response: dict[str, Any] = await self._s3.head_object(Bucket=bucket, Key=key)
         return response
 
@@ -268,7 +268,7 @@ class ObjectStore:
         for attempt in range(1, PART_ATTEMPTS + 1):
             written = 0
             try:
-                with translated(special):
+                with translated(special, service=S3):
                     response = await self._s3.get_object(**kwargs)
                     async with response["Body"] as body:
                         buffer = bytearray()
@@ -315,7 +315,7 @@ class ObjectStore:
         size = _file_size(source)
         if size <= self.part_size:
             data = await anyio.to_thread.run_sync(source.read_bytes)
-            with translated():
+            with translated(service=S3):
                 await self._s3.put_object(
                     Bucket=bucket,
                     Key=key,
@@ -339,7 +339,7 @@ class ObjectStore:
         self, source: Path, bucket: str, key: str, size: int, content_type: str
     ) -> None:
         part_size = self._upload_part_size(size)
-        with translated():
+        with translated(service=S3):
             created = await self._s3.create_multipart_upload(
                 Bucket=bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="CRC32"
             )
@@ -357,7 +357,7 @@ class ObjectStore:
                         # The part is read from disk twice (checksum, then send) and never
                         # held in memory whole: memory per upload stays at a few buffers.
                         crc = await anyio.to_thread.run_sync(_crc32_of_range, fd, start, length)
-                        with translated():
+                        with translated(service=S3):
                             response = await self._s3.upload_part(
                                 Bucket=bucket,
                                 Key=key,
@@ -376,7 +376,7 @@ class ObjectStore:
                         BYTES_TRANSFERRED.labels(direction="upload").inc(length)
 
                 await _run_workers(worker, min(self.max_concurrency, len(ranges)))
-            with translated():
+            with translated(service=S3):
                 await self._s3.complete_multipart_upload(
                     Bucket=bucket,
                     Key=key,
@@ -395,7 +395,7 @@ class ObjectStore:
                 await self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             except _ABORT_ERRORS as error:
                 log.warning(
-                    "s3_abort_failed", bucket=bucket, key=key, error=translate(error).message
+                    "s3_abort_failed", bucket=bucket, key=key, error=translate(error, S3).message
                 )
 
 
