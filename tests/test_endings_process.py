@@ -566,3 +566,27 @@ def test_fix_the_cause_then_redrive_ends_done_without_duplicates(
     for contact in contacts:
         assert "processingError" not in get_row(aws, contact.recording_id)
     assert queue_depth(aws) == (0, 0) and queue_depth(aws, aws.dlq_url) == (0, 0)
+
+
+def test_the_table_deleted_before_the_last_receive_is_explained_in_the_dlq(
+    aws: AwsEnv, tmp_path: Path, generated: Callable[[str], Path]
+) -> None:
+    # A world of its own (the table is deleted): the last receive cannot read or write the
+    # row; the DLQ copy says which resource is missing.
+    set_max_receive_count(aws, MAX_RECEIVE_COUNT)
+    contact = seed_contact(aws, recording=generated("h264-aac"), connect_audio=None)
+    message_id = send_job(aws, contact.recording_id, 3)
+    _received_twice(aws)
+    aws.client("dynamodb").delete_table(TableName=aws.table_name)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    ended = lambda: queue_depth(aws) == (0, 0)  # noqa: E731
+    worker = _run_until(worker_env(aws, scratch, **FAST), tmp_path / "w.log", ended, "the end")
+    (copy,) = receive_now(aws, aws.dlq_url)
+    attrs = attributes(copy)
+    assert attrs["originalMessageId"] == message_id and attrs["receiveCount"] == "3"
+    assert attrs["errorDetail"] == "aws_resource_missing", attrs
+    assert attrs["errorMessage"].startswith(
+        "AWS resource missing after 3 attempts: GetItem: ResourceNotFoundException"
+    ), attrs
+    assert "Traceback" not in worker.log_path.read_text()
