@@ -57,7 +57,8 @@ from worker import media, provisioning
 
 IMAGE = os.environ.get("KOMOREBI_IMAGE", "")
 SIZE_BUDGET_BYTES = 400_000_000  # issue 12: <= 400 MB, pulled by every scale-out from zero
-SHARED_FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+# The in-repo copies of ../shared/fixtures: a checkout anywhere has them.
+FIXTURES = Path(__file__).resolve().parent / "data"
 UID = "10001"
 # How Fargate runs the task (infra/template.yaml): non-root, read-only root filesystem, one
 # writable scratch volume. runc: crun refuses this kind of host's cgroups. Limits within the
@@ -298,8 +299,8 @@ def media_in(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 folder / f"{video}.{ext}", video_codec=video, audio_codec=audio, duration=8.0
             )
         else:
-            shutil.copy(SHARED_FIXTURES / case.source, folder / case.source)
-    shutil.copy(SHARED_FIXTURES / CONNECT_WAV, folder / CONNECT_WAV)
+            shutil.copy(FIXTURES / case.source, folder / case.source)
+    shutil.copy(FIXTURES / CONNECT_WAV, folder / CONNECT_WAV)
     for path in folder.iterdir():
         path.chmod(0o644)
     folder.chmod(0o755)
