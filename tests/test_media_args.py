@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -620,8 +621,12 @@ def test_output_check_tolerance_is_one_audio_frame_and_rounding() -> None:
 def test_last_frame_is_held_to_the_end_of_the_timeline() -> None:
     plan = media.plan_merge(STATIC_END, connect(), 6.0, media.MergeOptions())
     args = media.hold_last_frame_args(STATIC_END, plan, media.WEBM)
-    # Packet 209 (the last, counted from 0) lasts until 11.974 s; no other packet changes.
-    assert args == ["-bsf:v", "setts=duration='if(eq(N\\,209)\\,11.974000/TB-PTS\\,DURATION)'"]
+    # Packet 209 (the last, counted from 0) lasts until 11.974 s; no other packet changes;
+    # every frame decodes at its presentation time.
+    assert args == [
+        "-bsf:v",
+        "setts=pts=PTS:dts=PTS:duration='if(eq(N\\,209)\\,11.974000/TB-PTS\\,DURATION)'",
+    ]
     merge_args, _ = build(STATIC_END, connect(), 6.0)
     assert merge_args[merge_args.index("-bsf:v") - 2 : merge_args.index("-bsf:v")] == [
         "-c:v",
@@ -642,17 +647,80 @@ def test_mp4_track_keeps_the_recordings_time_base_for_the_held_frame() -> None:
     assert "-avoid_negative_ts" not in merge_args
 
 
-def test_webm_output_of_video_in_another_time_base_is_not_held() -> None:
-    # The WebM muxer's 1/1000 is chosen after the filter's TB (1/15360): no setts.
-    rec = probed(
+def chromium_mp4() -> media.MediaInfo:
+    """A Chromium MP4's static screen: video in 1/30000, the last frame at 6.986 s."""
+    return probed(
         "/in/rec.mp4",
         span(1, 0.0, 6.987, 6.986, 210),
         span(0, 0.0, 11.974, 11.9, 199),
-        time_base="1/15360",
+        time_base="1/30000",
     )
+
+
+def test_webm_output_of_video_in_another_time_base_is_held_in_the_packets_unit() -> None:
+    # VP9 or AV1 in a Chromium MP4 (1/30000) into WebM: ffmpeg hands setts the packets in
+    # 1/30000 or already in WebM's 1/1000 (TB stays 1/30000); the last one's known time
+    # (6.986 s) tells which, and its duration is given in that unit.
+    rec = chromium_mp4()
     plan = media.plan_merge(rec, connect(), 6.0, media.MergeOptions())
-    assert media.hold_last_frame_args(rec, plan, media.WEBM) == []
+    (setts,) = value_after(media.hold_last_frame_args(rec, plan, media.WEBM), "-bsf:v")
+    assert setts == (
+        "setts=pts=PTS:dts=PTS:duration='if(eq(N\\,209)\\,"
+        "if(lt(abs(PTS-6986)\\,abs(PTS-6.986000/TB))\\,11974\\,11.974000/TB)-PTS"
+        "\\,DURATION)'"
+    )
     assert media.hold_last_frame_args(recording(), plan, media.WEBM) == []  # no timeline
+
+
+def test_mp4_output_keeps_the_recordings_time_base() -> None:
+    rec = chromium_mp4()
+    rec = replace(rec, video=replace(rec.video, codec_name="h264"))  # type: ignore[arg-type]
+    plan = media.plan_merge(rec, connect(), 6.0, media.MergeOptions())
+    args = media.hold_last_frame_args(rec, plan, media.MP4)
+    assert ",11.974000/TB-PTS\\," in args[1]
+    assert args[-2:] == ["-video_track_timescale", "30000"]
+    odd = replace(rec, video=replace(rec.video, time_base=Fraction(1001, 30000)))  # type: ignore[arg-type]
+    assert media.hold_last_frame_args(odd, plan, media.MP4) == []
+
+
+def test_reordered_video_keeps_its_decode_times() -> None:
+    # B-frames (presentation order differs from file order): dts is not pts.
+    reordered = replace(span(1, 0.0, 6.987, 6.986, 210), in_order=False)
+    rec = probed("/in/rec.webm", reordered, span(0, 0.03, 11.974, 11.914, 199))
+    plan = media.plan_merge(rec, connect(), 6.0, media.MergeOptions())
+    (setts,) = value_after(media.hold_last_frame_args(rec, plan, media.WEBM), "-bsf:v")
+    assert setts.startswith("setts=duration=")
+
+
+def test_the_scan_sees_reordered_frames() -> None:
+    lines = [
+        "stream_index=0|pts_time=0.000000|dts_time=-0.033000|duration_time=0.033000|flags=K_",
+        "stream_index=0|pts_time=0.100000|dts_time=0.000000|duration_time=0.033000|flags=__",
+        "stream_index=0|pts_time=0.033000|dts_time=0.033000|duration_time=0.033000|flags=__",
+        "stream_index=1|pts_time=0.000000|duration_time=0.020000|flags=K_",
+        "stream_index=1|pts_time=0.020000|duration_time=0.020000|flags=K_",
+    ]
+    timeline = scan(lines, {0: None, 1: 48000})
+    video, audio = timeline.stream(0), timeline.stream(1)
+    assert video is not None and audio is not None
+    assert not video.in_order and audio.in_order
+
+
+def test_ffmpegs_t0_of_the_recording_is_its_timeline_origin() -> None:
+    # Chromium H.264 WebM at 1 fps: no video start time, the container's is the audio's.
+    rec = replace(STATIC_END, start_time=0.03)
+    rec = replace(
+        rec,
+        timeline=media.Timeline(
+            (span(1, 0.0, 6.987, 6.986, 210), span(0, 0.03, 11.974, 11.914, 199))
+        ),
+    )
+    assert media.timeline_offset_args(rec) == ["-itsoffset", "0.030000"]
+    assert media.timeline_offset_args(STATIC_END) == []  # start time 0 = origin
+    args, _ = build(rec, connect(), 8.0)  # seeked: the second recording input too
+    inputs = [i for i, a in enumerate(args) if a == "-i"]
+    assert [args[i - 6 : i - 4] for i in (inputs[0], inputs[2])] == [["-itsoffset", "0.030000"]] * 2
+    assert "-itsoffset" not in args[inputs[0] + 1 : inputs[1]]  # not the Connect audio
 
 
 def test_stderr_tail_is_bounded_and_picks_the_reason() -> None:

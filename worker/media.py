@@ -79,6 +79,8 @@ SEEK_MIN_CALL_END_SECONDS = 5.0
 # sample-exact atrim then discards, so the result does not depend on seek accuracy.
 SEEK_MARGIN_SECONDS = 2.0
 THUMBNAIL_AT_SECONDS = 1.0
+# The Matroska/WebM muxer's time base (1/1000 s), whatever the input's.
+WEBM_TICKS_PER_SECOND = 1000
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -111,6 +113,7 @@ class StreamSpan:
     last: float  # the start of the last sample (for video: the frame held to the end)
     packets: int  # presented packets (frames)
     discarded: int = 0  # packets the demuxer marks discarded (still copied by ffmpeg)
+    in_order: bool = True  # presentation times never go back in file order (no reordering)
 
 
 @dataclass(frozen=True)
@@ -537,10 +540,11 @@ def build_merge_args(
     args = _base_args()
     if progress:
         args += ["-nostats", "-progress", "pipe:1", "-stats_period", "1"]
-    args += ffmpeg.input_args(recording.path)
+    origin = timeline_offset_args(recording)
+    args += [*origin, *ffmpeg.input_args(recording.path)]
     args += ffmpeg.input_args(connect.path)
     if seek:
-        args += ["-ss", str(seek), *ffmpeg.input_args(recording.path)]
+        args += ["-ss", str(seek), *origin, *ffmpeg.input_args(recording.path)]
     if chapters is not None:
         args += chapters_input_args(chapters)
     args += ["-filter_complex", graph]
@@ -558,6 +562,24 @@ def build_merge_args(
     return args
 
 
+def timeline_offset_args(recording: MediaInfo) -> list[str]:
+    """``-itsoffset`` that puts ffmpeg's t=0 of the recording at its :class:`Timeline`'s
+    origin (pure; nothing when they agree).
+
+    ffmpeg shifts an input by the container's start time, which is not always the earliest
+    sample: a Chromium H.264 WebM at a low frame rate (fewer than 7 frames in ffmpeg's
+    analysis window) has no decode timestamps for its first frames, so no video start time,
+    and the container's start is its audio's (16 ms after the first frame). The recording's
+    video, the call end and the audio cuts are all measured from the origin.
+    """
+    if recording.timeline is None:
+        return []
+    delta = recording.start_time - recording.timeline.origin
+    if abs(delta) < 1e-6:
+        return []
+    return ["-itsoffset", f"{delta:.6f}"]
+
+
 def hold_last_frame_args(recording: MediaInfo, plan: MergePlan, container: Container) -> list[str]:
     """``-bsf:v setts`` (and the MP4 time base): the last frame lasts to the end (pure).
 
@@ -568,32 +590,45 @@ def hold_last_frame_args(recording: MediaInfo, plan: MergePlan, container: Conta
     muxer neither): left alone, the muxer would use ffmpeg's guess from the frame rate it
     estimated (1 ms to 1 s for the same recorder, changed by resizes and frame drops).
 
-    ffmpeg 5.1 gives the filter ``TB`` from before the muxer chose its time base: the MP4
-    muxer would turn a WebM's 1/1000 into 1/16000 and ``PTS*TB`` would be 16 times off, so
-    the MP4 track keeps the recording's time base (``-video_track_timescale``, exact: every
-    frame at its original time); the WebM muxer always uses 1/1000, so a video in another
-    time base is left as it is, and so is a video with B-frames (see below).
+    The expression's units: ffmpeg 5.1 hands the filter the packets in the recording's time
+    base or, depending on how its outputs were initialised (one input or two of the
+    recording, for example), already in the muxer's, while its ``TB`` stays the recording's.
+    The MP4 track keeps the recording's time base (``-video_track_timescale``, exact: every
+    frame at its original time), so there both agree; it needs a whole-unit base (1/N). The
+    WebM muxer always uses 1/1000: for a video in another time base (VP9 or AV1 in a Chromium
+    MP4, 1/30000) the last packet's time tells which unit it came in (the one closer to its
+    known time) and its duration is given in that unit.
+    A video with B-frames is left as it is (see below).
     """
     video = recording.video
     span = recording.timeline.relative(video.index) if recording.timeline and video else None
     if video is None or span is None:
         return []
     base = video.time_base
-    if base is None or base.numerator != 1 or (container is WEBM and base != Fraction(1, 1000)):
-        return []
     if video.reorder_delay:
         # B-frames (never from a browser, but from uploaded or re-encoded files): ffmpeg
         # 5.1's setts drops the last reordered frames of the copy even with an identity
         # expression, so such a video keeps its own last-frame duration.
         return []
-    last_packet = span.packets + span.discarded - 1  # setts counts packets from 0
-    args = [
-        "-bsf:v",
-        f"setts=duration='if(eq(N\\,{last_packet})\\,{plan.duration:.6f}/TB-PTS\\,DURATION)'",
-    ]
+    track: list[str] = []
     if container is MP4:
-        args += ["-video_track_timescale", str(base.denominator)]
-    return args
+        if base is None or base.numerator != 1:
+            return []
+        track = ["-video_track_timescale", str(base.denominator)]
+    ms = WEBM_TICKS_PER_SECOND
+    if container is MP4 or base is None or base == Fraction(1, ms):
+        end = f"{plan.duration:.6f}/TB-PTS"
+    else:  # WebM of a video in another time base: milliseconds or TB, as the packet says
+        in_ms = f"lt(abs(PTS-{round(span.last * ms)})\\,abs(PTS-{span.last:.6f}/TB))"
+        end = f"if({in_ms}\\,{round(plan.duration * ms)}\\,{plan.duration:.6f}/TB)-PTS"
+    last_packet = span.packets + span.discarded - 1  # setts counts packets from 0
+    # Frames in presentation order decode at their presentation time: given explicitly, as
+    # Matroska stores no decode times and ffmpeg invents wrong ones for H.264 frames it read
+    # before it had guessed the decoder delay (all at one instant: frames lost in MP4).
+    # (setts sets the pts from the dts when only dts= is given: both are spelled out.)
+    order = "pts=PTS:dts=PTS:" if span.in_order else ""
+    duration = f"duration='if(eq(N\\,{last_packet})\\,{end}\\,DURATION)'"
+    return ["-bsf:v", f"setts={order}{duration}", *track]
 
 
 def thumbnail_time(duration: float) -> float:
@@ -776,6 +811,8 @@ class TimelineScan:
         self._rates = streams
         self._spans: dict[int, list[float]] = {}  # index -> [start, end, last, packets]
         self._discarded: dict[int, int] = {}
+        self._previous: dict[int, float] = {}  # the last packet's time, in file order
+        self._reordered: set[int] = set()
 
     def feed(self, line: str) -> None:
         """Take one output line (lines without a timed packet are ignored)."""
@@ -791,6 +828,9 @@ class TimelineScan:
             when = _float(values.get("dts_time"))
         if when is None:
             return
+        if when < self._previous.get(index, when):
+            self._reordered.add(index)
+        self._previous[index] = when
         rate = self._rates[index]
         duration = _float(values.get("duration_time")) or 0.0
         start, end = when, when + duration
@@ -810,7 +850,15 @@ class TimelineScan:
             return None
         return Timeline(
             tuple(
-                StreamSpan(index, start, end, last, int(n), self._discarded.get(index, 0))
+                StreamSpan(
+                    index,
+                    start,
+                    end,
+                    last,
+                    int(n),
+                    self._discarded.get(index, 0),
+                    in_order=index not in self._reordered,
+                )
                 for index, (start, end, last, n) in sorted(self._spans.items())
             ),
             complete=complete,
