@@ -91,6 +91,29 @@ def band_share(signal: Samples, rate: int, freq: float, width: float = 25.0) -> 
     return float(power[band].sum()) / total
 
 
+def transition_time(
+    samples: Samples,
+    rate: int,
+    near: float,
+    before: Sequence[float],
+    after: float,
+    *,
+    reach: float = 0.06,
+) -> float | None:
+    """Where the tones ``before`` give way to ``after`` within ``reach`` s of ``near``: the
+    centre of the first 10 ms window (1 ms steps) with more energy at ``after`` (+-60 Hz) than
+    at all of ``before`` together; None when there is none."""
+    size, hop = round(0.010 * rate), max(1, rate // 1000)
+    for begin in range(max(0, round((near - reach) * rate)), round((near + reach) * rate), hop):
+        signal = samples[begin : begin + size, 0]
+        if signal.size < size:
+            return None
+        old = sum(band_share(signal, rate, f, 60.0) for f in before)
+        if band_share(signal, rate, after, 60.0) > old:
+            return (begin + size / 2) / rate
+    return None
+
+
 def dominant_frequency(signal: Samples, rate: int) -> float:
     """The frequency (Hz) with the most energy in ``signal``."""
     freqs, power = _spectrum(signal, rate)
@@ -210,6 +233,23 @@ def stream_end(path: Path, selector: str = "v:0") -> float:
             )
     end = max((e - (trim / rate if rate else 0.0) for e, trim in ends), default=0.0)
     return end - origin
+
+
+def stream_ends(path: Path) -> dict[str, float]:
+    """Where each audio/video stream ends by the container's own account, on the file's
+    clock: MP4 start + duration (a late track starts with an empty edit), WebM the track's
+    DURATION tag (a track end; WebM stores no frame durations)."""
+    ends = {}
+    for s in ffprobe_json(path)["streams"]:  # type: ignore[union-attr]
+        kind = s["codec_type"]
+        if kind not in ("audio", "video") or kind in ends:
+            continue
+        if "duration" in s:
+            ends[kind] = float(s.get("start_time", 0.0)) + float(s["duration"])
+        else:
+            hours, minutes, seconds = s["tags"]["DURATION"].split(":")
+            ends[kind] = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return ends
 
 
 def packet_times(path: Path, selector: str = "v:0") -> list[float]:

@@ -46,6 +46,7 @@ from tests.media_tools import (
     rms,
     start_time,
     stream_end,
+    stream_ends,
     timeline_duration,
     timeline_end,
     window,
@@ -193,6 +194,9 @@ def assert_same_video_and_duration(
     assert abs(probe_duration(output) - expected) <= tolerance
     # The output is on the recording's timeline: its end (not its audio priming's start).
     assert abs(timeline_end(output) - expected) <= tolerance
+    # Each track as long as the recording: the video's last frame held to the end.
+    for kind, end in stream_ends(output).items():
+        assert abs(end - expected) <= tolerance, f"{output.name}: {kind} track ends at {end}"
 
 
 @functools.cache

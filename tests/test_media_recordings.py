@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_media import CONNECT_WAV, DATA_DIR, RECORDING_TONE
+from tests.fixtures_media import AGENT_TONE, CONNECT_WAV, CUSTOMER_TONE, DATA_DIR, RECORDING_TONE
 from tests.media_tools import (
     band_share,
     decode_pcm,
@@ -30,6 +30,7 @@ from tests.media_tools import (
     packet_times,
     start_time,
     stream_end,
+    transition_time,
     window,
 )
 from tests.recorder import RECORDINGS
@@ -138,6 +139,58 @@ def test_recording_merges_whole_and_in_place(name: str, when: str, tmp_path: Pat
     assert result.connect_audio_offset_seconds == pytest.approx(call_end - CONNECT_SECONDS)
     assert_same_video_and_duration(result.output, recording, result, AudioSettings())
     assert_timeline(result.output, expected(name, call_end, duration))
+
+
+# Call ends where a merge meets the recording's edges, on recordings whose last frame is
+# seconds before their end (static screens), whose video starts late, and whose video time
+# base is not the output's (VP9 in MP4 -> WebM).
+EDGE_RECORDINGS = [
+    "chrome-vp9-mp4-static-end-10s.mp4",
+    "chrome-h264-late-video-static-12s.webm",
+    "chrome-avc1-static-end-12s.mp4",
+    "chrome-vp8-static-end-12s.webm",
+]
+EDGES = ["zero", "half-second", "before-last-frame", "static-screen", "end", "beyond"]
+EDGE_CASES = [(name, edge) for name in EDGE_RECORDINGS for edge in EDGES]
+
+
+def edge_call_end(name: str, edge: str) -> float:
+    """The call end of ``edge`` on ``name``'s timeline (computed at run time)."""
+    path = DATA_DIR / name
+    duration = input_duration(path)
+    last_frame = packet_times(path, "v:0")[-1] - start_time(path)
+    return {
+        "zero": 0.0,
+        "half-second": 0.5,
+        "before-last-frame": round(last_frame - 0.05, 3),
+        "static-screen": round((last_frame + duration) / 2, 3),
+        "end": round(duration, 3),
+        "beyond": round(duration + 5.0, 3),
+    }[edge]
+
+
+@pytest.mark.parametrize(("name", "edge"), EDGE_CASES, ids=[f"{n}-{e}" for n, e in EDGE_CASES])
+def test_call_end_at_the_recordings_edges(name: str, edge: str, tmp_path: Path) -> None:
+    recording = DATA_DIR / name
+    call_end = edge_call_end(name, edge)
+    result = run_merge(
+        recording, DATA_DIR / CONNECT_WAV, call_end, tmp_path, ext=extension(name), thumbnail=True
+    )
+    duration = result.media_duration_seconds
+    assert result.call_end_clamped is (edge == "beyond")
+    assert result.call_end_seconds == pytest.approx(min(call_end, duration))
+    assert_same_video_and_duration(result.output, recording, result, AudioSettings())
+    assert_timeline(result.output, expected(name, result.call_end_seconds, duration))
+    if 1.0 < call_end < duration - 0.5:  # the call gives way to the microphone there
+        pcm = decoded(result.output, 1)
+        switch = transition_time(pcm, 16000, call_end, (CUSTOMER_TONE, AGENT_TONE), RECORDING_TONE)
+        assert switch == pytest.approx(call_end, abs=0.010)
+    assert result.thumbnail is not None
+    png = result.thumbnail.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # The picture at 1 s: these recordings are not resized before 4 s.
+    width, height = (int.from_bytes(png[i : i + 4], "big") for i in (16, 20))
+    assert f"{width}x{height}" == frame_sizes(recording)[0]
 
 
 def _sounds_to_the_end(name: str) -> bool:

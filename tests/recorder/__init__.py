@@ -18,6 +18,7 @@ VP9 = "video/webm;codecs=vp9,opus"
 H264_WEBM = "video/webm;codecs=h264,opus"
 AVC1_MP4 = "video/mp4;codecs=avc1,opus"
 AVC3_MP4 = "video/mp4;codecs=avc3,opus"
+VP9_MP4 = "video/mp4;codecs=vp9,opus"
 
 # Headless Chromium, quiet and self-contained (plus --headless on the command line, and a new
 # --user-data-dir per run); the playback test launches it with the same flags.
@@ -142,6 +143,22 @@ RECORDINGS: tuple[Recording, ...] = (
         "MP4, nothing drawn for 1 s: Chromium's MP4 muxer still starts the video track at 0"
         " (its first frame 1 s ahead of its sound), so the video ends 1 s before the audio",
         {"videoDelay": "1"},
+    ),
+    Recording(
+        "chrome-vp9-mp4-static-end-10s.mp4",
+        CHROMIUM,
+        VP9_MP4,
+        "VP9 in MP4 (time base 1/30000, merged into WebM's 1/1000), odd size 963x541, static"
+        " from 5 s, microphone to 10 s",
+        {"size": "963x541", "static": "5"},
+    ),
+    Recording(
+        "chrome-h264-late-video-static-12s.webm",
+        CHROMIUM,
+        H264_WEBM,
+        "H.264 WebM, nothing drawn for 1.5 s, static from 8 s: merged into an MP4 whose video"
+        " track starts with an empty edit",
+        {"secs": "12", "size": "800x600", "videoDelay": "1.5", "static": "8"},
     ),
     Recording(
         "chrome-vp8-stereo-muted-10s.webm",
