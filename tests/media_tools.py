@@ -194,8 +194,8 @@ def probe_duration(path: Path) -> float:
 
 def stream_end(path: Path, selector: str = "v:0") -> float:
     """End (max pts + duration, less trimmed samples) of a stream from its packets, relative
-    to the file's start. Discarded priming packets (flag D) and the samples a packet's
-    DiscardPadding trims from its end are not part of it."""
+    to the file's :func:`timeline_origin`. Discarded priming packets (flag D) and the samples
+    a packet's DiscardPadding trims from its end are not part of it."""
     text = _run(
         [
             "ffprobe",
@@ -204,7 +204,7 @@ def stream_end(path: Path, selector: str = "v:0") -> float:
             "-select_streams",
             selector,
             "-show_entries",
-            "format=start_time:stream=sample_rate"
+            "stream=sample_rate"
             ":packet=pts_time,duration_time,flags:packet_side_data=discard_padding",
             "-of",
             "compact",
@@ -212,12 +212,10 @@ def stream_end(path: Path, selector: str = "v:0") -> float:
         ]
     ).decode()
     ends: list[tuple[float, int]] = []  # (pts + duration, samples trimmed at the end)
-    origin, rate = 0.0, 0.0
+    rate = 0.0
     for line in text.splitlines():  # ffprobe prints the packets first
         fields = dict(part.split("=", 1) for part in line.split("|") if "=" in part)
-        if line.startswith("format|"):
-            origin = float(fields.get("start_time", "0").replace("N/A", "0"))
-        elif line.startswith("stream|"):
+        if line.startswith("stream|"):
             rate = float(fields.get("sample_rate", "0").replace("N/A", "0"))
         elif line.startswith("packet|") and "D" not in fields.get("flags", ""):
             try:
@@ -232,7 +230,38 @@ def stream_end(path: Path, selector: str = "v:0") -> float:
                 )
             )
     end = max((e - (trim / rate if rate else 0.0) for e, trim in ends), default=0.0)
-    return end - origin
+    return end - timeline_origin(path)
+
+
+def timeline_origin(path: Path) -> float:
+    """The earliest presented sample of any audio or video stream, on the file's own clock:
+    the smallest packet time, discarded packets (flag D) left out, an audio packet's skipped
+    samples (Opus pre-skip) moving its start. Not always the container's start time (a video
+    without decode times for its first frames has none: ffmpeg takes the audio's)."""
+    raw = _run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=index,codec_type,sample_rate"
+            ":packet=stream_index,pts_time,flags:packet_side_data=skip_samples",
+            "-of",
+            "json",
+            str(path),
+        ]
+    )
+    data = json.loads(raw)
+    kinds = {s["index"]: s for s in data["streams"] if s["codec_type"] in ("audio", "video")}
+    starts = []
+    for packet in data.get("packets", []):
+        stream = kinds.get(packet["stream_index"])
+        if stream is None or "D" in packet.get("flags", "") or "pts_time" not in packet:
+            continue
+        skip = sum(int(d.get("skip_samples", 0)) for d in packet.get("side_data_list", []))
+        rate = float(stream.get("sample_rate", 0) or 0)
+        starts.append(float(packet["pts_time"]) + (skip / rate if rate else 0.0))
+    return min(starts, default=0.0)
 
 
 def stream_ends(path: Path) -> dict[str, float]:
@@ -258,6 +287,12 @@ def packet_times(path: Path, selector: str = "v:0") -> list[float]:
     return sorted(float(row) for row in rows if row != "N/A")
 
 
+def decode_times(path: Path, selector: str = "v:0") -> list[float | None]:
+    """Decode times of a stream's packets in file order (None where ffmpeg has none)."""
+    rows = _ffprobe_csv(path, selector, "packet=dts_time")
+    return [None if row == "N/A" else float(row) for row in rows]
+
+
 def start_time(path: Path) -> float:
     """The container's start time (ffmpeg's t=0 of the file)."""
     fmt = ffprobe_json(path)["format"]
@@ -275,7 +310,7 @@ def timeline_duration(path: Path) -> float:
 
 def timeline_end(path: Path) -> float:
     """Where the file's last audio or video sample ends, on its own clock (absolute)."""
-    return start_time(path) + timeline_duration(path)
+    return timeline_origin(path) + timeline_duration(path)
 
 
 def decoded_audio_seconds(path: Path, rate: int = 16000) -> float:

@@ -44,11 +44,11 @@ from tests.media_tools import (
     packet_times,
     probe_duration,
     rms,
-    start_time,
     stream_end,
     stream_ends,
     timeline_duration,
     timeline_end,
+    timeline_origin,
     window,
 )
 from worker import ffmpeg as ffmpeg_module
@@ -181,7 +181,7 @@ def assert_same_video_and_duration(
     """Output: the input's video frames (native size) at their original times, and the
     output (container, packets, decoded audio) as long as the recording's timeline."""
     assert framemd5(output) == input_frames(recording), "video frames differ: re-encoded?"
-    shift = start_time(recording)  # ffmpeg's t=0 of the recording
+    shift = timeline_origin(recording)  # the merge's t=0: the recording's first sample
     original = [t - shift for t in input_video_times(recording)]
     assert packet_times(output) == pytest.approx(original, abs=0.0015)
     frame = 0.020 if output.suffix == ".webm" else 1024 / audio.sample_rate

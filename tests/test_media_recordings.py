@@ -25,11 +25,13 @@ from tests.fixtures_media import AGENT_TONE, CONNECT_WAV, CUSTOMER_TONE, DATA_DI
 from tests.media_tools import (
     band_share,
     decode_pcm,
+    decode_times,
     ffprobe_json,
     frame_sizes,
     packet_times,
     start_time,
     stream_end,
+    timeline_origin,
     transition_time,
     window,
 )
@@ -92,7 +94,8 @@ def microphone(name: str) -> Microphone | None:
     if "mute" in params:
         lo, hi = (float(v) for v in params["mute"].split(":"))
         silences.append((lo, hi))
-    return Microphone(times[0] - start_time(path), stream_end(path, "a:0"), tuple(silences))
+    start = times[0] - timeline_origin(path)
+    return Microphone(start, stream_end(path, "a:0"), tuple(silences))
 
 
 def expected(name: str, call_end: float, duration: float) -> list[Segment]:
@@ -142,11 +145,13 @@ def test_recording_merges_whole_and_in_place(name: str, when: str, tmp_path: Pat
 
 
 # Call ends where a merge meets the recording's edges, on recordings whose last frame is
-# seconds before their end (static screens), whose video starts late, and whose video time
-# base is not the output's (VP9 in MP4 -> WebM).
+# seconds before their end (static screens or 1 fps), whose video starts late, whose video
+# time base is not the output's (VP9 in MP4 -> WebM), whose first frames have no decode
+# times (H.264 WebM at 1 fps).
 EDGE_RECORDINGS = [
     "chrome-vp9-mp4-static-end-10s.mp4",
     "chrome-h264-late-video-static-12s.webm",
+    "chrome-h264-1fps-resize-12s.webm",
     "chrome-avc1-static-end-12s.mp4",
     "chrome-vp8-static-end-12s.webm",
 ]
@@ -158,7 +163,7 @@ def edge_call_end(name: str, edge: str) -> float:
     """The call end of ``edge`` on ``name``'s timeline (computed at run time)."""
     path = DATA_DIR / name
     duration = input_duration(path)
-    last_frame = packet_times(path, "v:0")[-1] - start_time(path)
+    last_frame = packet_times(path, "v:0")[-1] - timeline_origin(path)
     return {
         "zero": 0.0,
         "half-second": 0.5,
@@ -238,6 +243,18 @@ def test_resized_recordings_change_frame_size() -> None:
     for name in resized:
         sizes = frame_sizes(DATA_DIR / name)
         assert len(set(sizes)) >= 3, (name, set(sizes))
+
+
+def test_low_frame_rate_h264_webm_has_frames_without_decode_times() -> None:
+    """The fixture has the quirk: ffmpeg gives its first frames no dts and its video no start
+    time, so the container starts at the audio, after the first frame."""
+    path = DATA_DIR / "chrome-h264-1fps-resize-12s.webm"
+    assert decode_times(path)[0] is None
+    streams = ffprobe_json(path)["streams"]
+    assert isinstance(streams, list)
+    video = next(s for s in streams if s["codec_type"] == "video")
+    assert video.get("start_time", "N/A") == "N/A"
+    assert start_time(path) > packet_times(path, "v:0")[0]
 
 
 def test_late_video_starts_after_the_audio() -> None:

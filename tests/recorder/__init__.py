@@ -130,6 +130,15 @@ RECORDINGS: tuple[Recording, ...] = (
         {"secs": "10.7", "fps": "1"},
     ),
     Recording(
+        "chrome-h264-1fps-resize-12s.webm",
+        CHROMIUM,
+        H264_WEBM,
+        "H.264 WebM at 1 fps, 800x600 -> 1024x768 -> 500x300: ffmpeg reads its first frames"
+        " without decode times (fewer than 7 in its analysis window), so the video has no"
+        " start time and the container's is the audio's",
+        {"secs": "12", "fps": "1", "size": "800x600", "resize": "4:1024x768,8:500x300"},
+    ),
+    Recording(
         "chrome-vp8-late-video-10s.webm",
         CHROMIUM,
         VP8,
