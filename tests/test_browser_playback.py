@@ -30,6 +30,8 @@ OUTPUTS = [
     ("chrome-vp9-static-end-12s.webm", "webm"),
     ("chrome-h264-resize-12s.webm", "mp4"),
     ("chrome-avc1-static-end-12s.mp4", "mp4"),
+    ("chrome-vp9-mp4-static-end-10s.mp4", "webm"),  # VP9 from MP4 (1/30000) into WebM
+    ("chrome-h264-1fps-resize-12s.webm", "mp4"),  # 1 fps, resized, no decode times
 ]
 FRAME_SECONDS = 1 / 30
 
