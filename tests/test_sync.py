@@ -6,6 +6,7 @@ known exactly; the real-media tests are in test_sync_speech.py.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,88 @@ def test_microphone_decode_averages_its_channels_and_skips_a_zero_seek() -> None
     assert "-ss" not in args
     assert args[args.index("-map") + 1] == "0:1"
     assert args[args.index("-af") + 1].startswith("pan=mono|c0=0.5*c0+0.5*c1,")
+
+
+# --- regressions from the issue-13 QA corpus (espeak-ng speech, made at test time) ----------
+
+
+@functools.cache
+def _speech_8k() -> np.ndarray:
+    """About 24 s of an agent's side of a call at 8 kHz: espeak-ng phrases with the customer's
+    turns as silence (made once per session)."""
+    from tests.speech_media import speak
+
+    phrases = [
+        "Welcome to the northern utilities help line, you are speaking with Jordan.",
+        "Let me pull up the meter reading history for that address.",
+        "I see an estimated reading from January that looks far too high.",
+        "I will raise a correction request and the bill will be recalculated.",
+    ]
+    parts: list[np.ndarray] = []
+    for text in phrases:
+        voice = speak(text, ("en-us+f1", 130, 80))  # high-pitched: strong pitch periodicity
+        parts += [voice, np.zeros(int(2.2 * 48000), np.float32)]
+    speech = np.concatenate(parts)
+    # 48 kHz -> 8 kHz: a 6-tap average (a crude low-pass) then every 6th sample.
+    speech = np.convolve(speech, np.ones(6) / 6, mode="same")[::6]
+    return (speech * 0.5).astype(np.float32)
+
+
+def _reverberant(voice: np.ndarray, *, seconds: float, direct_to_reverb_db: float) -> np.ndarray:
+    """``voice`` in a room: the direct path, a desk reflection and a diffuse tail."""
+    rng = np.random.default_rng(11)
+    taps = int(seconds * RATE)
+    tail = rng.standard_normal(taps) * np.exp(-6.9 * np.arange(taps) / taps)
+    tail[: int(0.002 * RATE)] = 0
+    tail *= np.sqrt(10 ** (-direct_to_reverb_db / 10) / np.sum(tail**2))
+    tail[0] = 1.0
+    tail[int(0.0025 * RATE)] += 0.4
+    size = 1 << (voice.size + taps).bit_length()
+    wet = np.fft.irfft(np.fft.rfft(voice, size) * np.fft.rfft(tail, size), size)
+    return wet[: voice.size].astype(np.float32)
+
+
+def test_a_reverberant_room_is_not_ambiguous() -> None:
+    # A 0.5 s room at -6 dB direct-to-reverberant ratio, a high voice: the plain correlation
+    # has rivals 12-85 ms after the direct path (over half of it), which a loop test on both
+    # sides called "ambiguous"; reverberation only ever lies after the peak.
+    reference = _speech_8k()
+    rng = np.random.default_rng(2)
+    lag = 5.5 + 1.2345
+    signal = delayed(reference * 0.4, lag * RATE, reference.size + 11 * RATE)
+    signal = _reverberant(signal, seconds=0.5, direct_to_reverb_db=-6.0)
+    signal += (rng.standard_normal(signal.size) * 0.002).astype(np.float32)
+    result = sync.synchronise(reference, signal, window())
+    assert (result.method, result.reason) == ("waveform", "measured"), result
+    assert abs(result.offset_seconds - 1.2345) < 0.001
+
+
+def test_connect_started_before_the_recording_still_syncs() -> None:
+    # The Connect recording began 3 s before the screen recording: its head has no microphone
+    # to match. The halves must come from the part inside the recording, not disown the peak.
+    reference = _speech_8k()[: int(9.5 * RATE)]
+    head = 3 * RATE  # Connect t=0 is 3 s before the recording's t=0
+    signal = np.concatenate([reference[head:] * 0.5, np.zeros(8 * RATE, np.float32)])
+    signal += np.random.default_rng(4).standard_normal(signal.size).astype(np.float32) * 0.002
+    # The message says the call ended at 5 s; it truly ended at 6.5 s.
+    plan = sync.plan_window(call_end=5.0, recording_duration=signal.size / RATE,
+                            connect_duration=9.5)  # fmt: skip
+    assert isinstance(plan, sync.SyncWindow)
+    result = sync.synchronise(reference, signal, plan)
+    assert (result.method, result.reason) == ("waveform", "measured"), result
+    assert abs(result.offset_seconds - 1.5) < 0.001
+
+
+def test_music_on_hold_heard_at_another_point_of_the_tune_falls_back() -> None:
+    # Hold music on the agent channel, and the room hears the same (unlooped) tune 2.3 s
+    # apart: it correlates sharply at a wrong offset. The agent channel never pauses.
+    from tests.speech_media import melody
+
+    tune = melody(40.0, seed=3)[::6] * 0.5
+    reference = tune[: 20 * RATE].astype(np.float32)
+    shift = int(5.5 * RATE) - int(2.3 * RATE)
+    signal = np.concatenate([np.zeros(max(0, shift), np.float32), tune])[: 31 * RATE]
+    assert sync.pause_fraction(reference) < sync.MIN_PAUSE_FRACTION
+    assert sync.pause_fraction(_speech_8k()) > 0.3
+    result = sync.synchronise(reference, signal.astype(np.float32), window())
+    assert (result.method, result.reason) == ("timestamp", "no_pauses"), result

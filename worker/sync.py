@@ -60,6 +60,11 @@ BAND_HZ = (250.0, 3400.0)  # telephony band (G.711 passes 300-3400 Hz)
 PHAT_BETA = 0.8  # 1 = pure PHAT; a little magnitude weighting resists noise-only bins
 PEAK_EXCLUSION_SECONDS = 0.020  # a peak's own lobe (reverberation, pitch) around it
 PLAIN_EXCLUSION_SECONDS = 0.050  # the plain correlation's lobe (voiced speech's pitch periods)
+# A room only adds *later* copies of the voice (reflections, reverberation): the plain
+# correlation of a reverberant microphone has rivals up to ~0.1 s after the direct path (0.66
+# of the peak at 66 ms in a 0.5 s room at -3 dB direct-to-reverberant ratio), never before it.
+# So after the peak a rival counts only beyond this; a loop still shows one period before it.
+REVERB_TAIL_SECONDS = 0.300
 TAPER_SECONDS = 0.25
 # Thresholds chosen on the speech corpus (bench/sync_bench.py; docs/performance.md): real
 # alignments score z 285-600 and a correlation of 0.6-0.74; another conversation (even in the
@@ -73,6 +78,13 @@ MIN_CORRELATION = 0.15
 AGREEMENT_SECONDS = 0.004  # the halves must agree with the whole within this (drift: 250 ppm)
 # Below this RMS (about -60 dBFS) a stretch is silence (or a muted microphone).
 SILENCE_RMS = 1e-3
+# The agent channel of a conversation pauses: while the customer talks, between phrases (the
+# speech corpus: 47-99% of 20 ms frames more than PAUSE_DB below the loudest). Music on hold
+# never does (0%); when the room hears the same tune at another point of it, the tune still
+# correlates sharply, at the wrong offset. A stretch without pauses is not a conversation.
+PAUSE_FRAME_SECONDS = 0.020
+PAUSE_DB = 25.0
+MIN_PAUSE_FRACTION = 0.05
 DECODE_MARGIN_SECONDS = 0.5  # decoded beyond the search window at both ends
 MAX_DECODE_BYTES = 64 << 20  # a bound on what a decode may return (well above 60 s at 8 kHz)
 
@@ -113,6 +125,7 @@ FALLBACK_REASONS = (
     "too_short",
     "silent_connect",
     "silent_recording",
+    "no_pauses",
     "low_confidence",
     "ambiguous",
     "halves_disagree",
@@ -328,10 +341,10 @@ def _peak(
     # favour one of them, so the plain correlation must favour it too.
     energy = plain[lags % plain.size]
     near = max(1, round(0.002 * rate))
-    far = round(PLAIN_EXCLUSION_SECONDS * rate)
     at_peak = float(energy[max(0, best - near) : best + near + 1].max())
     away = np.ones(energy.size, dtype=bool)
-    away[max(0, best - far) : best + far + 1] = False
+    before, after = round(PLAIN_EXCLUSION_SECONDS * rate), round(REVERB_TAIL_SECONDS * rate)
+    away[max(0, best - before) : best + after + 1] = False
     rival = float(energy[away].max(initial=0.0))
     side = max(side, rival / at_peak if at_peak > 0 else 1.0)
     return Peak(lag=(float(lags[best]) + shift) / rate, z=z, side_peak_ratio=side)
@@ -346,17 +359,29 @@ def estimate(
     rate: int = SYNC_RATE,
 ) -> Estimate:
     """Where ``reference`` lies inside ``signal`` (seconds, ``signal[t + lag] ~ reference[t]``),
-    searched in ``[min_lag, max_lag]``, for the whole reference and each of its halves."""
+    searched in ``[min_lag, max_lag]``, for the whole reference and each of its halves.
+
+    The halves are taken from the part of the reference that lies inside ``signal`` at the
+    whole's lag: when the Connect recording started before the screen recording, its head has
+    no microphone to match, and a half made of it would disown a correct peak.
+    """
     size = _fft_size(reference.size + signal.size)
     spectrum = np.fft.rfft(signal.astype(np.float64), size)
     low, high = math.ceil(min_lag * rate), math.floor(max_lag * rate)
     whole = _peak(_correlate(spectrum, reference, size, rate), low, high, rate)
-    half = energy_midpoint(reference)
-    first = _peak(_correlate(spectrum, reference[:half], size, rate), low, high, rate)
-    # The second half starts `half` samples later: its lag is the whole's plus that.
-    later = _correlate(spectrum, reference[half:], size, rate)
-    second = _peak(later, low + half, high + half, rate)
-    second = Peak(second.lag - half / rate, second.z, second.side_peak_ratio)
+    at = round(whole.lag * rate)
+    begin = int(np.clip(-at, 0, reference.size))
+    end = int(np.clip(signal.size - at, begin, reference.size))
+    if end - begin < MIN_STRETCH_SECONDS * rate:
+        begin, end = 0, reference.size  # too little inside: the halves of the whole as is
+    half = begin + energy_midpoint(reference[begin:end])
+    halves = []
+    # A part starting `start` samples into the reference lies `start` later than the whole.
+    for start, stop in ((begin, half), (half, end)):
+        part = _correlate(spectrum, reference[start:stop], size, rate)
+        found = _peak(part, low + start, high + start, rate)
+        halves.append(Peak(found.lag - start / rate, found.z, found.side_peak_ratio))
+    first, second = halves
     coefficient = _coefficient(spectrum, reference, size, round(whole.lag * rate), rate)
     return Estimate(whole, (first, second), coefficient)
 
@@ -416,12 +441,26 @@ def decide(found: Estimate, zero_lag: float, window: SyncWindow) -> SyncResult:
     return SyncResult("waveform", offset, confidence, "measured")
 
 
+def pause_fraction(reference: Signal, rate: int = SYNC_RATE) -> float:
+    """The fraction of :data:`PAUSE_FRAME_SECONDS` frames more than :data:`PAUSE_DB` below the
+    loudest frame: speech pauses, continuous audio (music on hold) does not."""
+    frame = max(1, round(PAUSE_FRAME_SECONDS * rate))
+    count = reference.size // frame
+    if count == 0:
+        return 0.0
+    frames = reference[: count * frame].reshape(count, frame).astype(np.float64)
+    levels = np.sqrt(np.mean(np.square(frames), axis=1))
+    return float(np.mean(levels < float(levels.max()) * 10 ** (-PAUSE_DB / 20)))
+
+
 def synchronise(reference: Signal, signal: Signal, window: SyncWindow) -> SyncResult:
     """The whole pure decision on two decoded stretches (see :func:`measure`)."""
     if _rms(reference) < SILENCE_RMS:
         return SyncResult.timestamp("silent_connect")
     if _rms(signal) < SILENCE_RMS:
         return SyncResult.timestamp("silent_recording")
+    if pause_fraction(reference) < MIN_PAUSE_FRACTION:
+        return SyncResult.timestamp("no_pauses")
     found = estimate(
         reference,
         signal,
