@@ -46,6 +46,7 @@ from tests.test_media_merge import assert_timeline, decoded, expected_segments
 from tests.worker_harness import (
     CONNECT_ALIAS,
     get_row,
+    json_events,
     queue_depth,
     receive_now,
     seed_contact,
@@ -137,15 +138,7 @@ def containers() -> Iterator[Callable[[str], str]]:
 def container_events(name: str) -> list[dict[str, Any]]:
     """The worker's JSON log events so far (podman logs)."""
     logs = podman("logs", name)
-    events = []
-    for line in (logs.stdout + logs.stderr).splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
+    return json_events(logs.stdout + logs.stderr)
 
 
 def wait_for_event(name: str, event: str, timeout: float = 60) -> dict[str, Any]:

@@ -310,6 +310,19 @@ def slow_merge(readrate: float) -> Callable[..., list[str]]:
 # --- worker processes ------------------------------------------------------------------------
 
 
+def json_events(text: str) -> list[dict[str, Any]]:
+    """The JSON log events (one object per line) in a worker's output; other lines skipped."""
+    events = []
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
 class WorkerProcess:
     """``komorebi-worker run`` in a subprocess; its JSON log lines are kept in a file."""
 
@@ -329,15 +342,7 @@ class WorkerProcess:
 
     def events(self) -> list[dict[str, Any]]:
         """Every JSON log event written so far."""
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                out.append(event)
-        return out
+        return json_events(self.log_path.read_text(errors="replace"))
 
     def count(self, event: str) -> int:
         """How many log events named ``event``."""
