@@ -12,7 +12,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 PY_DIRS := $(wildcard worker tests bench)
 
-.PHONY: help setup system-deps emulators demo test test-fast lint lint-python lint-infra \
+.PHONY: help setup system-deps emulators demo test test-suite test-fast lint lint-python lint-infra \
         lint-docker lint-compose audit bench soak clean image image-test image-rm push deploy \
         deploy-dry-run pipeline-dry-run lock recordings
 
@@ -44,7 +44,9 @@ lock: ## re-resolve requirements.lock from pyproject.toml
 demo: system-deps $(STAMP) ## run the whole pipeline once on the embedded AWS emulator
 	$(BIN)/komorebi-worker dev --once
 
-test: setup lint ## lint, then the whole test suite, then the image test
+test: setup lint test-suite ## lint, then the whole test suite, then the image test
+
+test-suite: setup ## the whole test suite, then the image test, without lint (Jenkins' Test stage)
 	$(BIN)/pytest -q
 	@$(MAKE) --no-print-directory image-test
 

@@ -353,12 +353,28 @@ def test_every_jenkins_stage_runs_one_make_target() -> None:
     for name, commands in stages_:
         assert len(commands) == 1 and re.fullmatch(r"make [a-z-]+", commands[0]), name
         targets.append(commands[0].split()[1])
-    assert targets == ["lint", "test", "image", "push", "deploy"]
+    assert targets == ["lint", "test-suite", "image", "push", "deploy"]
     for target in targets:
         result = make("-n", target, IMAGE_TAG="test-tag")
         assert result.returncode == 0, f"make -n {target}: {result.stderr}"
     deploy = make("-n", "deploy", IMAGE_TAG="test-tag", DEPLOY_ENV="prod").stdout
     assert "--image-tag test-tag" in deploy and "infra/params/prod.env" in deploy
+
+
+def test_the_pipeline_lints_once_and_tests_what_make_test_tests() -> None:
+    """The Lint and Test stages together run each check once: the same commands as `make
+    test` (what CI runs), no lint repeated in the Test stage."""
+
+    def commands(target: str) -> list[str]:
+        result = make("-n", target, IMAGE_TEST="skip")
+        assert result.returncode == 0, result.stderr
+        return [line for line in result.stdout.splitlines() if "/bin/" in line]
+
+    stages_ = dict(jenkins_stages())
+    lint, tests = (commands(stages_[name][0].split()[1]) for name in ("Lint", "Test"))
+    assert [c for c in lint if "ruff check" in c] and [c for c in tests if "pytest" in c]
+    assert not [c for c in tests if "ruff" in c or "mypy" in c or "checkov" in c]
+    assert sorted(lint + tests) == sorted(commands("test"))
 
 
 def make(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:

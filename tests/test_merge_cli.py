@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -138,6 +140,9 @@ def test_clamp_is_a_warning_not_an_error(
         ("concat", 1, "a concat file, not an allowed media container"),
         ("text", 1, "Invalid data found"),
         ("empty", 1, "is empty"),
+        ("rate", 2, "--audio-sample-rate: must be 8000, 12000, 16000, 24000 or 48000"),
+        ("rate-text", 2, "--audio-sample-rate: must be a number"),
+        ("bitrate", 2, "--audio-bitrate: must look like 48k or 48000"),
     ],
 )
 def test_errors_are_one_clear_line(
@@ -184,11 +189,17 @@ def test_errors_are_one_clear_line(
         conn = hostile_files["ffconcat"]
     elif case in ("text", "empty"):
         rec, out = hostile_files[case], tmp_path / "o.mp4"
-    got, stdout, stderr = merge_cli(capsys, rec, conn, call_end, out)
+    extra = {
+        "rate": ["--audio-sample-rate", "44100"],
+        "rate-text": ["--audio-sample-rate", "fast"],
+        "bitrate": ["--audio-bitrate=-3k"],
+    }.get(case, [])
+    got, stdout, stderr = merge_cli(capsys, rec, conn, call_end, out, *extra)
     assert got == code
     assert stdout == ""
     assert needle in one_line(stderr)
     assert out.exists() == (case == "overwrite-input")
+    assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
 
 
 def test_console_script_exit_codes(data_dir: Path, tmp_path: Path) -> None:
@@ -218,3 +229,43 @@ def test_console_script_exit_codes(data_dir: Path, tmp_path: Path) -> None:
     )
     assert usage.returncode == 2
     assert len(usage.stderr.strip().splitlines()) == 1
+
+
+def test_a_failed_merge_leaves_a_file_already_at_output_as_it_was(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """ffmpeg fails after writing part of the output: the staged file goes, the user's stays."""
+    real = shutil.which("ffmpeg")
+    assert real is not None
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    stub = stubs / "ffmpeg"
+    # The merge (the only run with -filter_complex) writes a partial file, then fails.
+    stub.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *-filter_complex*)\n'
+        '  for last; do :; done; echo partial > "${last#file:}";'
+        ' echo "Conversion failed!" >&2; exit 1;;\n'
+        f'esac\nexec {real} "$@"\n'
+    )
+    stub.chmod(0o755)
+    out, thumb = tmp_path / "o.webm", tmp_path / "t.png"
+    out.write_bytes(b"the user's own recording")
+    thumb.write_bytes(b"the user's own thumbnail")
+    script = Path(sys.executable).parent / "komorebi-worker"
+    failed = subprocess.run(
+        [
+            *(str(script), "merge", "--recording", str(data_dir / CHROME_VP8_OPUS)),
+            *("--connect-audio", str(data_dir / CONNECT_WAV), "--call-end", "5"),
+            *("--output", str(out), "--thumbnail", str(thumb)),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"},
+    )
+    assert failed.returncode == 1, failed.stderr
+    assert "Conversion failed" in failed.stderr
+    assert out.read_bytes() == b"the user's own recording"
+    assert thumb.read_bytes() == b"the user's own thumbnail"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "o.webm", "t.png"]

@@ -7,6 +7,7 @@ stderr. Each command is a thin shell over the module that owns the concept.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worker import __version__
+from worker.config import AudioSettings, parse_bitrate, parse_sample_rate
 from worker.errors import ConfigError, SettingsError, WorkerError
 
 if TYPE_CHECKING:  # numpy and the media engine load only for the commands that use them
@@ -73,9 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="1 mono (default), 2 stereo: customer left, agent right",
     )
     merge.add_argument(
-        "--audio-sample-rate", type=int, default=None, help="output audio rate (default 16000)"
+        "--audio-sample-rate",
+        default=None,
+        help=f"output audio rate (default {AudioSettings.sample_rate})",
     )
-    merge.add_argument("--audio-bitrate", default=None, help="output audio bitrate (default 48k)")
+    merge.add_argument(
+        "--audio-bitrate",
+        default=None,
+        help=f"output audio bitrate (default {AudioSettings.bitrate})",
+    )
     merge.add_argument(
         "--progress",
         choices=("auto", "bar", "lines", "none"),
@@ -132,12 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _cmd_merge(args: argparse.Namespace) -> int:
     """`merge`: the SPEC §5 merge on local files (no AWS). Prints the output path(s)."""
-    import os
+    import dataclasses
 
     import anyio
 
     from worker import media
-    from worker.config import AudioSettings, parse_loudness_target
+    from worker.config import parse_loudness_target
     from worker.errors import UnsupportedMedia
     from worker.messages import parse_timestamp
     from worker.observability import configure_logging
@@ -163,16 +171,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         raise ConfigError(f"--output {args.output}: must end in .mp4 or .webm")
     if args.thumbnail is not None and args.thumbnail.suffix.lower() != ".png":
         raise ConfigError(f"--thumbnail {args.thumbnail}: must end in .png")
-    defaults = AudioSettings()
-    rate = args.audio_sample_rate or defaults.sample_rate
-    if rate not in (8000, 12000, 16000, 24000, 48000):
-        raise ConfigError("--audio-sample-rate: must be 8000, 12000, 16000, 24000 or 48000")
-    bitrate = (args.audio_bitrate or defaults.bitrate).strip().lower()
-    if not bitrate.removesuffix("k").isdigit() or int(bitrate.removesuffix("k")) <= 0:
-        raise ConfigError("--audio-bitrate: must look like 48k or 48000")
-    audio = AudioSettings(
-        channels=args.audio_channels or defaults.channels, sample_rate=rate, bitrate=bitrate
-    )
+    audio = _merge_audio_settings(args)
     target = None
     if args.loudness_target is not None:
         try:
@@ -198,17 +197,21 @@ def _cmd_merge(args: argparse.Namespace) -> int:
             if recording.video is not None and recording.video.codec_name in media.CODECS:
                 raise ConfigError(f"--output {args.output}: {error}") from None
             raise
-        with _MergeProgress(mode, recording.duration) as progress:
+        with (
+            _MergeProgress(mode, recording.duration) as progress,
+            _Staged(args.output, args.thumbnail) as (output, thumbnail),
+        ):
             request = media.MergeRequest(
                 recording=args.recording,
                 connect_audio=args.connect_audio,
                 call_end_seconds=call_end,
-                output=args.output,
-                thumbnail=args.thumbnail,
+                output=output,
+                thumbnail=thumbnail,
                 options=options,
                 recording_info=recording,
             )
-            return await media.merge(request, on_progress=progress.update)
+            merged = await media.merge(request, on_progress=progress.update)
+        return dataclasses.replace(merged, output=args.output, thumbnail=args.thumbnail)
 
     result = anyio.run(run)
     if result.call_end_clamped:
@@ -225,6 +228,29 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _merge_audio_settings(args: argparse.Namespace) -> AudioSettings:
+    """``merge``'s audio options, checked by the same parsers as the AUDIO_* variables."""
+    defaults = AudioSettings()
+    values: dict[str, Any] = {}
+    options: list[tuple[str, str | None, str, Callable[[str], Any]]] = [
+        ("--audio-sample-rate", args.audio_sample_rate, "sample_rate", parse_sample_rate),
+        ("--audio-bitrate", args.audio_bitrate, "bitrate", parse_bitrate),
+    ]
+    for option, raw, attribute, parse in options:
+        if raw is None:
+            continue
+        try:
+            values[attribute] = parse(raw.strip())
+        except ValueError as error:
+            detail = str(error) if "must" in str(error) else "must be a number"
+            raise ConfigError(f"{option}: {detail}") from None
+    return AudioSettings(
+        channels=args.audio_channels or defaults.channels,
+        sample_rate=values.get("sample_rate", defaults.sample_rate),
+        bitrate=values.get("bitrate", defaults.bitrate),
+    )
+
+
 def describe_sync(result: MergeResult) -> str:
     """One line on how the call end was placed (the values the worker stores on the row)."""
     synced = result.sync
@@ -238,6 +264,32 @@ def describe_sync(result: MergeResult) -> str:
         f"sync: timestamp, call end {result.call_end_seconds:.3f} s "
         f"({synced.reason.replace('_', ' ')}, confidence {synced.confidence:.1f})"
     )
+
+
+class _Staged:
+    """Output paths written beside their destinations and moved into place only on success.
+
+    A failed merge removes what it wrote; with staging that is the staged file, never a file
+    the user already had at ``--output`` / ``--thumbnail`` before the run.
+    """
+
+    def __init__(self, output: Path, thumbnail: Path | None) -> None:
+        self.final = [output] + ([thumbnail] if thumbnail is not None else [])
+        # Same folder (an atomic rename) and same suffix (it chooses the container).
+        self.staged = [
+            path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+            for path in self.final
+        ]
+
+    def __enter__(self) -> tuple[Path, Path | None]:
+        return self.staged[0], (self.staged[1] if len(self.staged) > 1 else None)
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        for staged, final in zip(self.staged, self.final, strict=True):
+            if kind is None:
+                staged.replace(final)
+            else:
+                staged.unlink(missing_ok=True)
 
 
 class _MergeProgress:

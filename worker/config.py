@@ -10,7 +10,7 @@ import os
 import string
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -166,7 +166,8 @@ def _log_level(raw: str) -> str:
     return value
 
 
-def _bitrate(raw: str) -> str:
+def parse_bitrate(raw: str) -> str:
+    """``AUDIO_BITRATE`` / ``--audio-bitrate``: ``48k`` or ``48000``."""
     value = raw.strip().lower()
     number = value[:-1] if value.endswith("k") else value
     if not number.isdigit() or int(number) <= 0:
@@ -174,14 +175,16 @@ def _bitrate(raw: str) -> str:
     return value
 
 
-def _channels(raw: str) -> int:
+def parse_channels(raw: str) -> int:
+    """``AUDIO_CHANNELS`` / ``--audio-channels``: 1 or 2."""
     value = int(raw)
     if value not in (1, 2):
         raise ValueError("must be 1 (mono) or 2 (stereo: customer left, agent right)")
     return value
 
 
-def _sample_rate(raw: str) -> int:
+def parse_sample_rate(raw: str) -> int:
+    """``AUDIO_SAMPLE_RATE`` / ``--audio-sample-rate``: a rate both AAC and Opus accept."""
     value = int(raw)
     # Rates both AAC and Opus accept; Opus only takes these.
     if value not in (8000, 12000, 16000, 24000, 48000):
@@ -259,9 +262,9 @@ _OPTIONAL: dict[str, tuple[str, Callable[[str], Any]]] = {
 }
 
 _AUDIO: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "AUDIO_CHANNELS": ("channels", _channels),
-    "AUDIO_SAMPLE_RATE": ("sample_rate", _sample_rate),
-    "AUDIO_BITRATE": ("bitrate", _bitrate),
+    "AUDIO_CHANNELS": ("channels", parse_channels),
+    "AUDIO_SAMPLE_RATE": ("sample_rate", parse_sample_rate),
+    "AUDIO_BITRATE": ("bitrate", parse_bitrate),
 }
 
 _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -308,11 +311,18 @@ def _parse(environ: Mapping[str, str], *, require_queue: bool) -> Settings:
         values.setdefault("log_format", "json")
     elif environ.get("LOG_FORMAT") is None:
         values.setdefault("log_format", "console")
-    visibility = values.get("visibility_timeout", 300)
+
+    # Cross-field rules see the value in force: the variable's, else the Settings default.
+    def in_force(attribute: str) -> Any:
+        return values.get(attribute, _DEFAULTS[attribute])
+
+    visibility = in_force("visibility_timeout")
     if visibility > SQS_MAX_VISIBILITY_SECONDS:
-        problems.append(f"VISIBILITY_TIMEOUT={visibility}: must be at most 43200 (SQS limit)")
-    base = values.get("retry_backoff_base_seconds", 15.0)
-    if base > values.get("retry_backoff_max_seconds", 900.0):
+        problems.append(
+            f"VISIBILITY_TIMEOUT={visibility}: must be at most {SQS_MAX_VISIBILITY_SECONDS} "
+            "(SQS limit)"
+        )
+    if in_force("retry_backoff_base_seconds") > in_force("retry_backoff_max_seconds"):
         problems.append("RETRY_BACKOFF_BASE_SECONDS must not exceed RETRY_BACKOFF_MAX_SECONDS")
     scratch = values.get("scratch_dir")
     if scratch is not None and not Path(scratch).is_dir():
@@ -325,6 +335,12 @@ def _parse(environ: Mapping[str, str], *, require_queue: bool) -> Settings:
         audio=AudioSettings(**audio),
         keys=KeyTemplates(**keys),
     )
+
+
+# Each plain field's default, read from Settings itself (the one place it is written).
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in fields(Settings) if f.default is not MISSING
+}
 
 
 def _stderr_is_tty() -> bool:
