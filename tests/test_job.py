@@ -247,19 +247,53 @@ async def test_live_lease_of_another_worker_blocks(aws: AwsEnv, deps: JobDeps) -
     assert get_row(aws, contact.recording_id)["leaseOwner"] == "other"
 
 
+class _StallingStore(ObjectStore):
+    """An object store that, once both inputs are on disk, stalls until cancelled."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.downloads = 0
+        self.stalled = anyio.Event()
+
+    async def download(self, bucket: str, key: str, destination: Path) -> int:
+        size = await super().download(bucket, key, destination)
+        self.downloads += 1
+        if self.downloads == 2:  # the Connect audio and the recording: mid-job
+            self.stalled.set()
+            await anyio.sleep_forever()
+        return size
+
+
 async def test_cancelled_job_releases_lease_and_scratch(aws: AwsEnv, deps: JobDeps) -> None:
     contact = seed_contact(aws)
-    job = JobMessage(contact.recording_id, 5.0)
+    store = _StallingStore(deps.store._s3)
+    stalling = JobDeps(
+        settings=deps.settings, table=deps.table, store=store, worker_id=deps.worker_id
+    )
+    held: dict[str, Any] = {}
 
-    with anyio.move_on_after(0.5) as scope:
-        # Cancelled somewhere inside (download or merge): the lease must not outlive it.
-        await process_job(job, deps, scratch=deps.settings.scratch_dir)
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tasks:
+
+            async def cancel_mid_job() -> None:
+                await store.stalled.wait()
+                held.update(get_row(aws, contact.recording_id))
+                held["scratch"] = sorted(p.name for p in deps.settings.scratch_dir.rglob("*"))
+                scope.cancel()
+
+            tasks.start_soon(cancel_mid_job)
+            await process_job(
+                JobMessage(contact.recording_id, 5.0), stalling, scratch=deps.settings.scratch_dir
+            )
+    # Cancelled for certain, mid-job: the lease was held and the inputs were on disk.
+    assert scope.cancelled_caught
+    assert held["leaseOwner"].startswith(deps.worker_id)
+    assert held["processingStatus"] == "PROCESSING"
+    assert len(held["scratch"]) >= 2
+    # The cancellation must not leave the lease, the status or the files behind.
     row = get_row(aws, contact.recording_id)
-    if scope.cancelled_caught:
-        assert "leaseOwner" not in row
-        assert "processingStatus" not in row
-    else:  # a very fast machine finished first: then it must be done
-        assert row["processingStatus"] == "DONE"
+    assert "leaseOwner" not in row
+    assert "processingStatus" not in row
     assert list(deps.settings.scratch_dir.iterdir()) == []
 
 

@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from worker.errors import ConfigError
 from worker.observability import (
     JOBS_IN_FLIGHT,
+    LAST_POLL,
     OUTCOMES,
     REGISTRY,
     HealthState,
@@ -175,13 +177,16 @@ def test_a_worker_that_never_reaches_its_loop_is_unhealthy() -> None:
 def test_poll_success_counts_as_progress_and_sets_the_last_poll_time() -> None:
     clock = FakeClock()
     health = HealthState(stall_after_seconds=10, clock=clock)
-    before = sample("komorebi_last_successful_poll_timestamp_seconds")
+    # Earlier tests may have set the gauge already: start from a value no poll can leave.
+    LAST_POLL.set(0)
     clock.now += 9
+    started = time.time()
     health.poll_succeeded()
+    finished = time.time()
     clock.now += 9
     assert health.healthz()[0] is True
-    after = sample("komorebi_last_successful_poll_timestamp_seconds")
-    assert after > 1_600_000_000 and after >= before  # a Unix time, not a monotonic one
+    # A Unix time of this very call (not a monotonic one, not an earlier test's).
+    assert started <= sample("komorebi_last_successful_poll_timestamp_seconds") <= finished
 
 
 def test_a_stopped_loop_is_not_a_stall() -> None:

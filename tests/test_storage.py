@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import subprocess
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import anyio
 import pytest
 
 from tests.fixtures_aws import AwsEnv
+from tests.worker_harness import mounted_tmpfs
 from worker import storage
 from worker.aws import AwsClients
 from worker.errors import AwsUnavailable, ScratchFull
@@ -160,28 +160,19 @@ async def test_download_over_scratch_cap_raises_before_writing(
     with pytest.raises(ScratchFull):
         await store.download(s3env.bucket, "k", destination)
     assert not destination.exists()
-    # At the cap exactly it fits.
-    assert await ObjectStore(clients.s3, scratch_max_bytes=5000).download(
+    # At the cap exactly it fits, every byte of it.
+    size = await ObjectStore(clients.s3, scratch_max_bytes=5000).download(
         s3env.bucket, "k", destination
     )
+    assert size == 5000
+    assert destination.read_bytes() == b"x" * 5000
 
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs: a real full disk (needs root; skipped where mounting is not allowed)."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root)")
-    try:
+    """A 1 MiB tmpfs: a real full disk (see ``mounted_tmpfs``: fails under CI if impossible)."""
+    with mounted_tmpfs(tmp_path / "tiny", "1m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 async def test_download_to_full_disk_raises_scratch_full(
