@@ -414,3 +414,56 @@ def make_tone_wav(
         ]
     )
     return path
+
+
+# --- a unified recording, checked by what it holds --------------------------------------------
+
+# Guard around the call end and the file's edges: codec transitions and frame rounding.
+_CONTENT_GUARD_SECONDS = 0.08
+
+
+def unified_output_problems(
+    output: Path,
+    recording: Path,
+    *,
+    call_end: float,
+    connect_seconds: float,
+    connect_tones: Sequence[float],
+    recording_tone: float,
+) -> list[str]:
+    """What is wrong with ``output`` as the merge of ``recording`` with a Connect file of
+    ``connect_seconds`` of ``connect_tones`` whose call ends at ``call_end`` (END alignment,
+    the timestamp kept):
+    every decoded frame of the recording, and the call's tones before the call end, the
+    recording's own tone after it. An empty list: the output holds what it must.
+
+    This is the check by content that the end-to-end runs (hostile corpus, fault injection,
+    soak) use instead of the container's header duration, which a broken merge can still get
+    right.
+    """
+    problems = []
+    frames, expected = framemd5(output), framemd5(recording)
+    if frames != expected:
+        problems.append(
+            f"video: {len(frames)} decoded frames, expected the recording's {len(expected)}"
+        )
+    rate = 16000
+    pcm = decode_pcm(output, rate=rate)
+    duration = timeline_duration(recording)
+    if abs(pcm.shape[0] / rate - duration) > 0.1:
+        problems.append(f"audio lasts {pcm.shape[0] / rate:.3f} s, the recording {duration:.3f} s")
+    guard = _CONTENT_GUARD_SECONDS
+    spans = [
+        ("call", max(0.0, call_end - connect_seconds) + guard, call_end - guard, connect_tones),
+        ("after call work", call_end + guard, duration - guard, [recording_tone]),
+    ]
+    for name, start, end, tones in spans:
+        # Windows of about 0.1 s tiling the span (a window's taper would hide its edges).
+        count = int((end - start) / 0.1)
+        for i in range(count):
+            at = start + i * (end - start) / count
+            signal = window(pcm, rate, at, at + (end - start) / count)
+            share = sum(band_share(signal, rate, tone, 60.0) for tone in tones)
+            if share < 0.8:
+                problems.append(f"{name} at {at:.2f} s: {share:.0%} of it at {list(tones)} Hz")
+    return problems
