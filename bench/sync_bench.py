@@ -113,11 +113,11 @@ def measure_sync_cost(
 ) -> dict[str, Any]:
     """Wall time of the sync alone (two fast-seeked decodes + the correlations), in process,
     on one recording: median and best of ``repeats``."""
-    from worker import sync
+    from worker.media import sync
 
     async def once() -> float:
-        rec = await media.probe(recording)
-        conn = await media.probe(connect)
+        rec = media.Recording.of(await media.probe(recording))
+        conn = media.ConnectAudio.of(await media.probe(connect))
         plan = media.plan_merge(rec, conn, call_end, media.MergeOptions())
         inputs = media.sync_inputs(rec, conn, plan)
         started = time.perf_counter()

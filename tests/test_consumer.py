@@ -44,6 +44,7 @@ from worker import media, recordings
 from worker.aws import open_clients
 from worker.consumer import Consumer
 from worker.errors import ConfigError
+from worker.media import run as media_run
 from worker.observability import HealthState, configure_logging
 from worker.protection import TaskProtector
 
@@ -223,7 +224,7 @@ async def test_heartbeat_keeps_a_long_job_from_being_delivered_twice(
     aws.client("sqs").set_queue_attributes(
         QueueUrl=aws.queue_url, Attributes={"VisibilityTimeout": "2"}
     )
-    monkeypatch.setattr(media, "build_merge_args", slow_merge(1.0))
+    monkeypatch.setattr(media_run, "build_merge_args", slow_merge(1.0))
     contact = seed_contact(aws, recording=short_recording)
     send_job(aws, contact.recording_id, 3)
     extensions = metric("komorebi_visibility_extensions_total")
@@ -288,7 +289,7 @@ async def test_two_workers_on_one_recording_are_serialised_by_the_lease(
     # a duplicate. B starts only once A holds the lease: moto's DynamoDB does not serialise
     # concurrent conditional writes (real DynamoDB does), so simultaneous claims would race
     # in the emulator itself. B's backoff outlasts A's job, so its retry finds the row DONE.
-    monkeypatch.setattr(media, "build_merge_args", slow_merge(2.0))
+    monkeypatch.setattr(media_run, "build_merge_args", slow_merge(2.0))
     contact = seed_contact(aws, recording=short_recording)
     lease_retries = metric("komorebi_retries_total", reason="lease_held")
     before = {o: jobs(o) for o in ("success", "duplicate")}
@@ -324,7 +325,7 @@ async def test_job_reaching_the_visibility_limit_is_dead_lettered(
 ) -> None:
     # The 12-hour cap, scaled down: a job that cannot finish in time is stopped (ffmpeg
     # killed, lease released, scratch removed) and dead-lettered as max_duration.
-    monkeypatch.setattr(media, "build_merge_args", slow_merge(0.25))
+    monkeypatch.setattr(media_run, "build_merge_args", slow_merge(0.25))
     contact = seed_contact(aws, recording=short_recording)
     message_id = send_job(aws, contact.recording_id, 3)
     found: list[Any] = []
@@ -346,7 +347,7 @@ async def test_job_reaching_the_visibility_limit_is_dead_lettered(
 async def test_graceful_stop_gives_the_message_back_at_once(
     aws: AwsEnv, scratch: Path, short_recording: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(media, "build_merge_args", slow_merge(0.25))
+    monkeypatch.setattr(media_run, "build_merge_args", slow_merge(0.25))
     contact = seed_contact(aws, recording=short_recording)
     message_id = send_job(aws, contact.recording_id, 3)
     released = jobs("released")
@@ -423,7 +424,7 @@ async def test_poll_in_progress_at_stop_is_not_orphaned(
     # cancels its poll on SIGTERM can hide messages for a whole visibility timeout. With a job
     # in flight the poll is left to finish: what it returns is given back at once, and the
     # cancelled job's message, given back later, is not swallowed by a dead poll either.
-    monkeypatch.setattr(media, "build_merge_args", slow_merge(0.25))
+    monkeypatch.setattr(media_run, "build_merge_args", slow_merge(0.25))
     contact = seed_contact(aws, recording=short_recording)
     job_message = send_job(aws, contact.recording_id, 3)
     released = jobs("released")
@@ -485,7 +486,7 @@ async def test_delivery_deleted_while_its_job_runs_is_seen_as_lost(
     # ReceiptHandleIsInvalid; LocalStack and AWS: InvalidParameterValue naming the parameter
     # ReceiptHandle), and each must read as "this delivery is gone": heartbeats stop at once,
     # the job still finishes, and the receipt handle is never logged.
-    monkeypatch.setattr(media, "build_merge_args", slow_merge(1.0))
+    monkeypatch.setattr(media_run, "build_merge_args", slow_merge(1.0))
     contact = seed_contact(aws, recording=short_recording)
     message_id = send_job(aws, contact.recording_id, 3)
     handles: list[str] = []

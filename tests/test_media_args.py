@@ -10,8 +10,9 @@ import pytest
 
 from worker import media
 from worker.config import AudioSettings
-from worker.errors import NoAudioStream, NoVideoStream, UnsupportedMedia
+from worker.errors import MediaError, NoAudioStream, NoVideoStream, OutputRejected, UnsupportedMedia
 from worker.ffmpeg import FORMAT_WHITELIST, PROTOCOL_WHITELIST, StderrTail, classify
+from worker.media import run as media_run
 
 
 def stream(index: int, kind: str, codec: str, *, channels: int | None = None) -> media.StreamInfo:
@@ -30,29 +31,31 @@ def stream(index: int, kind: str, codec: str, *, channels: int | None = None) ->
 
 def recording(
     codec: str = "vp8", *, audio: bool = True, duration: float = 8.0, audio_channels: int = 2
-) -> media.MediaInfo:
-    return media.MediaInfo(
+) -> media.Recording:
+    """A recording whose video and audio both run from 0 to ``duration`` (30 fps)."""
+    frames = round(duration * 30)
+    spans = [media.StreamSpan(0, 0.0, duration, (frames - 1) / 30, frames)]
+    if audio:
+        spans.append(media.StreamSpan(1, 0.0, duration, duration - 0.02, round(duration * 50)))
+    return media.Recording(
         path=Path("/in/rec.webm"),
-        format_name="matroska,webm",
-        duration=duration,
         video=stream(0, "video", codec),
         audio=stream(1, "audio", "opus", channels=audio_channels) if audio else None,
+        timeline=media.Timeline(tuple(spans)),
     )
 
 
-def connect(duration: float = 5.0, channels: int = 2) -> media.MediaInfo:
-    return media.MediaInfo(
+def connect(duration: float = 5.0, channels: int = 2) -> media.ConnectAudio:
+    return media.ConnectAudio(
         path=Path("/in/connect.wav"),
-        format_name="wav",
-        duration=duration,
-        video=None,
         audio=stream(0, "audio", "pcm_s16le", channels=channels),
+        duration=duration,
     )
 
 
 def build(
-    rec: media.MediaInfo,
-    conn: media.MediaInfo,
+    rec: media.Recording,
+    conn: media.ConnectAudio,
     call_end: float,
     *,
     align: str = "end",
@@ -126,7 +129,7 @@ def test_every_input_has_the_allow_lists_and_file_prefix(call_end: float, n_inpu
 
 def test_path_that_looks_like_a_url_stays_a_file() -> None:
     rec = recording()
-    rec = media.MediaInfo(Path("http:evil.webm"), rec.format_name, 8.0, rec.video, rec.audio)
+    rec = replace(rec, path=Path("http:evil.webm"))
     args, _ = build(rec, connect(), 6.0)
     first_input = args[args.index("-i") + 1]
     assert first_input.startswith("file:/") and first_input.endswith("/http:evil.webm")
@@ -356,26 +359,24 @@ def test_plan_rejects_negative_call_end() -> None:
 
 
 def test_missing_streams() -> None:
-    options = media.MergeOptions()
-    plan = media.plan_merge(recording(), connect(), 1.0, options)
+    # The inputs are validated once, into types that hold what the merge needs.
     no_video = media.MediaInfo(Path("/a.webm"), "matroska,webm", 8.0, None, None)
-    with pytest.raises(NoVideoStream):
-        media.build_merge_args(
-            recording=no_video,
-            connect=connect(),
-            plan=plan,
-            output=Path("/o.webm"),
-            options=options,
-        )
+    with pytest.raises(NoVideoStream, match=r"a\.webm has no video stream"):
+        media.Recording.of(no_video)
+    with pytest.raises(NoVideoStream, match="recording r1 has no video stream"):
+        media.Recording.of(no_video, name="recording r1")
     silent = media.MediaInfo(Path("/c.wav"), "wav", 5.0, None, None)
-    with pytest.raises(NoAudioStream):
-        media.build_merge_args(
-            recording=recording(),
-            connect=silent,
-            plan=plan,
-            output=Path("/o.webm"),
-            options=options,
-        )
+    with pytest.raises(NoAudioStream, match=r"c\.wav has no audio stream"):
+        media.ConnectAudio.of(silent)
+    # A recording must have been probed: its timeline is what the merge covers.
+    unprobed = media.MediaInfo(Path("/a.webm"), "matroska,webm", 8.0, recording().video, None)
+    with pytest.raises(MediaError, match="no timeline"):
+        media.Recording.of(unprobed)
+    rec = recording()
+    info = media.MediaInfo(
+        rec.path, "matroska,webm", 8.0, rec.video, rec.audio, 0.5, 9, rec.timeline
+    )
+    assert media.Recording.of(info) == replace(rec, start_time=0.5)
 
 
 def test_output_path_must_fit_the_codec() -> None:
@@ -561,8 +562,8 @@ def probed(
     )
 
 
-STATIC_END = probed(
-    "/in/rec.webm", span(1, 0.0, 6.987, 6.986, 210), span(0, 0.03, 11.974, 11.914, 199)
+STATIC_END = media.Recording.of(
+    probed("/in/rec.webm", span(1, 0.0, 6.987, 6.986, 210), span(0, 0.03, 11.974, 11.914, 199))
 )
 
 
@@ -600,7 +601,7 @@ def test_output_check_accepts_the_whole_timeline() -> None:
 def test_output_check_rejects(
     video: media.StreamSpan, audio: media.StreamSpan, reason: str
 ) -> None:
-    with pytest.raises(media.OutputRejected, match=reason):
+    with pytest.raises(OutputRejected, match=reason):
         check(probed("/o/x.webm", video, audio))
 
 
@@ -609,12 +610,12 @@ def test_output_check_tolerance_is_one_audio_frame_and_rounding() -> None:
         return probed("/o/x.mp4", span(0, 0.0, end, 6.986, 210), span(1, 0.0, end, end - 0.06, 600))
 
     check(out(11.974 + 0.060), media.MP4)  # 60 ms < 64 ms (AAC frame at 16 kHz) + 10 ms
-    with pytest.raises(media.OutputRejected):
+    with pytest.raises(OutputRejected):
         check(out(11.974 + 0.080), media.MP4)
-    with pytest.raises(media.OutputRejected):
+    with pytest.raises(OutputRejected):
         check(out(11.974 + 0.060), media.WEBM)  # Opus: 20 ms + 10 ms
     no_audio = replace(out(11.974), audio=None)
-    with pytest.raises(media.OutputRejected, match="no audio"):
+    with pytest.raises(OutputRejected, match="no audio"):
         check(no_audio, media.MP4)
 
 
@@ -638,8 +639,10 @@ def test_last_frame_is_held_to_the_end_of_the_timeline() -> None:
 
 
 def test_mp4_track_keeps_the_recordings_time_base_for_the_held_frame() -> None:
-    rec = probed("/in/rec.webm", span(1, 0.0, 6.987, 6.986, 210), span(0, 0.0, 11.974, 11.9, 199))
-    rec = replace(rec, video=replace(rec.video, codec_name="h264"))  # type: ignore[arg-type]
+    rec = media.Recording.of(
+        probed("/in/rec.webm", span(1, 0.0, 6.987, 6.986, 210), span(0, 0.0, 11.974, 11.9, 199))
+    )
+    rec = replace(rec, video=replace(rec.video, codec_name="h264"))
     plan = media.plan_merge(rec, connect(), 6.0, media.MergeOptions())
     args = media.hold_last_frame_args(rec, plan, media.MP4)
     assert args[-2:] == ["-video_track_timescale", "1000"]
@@ -647,13 +650,15 @@ def test_mp4_track_keeps_the_recordings_time_base_for_the_held_frame() -> None:
     assert "-avoid_negative_ts" not in merge_args
 
 
-def chromium_mp4() -> media.MediaInfo:
+def chromium_mp4() -> media.Recording:
     """A Chromium MP4's static screen: video in 1/30000, the last frame at 6.986 s."""
-    return probed(
-        "/in/rec.mp4",
-        span(1, 0.0, 6.987, 6.986, 210),
-        span(0, 0.0, 11.974, 11.9, 199),
-        time_base="1/30000",
+    return media.Recording.of(
+        probed(
+            "/in/rec.mp4",
+            span(1, 0.0, 6.987, 6.986, 210),
+            span(0, 0.0, 11.974, 11.9, 199),
+            time_base="1/30000",
+        )
     )
 
 
@@ -669,24 +674,23 @@ def test_webm_output_of_video_in_another_time_base_is_held_in_the_packets_unit()
         "if(lt(abs(PTS-6986)\\,abs(PTS-6.986000/TB))\\,11974\\,11.974000/TB)-PTS"
         "\\,DURATION)'"
     )
-    assert media.hold_last_frame_args(recording(), plan, media.WEBM) == []  # no timeline
 
 
 def test_mp4_output_keeps_the_recordings_time_base() -> None:
     rec = chromium_mp4()
-    rec = replace(rec, video=replace(rec.video, codec_name="h264"))  # type: ignore[arg-type]
+    rec = replace(rec, video=replace(rec.video, codec_name="h264"))
     plan = media.plan_merge(rec, connect(), 6.0, media.MergeOptions())
     args = media.hold_last_frame_args(rec, plan, media.MP4)
     assert ",11.974000/TB-PTS\\," in args[1]
     assert args[-2:] == ["-video_track_timescale", "30000"]
-    odd = replace(rec, video=replace(rec.video, time_base=Fraction(1001, 30000)))  # type: ignore[arg-type]
+    odd = replace(rec, video=replace(rec.video, time_base=Fraction(1001, 30000)))
     assert media.hold_last_frame_args(odd, plan, media.MP4) == []
 
 
 def test_reordered_video_keeps_its_decode_times() -> None:
     # B-frames (presentation order differs from file order): dts is not pts.
     reordered = replace(span(1, 0.0, 6.987, 6.986, 210), in_order=False)
-    rec = probed("/in/rec.webm", reordered, span(0, 0.03, 11.974, 11.914, 199))
+    rec = media.Recording.of(probed("/in/rec.webm", reordered, span(0, 0.03, 11.974, 11.914, 199)))
     plan = media.plan_merge(rec, connect(), 6.0, media.MergeOptions())
     (setts,) = value_after(media.hold_last_frame_args(rec, plan, media.WEBM), "-bsf:v")
     assert setts.startswith("setts=duration=")
@@ -803,12 +807,12 @@ def test_output_read_in_intervals_counts_the_frames_ffmpeg_wrote() -> None:
     partial = replace(out, timeline=replace(out.timeline, complete=False))  # type: ignore[arg-type]
     plan = media.plan_merge(rec, connect(), 6.0, media.MergeOptions())
     media.check_output(partial, rec, plan, media.WEBM, 210)
-    with pytest.raises(media.OutputRejected, match="209 video frames"):
+    with pytest.raises(OutputRejected, match="209 video frames"):
         media.check_output(partial, rec, plan, media.WEBM, 209)
     # A recording read in intervals has no frame count to compare with.
-    unknown = replace(rec, timeline=replace(rec.timeline, complete=False))  # type: ignore[arg-type]
+    unknown = replace(rec, timeline=replace(rec.timeline, complete=False))
     media.check_output(partial, unknown, plan, media.WEBM, 209)
-    progress = media._Progress(12.0, None)
+    progress = media_run.Progress(12.0, None)
     for line in ("frame=209", "fps=0.0", "out_time_us=11974000", "frame=210", "progress=end"):
         progress.feed(line)
     assert progress.frames == 210
@@ -853,7 +857,7 @@ def test_chapters_metadata(call_end: float, titles: list[str]) -> None:
 
 
 def test_loudness_stage_is_a_static_gain_per_segment_and_one_limiter() -> None:
-    from worker.loudness import LoudnessGains
+    from worker.media.loudness import LoudnessGains
 
     rec, conn = recording(), connect()
     options = media.MergeOptions(align="end", loudness_target=-18.0)
@@ -876,7 +880,7 @@ def test_loudness_stage_is_a_static_gain_per_segment_and_one_limiter() -> None:
 
 
 def test_loudness_summary_parsing_and_gain_rule() -> None:
-    from worker import loudness
+    from worker.media import loudness
 
     summary = ["[Parsed_ebur128_0 @ 0x1] Summary:", "Integrated loudness:",
                "I:         -27.3 LUFS", "Threshold: -37.6 LUFS"]  # fmt: skip

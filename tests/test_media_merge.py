@@ -63,6 +63,7 @@ from worker.errors import (
     ScratchFull,
     UnsupportedMedia,
 )
+from worker.media import run as media_run
 from worker.observability import CALL_END_CLAMPS, FFMPEG_FAILURES
 
 GUARD = 0.05  # seconds skipped at each boundary (codec transitions, frame rounding)
@@ -690,7 +691,7 @@ def test_every_probe_of_a_merge_uses_the_configured_time_limit(
         limits[path.name] = timeout
         return await real_probe(path, timeout=timeout)
 
-    monkeypatch.setattr(media, "probe", spy)
+    monkeypatch.setattr(media_run, "probe", spy)
     request = media.MergeRequest(
         recording=generated("h264-aac"),
         connect_audio=generated("connect-8k-mono-2s"),

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker import sync
 from worker.ffmpeg import FORMAT_WHITELIST, PROTOCOL_WHITELIST
+from worker.media import sync
 
 RATE = sync.SYNC_RATE
 

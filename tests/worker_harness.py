@@ -304,7 +304,8 @@ def wait_for(
 
 def slow_merge(readrate: float) -> Callable[..., list[str]]:
     """A ``worker.media.build_merge_args`` that makes ffmpeg read the recording at
-    ``readrate`` x real time (a real, long-running, killable ffmpeg)."""
+    ``readrate`` x real time (a real, long-running, killable ffmpeg); patched in as
+    ``worker.media.run.build_merge_args``, the name the merge calls it by."""
     from worker import media
 
     original = media.build_merge_args
@@ -402,13 +403,14 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m tests.worker_harness [--readrate R]``: ``komorebi-worker run``."""
     import argparse
 
-    from worker import cli, media
+    from worker import cli
+    from worker.media import run as media_run
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--readrate", type=float, default=None)
     args = parser.parse_args(argv)
     if args.readrate is not None:
-        media.build_merge_args = slow_merge(args.readrate)  # type: ignore[assignment]
+        media_run.build_merge_args = slow_merge(args.readrate)  # type: ignore[assignment]
     return cli.main(["run"])
 
 

@@ -192,7 +192,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     async def run() -> media.MergeResult:
         recording = await media.probe(args.recording)
         try:
-            media.check_output_path(recording, args.output)
+            media.check_output_path(media.Recording.of(recording), args.output)
         except UnsupportedMedia as error:
             if recording.video is not None and recording.video.codec_name in media.CODECS:
                 raise ConfigError(f"--output {args.output}: {error}") from None

@@ -46,7 +46,6 @@ from worker.errors import (
     ConnectAudioNotReady,
     JobError,
     LeaseHeld,
-    NoVideoStream,
     ObjectNotFound,
     RecordingNotFound,
     ScratchBusy,
@@ -320,9 +319,8 @@ async def merge(
         timeout = settings.ffmpeg_timeout_base_seconds
         recording = await media.probe(recording_path, timeout=timeout)
         connect = await media.probe(connect_path, timeout=timeout)
-    if recording.video is None:
-        raise NoVideoStream(f"recording {job.recording_id} has no video stream")
-    container = media.container_for(recording.video.codec_name)
+    checked = media.Recording.of(recording, name=f"recording {job.recording_id}")
+    container = media.container_for(checked.video.codec_name)
     request = media.MergeRequest(
         recording=recording_path,
         connect_audio=connect_path,

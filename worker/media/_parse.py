@@ -1,0 +1,33 @@
+"""Lenient readers of ffprobe's values: a missing or malformed value is None, never an error."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any
+
+
+def parse_float(value: Any) -> float | None:
+    """A finite float, or None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def parse_fraction(value: Any) -> Fraction | None:
+    """A positive fraction such as ffprobe's ``1/1000`` time base, or None."""
+    try:
+        number = Fraction(str(value))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return number if number > 0 else None
+
+
+def parse_int(value: Any) -> int | None:
+    """An integer, or None."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

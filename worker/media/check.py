@@ -1,0 +1,66 @@
+"""The post-write check: the output covers the recording's timeline exactly (pure)."""
+
+from __future__ import annotations
+
+from worker.errors import OutputRejected
+from worker.media.containers import Container
+from worker.media.model import MediaInfo, Recording
+from worker.media.plan import MergePlan
+
+# Container timestamp rounding allowed on top of one audio frame in the output check:
+# WebM stores milliseconds, and the output's Opus packets start 6.5 ms early (pre-skip).
+CONTAINER_ROUNDING_SECONDS = 0.010
+
+
+def check_output(
+    output: MediaInfo,
+    recording: Recording,
+    plan: MergePlan,
+    container: Container,
+    frames_written: int | None = None,
+) -> None:
+    """Reject an output that does not cover the recording's timeline exactly (pure).
+
+    Both files' :class:`Timeline` are measured the same way. The output is written on the
+    recording's timeline (its t=0 is the recording's origin, its timestamps are not shifted):
+    it must end at ``plan.duration``, its audio must run from 0 to there, and its video must
+    hold every frame of the recording's, the first at its original time. Frames are counted in
+    the output's packets or, when a long output was read in intervals, taken from the merge's
+    ffmpeg (``frames_written``); not compared when the recording was read in intervals. The
+    output's own origin is not used: the audio encoder's priming (Opus pre-skip, 6.5 to 13 ms
+    before 0) lies before it. Tolerance: one encoded audio frame (AAC 1024 samples, Opus 20
+    ms) plus :data:`CONTAINER_ROUNDING_SECONDS`.
+    """
+    name = output.path.name
+    if output.video is None:
+        raise OutputRejected(f"{name}: output has no video stream")
+    if output.audio is None:
+        raise OutputRejected(f"{name}: output has no audio stream")
+    if output.timeline is None:
+        raise OutputRejected(f"{name}: no timeline to check")
+    tolerance = container.audio_frame_seconds(plan.sample_rate) + CONTAINER_ROUNDING_SECONDS
+    video = output.timeline.stream(output.video.index)
+    audio = output.timeline.stream(output.audio.index)
+    source = recording.timeline.relative(recording.video.index)
+    if video is None or audio is None or source is None:
+        raise OutputRejected(f"{name}: output has a stream without packets")
+    for what, end in (("output", output.timeline.end), ("audio", audio.end)):
+        if abs(end - plan.duration) > tolerance:
+            raise OutputRejected(
+                f"{name}: {what} ends at {end:.3f} s, the recording at {plan.duration:.3f} s "
+                f"(more than {tolerance:.3f} s apart)"
+            )
+    if audio.start > tolerance:
+        raise OutputRejected(f"{name}: audio starts {audio.start:.3f} s late")
+    # ffmpeg's count includes packets the demuxer marks discarded (it copies them too).
+    frames, expected = (
+        (video.packets, source.packets)
+        if output.timeline.complete
+        else (frames_written, source.packets + source.discarded)
+    )
+    if recording.timeline.complete and frames is not None and frames != expected:
+        raise OutputRejected(f"{name}: {frames} video frames, the recording has {expected}")
+    if abs(video.start - source.start) > CONTAINER_ROUNDING_SECONDS:
+        raise OutputRejected(
+            f"{name}: video starts at {video.start:.3f} s, in the recording at {source.start:.3f} s"
+        )

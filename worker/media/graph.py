@@ -1,0 +1,183 @@
+"""The merge's audio: the ``-filter_complex`` graph whose ``[aout]`` is the output (pure).
+
+The Connect audio covers [0, callEnd) (END alignment: placed so that it ends at the call end),
+the recording's own microphone covers [callEnd, duration); both are brought to one format,
+cut and padded to whole samples, then concatenated, so ``[aout]`` has exactly the plan's
+sample count.
+"""
+
+from __future__ import annotations
+
+from worker.config import AlignMode
+from worker.errors import MediaError
+from worker.media import loudness
+from worker.media.model import StreamInfo
+from worker.media.plan import MergePlan
+
+
+def _layout(channels: int) -> str:
+    return "mono" if channels == 1 else "stereo"
+
+
+def _normalize(plan: MergePlan) -> str:
+    # One format for both sources so concat (and the encoder) see identical streams.
+    return (
+        f"aformat=sample_fmts=fltp:sample_rates={plan.sample_rate}"
+        f":channel_layouts={_layout(plan.channels)}"
+    )
+
+
+def _resample(plan: MergePlan) -> str:
+    # async=1 with first_pts=0 makes the stream continuous from t=0 on its input's timeline:
+    # a late start (audio at 0.040 s) or a gap becomes silence instead of shifting the audio,
+    # so the original timestamps hold. Small timestamp jitter (below 0.1 s) is left alone.
+    return f"aresample={plan.sample_rate}:async=1:first_pts=0"
+
+
+def connect_mix(in_channels: int | None, out_channels: int) -> list[str]:
+    """Connect: stereo is customer-left/agent-right; mono output is their average (no clip)."""
+    if in_channels == 2:
+        if out_channels == 1:
+            return ["pan=mono|c0=0.5*c0+0.5*c1"]
+        return ["pan=stereo|c0=c0|c1=c1"]
+    if in_channels == 1:
+        return ["pan=mono|c0=c0"] if out_channels == 1 else ["pan=stereo|c0=c0|c1=c0"]
+    return []  # other layouts: aformat's standard downmix
+
+
+def mic_mix(in_channels: int | None, out_channels: int) -> list[str]:
+    """The recording's microphone is one voice: mono, in both channels of a stereo output."""
+    if in_channels == 2:
+        mono = "0.5*c0+0.5*c1"
+    elif in_channels == 1:
+        mono = "c0"
+    else:
+        return []
+    return [f"pan=mono|c0={mono}"] if out_channels == 1 else [f"pan=stereo|c0={mono}|c1={mono}"]
+
+
+def loudness_steps(
+    gains: loudness.LoudnessGains | None,
+) -> tuple[list[str], list[str], list[str]]:
+    """The loudness stage: (Connect chain, recording chain, merged output) filters (pure).
+
+    A static gain per segment, then one delay-free peak limiter over the merged audio (it
+    keeps the sample count, so the output's length and the alignment are unchanged). None:
+    no filter at all, today's audio exactly.
+    """
+    if gains is None:
+        return [], [], []
+    return (
+        loudness.volume_step(gains.connect_db),
+        loudness.volume_step(gains.recording_db),
+        [loudness.limiter_step()],
+    )
+
+
+def build_audio_graph(
+    plan: MergePlan,
+    *,
+    align: AlignMode,
+    recording_audio: StreamInfo | None,
+    connect_audio: StreamInfo,
+    recording_input: int = 0,
+    connect_input: int = 1,
+    recording_seek: int = 0,
+    gains: loudness.LoudnessGains | None = None,
+) -> str:
+    """The ``-filter_complex`` graph whose ``[aout]`` is the merged audio (pure).
+
+    ``[aout]`` has exactly ``plan.total_samples`` samples: the Connect segment covers
+    [0, callEnd), the recording's own audio covers [callEnd, duration).
+
+    ``recording_seek`` (whole seconds) says that ``recording_input`` was opened with
+    ``-ss recording_seek``: ffmpeg then offsets its timestamps by the seek point as well as
+    by the file's start time, so its t=0 is ``recording_seek`` on the recording's timeline and
+    ``[rec]`` cuts ``callEnd - recording_seek`` seconds instead of ``callEnd``.
+
+    ``align`` ``auto`` is END alignment (on the call end the sync measured, already in
+    ``plan``). ``gains`` adds the loudness stage (:func:`loudness_steps`).
+    """
+    connect_gain, recording_gain, output_steps = loudness_steps(gains)
+    chains: list[str] = []
+    labels: list[str] = []
+    if plan.call_end_samples > 0:
+        source = f"[{connect_input}:{connect_audio.index}]"
+        steps = _connect_steps(plan, align, connect_audio, connect_gain)
+        chains.append(source + ",".join(steps) + "[conn]")
+        labels.append("[conn]")
+    if plan.tail_samples > 0:
+        if recording_audio is not None:
+            source = f"[{recording_input}:{recording_audio.index}]"
+            chains += _microphone_chains(
+                plan, source, recording_audio, recording_seek, recording_gain
+            )
+        else:  # screen recorded without a microphone: silence after the call
+            chains.append(",".join(_silence(plan)) + "[rec]")
+        labels.append("[rec]")
+    if len(labels) == 2:
+        chains.append("[conn][rec]" + ",".join(["concat=n=2:v=0:a=1", *output_steps]) + "[aout]")
+    elif labels:
+        # A single segment: rename its label (anull is a no-op pass-through).
+        chains.append(labels[0] + ",".join(["anull", *output_steps]) + "[aout]")
+    else:
+        raise MediaError("recording has no duration")
+    return ";".join(chains)
+
+
+def _connect_steps(
+    plan: MergePlan, align: AlignMode, connect_audio: StreamInfo, gain: list[str]
+) -> list[str]:
+    """The ``[conn]`` chain: the Connect audio, exactly ``callEnd`` long, END-aligned."""
+    cs = plan.call_end_samples
+    steps = [*connect_mix(connect_audio.channels, plan.channels), _resample(plan), _normalize(plan)]
+    steps += gain
+    if align != "start":
+        if plan.offset_samples < 0:  # Connect longer than callEnd: cut its head
+            steps += [f"atrim=start_sample={-plan.offset_samples}", "asetpts=PTS-STARTPTS"]
+        elif plan.offset_samples > 0:  # shorter: silence before it
+            steps.append(f"adelay=delays={plan.offset_samples}S:all=1")
+    # Exactly callEnd long: pad a short Connect with silence, cut a long one.
+    steps += [f"apad=whole_len={cs}", f"atrim=end_sample={cs}"]
+    return steps
+
+
+def _microphone_chains(
+    plan: MergePlan, source: str, audio: StreamInfo, seek: int, gain: list[str]
+) -> list[str]:
+    """The ``[rec]`` chains: the microphone from the call end on, exactly the tail long."""
+    tail = plan.tail_samples
+    # first_pts=0 pads from the input's t=0 (the seek point when seeked), so a late
+    # start or a gap stays silence at its original place (see _resample).
+    skip = plan.call_end_samples - seek * plan.sample_rate
+    if skip < 0:
+        raise ValueError("recording_seek is past the call end")
+    norm = _normalize(plan)
+    steps = [
+        *mic_mix(audio.channels, plan.channels),
+        _resample(plan),
+        norm,
+        *gain,
+        f"atrim=start_sample={skip}",
+        "asetpts=PTS-STARTPTS",
+        f"apad=whole_len={tail}",
+        f"atrim=end_sample={tail}",
+    ]
+    # Laid over exact-length silence: when the microphone stopped before the call
+    # end, the chain above emits no frame at all (apad has nothing to pad) and the
+    # tail would be missing; normalize=0 keeps the samples as they are.
+    return [
+        source + ",".join(steps) + "[mic]",
+        f"anullsrc=r={plan.sample_rate}:cl={_layout(plan.channels)},{norm},"
+        f"atrim=end_sample={tail}[quiet]",
+        "[quiet][mic]amix=inputs=2:duration=first:dropout_transition=0:normalize=0[rec]",
+    ]
+
+
+def _silence(plan: MergePlan) -> list[str]:
+    """Exactly the tail's length of silence (a screen recorded without a microphone)."""
+    return [
+        f"anullsrc=r={plan.sample_rate}:cl={_layout(plan.channels)}",
+        _normalize(plan),
+        f"atrim=end_sample={plan.tail_samples}",
+    ]

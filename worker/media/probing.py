@@ -1,0 +1,239 @@
+"""Probing a file: ffprobe's header, then the :class:`Timeline` of its packets.
+
+:func:`probe` runs ffprobe through :mod:`worker.ffmpeg` (the allow-lists, the time limit, the
+kill on cancellation) twice: once for the format and streams (:func:`parse_probe_json`), once
+for the packets (:class:`~worker.media.timeline.TimelineScan`), all of them or, for a long
+file with a believable header, its head and tail. The argument builders and the parser are
+pure.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from worker import ffmpeg
+from worker.errors import MediaError
+from worker.media._parse import parse_float, parse_fraction, parse_int
+from worker.media.model import MediaInfo, ProbeHeader, StreamInfo
+from worker.media.timeline import (
+    MAX_PLAUSIBLE_DURATION,
+    StreamSpan,
+    Timeline,
+    TimelineScan,
+    intervals_suffice,
+    looks_truncated,
+    scan_intervals,
+)
+from worker.observability import FFMPEG_FAILURES
+
+log = structlog.get_logger("worker.media")
+
+
+def build_probe_args(path: Path) -> list[str]:
+    """ffprobe of format and streams, as JSON (pure)."""
+    return [
+        ffmpeg.FFPROBE,
+        "-hide_banner",
+        "-v",
+        "error",
+        "-show_format",
+        "-show_streams",
+        "-of",
+        "json",
+        *ffmpeg.input_args(path),
+    ]
+
+
+def build_timeline_args(path: Path, intervals: str | None = None) -> list[str]:
+    """ffprobe listing packets' stream, times, flags and skipped samples (pure).
+
+    Demuxing only (no decoding): a pass over the file at disk speed, or over ``intervals``
+    (ffprobe's ``-read_intervals``, see :func:`~worker.media.timeline.scan_intervals`). One
+    line per packet, read by :class:`~worker.media.timeline.TimelineScan`.
+    """
+    return [
+        ffmpeg.FFPROBE,
+        "-hide_banner",
+        "-v",
+        "error",
+        *(["-read_intervals", intervals] if intervals else []),
+        "-show_entries",
+        "packet=stream_index,pts_time,dts_time,duration_time,flags"
+        ":packet_side_data=skip_samples,discard_padding",
+        "-of",
+        "compact=p=0",
+        *ffmpeg.input_args(path),
+    ]
+
+
+def _stream(raw: dict[str, Any]) -> StreamInfo:
+    return StreamInfo(
+        index=int(raw["index"]),
+        codec_type=str(raw.get("codec_type", "")),
+        codec_name=str(raw.get("codec_name", "unknown")),
+        start_time=parse_float(raw.get("start_time")) or 0.0,
+        duration=parse_float(raw.get("duration")),
+        sample_rate=parse_int(raw.get("sample_rate")),
+        channels=parse_int(raw.get("channels")),
+        width=parse_int(raw.get("width")),
+        height=parse_int(raw.get("height")),
+        time_base=parse_fraction(raw.get("time_base")),
+        reorder_delay=parse_int(raw.get("has_b_frames")) or 0,
+    )
+
+
+def parse_probe_json(path: Path, text: str, size_bytes: int) -> ProbeHeader:
+    """The header from ffprobe's JSON: the first video stream (not a cover picture), the
+    first audio stream and the duration the header claims (None when absent or zero)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise MediaError(f"{path.name}: ffprobe output is not JSON") from None
+    fmt = data.get("format") or {}
+    streams = data.get("streams") or []
+    video = next(
+        (
+            _stream(s)
+            for s in streams
+            if s.get("codec_type") == "video"
+            and not (s.get("disposition") or {}).get("attached_pic")
+        ),
+        None,
+    )
+    audio = next((_stream(s) for s in streams if s.get("codec_type") == "audio"), None)
+    return ProbeHeader(
+        path=path,
+        format_name=str(fmt.get("format_name", "unknown")),
+        duration=parse_float(fmt.get("duration")) or None,
+        video=video,
+        audio=audio,
+        start_time=parse_float(fmt.get("start_time")) or 0.0,
+        size_bytes=size_bytes,
+    )
+
+
+async def probe(path: Path, *, timeout: float = 60.0) -> MediaInfo:  # noqa: ASYNC109
+    """Probe ``path`` with the allow-lists and read its :class:`Timeline` from its packets
+    (all of them, or the head and tail of a long file with a believable header).
+
+    Raises :class:`MediaError` (or a subclass) for files ffprobe refuses or cannot read,
+    :class:`worker.errors.MediaTimeout` past ``timeout``.
+    """
+    path = Path(path)
+    header = await _read_header(path, timeout)
+    timeline = await _read_timeline(header, timeout)
+    if looks_truncated(header.duration, timeline.duration, header.size_bytes):
+        FFMPEG_FAILURES.labels(reason="truncated").inc()
+        raise MediaError(
+            f"{path.name} is truncated: its header says {header.duration:.3f} s, "
+            f"its media ends at {timeline.duration:.3f} s"
+        )
+    info = MediaInfo(
+        path=path,
+        format_name=header.format_name,
+        duration=timeline.duration,
+        video=header.video,
+        audio=header.audio,
+        start_time=header.start_time,
+        size_bytes=header.size_bytes,
+        timeline=timeline,
+        header_duration=header.duration,
+    )
+    _log_probed(info, timeline)
+    return info
+
+
+async def _read_header(path: Path, timeout: float) -> ProbeHeader:  # noqa: ASYNC109
+    """ffprobe's format and streams of a non-empty file with a video or an audio stream."""
+    size = _size(path)
+    if size == 0:
+        FFMPEG_FAILURES.labels(reason="invalid_data").inc()
+        raise MediaError(f"{path.name} is empty (0 bytes)")
+    lines: list[str] = []
+    await ffmpeg.run(
+        build_probe_args(path),
+        timeout=timeout,
+        what=f"probe of {path.name}",
+        on_stdout_line=lines.append,
+    )
+    header = parse_probe_json(path, "\n".join(lines), size)
+    if header.video is None and header.audio is None:
+        FFMPEG_FAILURES.labels(reason="no_streams").inc()
+        raise MediaError(f"{path.name} has neither video nor audio")
+    return header
+
+
+def _size(path: Path) -> int:
+    # A local stat: fast enough not to need a worker thread.
+    try:
+        return path.stat().st_size
+    except OSError as error:
+        raise MediaError(f"{path.name}: cannot read ({error.strerror})") from None
+
+
+async def _read_timeline(header: ProbeHeader, timeout: float) -> Timeline:  # noqa: ASYNC109
+    """The packets' timeline: the head and tail of a long file with a believable header when
+    they suffice, else every packet."""
+    path, size = header.path, header.size_bytes
+    streams = [s for s in (header.video, header.audio) if s is not None]
+    rates = {s.index: s.sample_rate for s in streams}
+    # Reading every packet is a demux pass (no decoding): allow for the file's size.
+    scan_timeout = timeout + size / 20e6
+    timeline: Timeline | None = None
+    intervals = scan_intervals(header.duration, size)
+    if intervals is not None:
+        timeline = await _scan(path, rates, scan_timeout, intervals[0])
+        if timeline is not None and not intervals_suffice(timeline, intervals[1], len(rates)):
+            timeline = None  # the header misled the seek: read every packet instead
+    if timeline is None:
+        timeline = await _scan(path, rates, scan_timeout, None)
+    if timeline is None or not 0 < timeline.duration <= MAX_PLAUSIBLE_DURATION:
+        FFMPEG_FAILURES.labels(reason="invalid_data").inc()
+        raise MediaError(f"{path.name}: no readable packets")
+    return timeline
+
+
+async def _scan(
+    path: Path,
+    rates: dict[int, int | None],
+    timeout: float,  # noqa: ASYNC109
+    intervals: str | None,
+) -> Timeline | None:
+    scanner = TimelineScan(rates)
+    await ffmpeg.run(
+        build_timeline_args(path, intervals),
+        timeout=timeout,
+        what=f"packet scan of {path.name}",
+        on_stdout_line=scanner.feed,
+    )
+    return scanner.timeline(complete=intervals is None)
+
+
+def _log_probed(info: MediaInfo, timeline: Timeline) -> None:
+    header = info.header_duration
+    video, audio = info.video, info.audio
+    log.info(
+        "media_probed",
+        file=info.path.name,
+        format=info.format_name,
+        duration=round(info.duration, 3),
+        header_duration=(round(header, 3) or None) if header is not None else None,
+        origin=round(timeline.origin, 3),
+        streams={
+            f"{kind} {s.codec_name}": _span_summary(timeline.relative(s.index))
+            for kind, s in (("video", video), ("audio", audio))
+            if s is not None
+        },
+        video=video and f"{video.codec_name} {video.width}x{video.height}",
+        audio=audio and f"{audio.codec_name} {audio.sample_rate} Hz {audio.channels} ch",
+    )
+
+
+def _span_summary(span: StreamSpan | None) -> str:
+    if span is None:
+        return "no packets"
+    return f"{span.start:.3f}-{span.end:.3f} s, {span.packets} packets"

@@ -1,0 +1,251 @@
+"""The SPEC §5 merge of one request: validate, plan, measure, one ffmpeg run, check.
+
+:func:`merge` probes the inputs it was not given, validates them into a
+:class:`~worker.media.model.Recording` and a :class:`~worker.media.model.ConnectAudio`,
+plans the merge, measures the call end and loudness (:mod:`worker.media.measure`), runs one
+ffmpeg process for the merge and a second short one for the thumbnail, then probes the
+output and rejects it when its duration or streams are wrong. Every process is run by
+:mod:`worker.ffmpeg` (the only module that spawns one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import structlog
+
+from worker import ffmpeg
+from worker.errors import MediaError, OutputRejected
+from worker.media import loudness, sync
+from worker.media._parse import parse_float, parse_int
+from worker.media.chapters import chapters_metadata
+from worker.media.check import check_output
+from worker.media.commands import build_merge_args
+from worker.media.containers import Container, check_output_path
+from worker.media.measure import measure_audio
+from worker.media.model import ConnectAudio, MediaInfo, Recording
+from worker.media.plan import MergeOptions, MergePlan, plan_merge, recording_seek_seconds
+from worker.media.probing import probe
+from worker.media.thumbnail import write_thumbnail
+from worker.observability import CALL_END_CLAMPS, FFMPEG_FAILURES
+
+log = structlog.get_logger("worker.media")
+
+ProgressCallback = Callable[[float], None]
+
+PROGRESS_LOG_INTERVAL_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    """One merge: local input files, the call end, where to write the results.
+
+    ``recording_info`` and ``connect_info``: the inputs' probes when the caller already has
+    them (each is probed otherwise).
+    """
+
+    recording: Path
+    connect_audio: Path
+    call_end_seconds: float
+    output: Path
+    thumbnail: Path | None
+    options: MergeOptions = field(default_factory=MergeOptions)
+    recording_info: MediaInfo | None = None
+    connect_info: MediaInfo | None = None
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What a merge produced and the numbers stored in the table (SPEC §4)."""
+
+    output: Path
+    thumbnail: Path | None
+    container: Container
+    media_duration_seconds: float
+    call_end_seconds: float
+    call_end_clamped: bool
+    connect_duration_seconds: float
+    connect_audio_offset_seconds: float
+    sync: sync.SyncResult = sync.TIMESTAMP_ONLY
+    loudness: loudness.LoudnessGains | None = None
+
+
+class Progress:
+    """Parses ``-progress`` lines; reports output seconds; logs every 30 s of wall time."""
+
+    def __init__(self, total: float, callback: ProgressCallback | None) -> None:
+        self.total = total
+        self.callback = callback
+        self.last_log = time.monotonic()
+        self.frames: int | None = None  # video packets written so far (ffmpeg's frame=)
+
+    def feed(self, line: str) -> None:
+        """Take one ``-progress`` line."""
+        key, _, value = line.partition("=")
+        if key == "frame":
+            self.frames = parse_int(value)
+            return
+        if key not in ("out_time_us", "out_time_ms"):  # both are microseconds
+            return
+        micros = parse_float(value)
+        if micros is None:
+            return
+        seconds = max(0.0, micros / 1e6)
+        if self.callback is not None:
+            self.callback(seconds)
+        now = time.monotonic()
+        if now - self.last_log >= PROGRESS_LOG_INTERVAL_SECONDS:
+            self.last_log = now
+            log.info(
+                "merge_progress",
+                seconds_written=round(seconds, 1),
+                total_seconds=round(self.total, 1),
+                percent=round(100 * seconds / self.total, 1) if self.total else None,
+            )
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+async def merge(
+    request: MergeRequest, *, on_progress: ProgressCallback | None = None
+) -> MergeResult:
+    """The SPEC §5 merge of ``request``: one ffmpeg run, thumbnail, output check.
+
+    Raises :class:`~worker.errors.NoVideoStream`, :class:`~worker.errors.NoAudioStream`,
+    :class:`~worker.errors.UnsupportedMedia`, :class:`MediaError`, :class:`OutputRejected`,
+    :class:`worker.errors.MediaTimeout`, :class:`worker.errors.ScratchFull`. A failed or
+    rejected output is deleted.
+    """
+    recording, container, connect = await _inputs(request)
+    plan, synced, gains = await _plan(request, recording, connect)
+    log.info(
+        "merge_plan",
+        align=request.options.align,
+        sync_method=synced.method,
+        media_duration=round(plan.duration, 3),
+        call_end=round(plan.call_end, 3),
+        connect_duration=round(plan.connect_duration, 3),
+        connect_audio_offset=round(plan.offset, 3),
+        container=container.extension,
+        recording_audio=recording.audio is not None,
+        recording_audio_seek=recording_seek_seconds(plan) if recording.audio else 0,
+    )
+    started = time.monotonic()
+    written = await _write(request, recording, connect, plan, container, gains, on_progress)
+    log.info(
+        "merge_done",
+        seconds=round(time.monotonic() - started, 3),
+        output_duration=round(written.duration, 3),
+        output_bytes=written.size_bytes,
+    )
+    if on_progress is not None:
+        on_progress(plan.duration)
+    return MergeResult(
+        output=request.output,
+        thumbnail=request.thumbnail,
+        container=container,
+        media_duration_seconds=plan.duration,
+        call_end_seconds=plan.call_end,
+        call_end_clamped=plan.call_end_clamped,
+        connect_duration_seconds=plan.connect_duration,
+        connect_audio_offset_seconds=plan.offset,
+        sync=synced,
+        loudness=gains,
+    )
+
+
+async def _inputs(request: MergeRequest) -> tuple[Recording, Container, ConnectAudio]:
+    """Both inputs probed (unless given) and validated, once; the output's container."""
+    timeout = request.options.timeout_base_seconds
+    info = request.recording_info or await probe(request.recording, timeout=timeout)
+    recording = Recording.of(info, name=request.recording.name)
+    container = check_output_path(recording, request.output)
+    connect_info = request.connect_info or await probe(request.connect_audio, timeout=timeout)
+    connect = ConnectAudio.of(connect_info, name=request.connect_audio.name)
+    outputs = {request.output.absolute(), *(p.absolute() for p in [request.thumbnail] if p)}
+    if outputs & {request.recording.absolute(), request.connect_audio.absolute()}:
+        raise MediaError("an output path is also an input path")
+    return recording, container, connect
+
+
+async def _plan(
+    request: MergeRequest, recording: Recording, connect: ConnectAudio
+) -> tuple[MergePlan, sync.SyncResult, loudness.LoudnessGains | None]:
+    """The timestamp's plan, then the one on the call end the sync measured (if it did)."""
+    options = request.options
+    plan = plan_merge(recording, connect, request.call_end_seconds, options)
+    if plan.call_end_clamped:
+        CALL_END_CLAMPS.inc()
+        log.warning(
+            "call_end_clamped",
+            call_end=request.call_end_seconds,
+            media_duration=round(plan.duration, 3),
+        )
+    synced, gains = await measure_audio(recording, connect, plan, options)
+    if synced.method == "waveform":
+        # The measured call end drives END alignment (whole samples, as the timestamp did).
+        measured = plan_merge(recording, connect, plan.call_end + synced.offset_seconds, options)
+        plan = replace(measured, call_end_clamped=plan.call_end_clamped)
+    return plan, synced, gains
+
+
+async def _write(
+    request: MergeRequest,
+    recording: Recording,
+    connect: ConnectAudio,
+    plan: MergePlan,
+    container: Container,
+    gains: loudness.LoudnessGains | None,
+    on_progress: ProgressCallback | None,
+) -> MediaInfo:
+    """Run the merge, probe and check the output, write the thumbnail; the output's probe.
+
+    Never leaves a partial or rejected file where a caller might upload it.
+    """
+    options = request.options
+    chapters = request.output.with_name(f".{request.output.name}.chapters")
+    args = build_merge_args(
+        recording=recording,
+        connect=connect,
+        plan=plan,
+        output=request.output,
+        options=options,
+        chapters=chapters,
+        gains=gains,
+    )
+    progress = Progress(plan.duration, on_progress)
+    try:
+        chapters.write_text(chapters_metadata(plan))
+        await ffmpeg.run(
+            args,
+            timeout=options.media_timeout(plan.duration),
+            what="merge",
+            on_stdout_line=progress.feed,
+        )
+        written = await probe(request.output, timeout=options.timeout_base_seconds)
+        try:
+            check_output(written, recording, plan, container, progress.frames)
+        except OutputRejected:
+            FFMPEG_FAILURES.labels(reason="output_rejected").inc()
+            raise
+        if request.thumbnail is not None:
+            await write_thumbnail(
+                recording, request.thumbnail, timeout=options.timeout_base_seconds
+            )
+    except BaseException:
+        # (Synchronous, so a cancellation cannot interrupt it.)
+        _remove(request.output)
+        _remove(request.thumbnail)
+        raise
+    finally:
+        _remove(chapters)
+    return written

@@ -1,0 +1,219 @@
+"""The one definition of a file's timeline, read from its packets (SPEC §5).
+
+From the earliest timestamp of any stream (ffmpeg shifts every input so that it is 0) to the
+end of the last sample of any stream, audio or video. All durations and offsets of the merge
+are on that shifted timeline, which is also where ``callEnd`` is measured from (the start of
+the Komorebi recording).
+
+:class:`TimelineScan` builds a :class:`Timeline` from ffprobe's packet lines, the same way with
+or without a header duration (MediaRecorder WebM has none): every packet, or for a long file
+with a believable header its first and last seconds (:func:`scan_intervals`); a header
+promising clearly more than the packets hold is a truncated file (:func:`looks_truncated`).
+Everything here is pure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from worker.media._parse import parse_float, parse_int
+
+# A header that claims fewer bits per second than this for the whole file is not believed
+# (e.g. "3 hours" on a 400 kB file): screen recordings, even of a static screen, and speech
+# audio stay well above it.
+MIN_PLAUSIBLE_BITRATE = 4000.0
+# A believable header duration this much longer than the packets' timeline means that the file
+# was cut (a fragmented MP4's index promising samples that are not there): the larger of the two.
+TRUNCATION_MIN_SECONDS = 1.0
+TRUNCATION_MIN_SHARE = 0.05
+# A file with a believable header duration longer than this is read in two intervals, its
+# first seconds (the origin) and its last (the end), not packet by packet: ffprobe seeks with
+# the container's index. (MediaRecorder WebM has no header: read whole.)
+INTERVAL_MIN_SECONDS = 120.0
+HEAD_SECONDS = 20.0
+TAIL_SECONDS = 30.0
+# Nothing we process is longer than a week (messages.MAX_CALL_END_SECONDS likewise).
+MAX_PLAUSIBLE_DURATION = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class StreamSpan:
+    """Where one stream's samples lie on its file's own clock (seconds), from its packets."""
+
+    index: int
+    start: float  # the first presented sample (discarded priming and skipped samples excluded)
+    end: float  # the end of the last sample: max(pts + duration)
+    last: float  # the start of the last sample (for video: the frame held to the end)
+    packets: int  # presented packets (frames)
+    discarded: int = 0  # packets the demuxer marks discarded (still copied by ffmpeg)
+    in_order: bool = True  # presentation times never go back in file order (no reordering)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The one definition of a file's timeline, used by the plan, the merge and the check.
+
+    ``origin`` is the earliest timestamp of any stream (ffmpeg shifts every input by it, so it
+    is t=0 of the merge and of ``callEnd``); ``end`` is the end of the last sample of any
+    stream, audio or video: a static screen emits no video frames while the microphone goes on,
+    and the last picture stays on screen until the last sound. Both come from the packets
+    (:class:`TimelineScan`), the same way for files with and without a header duration.
+    """
+
+    streams: tuple[StreamSpan, ...]
+    complete: bool = True  # every packet read (False: only the head and the tail; counts partial)
+
+    @property
+    def origin(self) -> float:
+        """The earliest timestamp of any stream (the file's t=0 for ffmpeg)."""
+        return min(span.start for span in self.streams)
+
+    @property
+    def end(self) -> float:
+        """The end of the last sample of any stream, on the file's own clock."""
+        return max(span.end for span in self.streams)
+
+    @property
+    def duration(self) -> float:
+        """How long the file lasts: from the first sample of any stream to the last's end."""
+        return self.end - self.origin
+
+    def stream(self, index: int) -> StreamSpan | None:
+        """The span of stream ``index`` (None when it has no packets)."""
+        return next((span for span in self.streams if span.index == index), None)
+
+    def relative(self, index: int) -> StreamSpan | None:
+        """Stream ``index``'s span with times relative to :attr:`origin`."""
+        span = self.stream(index)
+        if span is None:
+            return None
+        o = self.origin
+        return replace(span, start=span.start - o, end=span.end - o, last=span.last - o)
+
+
+@dataclass(slots=True)
+class _SpanSoFar:
+    """One stream's span while packets are still being fed (see :class:`TimelineScan`)."""
+
+    start: float
+    end: float
+    last: float
+    packets: int = 1
+
+
+class TimelineScan:
+    """Builds a :class:`Timeline` from ffprobe packet lines (see
+    :func:`worker.media.commands.build_timeline_args`).
+
+    Per stream: the first presented sample is the smallest packet time, where packets that
+    the demuxer marks discarded (flag ``D``: MP4 edit-list priming) do not count and an
+    audio packet's skipped samples (Opus pre-skip in MP4) move its start; the end is the
+    largest ``pts + duration``, less the samples a packet discards at its end (WebM
+    DiscardPadding). ``streams`` maps the streams read to their sample rates (None for video);
+    other streams' packets (subtitles, data, a cover picture) are ignored.
+    """
+
+    def __init__(self, streams: dict[int, int | None]) -> None:
+        self._rates = streams
+        self._spans: dict[int, _SpanSoFar] = {}
+        self._discarded: dict[int, int] = {}
+        self._previous: dict[int, float] = {}  # the last packet's time, in file order
+        self._reordered: set[int] = set()
+
+    def feed(self, line: str) -> None:
+        """Take one output line (lines without a timed packet are ignored)."""
+        values = dict(part.split("=", 1) for part in line.split("|") if "=" in part)
+        index = parse_int(values.get("stream_index"))
+        if index not in self._rates:
+            return
+        if "D" in values.get("flags", ""):
+            self._discarded[index] = self._discarded.get(index, 0) + 1
+            return
+        when = parse_float(values.get("pts_time"))
+        if when is None:
+            when = parse_float(values.get("dts_time"))
+        if when is None:
+            return
+        if when < self._previous.get(index, when):
+            self._reordered.add(index)
+        self._previous[index] = when
+        rate = self._rates[index]
+        duration = parse_float(values.get("duration_time")) or 0.0
+        start, end = when, when + duration
+        if rate:
+            start += (parse_int(values.get("skip_samples")) or 0) / rate
+            end -= (parse_int(values.get("discard_padding")) or 0) / rate
+        span = self._spans.get(index)
+        if span is None:
+            self._spans[index] = _SpanSoFar(start, end, when)
+        else:
+            span.start, span.end = min(span.start, start), max(span.end, end)
+            span.last = max(span.last, when)
+            span.packets += 1
+
+    def timeline(self, *, complete: bool = True) -> Timeline | None:
+        """The timeline of what was fed (None when no packet had a time)."""
+        if not self._spans:
+            return None
+        return Timeline(
+            tuple(
+                StreamSpan(
+                    index,
+                    span.start,
+                    span.end,
+                    span.last,
+                    span.packets,
+                    self._discarded.get(index, 0),
+                    in_order=index not in self._reordered,
+                )
+                for index, span in sorted(self._spans.items())
+            ),
+            complete=complete,
+        )
+
+
+def header_duration_plausible(duration: float | None, size_bytes: int) -> bool:
+    """Whether a header duration can be believed for a file of ``size_bytes``."""
+    if duration is None or not 0 < duration <= MAX_PLAUSIBLE_DURATION:
+        return False
+    return size_bytes * 8 / duration >= MIN_PLAUSIBLE_BITRATE
+
+
+def looks_truncated(
+    header_duration: float | None, timeline_duration: float, size_bytes: int
+) -> bool:
+    """Whether a believable header promises clearly more media than the packets hold (pure).
+
+    A header that claims an implausible length (see :func:`header_duration_plausible`) is
+    ignored instead: the packets are the truth.
+    """
+    if header_duration is None or not header_duration_plausible(header_duration, size_bytes):
+        return False
+    missing = header_duration - timeline_duration
+    return missing > max(TRUNCATION_MIN_SECONDS, TRUNCATION_MIN_SHARE * header_duration)
+
+
+def scan_intervals(header_duration: float | None, size_bytes: int) -> tuple[str, float] | None:
+    """``-read_intervals`` for a long file with a believable header, and where its tail
+    starts (pure); None: read every packet.
+
+    The head gives the origin (every stream starts there: a muxer interleaves by time), the
+    tail, read to the end of the file whatever the header says, gives the end.
+    """
+    if header_duration is None or not header_duration_plausible(header_duration, size_bytes):
+        return None
+    if header_duration < INTERVAL_MIN_SECONDS:
+        return None
+    tail = header_duration - TAIL_SECONDS
+    return f"%+{HEAD_SECONDS:g},{tail:.3f}%", tail
+
+
+def intervals_suffice(timeline: Timeline, tail_from: float, streams: int) -> bool:
+    """Whether the head and tail reads found every stream's start and the file's end: each
+    stream began in the head, and the tail held packets (none if the header promised more
+    than the file holds, which the full scan then shows)."""
+    return (
+        len(timeline.streams) == streams
+        and all(span.start < tail_from for span in timeline.streams)
+        and timeline.end >= tail_from
+    )
