@@ -541,6 +541,10 @@ def test_dashboard_has_the_panels_operators_need() -> None:
         "Bytes transferred",
         "Visibility extensions",
         "Retries",
+        "Queue wait p50 / p95 / p99 (first delivery)",
+        "Message to DONE p50 / p95 / p99",
+        "SLO error budget burn rate",
+        "Messages DONE within 30 min (range)",
     ):
         assert wanted in titles, wanted
     ids = [panel["id"] for panel in dashboard["panels"]]
@@ -557,3 +561,24 @@ def test_dashboard_queries_use_only_metrics_the_worker_exposes() -> None:
     used = {name for expr in dashboard_queries() for name in re.findall(r"komorebi_\w+", expr)}
     assert len(used) >= 15, used
     assert used <= exposed, used - exposed
+
+
+def test_slo_rules_read_the_slo_bound_and_define_every_window_they_use() -> None:
+    import yaml
+
+    rules = [
+        rule
+        for group in yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    ]
+    text = json.dumps(rules) + DASHBOARD.read_text()
+    # Every "within the SLO" selector is the bucket bound the worker has (SLO_SECONDS).
+    bounds = set(re.findall(r'le=~\\"(\d+)\(', text))
+    assert bounds == {str(SLO_SECONDS)}, bounds
+    recorded = {rule["record"] for rule in rules if "record" in rule}
+    used = set(re.findall(r"komorebi:slo_errors:ratio_rate\w+", text))
+    assert used == recorded and len(recorded) == 5, (used, recorded)
+    alerts = {rule["alert"]: rule for rule in rules if "alert" in rule}
+    fast = alerts["KomorebiErrorBudgetFastBurn"]["expr"]
+    assert "ratio_rate1h > (14.4 * 0.01)" in fast and "ratio_rate5m > (14.4 * 0.01)" in fast
+    assert "ratio_rate6h > (6 * 0.01)" in fast and "ratio_rate30m > (6 * 0.01)" in fast
