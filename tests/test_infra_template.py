@@ -369,13 +369,6 @@ def test_alert_rules_are_deployed_to_amp_from_alerts_yml(template: dict[str, Any
     assert "sns_configs" in alertmanager[0] and alertmanager[1] == {"Topic": TOPIC}
 
 
-def test_template_fits_an_inline_deploy() -> None:
-    # `aws cloudformation deploy` sends a template inline up to 51,200 bytes; above that it
-    # needs --s3-bucket, which .ci/deploy.py does not pass.
-    size = len(TEMPLATE_PATH.read_bytes())
-    assert size <= 51_200, f"infra/template.yaml is {size} bytes"
-
-
 def test_outputs(template: dict[str, Any]) -> None:
     assert {"QueueUrl", "DeadLetterQueueUrl", "ServiceName"} <= set(template["Outputs"])
 
