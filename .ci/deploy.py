@@ -32,6 +32,9 @@ from typing import Any
 import yaml
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "infra" / "template.yaml"
+# CloudFormation takes a template inline up to this many bytes; a larger one must go through
+# S3, which `aws cloudformation deploy --s3-bucket` does (DEPLOY_TEMPLATE_BUCKET).
+INLINE_TEMPLATE_LIMIT = 51_200
 
 
 class ParamsError(Exception):
@@ -162,9 +165,15 @@ def effective_value(template: Path, values: dict[str, str], name: str) -> str:
 
 
 def build_command(
-    stack: str, region: str, template: Path, values: dict[str, str], tags: dict[str, str]
+    stack: str,
+    region: str,
+    template: Path,
+    values: dict[str, str],
+    tags: dict[str, str],
+    s3_bucket: str | None = None,
 ) -> list[str]:
-    """The `aws cloudformation deploy` argument list."""
+    """The `aws cloudformation deploy` argument list (uploading the template to ``s3_bucket``
+    when given)."""
     command = [
         "aws", "cloudformation", "deploy",
         "--region", region,
@@ -176,6 +185,8 @@ def build_command(
     ]  # fmt: skip
     if tags:
         command += ["--tags", *[f"{k}={v}" for k, v in sorted(tags.items())]]
+    if s3_bucket:
+        command += ["--s3-bucket", s3_bucket, "--s3-prefix", f"cloudformation/{stack}"]
     return command
 
 
@@ -191,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--region", default=os.environ.get("AWS_REGION", "eu-west-1"))
     parser.add_argument("--template", type=Path, default=TEMPLATE)
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument(
+        "--s3-bucket",
+        default=os.environ.get("DEPLOY_TEMPLATE_BUCKET") or None,
+        help="upload the template there first (needed above 51,200 bytes; "
+        "default: $DEPLOY_TEMPLATE_BUCKET)",
+    )
     parser.add_argument("--get", metavar="NAME", help="print one parameter's effective value")
     parser.add_argument("--lenient", action="store_true", help="with --get: no file = defaults")
     args = parser.parse_args(argv)
@@ -218,12 +235,24 @@ def main(argv: list[str] | None = None) -> int:
             )
         values["ImageRepositoryName"] = args.image_repository
     problems += check_params(args.template, values)
+    size = args.template.stat().st_size
+    if size > INLINE_TEMPLATE_LIMIT and not args.s3_bucket:
+        problems.append(
+            f"{args.template.name} is {size} bytes, more than the {INLINE_TEMPLATE_LIMIT} "
+            "CloudFormation takes inline: set DEPLOY_TEMPLATE_BUCKET to an S3 bucket to "
+            "upload it to"
+        )
     if problems:
         for problem in problems:
             print(f"deploy: {args.params}: {problem}", file=sys.stderr)
         return 2
     command = build_command(
-        args.stack_name, args.region, args.template, values, {"app": "komorebi-worker"}
+        args.stack_name,
+        args.region,
+        args.template,
+        values,
+        {"app": "komorebi-worker"},
+        args.s3_bucket,
     )
     if args.dry_run:
         print(shlex.join(command))

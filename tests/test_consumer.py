@@ -21,6 +21,7 @@ import structlog
 
 from tests.fixtures_aws import AwsEnv
 from tests.worker_harness import (
+    age_queued_messages,
     attributes,
     dlq_messages,
     eventually,
@@ -119,6 +120,84 @@ async def test_connect_audio_uploaded_late_is_retried_then_succeeds(
     row = get_row(aws, contact.recording_id)
     assert int(row["processingAttempts"]) >= 2
     assert dlq_messages(aws) == []
+
+
+def histogram(name: str, **labels: str) -> dict[str, float]:
+    """One histogram child of the worker's registry: ``sum``, ``count`` and each bucket bound."""
+    values = {
+        "sum": metric(f"{name}_sum", **labels),
+        "count": metric(f"{name}_count", **labels),
+    }
+    for bound in ("1800.0", "3600.0", "7200.0"):
+        values[bound] = metric(f"{name}_bucket", le=bound, **labels)
+    return values
+
+
+def grew(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {key: round(after[key] - before[key], 3) for key in before}
+
+
+async def test_a_message_that_waited_shows_its_wait_in_the_slo_histograms(
+    aws: AwsEnv, scratch: Path, short_recording: Path
+) -> None:
+    # Sent "5000 s ago" (its SentTimestamp moved back in moto): both end-to-end histograms see
+    # 5000 s plus the few seconds of the real receive and job, in the 3600-7200 s bucket.
+    contact = seed_contact(aws, recording=short_recording)
+    send_job(aws, contact.recording_id, 3)
+    assert age_queued_messages(aws, 5000) == 1
+    wait = histogram("komorebi_queue_wait_seconds", delivery="first")
+    done = histogram("komorebi_message_to_done_seconds")
+    async with running_consumer(settings_for(aws, scratch)):
+        await eventually(_done(aws, contact.recording_id), what="row DONE")
+        await eventually(_queue_empty(aws), what="message deleted")
+    waited = grew(wait, histogram("komorebi_queue_wait_seconds", delivery="first"))
+    assert waited["count"] == 1 and 5000 <= waited["sum"] < 5060, waited
+    assert (waited["1800.0"], waited["3600.0"], waited["7200.0"]) == (0, 0, 1)
+    took = grew(done, histogram("komorebi_message_to_done_seconds"))
+    assert took["count"] == 1 and waited["sum"] <= took["sum"] < 5120, took
+    assert (took["1800.0"], took["3600.0"], took["7200.0"]) == (0, 0, 1)
+
+
+@on_both_backends
+async def test_message_to_done_counts_from_the_first_send_across_a_retry(
+    aws: AwsEnv, scratch: Path, short_recording: Path, json_logs: io.StringIO
+) -> None:
+    # The Connect audio is missing on the first receive: retried after a backoff. SQS keeps
+    # the message's SentTimestamp through ChangeMessageVisibility, so the second receive's
+    # queue wait and the message's time to DONE both include that backoff.
+    contact = seed_contact(aws, recording=short_recording, connect_audio=None)
+    message_id = send_job(aws, contact.recording_id, 3)
+    first = histogram("komorebi_queue_wait_seconds", delivery="first")
+    repeat = histogram("komorebi_queue_wait_seconds", delivery="repeat")
+    done = histogram("komorebi_message_to_done_seconds")
+    retries = metric("komorebi_retries_total", reason="connect_audio_not_ready")
+    settings = settings_for(
+        aws, scratch, RETRY_BACKOFF_BASE_SECONDS="6", RETRY_BACKOFF_MAX_SECONDS="6"
+    )
+    async with running_consumer(settings):
+        await eventually(
+            lambda: (
+                metric("komorebi_retries_total", reason="connect_audio_not_ready") >= retries + 1
+            ),
+            what="a retry for the missing Connect audio",
+        )
+        upload_connect_audio(aws, contact)
+        await eventually(_done(aws, contact.recording_id), what="row DONE after the upload")
+        await eventually(_queue_empty(aws), what="message deleted")
+    records = [json.loads(line) for line in json_logs.getvalue().splitlines()]
+    (retry,) = [
+        r for r in records if r.get("message_id") == message_id and r["event"] == "job.retry"
+    ]
+    backoff = float(retry["retry_in_seconds"])
+    assert 3 <= backoff <= 6  # 6 s x jitter 0.5-1
+    waited_first = grew(first, histogram("komorebi_queue_wait_seconds", delivery="first"))
+    waited_again = grew(repeat, histogram("komorebi_queue_wait_seconds", delivery="repeat"))
+    took = grew(done, histogram("komorebi_message_to_done_seconds"))
+    assert waited_first["count"] == 1 and waited_again["count"] == 1
+    # The repeat's wait runs from the first send: the first wait + the first job + backoff.
+    assert waited_again["sum"] >= waited_first["sum"] + backoff, (waited_first, waited_again)
+    assert took["count"] == 1 and took["sum"] >= waited_again["sum"] >= backoff, took
+    assert took["1800.0"] == 1  # well within the SLO
 
 
 @on_both_backends

@@ -569,6 +569,26 @@ def test_deploy_checks_lengths_and_number_types(tmp_path: Path) -> None:
     assert run_deploy(params, "--template", str(template)).returncode == 0
 
 
+def test_a_template_above_the_inline_limit_needs_a_deploy_bucket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DEPLOY_TEMPLATE_BUCKET", raising=False)
+    # CloudFormation takes 51,200 bytes inline; above that `aws cloudformation deploy` must
+    # upload the template to S3 (--s3-bucket), or it fails half-way through the pipeline.
+    template = tmp_path / "template.yaml"
+    template.write_text((ROOT / "infra" / "template.yaml").read_text() + "#" * 60_000 + "\n")
+    example = ROOT / "infra" / "params" / "example.env"
+    inline = run_deploy(example, "--template", str(template))
+    assert inline.returncode == 2
+    assert "set DEPLOY_TEMPLATE_BUCKET" in inline.stderr and "bytes" in inline.stderr
+    staged = run_deploy(example, "--template", str(template), "--s3-bucket", "cfn-artifacts")
+    assert staged.returncode == 0, staged.stderr
+    assert "--s3-bucket cfn-artifacts --s3-prefix cloudformation/komorebi-worker" in staged.stdout
+    # The shipped template goes inline, or the pipeline provides the bucket.
+    if (ROOT / "infra" / "template.yaml").stat().st_size > 51_200:
+        assert "DEPLOY_TEMPLATE_BUCKET" in (ROOT / "Jenkinsfile").read_text()
+
+
 def test_a_missing_parameter_file_is_one_clear_line() -> None:
     for command in (("deploy",), ("push",)):
         result = make(*command, DRY_RUN="1", DEPLOY_ENV="no-such-env", IMAGE_TAG="t")

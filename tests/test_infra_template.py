@@ -214,6 +214,161 @@ def test_operator_alarms(template: dict[str, Any]) -> None:
     assert any("tasks" in m.get("Expression", "") for m in stuck["Metrics"])
 
 
+# --- alarms reach someone (issue 17) ---------------------------------------------------------
+
+TOPIC = {"Fn::If": ["CreateAlarmTopic", {"Ref": "AlarmTopic"}, {"Ref": "AlarmTopicArn"}]}
+# Alarms whose action is a scaling policy, not a notification.
+SCALING_ALARMS = {"MessagesWaitingWithNoTasksScaleAlarm"}
+
+
+def alarms(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: spec["Properties"]
+        for name, spec in template["Resources"].items()
+        if spec["Type"] == "AWS::CloudWatch::Alarm"
+    }
+
+
+def test_every_alarm_has_actions_and_operator_alarms_notify_the_topic(
+    template: dict[str, Any],
+) -> None:
+    found = alarms(template)
+    assert len(found) >= 10
+    silent = [name for name, alarm in found.items() if not alarm.get("AlarmActions")]
+    assert not silent, f"alarms without AlarmActions: {silent}"
+    for name, alarm in found.items():
+        if name in SCALING_ALARMS:
+            continue
+        # The topic on every branch: no condition leaves an operator alarm without it.
+        assert alarm["AlarmActions"] == [TOPIC], name
+        assert alarm["OKActions"] == [TOPIC], name
+
+
+def test_the_checker_catches_an_alarm_without_actions(template: dict[str, Any]) -> None:
+    broken = json.loads(json.dumps(template))
+    del broken["Resources"]["NoInputAlarm"]["Properties"]["AlarmActions"]
+    with pytest.raises(AssertionError, match="NoInputAlarm"):
+        test_every_alarm_has_actions_and_operator_alarms_notify_the_topic(broken)
+
+
+def test_alarm_topic_is_created_encrypted_when_none_is_given(template: dict[str, Any]) -> None:
+    conditions = template["Conditions"]
+    assert conditions["CreateAlarmTopic"] == {"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}
+    resources = template["Resources"]
+    for name in ("AlarmTopic", "AlarmTopicKey", "AlarmTopicPolicy"):
+        assert resources[name]["Condition"] == "CreateAlarmTopic", name
+    assert resource(template, "AlarmTopic")["KmsMasterKeyId"] == {"Ref": "AlarmTopicKey"}
+    key = resource(template, "AlarmTopicKey")
+    assert key["EnableKeyRotation"] is True
+    services = {
+        service
+        for statement in key["KeyPolicy"]["Statement"]
+        for service in statement["Principal"].get("Service", [])
+    }
+    # CloudWatch alarms and AMP's Alertmanager must encrypt to the topic, or nothing arrives.
+    assert services == {"cloudwatch.amazonaws.com", "aps.amazonaws.com"}
+    publishers = {
+        statement["Principal"]["Service"]
+        for statement in resource(template, "AlarmTopicPolicy")["PolicyDocument"]["Statement"]
+        if "sns:Publish" in statement["Action"]
+    }
+    assert publishers == {"cloudwatch.amazonaws.com", "aps.amazonaws.com"}
+    email = resources["AlarmEmailSubscription"]
+    assert email["Condition"] == "HasAlarmEmail"
+    assert email["Properties"]["TopicArn"] == TOPIC
+    assert email["Properties"]["Protocol"] == "email"
+    assert template["Outputs"]["AlarmTopicArn"]["Value"] == TOPIC
+
+
+def test_dlq_retention_alarm_leaves_days_to_redrive(template: dict[str, Any]) -> None:
+    alarm = resource(template, "DeadLetterQueueNearRetentionAlarm")
+    assert alarm["MetricName"] == "ApproximateAgeOfOldestMessage"
+    assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}
+    retention = provisioning.DLQ_MESSAGE_RETENTION_SECONDS
+    assert resource(template, "DeadLetterQueue")["MessageRetentionPeriod"] == retention
+    assert alarm["Threshold"] == retention * 10 // 14  # 10 of 14 days: 4 days left
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+
+
+def returned_expression(alarm: dict[str, Any]) -> Any:
+    (expression,) = [m["Expression"] for m in alarm["Metrics"] if m.get("ReturnData")]
+    return expression
+
+
+def test_capacity_memory_storage_and_input_alarms(template: dict[str, Any]) -> None:
+    at_max = resource(template, "TasksAtMaxAlarm")
+    assert returned_expression(at_max) == {
+        "Fn::Sub": "IF(FILL(tasks, 0) >= ${MaxTasks} AND visible > 0, 1, 0)"
+    }
+    assert at_max["EvaluationPeriods"] == at_max["DatapointsToAlarm"] == 6  # 30 min
+    memory = resource(template, "TaskMemoryHighAlarm")
+    assert (memory["Namespace"], memory["MetricName"], memory["Statistic"]) == (
+        "AWS/ECS",
+        "MemoryUtilization",
+        "Maximum",  # the fullest task's
+    )
+    storage = resource(template, "EphemeralStorageHighAlarm")
+    names = {m["MetricStat"]["Metric"]["MetricName"] for m in storage["Metrics"][:2]}
+    assert names == {"EphemeralStorageUtilized", "EphemeralStorageReserved"}
+    assert returned_expression(storage) == "100 * utilized / reserved"
+    quiet = resource(template, "NoInputAlarm")
+    assert (quiet["MetricName"], quiet["Statistic"], quiet["Period"]) == (
+        "NumberOfMessagesSent",
+        "Sum",
+        3600,
+    )
+    assert quiet["ComparisonOperator"] == "LessThanOrEqualToThreshold" and quiet["Threshold"] == 0
+    assert quiet["TreatMissingData"] == "breaching"  # an idle queue stops reporting
+
+
+def test_job_failure_alarm_rolls_back_deployments(template: dict[str, Any]) -> None:
+    service = resource(template, "Service")
+    assert service["DeploymentConfiguration"]["Alarms"] == {
+        "AlarmNames": [{"Ref": "JobFailureAlarm"}],
+        "Enable": True,
+        "Rollback": True,
+    }
+    alarm = resource(template, "JobFailureAlarm")
+    metrics = {m["MetricStat"]["Metric"]["MetricName"] for m in alarm["Metrics"][:2]}
+    filters = {
+        resource(template, name)["MetricTransformations"][0]["MetricName"]: resource(
+            template, name
+        )["FilterPattern"]
+        for name in ("JobFailuresMetricFilter", "JobSuccessesMetricFilter")
+    }
+    assert metrics == set(filters)
+    # The patterns name the worker's real log events and reason codes.
+    delivery = (ROOT / "worker" / "delivery.py").read_text()
+    errors = (ROOT / "worker" / "errors.py").read_text()
+    for pattern in filters.values():
+        for event in re.findall(r'\$\.event = "([^"]+)"', pattern):
+            assert f'"{event}"' in delivery, event
+        for reason in re.findall(r'\$\.reason != "([^"]+)"', pattern):
+            assert f'reason = "{reason}"' in errors, reason
+    assert "job.dead_lettered" in filters["JobFailures"]
+    assert filters["JobSuccesses"] == '{ $.event = "job.succeeded" }'
+
+
+def test_alert_rules_are_deployed_to_amp_from_alerts_yml(template: dict[str, Any]) -> None:
+    import subprocess
+    import sys
+
+    rules = resource(template, "AlertRules")
+    shipped = yaml.safe_load((ROOT / "infra" / "prometheus" / "alerts.yml").read_text())
+    assert yaml.safe_load(rules["Data"]) == shipped
+    check = subprocess.run(
+        [sys.executable, str(ROOT / ".ci" / "embed-alert-rules"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stderr
+    # In the workspace the metrics go to: the stack's own or PrometheusWorkspaceId.
+    assert rules["Workspace"]["Fn::If"][0] == "CreateMetricsWorkspace"
+    alertmanager = resource(template, "MetricsWorkspace")["AlertManagerDefinition"]["Fn::Sub"]
+    assert "sns_configs" in alertmanager[0] and alertmanager[1] == {"Topic": TOPIC}
+
+
 def test_outputs(template: dict[str, Any]) -> None:
     assert {"QueueUrl", "DeadLetterQueueUrl", "ServiceName"} <= set(template["Outputs"])
 
@@ -244,6 +399,10 @@ MOTO_UNSUPPORTED = (
     "AWS::ApplicationAutoScaling::ScalableTarget",
     "AWS::ApplicationAutoScaling::ScalingPolicy",
     "AWS::CloudWatch::Alarm",
+    "AWS::APS::RuleGroupsNamespace",
+    "AWS::Logs::MetricFilter",
+    "AWS::SNS::Subscription",
+    "AWS::SNS::TopicPolicy",
 )
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse .* not supported by moto")
 
@@ -378,3 +537,12 @@ def test_deployed_task_role_resolves_to_concrete_arns(
     assert queue_arn in resources
     # No bucket KMS key given: the conditional KMS statement is absent.
     assert not any("kms:" in str(s["Action"]) for s in document["Statement"])
+
+
+def test_deployed_alarm_topic_is_kms_encrypted(stack: dict[str, Any], moto_endpoint: str) -> None:
+    # No AlarmTopicArn given: the stack's own topic, encrypted with the stack's key.
+    topic = outputs(stack)["AlarmTopicArn"]
+    attributes = client(moto_endpoint, "sns").get_topic_attributes(TopicArn=topic)["Attributes"]
+    # (moto keeps a CloudFormation key's policy as a dict and fails DescribeKey on it.)
+    keys = {k["KeyId"] for k in client(moto_endpoint, "kms").list_keys()["Keys"]}
+    assert attributes["KmsMasterKeyId"] in keys

@@ -26,15 +26,20 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from worker.errors import ConfigError
 from worker.observability import (
+    E2E_BUCKETS,
     JOBS_IN_FLIGHT,
     LAST_POLL,
     OUTCOMES,
     REGISTRY,
+    SLO_SECONDS,
     HealthState,
     job_in_flight,
+    record_done,
     record_job,
     record_merge,
+    record_receive,
     redact,
+    seconds_since_sent,
     serve_http,
     set_slots,
 )
@@ -113,6 +118,46 @@ def test_every_outcome_is_exposed_before_its_first_job() -> None:
     text = exposition()
     for outcome in OUTCOMES:
         assert f'komorebi_jobs_total{{outcome="{outcome}"}}' in text
+
+
+def test_seconds_since_sent_is_never_negative_and_needs_a_timestamp() -> None:
+    assert seconds_since_sent(1_700_000_000_000, 1_700_000_090.5) == 90.5
+    # SQS's clock a little ahead of the task's: 0, not a negative observation.
+    assert seconds_since_sent(1_700_000_000_500, 1_700_000_000.0) == 0.0
+    assert seconds_since_sent(None, 1_700_000_000.0) is None
+
+
+def test_record_receive_labels_first_and_repeat_deliveries() -> None:
+    name = "komorebi_queue_wait_seconds"
+    first = sample(f"{name}_sum", delivery="first")
+    repeat = sample(f"{name}_count", delivery="repeat")
+    under_a_minute = sample(f"{name}_bucket", delivery="first", le="60.0")
+    record_receive(1_700_000_000_000, 1, 1_700_000_042.0)
+    record_receive(1_700_000_000_000, 3, 1_700_000_900.0)
+    record_receive(None, 1, 1_700_000_900.0)  # no SentTimestamp: nothing to observe
+    assert sample(f"{name}_sum", delivery="first") == first + 42.0
+    assert sample(f"{name}_bucket", delivery="first", le="60.0") == under_a_minute + 1
+    assert sample(f"{name}_count", delivery="repeat") == repeat + 1
+
+
+def test_record_done_observes_from_the_send() -> None:
+    name = "komorebi_message_to_done_seconds"
+    total, within = sample(f"{name}_count"), sample(f"{name}_bucket", le=f"{SLO_SECONDS:.1f}")
+    record_done(1_700_000_000_000, 1_700_000_000.0 + SLO_SECONDS + 1)  # just late
+    record_done(1_700_000_000_000, 1_700_000_000.0 + SLO_SECONDS)  # just in time
+    assert sample(f"{name}_count") == total + 2
+    assert sample(f"{name}_bucket", le=f"{SLO_SECONDS:.1f}") == within + 1
+
+
+def test_end_to_end_buckets_reach_hours_and_hold_the_slo_bound() -> None:
+    assert SLO_SECONDS in E2E_BUCKETS and E2E_BUCKETS[-1] >= 6 * 3600
+    assert list(E2E_BUCKETS) == sorted(E2E_BUCKETS)
+    # Both series exist from the first scrape, so ratios and rates work before any message.
+    for delivery in ("first", "repeat"):
+        assert (
+            REGISTRY.get_sample_value("komorebi_queue_wait_seconds_count", {"delivery": delivery})
+            is not None
+        )
 
 
 def test_record_merge_counts_media_seconds_and_speed() -> None:
@@ -301,6 +346,8 @@ async def test_metrics_exposition_parses_back(server: Server) -> None:
         "komorebi_last_successful_poll_timestamp_seconds",
         "komorebi_task_protection_enabled",
         "komorebi_worker_ready",
+        "komorebi_queue_wait_seconds",
+        "komorebi_message_to_done_seconds",
     ):
         assert name in families, name
     assert families["komorebi_jobs"].type == "counter"
@@ -319,7 +366,15 @@ async def test_metrics_exposition_parses_back(server: Server) -> None:
     assert "28800.0" in les and "+Inf" in les
     # No per-recording labels anywhere: every label is from a small, fixed set.
     label_names = {key for family in families.values() for s in family.samples for key in s.labels}
-    assert label_names <= {"outcome", "stage", "reason", "direction", "le", "method"}
+    assert label_names <= {
+        "outcome",
+        "stage",
+        "reason",
+        "direction",
+        "le",
+        "method",
+        "delivery",
+    }
 
 
 @pytest.mark.anyio
@@ -491,6 +546,10 @@ def test_dashboard_has_the_panels_operators_need() -> None:
         "Bytes transferred",
         "Visibility extensions",
         "Retries",
+        "Queue wait p50 / p95 / p99 (first delivery)",
+        "Message to DONE p50 / p95 / p99",
+        "SLO error budget burn rate",
+        "Messages DONE within 30 min (range)",
     ):
         assert wanted in titles, wanted
     ids = [panel["id"] for panel in dashboard["panels"]]
@@ -507,3 +566,24 @@ def test_dashboard_queries_use_only_metrics_the_worker_exposes() -> None:
     used = {name for expr in dashboard_queries() for name in re.findall(r"komorebi_\w+", expr)}
     assert len(used) >= 15, used
     assert used <= exposed, used - exposed
+
+
+def test_slo_rules_read_the_slo_bound_and_define_every_window_they_use() -> None:
+    import yaml
+
+    rules = [
+        rule
+        for group in yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    ]
+    text = json.dumps(rules) + DASHBOARD.read_text()
+    # Every "within the SLO" selector is the bucket bound the worker has (SLO_SECONDS).
+    bounds = set(re.findall(r'le=~\\"(\d+)\(', text))
+    assert bounds == {str(SLO_SECONDS)}, bounds
+    recorded = {rule["record"] for rule in rules if "record" in rule}
+    used = set(re.findall(r"komorebi:slo_errors:ratio_rate\w+", text))
+    assert used == recorded and len(recorded) == 5, (used, recorded)
+    alerts = {rule["alert"]: rule for rule in rules if "alert" in rule}
+    fast = alerts["KomorebiErrorBudgetFastBurn"]["expr"]
+    assert "ratio_rate1h > (14.4 * 0.01)" in fast and "ratio_rate5m > (14.4 * 0.01)" in fast
+    assert "ratio_rate6h > (6 * 0.01)" in fast and "ratio_rate30m > (6 * 0.01)" in fast

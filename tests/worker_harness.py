@@ -162,6 +162,20 @@ def get_row(aws: AwsEnv, recording_id: str) -> dict[str, Any]:
     return {k: deserializer.deserialize(v) for k, v in item.get("Item", {}).items()}
 
 
+def age_queued_messages(aws: AwsEnv, seconds: float) -> int:
+    """Move the ``SentTimestamp`` of every message in the job queue ``seconds`` back, as if
+    it had waited that long (moto only: its server runs in this process). Returns how many."""
+    from moto.backends import get_backend
+
+    assert aws.backend == "moto", "SentTimestamp can only be aged on moto"
+    account, name = aws.queue_url.rstrip("/").split("/")[-2:]
+    region = aws.env["AWS_REGION"]
+    queue = get_backend("sqs")[account][region].queues[name]  # type: ignore[index]
+    for message in queue._messages:
+        message.sent_timestamp -= int(seconds * 1000)
+    return len(queue._messages)
+
+
 def queue_depth(aws: AwsEnv, queue_url: str | None = None) -> tuple[int, int]:
     """(visible, in flight) messages of the queue (moto counts exactly)."""
     attributes = aws.client("sqs").get_queue_attributes(

@@ -57,6 +57,7 @@ from worker.observability import (
     HealthState,
     configure_logging,
     record_job,
+    record_receive,
     serve_http,
     set_slots,
 )
@@ -334,6 +335,10 @@ class Consumer:
                 if not self.state.stopping:
                     await self.state.wait_for_change(delay)
             received_at = time.monotonic()
+            received_wall = time.time()
+            for message in messages:
+                # Every receive, also one given back below: the SLO's queue wait.
+                record_receive(message.sent_timestamp_ms, message.receive_count, received_wall)
             if self.state.stopping:
                 # Received while stopping: not ours to start; visible again at once.
                 await self._give_back(messages)

@@ -41,6 +41,7 @@ from worker.observability import (
     VISIBILITY_EXTENSIONS,
     job_context,
     job_in_flight,
+    record_done,
     record_job,
     redact,
 )
@@ -95,6 +96,9 @@ class Settler:
         """Act on ``decision``: never raises a :class:`JobError` (each failure is logged and
         what is left is done; the message is never lost)."""
         if isinstance(decision, Delete):
+            if not decision.duplicate:
+                # The job has just written the row DONE: the end of the SLO's clock.
+                record_done(message.sent_timestamp_ms, time.time())
             await self._delete(message)
             self._log_done(decision, elapsed)
         elif isinstance(decision, DeadLetter):
