@@ -12,6 +12,11 @@
 or, when the job is cancelled (shutdown), :meth:`Delivery.release`: the message visible
 again at once, the lease already released by the job, the row back to its earlier status.
 
+Whatever escapes all this (a bug around the job rather than in it) is settled all the same,
+unless the outcome was already being carried out: ``decide(escaped(error))`` dead-letters it
+as ``unexpected`` (``errorClass`` = the exception's type, row FAILED where the id is known)
+and one ``job.handler_failed`` line carries the ids.
+
 SQS's 12-hour limit: a message's visibility cannot be extended past 12 h after it was
 received. Each job therefore runs under a deadline of 12 h minus
 :data:`DEADLINE_MARGIN_SECONDS` from its receipt; the heartbeat never asks for visibility
@@ -295,11 +300,14 @@ class Delivery:
         log.debug("job.handler_failed_traceback", exc_info=error)
         if progress.settling:
             return  # deleted, dead-lettered or given back already (or part-way): not twice
-        decision = decide(
-            escaped(error), message.receive_count, self.queue.max_receive_count, self.settings
-        )
         with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT_SECONDS):
             try:
+                decision = decide(
+                    escaped(error),
+                    message.receive_count,
+                    self.queue.max_receive_count,
+                    self.settings,
+                )
                 with job_context(
                     recording_id=progress.recording_id,
                     message_id=message.message_id,
