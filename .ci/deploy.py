@@ -22,6 +22,7 @@ file that names another repository).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -35,6 +36,8 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "infra" / "template.yaml"
 # CloudFormation takes a template inline up to this many bytes; a larger one must go through
 # S3, which `aws cloudformation deploy --s3-bucket` does (DEPLOY_TEMPLATE_BUCKET).
 INLINE_TEMPLATE_LIMIT = 51_200
+# Where the template is rendered as it is sent (build/ is ignored by git).
+PACKAGED_DIR = Path(__file__).resolve().parent.parent / "build" / "cloudformation"
 
 
 class ParamsError(Exception):
@@ -164,6 +167,21 @@ def effective_value(template: Path, values: dict[str, str], name: str) -> str:
     raise ParamsError(f"missing parameter {name} (no default)")
 
 
+def package_template(template: Path, destination: Path) -> Path:
+    """``template`` as CloudFormation receives it: compact JSON, short tags (``!Sub``) in
+    their long form, comments and layout dropped. The YAML stays the readable source; what
+    is sent is about 20 % smaller, which keeps it under the inline limit (cfn-lint's decoder
+    is the one that lints the template, so what is checked is what is sent)."""
+    from cfnlint.decode import decode_str
+
+    decoded, problems = decode_str(template.read_text())
+    if decoded is None or problems:
+        raise ParamsError(f"{template.name} does not parse: {problems[0] if problems else ''}")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.write_text(json.dumps(decoded, separators=(",", ":")))
+    return destination
+
+
 def build_command(
     stack: str,
     region: str,
@@ -235,12 +253,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         values["ImageRepositoryName"] = args.image_repository
     problems += check_params(args.template, values)
-    size = args.template.stat().st_size
+    try:
+        packaged = package_template(
+            args.template, PACKAGED_DIR / f"{args.stack_name}.template.json"
+        )
+    except ParamsError as error:
+        print(f"deploy: {error}", file=sys.stderr)
+        return 2
+    size = packaged.stat().st_size
     if size > INLINE_TEMPLATE_LIMIT and not args.s3_bucket:
         problems.append(
-            f"{args.template.name} is {size} bytes, more than the {INLINE_TEMPLATE_LIMIT} "
-            "CloudFormation takes inline: set DEPLOY_TEMPLATE_BUCKET to an S3 bucket to "
-            "upload it to"
+            f"{args.template.name} is {size} bytes as compact JSON, more than the "
+            f"{INLINE_TEMPLATE_LIMIT} CloudFormation takes inline: set DEPLOY_TEMPLATE_BUCKET "
+            "to an S3 bucket to upload it to"
         )
     if problems:
         for problem in problems:
@@ -249,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     command = build_command(
         args.stack_name,
         args.region,
-        args.template,
+        packaged,
         values,
         {"app": "komorebi-worker"},
         args.s3_bucket,

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests import hostile_support as hs
-from tests.fixtures_aws import provision_world
+from tests.fixtures_aws import CONNECT_ALIAS, provision_world
 
 MAX_RECEIVE_COUNT = 3
 CALL_END = 1.0
@@ -76,6 +76,20 @@ def _job(recording_id: object, call_end: object, **extra: object) -> str:
     return json.dumps({"recordingID": recording_id, "callEndingTimestamp": call_end, **extra})
 
 
+_CANARY_ID = "hc-canary-after-hostile"
+
+
+def _connect_key(recording_id: str, stamp: str = "_20261127T10:05") -> str:
+    """A key in the Connect layout (the test instance, the rows' creation day)."""
+    return f"connect/{CONNECT_ALIAS}/CallRecordings/{hs.day_path()}/{recording_id}{stamp}_UTC.wav"
+
+
+def _foreign_key(name: str, key: str) -> Case:
+    """A connectAudioKey that is not the case's own Connect recording (which is uploaded):
+    dead-lettered at once as invalid_message, never merged."""
+    return Case(name, "connect", "dlq", ("invalid_message",), extra={"connectAudioKey": key})
+
+
 CASES: list[Case] = [
     # --- messages (SPEC §2) ---
     _msg("not_json", "this is not json {"),
@@ -111,6 +125,15 @@ CASES: list[Case] = [
     _msg("id_newline", _job("rec\nline", "00:00:01")),
     _msg("id_url", _job("http://127.0.0.1/x", "00:00:01")),
     _msg("connect_key_number", _job("hc-key-number", "00:00:01", connectAudioKey=5)),
+    # Valid JSON ("\\ud800") that once escaped the handler (UnicodeEncodeError): the row
+    # exists, so it must end FAILED too.
+    Case(
+        "connect_key_lone_surrogate",
+        "message",
+        "dlq",
+        ("invalid_message",),
+        extra={"connectAudioKey": "\ud800"},
+    ),
     Case(
         "extra_fields_ignored",
         "message",
@@ -160,14 +183,31 @@ CASES: list[Case] = [
         "exhausted",
         ("connect_audio_not_ready",),
         connect=(),
-        extra={"connectAudioKey": "connect/komorebi-test/CallRecordings/2026/11/27/none.wav"},
+        extra={"connectAudioKey": _connect_key("hc-connect-key-missing-object")},
     ),
-    Case(
-        "connect_key_traversal",
-        "connect",
-        "exhausted",
-        ("connect_audio_not_ready",),
-        extra={"connectAudioKey": "../../../../etc/passwd"},
+    # --- connectAudioKey: recordings stay with their contact (issue 16) ---
+    _foreign_key("connect_key_traversal", "../../../../etc/passwd"),
+    # Another contact's call, the same day and instance: the object exists (the canary's).
+    _foreign_key("connect_key_other_contact", _connect_key(_CANARY_ID)),
+    _foreign_key(
+        "connect_key_traversal_in_prefix",
+        _connect_key("hc-connect-key-traversal-in-prefix", f"/../{_CANARY_ID}_20261127T10:05"),
+    ),
+    _foreign_key(
+        "connect_key_other_instance",
+        _connect_key("hc-connect-key-other-instance").replace(CONNECT_ALIAS, "other-instance"),
+    ),
+    _foreign_key(
+        "connect_key_other_day",
+        _connect_key("hc-connect-key-other-day").replace(hs.day_path(), "2026/11/25"),
+    ),
+    # A contact whose id merely starts with ours; an instance alias that starts with ours.
+    _foreign_key("connect_key_id_lookalike", _connect_key("hc-connect-key-id-lookalike0")),
+    _foreign_key(
+        "connect_key_prefix_lookalike",
+        _connect_key("hc-connect-key-prefix-lookalike").replace(
+            CONNECT_ALIAS, CONNECT_ALIAS + "-x"
+        ),
     ),
     Case("connect_video_only", "connect", "dlq", ("media_no_audio",), connect=("video_only",)),
     Case(

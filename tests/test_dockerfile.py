@@ -576,7 +576,11 @@ def test_a_template_above_the_inline_limit_needs_a_deploy_bucket(
     # CloudFormation takes 51,200 bytes inline; above that `aws cloudformation deploy` must
     # upload the template to S3 (--s3-bucket), or it fails half-way through the pipeline.
     template = tmp_path / "template.yaml"
-    template.write_text((ROOT / "infra" / "template.yaml").read_text() + "#" * 60_000 + "\n")
+    # (What counts is what is sent: the compact JSON, so comments would not make it larger.)
+    template.write_text(
+        (ROOT / "infra" / "template.yaml").read_text()
+        + "  Padding:\n    Value: " + "x" * 60_000 + "\n"  # one more (long) output
+    )  # fmt: skip
     example = ROOT / "infra" / "params" / "example.env"
     inline = run_deploy(example, "--template", str(template))
     assert inline.returncode == 2
@@ -584,9 +588,18 @@ def test_a_template_above_the_inline_limit_needs_a_deploy_bucket(
     staged = run_deploy(example, "--template", str(template), "--s3-bucket", "cfn-artifacts")
     assert staged.returncode == 0, staged.stderr
     assert "--s3-bucket cfn-artifacts --s3-prefix cloudformation/komorebi-worker" in staged.stdout
-    # The shipped template goes inline, or the pipeline provides the bucket.
-    if (ROOT / "infra" / "template.yaml").stat().st_size > 51_200:
+    # The shipped template goes inline as compact JSON (about 20 % smaller than the YAML),
+    # or the pipeline provides the bucket.
+    deployed = run_deploy(example, "--stack-name", "size-check")
+    assert deployed.returncode == 0, deployed.stderr
+    sent = ROOT / "build" / "cloudformation" / "size-check.template.json"
+    assert f"--template-file {sent}" in deployed.stdout
+    if sent.stat().st_size > 51_200:
         assert "DEPLOY_TEMPLATE_BUCKET" in (ROOT / "Jenkinsfile").read_text()
+    # The JSON sent is the YAML's content: the same resources, tags in their long form.
+    sent_template = json.loads(sent.read_text())
+    assert sent_template["Resources"].keys() == load_template()["Resources"].keys()
+    assert sent_template == load_template()
 
 
 def test_a_missing_parameter_file_is_one_clear_line() -> None:

@@ -69,8 +69,8 @@ TASK_ROLE: dict[str, set[str]] = {
         "arn:${AWS::Partition}:aps:${AWS::Region}:${AWS::AccountId}:workspace/"
         "${PrometheusWorkspaceId}",
     },
-    "kms:Decrypt": {"Ref:BucketKmsKeyArn"},
-    "kms:GenerateDataKey": {"Ref:BucketKmsKeyArn"},
+    "kms:Decrypt": {"Ref:BucketKmsKeyArn", "Ref:ExtraKmsKeyArns"},
+    "kms:GenerateDataKey": {"Ref:BucketKmsKeyArn", "Ref:ExtraKmsKeyArns"},
 }
 
 
@@ -186,6 +186,25 @@ def test_list_bucket_is_limited_by_prefix(template: dict[str, Any]) -> None:
     ]
     prefix = listing["Condition"]["StringLike"]["s3:prefix"]
     assert render(prefix) == ["connect/${ConnectInstanceAlias}/CallRecordings/*"]
+
+
+def test_kms_keys_are_usable_only_through_s3(template: dict[str, Any]) -> None:
+    """Every KMS grant (BucketKmsKeyArn, ExtraKmsKeyArns) carries kms:ViaService = S3 of the
+    stack's region: the role cannot decrypt with those keys directly, only S3 on its behalf."""
+    kms = [
+        s
+        for s in role_statements(template, "TaskRole")
+        if any(a.startswith("kms:") for a in as_list(s["Action"]))
+    ]
+    assert sorted(render(s["Resource"])[0] for s in kms) == [
+        "Ref:BucketKmsKeyArn",
+        "Ref:ExtraKmsKeyArns",
+    ]
+    for statement in kms:
+        via = statement["Condition"]["StringEquals"]["kms:ViaService"]
+        assert render(via) == ["s3.${AWS::Region}.amazonaws.com"], statement
+    conditions = template["Conditions"]
+    assert "HasBucketKmsKey" in conditions and "HasExtraKmsKeys" in conditions
 
 
 def test_execution_role_only_pulls_and_logs(template: dict[str, Any]) -> None:

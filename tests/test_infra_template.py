@@ -369,6 +369,41 @@ def test_alert_rules_are_deployed_to_amp_from_alerts_yml(template: dict[str, Any
     assert "sns_configs" in alertmanager[0] and alertmanager[1] == {"Topic": TOPIC}
 
 
+def test_gateway_endpoints_only_with_route_tables(template: dict[str, Any]) -> None:
+    """S3 and DynamoDB gateway endpoints on the given route tables, created only when some are
+    given (an empty RouteTableIds creates nothing)."""
+    assert template["Conditions"]["HasRouteTables"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "RouteTableIds"}]}, ""]}]
+    }
+    assert template["Parameters"]["RouteTableIds"]["Default"] == ""
+    for name, service in (("S3GatewayEndpoint", "s3"), ("DynamoDbGatewayEndpoint", "dynamodb")):
+        assert template["Resources"][name]["Condition"] == "HasRouteTables"
+        endpoint = resource(template, name)
+        assert endpoint["VpcEndpointType"] == "Gateway"
+        assert endpoint["ServiceName"] == {"Fn::Sub": f"com.amazonaws.${{AWS::Region}}.{service}"}
+        assert endpoint["RouteTableIds"] == {"Ref": "RouteTableIds"}
+        assert endpoint["VpcId"] == {"Ref": "VpcId"}
+
+
+def test_queue_senders_restricted_only_when_listed(template: dict[str, Any]) -> None:
+    """With AllowedSenderArns, the job queue's one policy allows SendMessage to them and denies
+    it to every other principal; without, only the TLS rule is left."""
+    statements = resource(template, "JobQueueTlsOnly")["PolicyDocument"]["Statement"]
+    assert statements[0]["Sid"] == "DenyInsecureTransport"
+    conditional = [s["Fn::If"] for s in statements[1:]]
+    assert all(c[0] == "HasAllowedSenders" and c[2] == {"Ref": "AWS::NoValue"} for c in conditional)
+    allow, deny = (c[1] for c in conditional)
+    senders = {"Ref": "AllowedSenderArns"}
+    assert (allow["Effect"], allow["Action"], allow["Principal"]) == (
+        "Allow",
+        "sqs:SendMessage",
+        {"AWS": senders},
+    )
+    assert (deny["Effect"], deny["Action"], deny["Principal"]) == ("Deny", "sqs:SendMessage", "*")
+    assert deny["Condition"] == {"ArnNotLike": {"aws:PrincipalArn": senders}}
+    assert allow["Resource"] == deny["Resource"] == {"Fn::GetAtt": ["JobQueue", "Arn"]}
+
+
 def test_outputs(template: dict[str, Any]) -> None:
     assert {"QueueUrl", "DeadLetterQueueUrl", "ServiceName"} <= set(template["Outputs"])
 
@@ -407,13 +442,24 @@ MOTO_UNSUPPORTED = (
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse .* not supported by moto")
 
 
+EXTRA_KMS_KEYS = (
+    "arn:aws:kms:eu-central-1:123456789012:key/11111111-2222-3333-4444-555555555555",
+    "arn:aws:kms:eu-central-1:210987654321:key/66666666-7777-8888-9999-000000000000",
+)
+
+
 @pytest.fixture(scope="module")
 def stack(moto_endpoint: str) -> dict[str, Any]:
     """The template deployed on moto; returns the stack description."""
     ec2 = client(moto_endpoint, "ec2")
     vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
+    tables = [ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"] for _ in range(2)]
     parameters = {
+        # The optional parts on: gateway endpoints, a second KMS key list, listed senders.
+        "RouteTableIds": ",".join(tables),
+        "ExtraKmsKeyArns": ",".join(EXTRA_KMS_KEYS),
+        "AllowedSenderArns": "arn:aws:iam::123456789012:role/backend-producer",
         "ImageTag": "test-1",
         "VpcId": vpc,
         "SubnetIds": subnet,
@@ -535,8 +581,12 @@ def test_deployed_task_role_resolves_to_concrete_arns(
         QueueUrl=outputs(stack)["QueueUrl"], AttributeNames=["QueueArn"]
     )["Attributes"]["QueueArn"]
     assert queue_arn in resources
-    # No bucket KMS key given: the conditional KMS statement is absent.
-    assert not any("kms:" in str(s["Action"]) for s in document["Statement"])
+    # ExtraKmsKeyArns given, BucketKmsKeyArn not: one KMS statement, on exactly those keys,
+    # through S3 of the stack's region only.
+    kms = [s for s in document["Statement"] if "kms:" in str(s["Action"])]
+    assert [s["Sid"] for s in kms] == ["ExtraBucketKmsKeys"]
+    assert sorted(kms[0]["Resource"]) == sorted(EXTRA_KMS_KEYS)
+    assert kms[0]["Condition"] == {"StringEquals": {"kms:ViaService": f"s3.{REGION}.amazonaws.com"}}
 
 
 def test_deployed_alarm_topic_is_kms_encrypted(stack: dict[str, Any], moto_endpoint: str) -> None:
@@ -546,3 +596,24 @@ def test_deployed_alarm_topic_is_kms_encrypted(stack: dict[str, Any], moto_endpo
     # (moto keeps a CloudFormation key's policy as a dict and fails DescribeKey on it.)
     keys = {k["KeyId"] for k in client(moto_endpoint, "kms").list_keys()["Keys"]}
     assert attributes["KmsMasterKeyId"] in keys
+
+
+def test_deployed_gateway_endpoints(stack: dict[str, Any], moto_endpoint: str) -> None:
+    """One S3 and one DynamoDB gateway endpoint, each on both given route tables."""
+    ec2 = client(moto_endpoint, "ec2")
+    resources = client(moto_endpoint, "cloudformation").list_stack_resources(
+        StackName="komorebi-test"
+    )["StackResourceSummaries"]
+    ids = {
+        r["PhysicalResourceId"]
+        for r in resources
+        if r["LogicalResourceId"] in ("S3GatewayEndpoint", "DynamoDbGatewayEndpoint")
+    }
+    endpoints = ec2.describe_vpc_endpoints(VpcEndpointIds=sorted(ids))["VpcEndpoints"]
+    assert sorted(e["ServiceName"] for e in endpoints) == [
+        f"com.amazonaws.{REGION}.dynamodb",
+        f"com.amazonaws.{REGION}.s3",
+    ]
+    for endpoint in endpoints:
+        assert endpoint["VpcEndpointType"] == "Gateway"
+        assert len(endpoint["RouteTableIds"]) == 2

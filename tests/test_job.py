@@ -17,6 +17,7 @@ import pytest
 from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
 from tests.media_tools import band_share, decode_pcm, ffprobe_json, probe_duration, window
 from tests.worker_harness import (
+    CONNECT_ALIAS,
     CONNECT_WAV,
     Contact,
     get_row,
@@ -28,6 +29,7 @@ from worker.aws import open_clients
 from worker.errors import (
     AwsUnavailable,
     ConnectAudioNotReady,
+    InvalidMessage,
     InvalidRow,
     LeaseHeld,
     MediaError,
@@ -179,18 +181,30 @@ async def test_connect_audio_key_from_message(
     aws: AwsEnv, deps: JobDeps, short_recording: Path
 ) -> None:
     contact = seed_contact(aws, recording=short_recording, connect_audio=None)
-    aws.client("s3").put_object(
-        Bucket=aws.ac_audio_bucket, Key="elsewhere/call.wav", Body=CONNECT_WAV.read_bytes()
-    )
-    job = JobMessage(contact.recording_id, 3.0, connect_audio_key="elsewhere/call.wav")
+    # Filed under the day after creationDate (a call across midnight): a key the prefix search
+    # could have found too, so the custody rule (worker/custody.py) lets it through.
+    rid = contact.recording_id
+    next_day = f"connect/{CONNECT_ALIAS}/CallRecordings/2026/03/15/{rid}"
+    key = f"{next_day}_20260315T00:05_UTC.wav"
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=aws.ac_audio_bucket, Key=key, Body=CONNECT_WAV.read_bytes())
+    job = JobMessage(rid, 3.0, connect_audio_key=key)
     result = await process_job(job, deps, scratch=deps.settings.scratch_dir)
     assert result.output_key == f"{contact.output_dir}/recording.mp4"
-    row = get_row(aws, contact.recording_id)
+    row = get_row(aws, rid)
     # 5 s of Connect audio ending at the 3 s call end: its first 2 s are cut.
     assert float(row["connectAudioOffsetSeconds"]) == pytest.approx(-2.0, abs=0.05)
-    missing = JobMessage(contact.recording_id, 2.0, connect_audio_key="elsewhere/none.wav")
+    missing = JobMessage(rid, 2.0, connect_audio_key=f"{next_day}_none.wav")
     with pytest.raises(ConnectAudioNotReady):
         await process_job(missing, deps, scratch=deps.settings.scratch_dir)
+    # Another contact's call (it exists) is refused before any download or lease.
+    other = "elsewhere/call.wav"
+    s3.put_object(Bucket=aws.ac_audio_bucket, Key=other, Body=CONNECT_WAV.read_bytes())
+    with pytest.raises(InvalidMessage, match="not this recording's Connect audio"):
+        await process_job(
+            JobMessage(rid, 2.0, connect_audio_key=other), deps, scratch=deps.settings.scratch_dir
+        )
+    assert "leaseOwner" not in get_row(aws, rid)
 
 
 @pytest.mark.parametrize(

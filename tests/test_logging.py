@@ -345,3 +345,15 @@ async def test_a_failing_job_logs_a_redacted_one_line_error(
     assert failed["reason"] == "recording_not_found" and "[REDACTED]" in failed["error"]
     assert "Traceback" not in captured.getvalue()
     assert_no_secrets(captured)
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_lone_surrogate_cannot_make_a_line_unwritable(fmt: str) -> None:
+    """A field holding a lone surrogate (a message's "\\ud800") is written as "?": the line
+    reaches a UTF-8 stream instead of failing in the handler."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
+    configure_logging("INFO", fmt, stream)
+    structlog.get_logger("test").warning("job.dead_lettered", error="key \ud800 bad")
+    text = raw.getvalue().decode("utf-8")
+    assert "job.dead_lettered" in text and "key ? bad" in text

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from worker import messages
 from worker.errors import InvalidMessage, PermanentError
 from worker.messages import (
     MAX_CALL_END_SECONDS,
@@ -13,6 +14,7 @@ from worker.messages import (
     format_timestamp,
     parse_message,
     parse_timestamp,
+    recording_id_of,
     validate_recording_id,
 )
 
@@ -141,6 +143,11 @@ def test_to_body_round_trip() -> None:
         ('{"recordingID": "a", "callEndingTimestamp": 1, "connectAudioKey": ""}', "non-empty"),
         ('{"recordingID": "a", "callEndingTimestamp": 1, "connectAudioKey": 5}', "non-empty"),
         ("[" * 100000 + "]" * 100000, "not valid JSON"),
+        # Valid JSON decoding to a lone UTF-16 surrogate: UTF-8 (an S3 key) cannot hold it.
+        ('{"recordingID": "a", "callEndingTimestamp": 1, "connectAudioKey": "\\ud800"}', "lone"),
+        ('{"recordingID": "a", "callEndingTimestamp": 1, "connectAudioKey": "k\\udfff"}', "lone"),
+        ('{"recordingID": "\\ud800", "callEndingTimestamp": 1}', "recordingID must match"),
+        ('{"recordingID": "a", "callEndingTimestamp": "\\ud800"}', "callEndingTimestamp"),
     ],
 )
 def test_parse_message_rejects_with_one_line(body: str, needle: str) -> None:
@@ -164,3 +171,26 @@ def test_recording_id_bounds() -> None:
         validate_recording_id("a" * 129)
     with pytest.raises(ValueError):
         validate_recording_id("abc\n")
+
+
+def test_an_unforeseen_error_while_reading_is_an_invalid_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever the parser did not foresee is the message's fault, named by its type: never an
+    exception that escapes the handler."""
+
+    def explode(value: object) -> float:
+        raise ZeroDivisionError("a bug in the parser")
+
+    monkeypatch.setattr(messages, "parse_timestamp", explode)
+    body = json.dumps({"recordingID": "a", "callEndingTimestamp": 1})
+    with pytest.raises(InvalidMessage) as caught:
+        parse_message(body)
+    assert str(caught.value) == "message could not be read (ZeroDivisionError)"
+
+
+@pytest.mark.parametrize(
+    "body", ['{"recordingID": "\\ud800"}', "\ud800", "[" * 100000, '{"recordingID": {}}']
+)
+def test_recording_id_of_never_raises(body: str) -> None:
+    assert recording_id_of(body) is None

@@ -14,7 +14,7 @@ from worker import errors
 from worker.config import Settings
 from worker.errors import JobError, PermanentError, RetriesExhausted, TransientError
 from worker.job import JobResult
-from worker.outcome import DeadLetter, Delete, Retry, backoff_seconds, decide
+from worker.outcome import UNEXPECTED, DeadLetter, Delete, Retry, backoff_seconds, decide, escaped
 
 SETTINGS = Settings(
     ac_audio_bucket="a",
@@ -45,6 +45,7 @@ PERMANENT: dict[type[PermanentError], str] = {
     errors.AwsRejected: "aws_rejected",
     errors.JobTooLong: "max_duration",
     errors.RetriesExhausted: "retries_exhausted",
+    errors.Unexpected: "unexpected",
 }
 TRANSIENT: dict[type[TransientError], str] = {
     errors.TransientError: "transient",
@@ -63,6 +64,8 @@ TRANSIENT: dict[type[TransientError], str] = {
 def _make(kind: type[JobError]) -> JobError:
     if kind is RetriesExhausted:
         return RetriesExhausted("gave up", detail="connect_audio_not_ready", attempts=3)
+    if kind is errors.Unexpected:
+        return errors.Unexpected("unexpected error: KeyError: 'x'", error_class="KeyError")
     return kind(f"{kind.__name__} happened\nsecond line")
 
 
@@ -174,3 +177,19 @@ def test_in_a_group_permanent_wins_and_cancellation_is_ignored(receive: int) -> 
 def test_the_row_says_in_one_line_why_retries_ran_out(error: JobError, expected: str) -> None:
     decision = _decide(error, LAST)
     assert isinstance(decision, DeadLetter) and decision.error.message == expected
+
+
+@pytest.mark.parametrize("receive", [FIRST, MIDDLE, LAST])
+def test_what_escapes_the_handler_is_dead_lettered_at_once_as_unexpected(receive: int) -> None:
+    """Unlike a bug inside the job (retried), an error escaping the handler is settled at once:
+    reason ``unexpected``, errorClass the escaped type, its text one redacted line."""
+    bug = UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+    wrapped = escaped(ExceptionGroup("job", [bug]))
+    assert wrapped.reason == UNEXPECTED == "unexpected"
+    assert wrapped.error_class == "UnicodeEncodeError"
+    assert wrapped.message.startswith("unexpected error: UnicodeEncodeError: 'utf-8' codec")
+    for max_receives in (MAX_RECEIVES, None):
+        assert _decide(wrapped, receive, max_receives) == DeadLetter("unexpected", None, wrapped)
+    secret = escaped(RuntimeError("GET https://b/k?X-Amz-Signature=abc\nline two \udc80"))
+    assert "X-Amz-Signature" not in secret.message and "\n" not in secret.message
+    secret.message.encode()  # no lone surrogate left: SQS, DynamoDB and logs take it

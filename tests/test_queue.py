@@ -15,6 +15,7 @@ import pytest
 from tests.fixtures_aws import AwsEnv
 from worker.aws import AwsClients
 from worker.errors import ConfigError, InvalidMessage, MediaError
+from worker.outcome import escaped
 from worker.provisioning import QUEUE_ATTRIBUTES
 from worker.queue import (
     JobQueue,
@@ -212,6 +213,24 @@ async def test_dead_letter_sends_body_and_reason_attributes(aws: Queues, queue: 
     assert attributes["originalMessageId"] == message.message_id
     assert attributes["failedAt"].endswith("Z")
     assert _counts(aws, aws.queue_url) == (0, 0)
+
+
+async def test_an_escaped_error_reaches_the_dlq_with_its_type_and_no_surrogate(
+    aws: Queues, queue: JobQueue
+) -> None:
+    """``unexpected``: errorClass names the escaped exception; a lone surrogate in its text
+    (SQS refuses one in an attribute value) arrives as ``?``."""
+    await queue.send(BODY)
+    message = await _receive_one(queue)
+    error = escaped(RuntimeError("failed on a key with a raw \udc80 text"))
+    await queue.dead_letter(message, error)
+    [received] = aws.boto.receive_message(
+        QueueUrl=aws.dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=0
+    )["Messages"]
+    attributes = {k: v["StringValue"] for k, v in received["MessageAttributes"].items()}
+    assert (attributes["errorReason"], attributes["errorClass"]) == ("unexpected", "RuntimeError")
+    assert attributes["errorMessage"].endswith("raw ? text")
+    assert received["Body"] == BODY
 
 
 async def test_dlq_url_resolved_from_redrive_policy(aws: Queues, clients: AwsClients) -> None:

@@ -12,6 +12,11 @@
 or, when the job is cancelled (shutdown), :meth:`Delivery.release`: the message visible
 again at once, the lease already released by the job, the row back to its earlier status.
 
+Whatever escapes all this (a bug around the job rather than in it) is settled all the same,
+unless the outcome was already being carried out: ``decide(escaped(error))`` dead-letters it
+as ``unexpected`` (``errorClass`` = the exception's type, row FAILED where the id is known)
+and one ``job.handler_failed`` line carries the ids.
+
 SQS's 12-hour limit: a message's visibility cannot be extended past 12 h after it was
 received. Each job therefore runs under a deadline of 12 h minus
 :data:`DEADLINE_MARGIN_SECONDS` from its receipt; the heartbeat never asks for visibility
@@ -22,6 +27,7 @@ released, scratch removed) and dead-lettered as :class:`worker.errors.JobTooLong
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import anyio
 import structlog
@@ -53,7 +59,9 @@ from worker.outcome import (
     Retry,
     backoff_seconds,
     decide,
+    escaped,
     is_last_receive,
+    retry_reason,
 )
 from worker.protection import TaskProtector
 from worker.queue import JobQueue, ReceivedMessage
@@ -76,6 +84,23 @@ SETTLE_TIMEOUT_SECONDS = 20.0
 
 def _round(seconds: float) -> float:
     return round(seconds, 3)
+
+
+def _text(error: BaseException) -> str:
+    """One redacted line for a failure while settling: ours say what failed; anything else
+    (a bug) also gets its type."""
+    if isinstance(error, JobError):
+        return error.message
+    return redact(f"{type(error).__name__}: {describe(error)}")
+
+
+@dataclass
+class _Progress:
+    """How far one message's handling got, for what escapes it: the recording id once known,
+    and whether its outcome is being (or was) carried out."""
+
+    recording_id: str | None = None
+    settling: bool = False
 
 
 class Settler:
@@ -129,11 +154,11 @@ class Settler:
         error = decision.error
         try:
             await self.queue.dead_letter(message, error)
-        except JobError as dlq_error:
+        except Exception as dlq_error:  # noqa: BLE001 - a bug here must not strand the message
             # Not in the DLQ: keep the message and try again later (it will fail the same way
             # and be dead-lettered then). On the last receive SQS's redrive moves it instead,
             # without our attributes: the row says why all the same.
-            log.warning("job.dead_letter_failed", error=dlq_error.message)
+            log.warning("job.dead_letter_failed", error=_text(dlq_error))
             if is_last_receive(message.receive_count, self.queue.max_receive_count):
                 await self._mark_failed(recording_id, decision)
             delay = backoff_seconds(
@@ -141,7 +166,7 @@ class Settler:
                 self.settings.retry_backoff_base_seconds,
                 self.settings.retry_backoff_max_seconds,
             )
-            await self._retry(Retry(delay, dlq_error.reason, dlq_error), message, elapsed)
+            await self._retry(Retry(delay, retry_reason(dlq_error), dlq_error), message, elapsed)
             return
         await self._delete(message)
         await self._mark_failed(recording_id, decision)
@@ -150,7 +175,7 @@ class Settler:
             "job.dead_lettered",
             reason=decision.reason,
             detail=decision.detail,
-            error_type=type(error).__name__,
+            error_type=error.error_class,
             error=error.message,
             duration_seconds=_round(elapsed),
         )
@@ -165,8 +190,8 @@ class Settler:
                 # Gave up waiting for another worker's lease: the row says so all the same.
                 beside_live_lease=decision.detail == LeaseHeld.reason,
             )
-        except JobError as mark_error:
-            log.warning("job.mark_failed_failed", error=mark_error.message)
+        except Exception as mark_error:  # noqa: BLE001 - the DLQ copy is the record
+            log.warning("job.mark_failed_failed", error=_text(mark_error))
 
     async def _retry(self, decision: Retry, message: ReceivedMessage, elapsed: float) -> None:
         error = decision.error
@@ -192,18 +217,18 @@ class Settler:
             log.debug("job.unexpected_traceback", exc_info=error)
         try:
             await self.queue.change_visibility(message, decision.delay)
-        except JobError as visibility_error:
+        except Exception as visibility_error:  # noqa: BLE001
             # The message still comes back when its current visibility runs out.
-            log.warning("job.backoff_failed", error=visibility_error.message)
+            log.warning("job.backoff_failed", error=_text(visibility_error))
         record_job("retry", elapsed, reason=decision.reason)
 
     async def _delete(self, message: ReceivedMessage) -> None:
         try:
             await self.queue.delete(message)
-        except JobError as error:
+        except Exception as error:  # noqa: BLE001
             # A later delivery finds the row done (or the DLQ copy exists) and is acknowledged
             # then; nothing is lost, at worst a duplicate is counted.
-            log.warning("job.delete_failed", error=error.message, reason=error.reason)
+            log.warning("job.delete_failed", error=_text(error), reason=retry_reason(error))
 
 
 class Delivery:
@@ -230,7 +255,12 @@ class Delivery:
         )
 
     async def handle(self, message: ReceivedMessage, received_at: float) -> None:
-        """Run one message to its outcome. Never raises (except cancellation)."""
+        """Run one message to its outcome. Never raises (except cancellation).
+
+        Whatever escapes (a bug around the job, not in it) still settles the message, unless
+        its outcome was already being carried out: see :meth:`_settle_escaped`.
+        """
+        progress = _Progress()
         try:
             job: JobMessage | None = None
             parse_error: JobError | None = None
@@ -239,6 +269,7 @@ class Delivery:
             except JobError as error:
                 parse_error = error
             recording_id = job.recording_id if job else recording_id_of(message.body)
+            progress.recording_id = recording_id
             with (
                 job_in_flight(),
                 job_context(
@@ -248,20 +279,60 @@ class Delivery:
                 ),
             ):
                 try:
-                    await self._attempt(message, job, parse_error, recording_id, received_at)
+                    await self._attempt(message, job, parse_error, progress, received_at)
                 finally:
                     with anyio.CancelScope(shield=True):
                         await self._protector.job_finished()
-        except Exception as error:
-            log.error("job.handler_failed", error_type=type(error).__name__, error=describe(error))
-            log.debug("job.handler_failed_traceback", exc_info=error)
+        except Exception as error:  # noqa: BLE001 - settled below, never left in flight
+            await self._settle_escaped(message, progress, error, time.monotonic() - received_at)
+
+    async def _settle_escaped(
+        self, message: ReceivedMessage, progress: _Progress, error: Exception, elapsed: float
+    ) -> None:
+        """An error escaped the handler: one log line with the ids, then, if the message's
+        outcome was not being carried out yet, dead-letter it as ``unexpected`` (row FAILED
+        where the id is known). Never settles a message twice, never raises."""
+        log.error(
+            "job.handler_failed",
+            recording_id=progress.recording_id,
+            message_id=message.message_id,
+            receive_count=message.receive_count,
+            error_type=type(error).__name__,
+            error=redact(describe(error)),
+            settled=progress.settling,
+        )
+        log.debug("job.handler_failed_traceback", exc_info=error)
+        if progress.settling:
+            return  # deleted, dead-lettered or given back already (or part-way): not twice
+        with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT_SECONDS):
+            try:
+                decision = decide(
+                    escaped(error),
+                    message.receive_count,
+                    self.queue.max_receive_count,
+                    self.settings,
+                )
+                with job_context(
+                    recording_id=progress.recording_id,
+                    message_id=message.message_id,
+                    receive_count=message.receive_count,
+                ):
+                    await self.settler.carry_out(decision, message, progress.recording_id, elapsed)
+            except Exception as again:  # noqa: BLE001 - the last line: log and leave it to SQS
+                log.error(
+                    "job.settle_failed",
+                    recording_id=progress.recording_id,
+                    message_id=message.message_id,
+                    error_type=type(again).__name__,
+                    error=redact(describe(again)),
+                )
 
     async def _attempt(
         self,
         message: ReceivedMessage,
         job: JobMessage | None,
         parse_error: JobError | None,
-        recording_id: str | None,
+        progress: _Progress,
         received_at: float,
     ) -> None:
         started = time.monotonic()
@@ -280,9 +351,10 @@ class Delivery:
         decision = decide(
             outcome, message.receive_count, self.queue.max_receive_count, self.settings
         )
+        progress.settling = True
         with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT_SECONDS) as scope:
             await self.settler.carry_out(
-                decision, message, recording_id, time.monotonic() - started
+                decision, message, progress.recording_id, time.monotonic() - started
             )
         if scope.cancelled_caught:
             log.warning("job.settle_timeout", seconds=SETTLE_TIMEOUT_SECONDS)

@@ -30,7 +30,8 @@ The tree::
         │   │   └── TooLargeForScratch  scratch_full (an object can never fit: cap or disk size)
         │   ├── AwsRejected          aws_rejected
         │   ├── JobTooLong           max_duration (SQS's 12-hour visibility limit)
-        │   └── RetriesExhausted     retries_exhausted (transient on the last receive)
+        │   ├── RetriesExhausted     retries_exhausted (transient on the last receive)
+        │   └── Unexpected           unexpected (escaped the handler: errorClass = its type)
         └── TransientError           visible again after a backoff
             ├── ConnectAudioNotReady connect_audio_not_ready
             ├── LeaseHeld            lease_held
@@ -57,10 +58,20 @@ MAX_ONE_LINE_CHARS = 300
 def one_line(text: str, limit: int | None = None) -> str:
     """``text`` with all whitespace (newlines included) collapsed to single spaces, cut to
     ``limit`` characters (with an ellipsis) when given."""
-    collapsed = " ".join(str(text).split())
+    collapsed = printable(" ".join(str(text).split()))
     if limit is None or len(collapsed) <= limit:
         return collapsed
     return collapsed[: max(0, limit - 1)] + "…"
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates (which no UTF-8 sink, SQS, DynamoDB or a log stream,
+    accepts) replaced by ``?``; anything else unchanged."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode()
+    return text
 
 
 def describe(error: BaseException, limit: int | None = MAX_ONE_LINE_CHARS) -> str:
@@ -83,6 +94,11 @@ class WorkerError(Exception):
     def message(self) -> str:
         """The one-line explanation."""
         return str(self)
+
+    @property
+    def error_class(self) -> str:
+        """What the DLQ's ``errorClass`` attribute and logs' ``error_type`` say."""
+        return type(self).__name__
 
 
 class ConfigError(WorkerError):
@@ -209,6 +225,24 @@ class RetriesExhausted(PermanentError):
         super().__init__(message)
         self.detail = detail
         self.attempts = attempts
+
+
+class Unexpected(PermanentError):
+    """Something escaped the handler (a bug outside the job, or in settling its outcome): the
+    message is still settled, dead-lettered with reason ``unexpected``, ``errorClass`` the
+    escaped exception's type, and the row FAILED where the recording id is known. A bug
+    *inside* the job is not this: it is retried like a transient error (see outcome.py)."""
+
+    reason = "unexpected"
+
+    def __init__(self, message: str, *, error_class: str) -> None:
+        super().__init__(message)
+        self._error_class = error_class
+
+    @property
+    def error_class(self) -> str:
+        """The escaped exception's type name, not ``Unexpected``."""
+        return self._error_class
 
 
 # --- transient -------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import structlog
 
 from worker import media
 from worker.config import Settings
+from worker.custody import check_connect_audio_key
 from worker.errors import (
     AlreadyDone,
     ConnectAudioNotReady,
@@ -124,6 +125,12 @@ async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobRe
         settings.keys,
         settings.connect_instance_alias,
     )
+    if job.connect_audio_key is not None:
+        # Recordings stay with their contact: a given key must be one the prefix search could
+        # have found for this row (its day or the next, this recording's file), else permanent.
+        check_connect_audio_key(
+            job.connect_audio_key, job.recording_id, keys.connect_audio_prefixes
+        )
     workdir = Path(tempfile.mkdtemp(prefix=scratch_prefix(job.recording_id), dir=scratch))
     try:
         async with leased(deps, job) as owner:

@@ -99,7 +99,21 @@ def validate_recording_id(value: object) -> str:
 
 
 def parse_message(body: str) -> JobMessage:
-    """Parse and validate an SQS body. Raises :class:`InvalidMessage` with a one-line reason."""
+    """Parse and validate an SQS body. Raises :class:`InvalidMessage` with a one-line reason.
+
+    Whatever goes wrong while reading a message is the message's fault, so any other error
+    (one this code did not foresee) is an :class:`InvalidMessage` too, named by its type: a
+    message must end with a reason, never escape the handler.
+    """
+    try:
+        return _parse(body)
+    except InvalidMessage:
+        raise
+    except Exception as error:  # noqa: BLE001 - the message's fault, whatever it was
+        raise InvalidMessage(f"message could not be read ({type(error).__name__})") from None
+
+
+def _parse(body: str) -> JobMessage:
     try:
         data = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as error:
@@ -122,9 +136,22 @@ def parse_message(body: str) -> JobMessage:
     if connect_key is not None:
         if not isinstance(connect_key, str) or not connect_key or "\x00" in connect_key:
             raise InvalidMessage("connectAudioKey must be a non-empty string")
+        if not is_unicode_text(connect_key):
+            # Valid JSON ("\ud800") but no S3 key: UTF-8 cannot encode a lone surrogate.
+            raise InvalidMessage("connectAudioKey is not valid Unicode (a lone surrogate)")
         if len(connect_key.encode()) > _MAX_KEY_LENGTH:
             raise InvalidMessage("connectAudioKey is longer than an S3 key can be")
     return JobMessage(recording_id, call_end, connect_key or None)
+
+
+def is_unicode_text(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8 (JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which cannot)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _reject_constant(name: str) -> float:
@@ -144,5 +171,5 @@ def recording_id_of(body: str) -> str | None:
     try:
         data = json.loads(body, parse_constant=_reject_constant)
         return validate_recording_id(data["recordingID"]) if isinstance(data, dict) else None
-    except (ValueError, RecursionError, KeyError, TypeError, OverflowError):
+    except Exception:  # noqa: BLE001 - no valid id, whatever the body holds
         return None

@@ -33,6 +33,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from worker.errors import printable
+
 # `_created` series (one per counter/histogram child) would be scraped as extra gauges in the
 # text format and carry nothing an operator uses; the process start time covers resets.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -466,6 +468,8 @@ def redact(text: str) -> str:
     """
     if not text:
         return text
+    # A lone surrogate (from a message's JSON) would make the log line unwritable.
+    text = printable(text)
     text = _URL_QUERY.sub(lambda m: f"{m.group(1)}?{_REDACTED}", text)
     text = _SIGNING_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}{_REDACTED}", text)
     text = _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{_REDACTED}", text)

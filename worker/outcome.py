@@ -11,12 +11,20 @@ tested as a table (``tests/test_outcome.py``)::
     PermanentError              DeadLetter(reason)             DeadLetter(reason)
     TransientError              Retry(backoff)                 DeadLetter(retries_exhausted,
     anything else (a bug)       Retry(backoff), "unexpected"     detail = last reason)
+    Unexpected (escaped the     DeadLetter(unexpected)         DeadLetter(unexpected)
+      handler: see escaped())
 
 "The last receive" is ``receive_count >= max_receive_count``: SQS's redrive would move the
 message on its next receive without any reason attached and without the row ever being
-marked FAILED, so the worker dead-letters it itself. A queue without a redrive policy
-(``max_receive_count`` None) retries transient failures for as long as SQS keeps the message
-(its retention period), as before.
+marked FAILED, so the worker dead-letters it itself.
+
+A bug inside the job is retried (it may be a rare race); an error that escapes the handler
+itself (parsing, settling, bookkeeping around the job) is wrapped by :func:`escaped` into
+:class:`~worker.errors.Unexpected` and dead-lettered at once: the handler is the last line, so
+retrying would only leave the message in flight until SQS's redrive moves it without reason.
+
+A queue without a redrive policy (``max_receive_count`` None) retries transient failures for
+as long as SQS keeps the message (its retention period), as before.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from worker.errors import (
     PermanentError,
     RetriesExhausted,
     TransientError,
+    Unexpected,
     describe,
     first_error,
 )
@@ -134,6 +143,14 @@ def retries_exhausted(error: BaseException, attempts: int) -> RetriesExhausted:
             last = redact(f"{type(error).__name__}: {last}")
         text = f"{text}: {last}"
     return RetriesExhausted(text, detail=reason, attempts=attempts)
+
+
+def escaped(error: BaseException) -> Unexpected:
+    """The permanent error for ``error`` escaping the message handler (a bug): its type is the
+    DLQ's ``errorClass``; its text, not ours, passes redact() like a log line."""
+    error = first_error(error)
+    name = type(error).__name__
+    return Unexpected(f"unexpected error: {redact(f'{name}: {describe(error)}')}", error_class=name)
 
 
 def decide(

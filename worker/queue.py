@@ -394,7 +394,7 @@ class JobQueue:
         dlq_url = await self.resolve_dlq_url()
         failed_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         attributes = {
-            ATTR_ERROR_CLASS: _attribute(type(error).__name__),
+            ATTR_ERROR_CLASS: _attribute(error.error_class),
             ATTR_ERROR_REASON: _attribute(error.reason),
             ATTR_ERROR_MESSAGE: _attribute(describe(error, MAX_ERROR_MESSAGE_CHARS)),
             ATTR_RECEIVE_COUNT: _attribute(str(message.receive_count), "Number"),

@@ -149,7 +149,8 @@ def keys_for(
     )
 
 
-def _belongs_to(key: str, recording_id: str) -> bool:
+def belongs_to(key: str, recording_id: str) -> bool:
+    """Whether ``key`` names ``recording_id``'s file (not merely a key under its prefix)."""
     # A prefix search for "abc" also returns "abcd_...wav". Connect names the file
     # "<contactId>_<timestamp>_UTC.wav": the file name must start with the id followed by a
     # character that cannot continue an id. A custom template may instead use the id as a
@@ -174,7 +175,7 @@ def choose_connect_audio(
     """
     pool = [c for c in candidates if c.size > 0]
     if recording_id is not None:
-        pool = [c for c in pool if _belongs_to(c.key, recording_id)]
+        pool = [c for c in pool if belongs_to(c.key, recording_id)]
     if not pool:
         raise ConnectAudioNotReady("no Connect recording found under the expected prefixes")
     if recording_id is not None:
