@@ -8,6 +8,7 @@ template's own scaling and write bench/results/capacity/ (docs/capacity.md expla
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import asdict
@@ -17,7 +18,7 @@ from typing import Any
 from bench.capacity import report
 from bench.capacity.costmodel import RESULTS_PATH, SYNC_RESULTS_PATH, load_cost_model
 from bench.capacity.pricing import Prices
-from bench.capacity.search import Summary, run, search_targets
+from bench.capacity.search import Summary, busiest_hour_tasks, run, search_targets
 from bench.capacity.simulator import SimulationOptions
 from bench.capacity.template import TEMPLATE_PATH, TemplateError, load_scaling
 from bench.capacity.traffic import TrafficProfile, generate
@@ -119,6 +120,12 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--search-targets", default="", help="backlog targets to search (default: the template's)"
     )
+    out.add_argument(
+        "--headroom",
+        type=float,
+        default=1.3,
+        help="recommended MaxTasks = smallest meeting the SLO x this (busier days)",
+    )
     out.add_argument("--seed", type=int, default=1)
     out.add_argument("--out", type=Path, default=OUT_DIR)
     return p  # fmt: skip
@@ -204,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             upload_delay_max_seconds=args.upload_delay_max,
         )
         contacts = generate(profile, args.seed)
+        ideal = busiest_hour_tasks(config, cost, contacts) / args.cpu_speed
+        print(f"{label}: {len(contacts)} messages, the busiest hour's work fills "
+              f"{ideal:.1f} tasks")  # fmt: skip
         summary = run(config, cost, contacts, options, prices, args.slo_p95_minutes)
         print(_line(f"{label}, template settings", summary))
         slug = label.split()[0].replace(".", "_")
@@ -214,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             "traffic": asdict(profile),
             "configured": report.summary_dict(summary),
             "chart": f"tasks-{slug}.png",
+            "busiest_hour_tasks": ideal,
         }
         if args.search:
             found = search_targets(config, cost, contacts, options, prices,
@@ -232,6 +243,14 @@ def main(argv: list[str] | None = None) -> int:
                     searched.append((label, best))
             if any(best for _, best in found):
                 cheapest = min((b for _, b in found if b), key=lambda b: b.task_hours)
+                # What to set: the cheapest search result with headroom for busier days.
+                chosen = cheapest.config.with_parameters(
+                    max_tasks=math.ceil(cheapest.config.max_tasks * args.headroom)
+                )
+                advised = run(chosen, cost, contacts, options, prices, args.slo_p95_minutes)
+                rows.append(report.table_row(f"{label}, **recommended**", advised))
+                entry["recommended"] = report.summary_dict(advised)
+                print(_line(f"{label}, recommended MaxTasks {chosen.max_tasks}", advised))
                 report.chart(cheapest, args.out / f"tasks-{slug}-searched.png",
                              f"{label}: MaxTasks {cheapest.config.max_tasks}, "
                              f"target {cheapest.config.backlog_target:g}")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,17 @@ def run(
     return Summary(config, result, slo_p95_minutes, money)
 
 
+def busiest_hour_tasks(config: ScalingConfig, cost: CostModel, contacts: Contacts) -> float:
+    """Tasks the busiest hour's work keeps busy (job seconds / slots / 3600), no waste."""
+    if len(contacts) == 0:
+        return 0.0
+    hours = (contacts.sent // 3600).astype(int)
+    work = np.zeros(int(hours.max()) + 1)
+    seconds = [cost.job_seconds(float(m), config.vcpu_per_slot) for m in contacts.media_minutes]
+    np.add.at(work, hours, seconds)
+    return float(work.max()) / config.worker_concurrency / 3600
+
+
 def smallest_max_tasks(
     config: ScalingConfig,
     cost: CostModel,
@@ -69,12 +81,16 @@ def smallest_max_tasks(
     options: SimulationOptions,
     prices: Prices,
     slo_p95_minutes: float,
-    ceiling: int = 1000,
+    ceiling: int | None = None,
 ) -> Summary | None:
-    """The run with the smallest ``MaxTasks`` that meets the SLO (None: not even ``ceiling``).
+    """The run with the smallest ``MaxTasks`` that meets the SLO (None: not even ``ceiling``,
+    by default 4x the busiest hour's tasks).
 
     Bisection: more tasks never make the p95 worse in this model (checked at the bounds).
     """
+    if ceiling is None:
+        ideal = busiest_hour_tasks(config, cost, contacts) / options.cpu_speed
+        ceiling = max(10, math.ceil(4 * ideal))
     top = run(config.with_parameters(max_tasks=ceiling), cost, contacts, options, prices,
               slo_p95_minutes)  # fmt: skip
     if not top.slo_met:
