@@ -85,7 +85,7 @@ recordings: setup ## re-record tests/data's browser recordings (Chromium + Firef
 bench: setup ## performance benchmarks (writes bench/results/)
 	$(BIN)/python -m bench
 
-capacity: setup ## capacity simulation of 500/2,000/10,000 agents on the template's scaling (writes bench/results/capacity/)
+capacity: $(STAMP) ## capacity simulation of 500/2,000/10,000 agents on the template's scaling (writes bench/results/capacity/)
 	$(BIN)/python -m bench.capacity --agents 500,2000,10000 --search
 
 soak: setup ## long fault-injection soak (3 workers, 300+ messages)

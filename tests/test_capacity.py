@@ -15,7 +15,7 @@ import pytest
 
 from bench.capacity.costmodel import RESULTS_PATH, fit_cost_model, load_cost_model, measured_jobs
 from bench.capacity.pricing import Prices
-from bench.capacity.search import run
+from bench.capacity.search import run, smallest_max_tasks
 from bench.capacity.simulator import SimulationOptions, simulate
 from bench.capacity.template import TEMPLATE_PATH, TemplateError, load_scaling
 from bench.capacity.traffic import TrafficProfile, generate, minute_rates
@@ -83,11 +83,7 @@ def test_reads_the_templates_values_and_the_params_file(tmp_path: Path) -> None:
     original = load_scaling()
     text = TEMPLATE_PATH.read_text()
     edited = tmp_path / "template.yaml"
-    edited.write_text(
-        text.replace("ScaleInCooldown: 300", "ScaleInCooldown: 900").replace(
-            "MinimumHealthyPercent: 100", "MinimumHealthyPercent: 100"
-        )
-    )
+    edited.write_text(text.replace("ScaleInCooldown: 300", "ScaleInCooldown: 900"))
     assert load_scaling(edited).scale_in_cooldown == 900 != original.scale_in_cooldown
     params = tmp_path / "load.env"
     params.write_text("# a customer\nMaxTasks=3\nWorkerConcurrency=4\nVpcId=${UNSET_VPC}\n")
@@ -141,7 +137,7 @@ def test_littles_law_on_a_steady_load() -> None:
 
 
 def test_reports_an_slo_breach_when_max_tasks_is_too_small() -> None:
-    contacts = steady(60, 180)
+    contacts = steady(60, 90)
     cost = load_cost_model()
     config = load_scaling(overrides={"MinTasks": "1"})
     prices = Prices()
@@ -188,3 +184,14 @@ def test_spot_interruptions_give_jobs_back_and_replace_the_task() -> None:
     assert result.task_seconds["FARGATE"] > 0 and result.task_seconds["FARGATE_SPOT"] > 0
     # The service stays at its count: every interrupted task was replaced.
     assert min(result.timeline["desired"]) == 4
+
+
+def test_search_finds_the_smallest_max_tasks_that_meets_the_slo() -> None:
+    contacts = steady(40, 45)
+    cost = load_cost_model()
+    config = load_scaling(overrides={"MinTasks": "1"})
+    prices = Prices()
+    best = smallest_max_tasks(config, cost, contacts, QUIET, prices, 8, ceiling=16)  # type: ignore[arg-type]
+    assert best is not None and best.slo_met
+    one_less = config.with_parameters(max_tasks=best.config.max_tasks - 1)
+    assert not run(one_less, cost, contacts, QUIET, prices, 8).slo_met  # type: ignore[arg-type]

@@ -235,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
                     report.table_row(f"{label}, smallest MaxTasks, target {target:g}", best)
                 )
                 entry["search"].append(
-                    {"backlog_target": target, "best": report.summary_dict(best) if best else None}
+                    {
+                        "backlog_target": target,
+                        "best": report.summary_dict(best, timeline=False) if best else None,
+                    }
                 )
                 if best is not None:
                     print(_line(f"{label}, smallest MaxTasks {best.config.max_tasks} at target "
@@ -250,10 +253,11 @@ def main(argv: list[str] | None = None) -> int:
                 advised = run(chosen, cost, contacts, options, prices, args.slo_p95_minutes)
                 rows.append(report.table_row(f"{label}, **recommended**", advised))
                 entry["recommended"] = report.summary_dict(advised)
+                entry["recommended_chart"] = f"tasks-{slug}-recommended.png"
+                report.chart(advised, args.out / entry["recommended_chart"],
+                             f"{label}: recommended MaxTasks {chosen.max_tasks}, "
+                             f"target {chosen.backlog_target:g}")  # fmt: skip
                 print(_line(f"{label}, recommended MaxTasks {chosen.max_tasks}", advised))
-                report.chart(cheapest, args.out / f"tasks-{slug}-searched.png",
-                             f"{label}: MaxTasks {cheapest.config.max_tasks}, "
-                             f"target {cheapest.config.backlog_target:g}")  # fmt: skip
         document["scenarios"].append(entry)
     markdown = "\n".join(
         [
@@ -272,7 +276,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{cost.bytes_per_media_minute / 1e6:.1f} MB per media minute at "
             f"{cost.transfer_bytes_per_second / 1e6:.1f} MB/s.",
             "",
-            *[f"![{e['label']}]({e['chart']})" for e in document["scenarios"]],
+            *[
+                f"![{e['label']}, {kind}]({e[key]})"
+                for e in document["scenarios"]
+                for kind, key in (("as configured", "chart"), ("recommended", "recommended_chart"))
+                if key in e
+            ],
             "",
         ]
     )

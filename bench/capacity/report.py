@@ -12,8 +12,8 @@ import numpy as np
 from bench.capacity.search import Summary
 
 
-def summary_dict(summary: Summary) -> dict[str, Any]:
-    """The JSON form of one run (timeline included)."""
+def summary_dict(summary: Summary, timeline: bool = True) -> dict[str, Any]:
+    """The JSON form of one run (with its per-minute timeline unless ``timeline`` is False)."""
     result = summary.result
     config = asdict(summary.config)
     return {
@@ -43,7 +43,15 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
         "scaling_activities": result.scaling_activities,
         "run_hours": result.end_seconds / 3600,
         "cost": summary.cost,
-        "timeline_per_minute": result.timeline,
+        **(
+            {
+                "timeline_per_minute": {
+                    k: [round(v, 2) for v in vs] for k, vs in result.timeline.items()
+                }
+            }
+            if timeline
+            else {}
+        ),
     }
 
 
