@@ -213,8 +213,15 @@ def _target_tracking(resources: Mapping[str, Any], params: Mapping[str, str]) ->
 
 
 def _acts_on(actions: Any, policy_name: str) -> bool:
-    """Whether an alarm's actions (a list, or an intrinsic such as !If) name the policy."""
-    return isinstance(actions, list) and {"Ref": policy_name} in actions
+    """Whether an alarm's actions (a list, possibly inside intrinsics such as !If) name the
+    policy."""
+    if actions == {"Ref": policy_name}:
+        return True
+    if isinstance(actions, dict):
+        return any(_acts_on(value, policy_name) for value in actions.values())
+    if isinstance(actions, list):
+        return any(_acts_on(value, policy_name) for value in actions)
+    return False
 
 
 def _step_scaling(resources: Mapping[str, Any], params: Mapping[str, str]) -> dict[str, Any]:
