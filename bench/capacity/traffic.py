@@ -55,7 +55,9 @@ class Contacts:
 def _bell_minutes(sigma_hours: float, peak_hour: float) -> np.ndarray:
     """Per-minute shares of a day whose rate is a bell (wrapped around midnight)."""
     hours = (np.arange(MINUTES_PER_DAY) + 0.5) / 60
-    rate = sum(np.exp(-(((hours - peak_hour + 24 * k) / sigma_hours) ** 2) / 2) for k in (-1, 0, 1))
+    # The bell and its neighbours a day before and after: the curve wraps around midnight.
+    shifted = np.stack([hours - peak_hour + 24 * k for k in (-1, 0, 1)])
+    rate = np.exp(-((shifted / sigma_hours) ** 2) / 2).sum(axis=0)
     shares: np.ndarray = rate / rate.sum()
     return shares
 
