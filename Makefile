@@ -13,8 +13,8 @@ STAMP := $(VENV)/.installed
 PY_DIRS := $(wildcard worker tests bench)
 
 .PHONY: help setup system-deps emulators demo test test-suite test-fast lint lint-python lint-infra \
-        lint-docker lint-compose audit bench soak clean image image-test image-rm push deploy \
-        deploy-dry-run pipeline-dry-run lock recordings
+        lint-docker lint-compose audit bench capacity soak clean image image-test image-rm push \
+        deploy deploy-dry-run pipeline-dry-run lock recordings
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ recordings: setup ## re-record tests/data's browser recordings (Chromium + Firef
 
 bench: setup ## performance benchmarks (writes bench/results/)
 	$(BIN)/python -m bench
+
+capacity: $(STAMP) ## capacity simulation of 500/2,000/10,000 agents on the template's scaling (writes bench/results/capacity/)
+	$(BIN)/python -m bench.capacity --agents 500,2000,10000 --search
 
 soak: setup ## long fault-injection soak (3 workers, 300+ messages)
 	$(BIN)/python -m tests.soak --messages 300

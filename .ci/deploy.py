@@ -117,8 +117,8 @@ def _check_value(name: str, spec: dict[str, Any], value: str) -> list[str]:
 
 
 class _CfnLoader(yaml.SafeLoader):
-    """SafeLoader that accepts CloudFormation's short tags (!Ref, !Sub...); only Parameters
-    are read here, so the tagged values need no interpretation."""
+    """SafeLoader that accepts CloudFormation's short tags (!Ref, !Sub...) as one-key
+    mappings; callers interpret only the ones they need (``Ref`` of a parameter)."""
 
 
 def _tagged(loader: _CfnLoader, suffix: str, node: yaml.Node) -> Any:
@@ -132,10 +132,16 @@ def _tagged(loader: _CfnLoader, suffix: str, node: yaml.Node) -> Any:
 _CfnLoader.add_multi_constructor("!", _tagged)
 
 
+def load_template(template: Path) -> dict[str, Any]:
+    """The whole template; a short tag becomes a one-key mapping, e.g. ``{"Ref": "MaxTasks"}``
+    (bench/capacity reads the scaling resources through this)."""
+    loaded: dict[str, Any] = yaml.load(template.read_text(), Loader=_CfnLoader)  # noqa: S506
+    return loaded
+
+
 def template_parameters(template: Path) -> dict[str, Any]:
     """The template's Parameters section."""
-    loaded = yaml.load(template.read_text(), Loader=_CfnLoader)  # noqa: S506
-    parameters: dict[str, Any] = loaded["Parameters"]
+    parameters: dict[str, Any] = load_template(template)["Parameters"]
     return parameters
 
 

@@ -526,7 +526,7 @@ def test_deploy_rejects_bad_parameter_files(tmp_path: Path) -> None:
         .replace("TaskCpu=2048", "TaskCpu=3000")
         .replace("TaskMemory=4096", "TaskMemory=1024")
         .replace("EphemeralStorageGiB=50", "EphemeralStorageGiB=500")
-        .replace("MaxTasks=10", "MaxTasks=ten")
+        .replace("\nMaxTasks=", "\nMaxTasks=ten\n# was: ")
         .replace("ConnectInstanceAlias=example-instance", "ConnectInstanceAlias=-bad_alias")
         .replace("SubnetIds=subnet-0123456789abcdef0,", "SubnetIds=subnet-0123456789abcdef0,sn-1,")
         .replace("VpcId=vpc-0123456789abcdef0", "VpcId=${KOMOREBI_TEST_UNSET_VPC}")
