@@ -12,8 +12,9 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 PY_DIRS := $(wildcard worker tests bench)
 
-.PHONY: help setup system-deps emulators demo test test-suite test-fast lint lint-python lint-infra \
-        lint-docker lint-compose audit bench capacity soak clean image image-test image-rm push \
+.PHONY: help setup system-deps emulators demo test test-suite test-fast test-unit test-media \
+        test-aws test-e2e test-image lint lint-python lint-infra \
+        lint-docker lint-compose audit bench capacity soak clean image image-test test-image image-rm push \
         deploy deploy-dry-run pipeline-dry-run lock recordings
 
 help: ## list targets
@@ -44,17 +45,37 @@ lock: ## re-resolve requirements.lock from pyproject.toml
 demo: system-deps $(STAMP) ## run the whole pipeline once on the embedded AWS emulator
 	$(BIN)/komorebi-worker dev --once
 
-test: setup lint test-suite ## lint, then the whole test suite, then the image test
+test: setup lint test-suite ## lint, then every test lane, then the image test
 
-test-suite: setup ## the whole test suite, then the image test, without lint (Jenkins' Test stage)
-	$(BIN)/pytest -q
-	@$(MAKE) --no-print-directory image-test
+# Test lanes (tests/<lane>/; CONTRIBUTING.md, "Tests"). The unit lane is pure code: its
+# conftest fails a test that spawns a process or opens a socket. Bytecode is written (to
+# __pycache__, ignored by git and .dockerignore) even where the environment sets
+# PYTHONDONTWRITEBYTECODE: recompiling the worker and its dependencies on every run costs
+# more than the unit lane's tests themselves.
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q
 
-image-test: setup ## build the image with podman and run it for real (IMAGE_TEST=skip skips)
+test-suite: setup ## every lane (unit, media, aws, e2e) in one run, then the image test (Jenkins' Test stage)
+	$(PYTEST)
+	@$(MAKE) --no-print-directory test-image
+
+test-unit: $(STAMP) ## pure tests: no subprocess, no socket (well under a minute)
+	$(PYTEST) tests/unit
+
+test-fast: test-unit ## the unit lane, for while you edit
+
+test-media: setup ## real ffmpeg on real media, no AWS
+	$(PYTEST) tests/media
+
+test-aws: setup ## adapters, job and consumer against moto (and LocalStack), in-process
+	$(PYTEST) tests/aws
+
+test-e2e: setup ## worker and CLI processes, Prometheus, the browser, the small soak
+	$(PYTEST) tests/e2e
+
+test-image: setup ## build the image with podman and run it for real (IMAGE_TEST=skip skips)
 	@./.ci/image-test
 
-test-fast: setup ## tests without lint
-	$(BIN)/pytest -q -x
+image-test: test-image ## the image lane's former name
 
 lint: setup lint-python lint-infra lint-docker lint-compose audit ## every static check
 

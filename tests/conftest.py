@@ -1,12 +1,17 @@
-"""Shared pytest configuration. Fixtures live in topic modules, loaded as plugins."""
+"""Shared pytest configuration. Fixtures live in topic modules, loaded as plugins.
+
+Tests live in lanes, one folder each (CONTRIBUTING.md, "Tests"): ``unit`` (pure: no process,
+no socket), ``media`` (real ffmpeg), ``aws`` (moto/LocalStack in-process), ``e2e`` (processes,
+Prometheus, the browser) and ``image`` (the built image).
+"""
 
 import os
 
 import pytest
 
-# The image tests need a built image: `make image-test` builds one and names it in
-# KOMOREBI_IMAGE (the plain suite does not collect them; `make test` runs both).
-collect_ignore = [] if os.environ.get("KOMOREBI_IMAGE") else ["test_image.py"]
+# The image lane needs a built image: `make test-image` builds one and names it in
+# KOMOREBI_IMAGE (the plain suite does not collect it; `make test` runs both).
+collect_ignore = [] if os.environ.get("KOMOREBI_IMAGE") else ["image"]
 
 pytest_plugins = [
     "tests.fixtures_media",

@@ -10,7 +10,7 @@ a later copy to a file system could resolve differently.
 
 The check needs the row (its ``creationDate`` gives the day), so it cannot run in
 :mod:`worker.messages`; the job calls :func:`check_connect_audio_key` right after reading the
-row. Pure: unit-tested in ``tests/test_custody.py``.
+row. Pure: unit-tested in ``tests/unit/test_custody.py``.
 """
 
 from __future__ import annotations

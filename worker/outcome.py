@@ -3,7 +3,7 @@
 :func:`decide` looks at the outcome (a :class:`worker.job.JobResult` or the error the job
 raised), the message's ``ApproximateReceiveCount`` and the queue's ``maxReceiveCount``, and
 returns what to do; :mod:`worker.delivery` carries it out. No I/O here, so the whole rule is
-tested as a table (``tests/test_outcome.py``)::
+tested as a table (``tests/unit/test_outcome.py``)::
 
     outcome                     before the last receive        on the last receive
     ------------------------    ---------------------------    ----------------------------

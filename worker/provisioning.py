@@ -1,6 +1,6 @@
 """Queue, DLQ, buckets and table: their parameters, defined once (SPEC §7 ``provision``).
 
-``infra/template.yaml`` declares the same values; ``tests/test_infra_template.py`` fails when
+``infra/template.yaml`` declares the same values; ``tests/unit/test_infra_template.py`` fails when
 the two drift apart.
 """
 

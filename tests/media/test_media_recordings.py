@@ -22,6 +22,15 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_media import AGENT_TONE, CONNECT_WAV, CUSTOMER_TONE, DATA_DIR, RECORDING_TONE
+from tests.media.test_media_merge import (
+    GUARD,
+    Segment,
+    assert_same_video_and_duration,
+    assert_timeline,
+    decoded,
+    input_duration,
+    run_merge,
+)
 from tests.media_tools import (
     band_share,
     decode_pcm,
@@ -36,15 +45,6 @@ from tests.media_tools import (
     window,
 )
 from tests.recorder import RECORDINGS
-from tests.test_media_merge import (
-    GUARD,
-    Segment,
-    assert_same_video_and_duration,
-    assert_timeline,
-    decoded,
-    input_duration,
-    run_merge,
-)
 from worker import media
 from worker.config import AudioSettings
 

@@ -35,6 +35,7 @@ from tests.fixtures_media import (
     CHROME_VP8_OPUS,
     CONNECT_WAV,
 )
+from tests.media.test_media_merge import assert_timeline, decoded, expected_segments
 from tests.media_tools import (
     ffprobe_json,
     framemd5,
@@ -42,7 +43,6 @@ from tests.media_tools import (
     timeline_duration,
     timeline_end,
 )
-from tests.test_media_merge import assert_timeline, decoded, expected_segments
 from tests.worker_harness import (
     CONNECT_ALIAS,
     get_row,
@@ -59,7 +59,7 @@ from worker import media, provisioning
 IMAGE = os.environ.get("KOMOREBI_IMAGE", "")
 SIZE_BUDGET_BYTES = 400_000_000  # issue 12: <= 400 MB, pulled by every scale-out from zero
 # The in-repo copies of ../shared/fixtures: a checkout anywhere has them.
-FIXTURES = Path(__file__).resolve().parent / "data"
+FIXTURES = Path(__file__).resolve().parents[1] / "data"
 UID = "10001"
 # How Fargate runs the task (infra/template.yaml): non-root, read-only root filesystem, one
 # writable scratch volume. runc: crun refuses this kind of host's cgroups. Limits within the

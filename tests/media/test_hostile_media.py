@@ -1,4 +1,5 @@
-"""Hostile media: the merge engine on its own, then the same files through a real worker.
+"""Hostile media through the merge engine alone (the same files through a real worker:
+tests/e2e/test_hostile_media_worker.py).
 
 Engine level (no AWS): each hostile recording goes through ``worker.media.merge`` with a valid
 Connect WAV and must fail with its typed error and a one-line reason — or, for headers that lie
@@ -18,7 +19,6 @@ import anyio
 import pytest
 
 from tests import hostile_support as hs
-from tests.hostile_corpus import CASES, CorpusRun, check_case
 from worker.errors import MediaError, NoVideoStream
 from worker.media import MergeRequest, merge
 
@@ -136,14 +136,3 @@ def test_engine_ignores_header_claiming_hours(
     probed = hs.probe_file(output)
     assert probed.duration == pytest.approx(2.0, abs=0.1)
     assert probed.audio_codec is not None
-
-
-# --- end to end: the corpus through a real worker ---------------------------------------------
-
-E2E = [case for case in CASES if case.kind in ("media", "connect", "row")]
-
-
-@pytest.mark.parametrize("case", E2E, ids=[case.name for case in E2E])
-def test_worker_handles_hostile_input(case: object, hostile_run: CorpusRun) -> None:
-    """The case ended as expected: DLQ with reason / retried / DONE, row, no leak."""
-    check_case(hostile_run, case)  # type: ignore[arg-type]

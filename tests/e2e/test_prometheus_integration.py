@@ -31,7 +31,7 @@ import yaml
 from tests.fixtures_aws import AwsEnv, free_port
 from worker.devenv import seed_demo_contact
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "infra" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "infra" / "grafana" / "dashboards" / "komorebi-worker.json"
 SCRIPT = Path(sys.executable).with_name("komorebi-worker")

@@ -20,7 +20,7 @@ from worker import aws as worker_aws
 from worker.config import Settings
 from worker.observability import redact
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_worker_still_serves_after_the_corpus(hostile_run: CorpusRun) -> None:
