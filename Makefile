@@ -112,7 +112,7 @@ capacity: $(STAMP) ## capacity simulation of 500/2,000/10,000 agents on the temp
 	$(BIN)/python -m bench.capacity --agents 500,2000,10000 --search
 
 soak: setup ## long fault-injection soak (3 workers, 300+ messages)
-	$(BIN)/python -m tests.soak --messages 300
+	$(BIN)/python -m tests.harness.soak --messages 300
 
 # --- image and deployment: each Jenkinsfile stage calls one of these ------------------------
 # DRY_RUN=1 prints the commands of image, push and deploy instead of running them.

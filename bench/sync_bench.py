@@ -1,11 +1,12 @@
 """The call-end sync on a speech corpus (issue 13): alignment error measured in the output.
 
 Every case of :data:`CORPUS` (espeak-ng voices, telephony Connect audio, a reverberant noisy
-microphone in Opus/AAC; see :mod:`tests.speech_media`) is merged with ``ALIGN_MODE=auto`` for
-every timestamp error of :data:`tests.speech_media.TIMESTAMP_ERRORS` (whole-second truncation
-on top). The alignment error is measured in the merged file by content: where the Connect
-audio lies against where the microphone says it belongs. A *wrong sync* is a waveform sync
-off by more than 20 ms, or any waveform sync on a case whose microphone holds nothing of the
+microphone in Opus/AAC; see :mod:`tests.harness.speech_media`) is merged with
+``ALIGN_MODE=auto`` for every timestamp error of
+:data:`tests.harness.speech_media.TIMESTAMP_ERRORS` (whole-second truncation on top). The
+alignment error is measured in the merged file by content: where the Connect audio lies against
+where the microphone says it belongs. A *wrong sync* is a waveform sync off by more than 20 ms,
+or any waveform sync on a case whose microphone holds nothing of the
 call. ``python -m bench.sync_bench`` runs it alone.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from tests.speech_media import (
+from tests.harness.speech_media import (
     TIMESTAMP_ERRORS,
     CaseSpec,
     alignment_error,

@@ -1,6 +1,6 @@
 """The queue worker end to end: N short jobs through a moto server at a given concurrency.
 
-A moto server runs in its own process; ``tests.fixtures_aws.provision_world`` creates the
+A moto server runs in its own process; ``tests.harness.fixtures_aws.provision_world`` creates the
 queue, DLQ, buckets and table exactly as ``komorebi-worker provision`` does. Each job is a real
 contact: a 60-second 720p recording (the cached segment) under its input key, a 45-second
 Connect WAV under the Connect prefix with Connect's file name, the backend's row, and the
@@ -131,7 +131,7 @@ def run_worker_bench(
     Default media: the cached 60-second segment and a 45-second Connect WAV; pass
     ``recording``/``connect``/``call_end`` to run (for instance) one long recording.
     """
-    from tests.fixtures_aws import provision_world
+    from tests.harness.fixtures_aws import provision_world
 
     workdir.mkdir(parents=True, exist_ok=True)
     if recording is None or connect is None:

@@ -14,9 +14,9 @@ import pytest
 collect_ignore = [] if os.environ.get("KOMOREBI_IMAGE") else ["image"]
 
 pytest_plugins = [
-    "tests.fixtures_media",
-    "tests.fixtures_aws",
-    "tests.hostile_corpus",
+    "tests.harness.fixtures_media",
+    "tests.harness.fixtures_aws",
+    "tests.harness.hostile_corpus",
 ]
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from tests.fixtures_aws import AwsEnv, free_port
+from tests.harness.fixtures_aws import AwsEnv
+from tests.harness.ports import free_port
 from worker.aws import open_clients, translate
 from worker.errors import (
     AwsUnavailable,

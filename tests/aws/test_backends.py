@@ -12,8 +12,8 @@ import anyio
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.fixtures_aws import AwsEnv
-from tests.worker_harness import get_row, seed_contact
+from tests.harness.fixtures_aws import AwsEnv
+from tests.harness.worker_harness import get_row, seed_contact
 from worker.aws import AwsClients
 from worker.errors import LeaseHeld
 from worker.recordings import RecordingTable

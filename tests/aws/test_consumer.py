@@ -2,7 +2,7 @@
 by error type, retries with backoff, the DLQ, heartbeat, duplicates, leases, the 12-hour cap.
 
 The tests marked ``backends`` also run on a second, independent implementation (LocalStack for
-SQS and S3, dynalite for DynamoDB: tests/emulators.py); the differences from moto they meet
+SQS and S3, dynalite for DynamoDB: tests/harness/emulators.py); the differences from moto they meet
 are in docs/deploy.md ("Two AWS emulators").
 """
 
@@ -19,12 +19,12 @@ import anyio
 import pytest
 import structlog
 
-from tests.fixtures_aws import AwsEnv
-from tests.worker_harness import (
+from tests.harness.fixtures_aws import AwsEnv
+from tests.harness.polling import eventually
+from tests.harness.worker_harness import (
     age_queued_messages,
     attributes,
     dlq_messages,
-    eventually,
     get_row,
     jobs,
     metric,

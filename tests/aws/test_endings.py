@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures_aws import AwsEnv
-from tests.worker_harness import (
+from tests.harness.fixtures_aws import AwsEnv
+from tests.harness.polling import eventually
+from tests.harness.worker_harness import (
     attributes,
     dlq_messages,
-    eventually,
     get_row,
     jobs,
     metric,

@@ -16,7 +16,13 @@ import boto3
 import pytest
 import yaml
 
-from tests.infra_helpers import ROOT, TEMPLATE_PATH, load_template
+from tests.harness.infra_helpers import (
+    ROOT,
+    TEMPLATE_PATH,
+    TOPIC,
+    load_template,
+    resource,
+)
 from worker import provisioning
 
 REGION = "eu-central-1"
@@ -28,26 +34,7 @@ def template() -> dict[str, Any]:
     return load_template()
 
 
-def resource(template: dict[str, Any], name: str) -> dict[str, Any]:
-    props: dict[str, Any] = template["Resources"][name]["Properties"]
-    return props
-
-
-def container(template: dict[str, Any], name: str) -> dict[str, Any]:
-    for definition in resource(template, "TaskDefinition")["ContainerDefinitions"]:
-        if definition["Name"] == name:
-            found: dict[str, Any] = definition
-            return found
-    raise AssertionError(f"no container {name}")
-
-
-def environment(definition: dict[str, Any]) -> dict[str, Any]:
-    return {item["Name"]: item["Value"] for item in definition["Environment"]}
-
-
 # --- alarms reach someone (issue 17) ---------------------------------------------------------
-
-TOPIC = {"Fn::If": ["CreateAlarmTopic", {"Ref": "AlarmTopic"}, {"Ref": "AlarmTopicArn"}]}
 
 
 def test_alert_rules_are_deployed_to_amp_from_alerts_yml(template: dict[str, Any]) -> None:
@@ -75,7 +62,7 @@ def test_alert_rules_are_deployed_to_amp_from_alerts_yml(template: dict[str, Any
 
 @pytest.fixture(scope="module")
 def moto_endpoint(moto_server: str) -> str:
-    """The session's moto server (tests/fixtures_aws.py); this module uses its own region."""
+    """The session's moto server (harness/fixtures_aws.py); this module uses its own region."""
     return moto_server
 
 

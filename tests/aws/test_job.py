@@ -14,9 +14,9 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.fixtures_aws import AwsEnv, aws_base_env, provision_world
-from tests.media_tools import band_share, decode_pcm, ffprobe_json, probe_duration, window
-from tests.worker_harness import (
+from tests.harness.fixtures_aws import AwsEnv, aws_base_env, provision_world
+from tests.harness.media_tools import band_share, decode_pcm, ffprobe_json, probe_duration, window
+from tests.harness.worker_harness import (
     CONNECT_ALIAS,
     CONNECT_WAV,
     Contact,

@@ -8,43 +8,28 @@ recognisable fake credentials, capture what ``configure_logging`` writes and par
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 import pytest
 
-from tests.fixtures_aws import AwsEnv
+from tests.harness.fixtures_aws import AwsEnv
+from tests.harness.logs import (
+    ACCESS_KEY_ID,
+    SECRET_KEY,
+    SIGNATURE,
+    assert_no_secrets,
+    json_log_buffer,
+    lines,
+)
 from worker.config import Settings
 from worker.devenv import seed_demo_contact
-from worker.observability import REGISTRY, configure_logging
+from worker.observability import REGISTRY
 
-ACCESS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
-SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-SIGNATURE = "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
-SECRETS = (ACCESS_KEY_ID, SECRET_KEY, SIGNATURE, "wJalrXUtnFEMI")
-
-
-@pytest.fixture
-def captured() -> io.StringIO:
-    """configure_logging (JSON, DEBUG) into a buffer."""
-    buffer = io.StringIO()
-    configure_logging("DEBUG", "json", buffer)
-    return buffer
+captured = pytest.fixture(name="captured")(json_log_buffer)
 
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def lines(buffer: io.StringIO) -> list[dict[str, Any]]:
-    """Every line is one JSON object (a non-JSON line fails the test)."""
-    return [json.loads(line) for line in buffer.getvalue().splitlines()]
-
-
-def assert_no_secrets(buffer: io.StringIO) -> None:
-    text = buffer.getvalue()
-    for secret in SECRETS:
-        assert secret not in text, f"{secret} leaked into the logs"
 
 
 # --- a real job ------------------------------------------------------------------------------

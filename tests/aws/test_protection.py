@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from tests.fixtures_aws import AwsEnv, free_port
+from tests.harness.fixtures_aws import AwsEnv
+from tests.harness.ports import free_port
 from worker.aws import open_clients
 from worker.consumer import Consumer
 from worker.devenv import seed_demo_contact

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.fixtures_aws import AwsEnv, provision_world
+from tests.harness.fixtures_aws import AwsEnv, provision_world
 from worker import provisioning
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.fixtures_aws import AwsEnv
+from tests.harness.fixtures_aws import AwsEnv
 from worker.aws import AwsClients
 from worker.errors import ConfigError, InvalidMessage, MediaError
 from worker.outcome import escaped

@@ -38,8 +38,8 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.fixtures_aws import AIO_SESSION, CONNECT_ALIAS, AwsEnv
-from tests.worker_harness import (
+from tests.harness.fixtures_aws import AIO_SESSION, CONNECT_ALIAS, AwsEnv
+from tests.harness.worker_harness import (
     get_row,
     json_events,
     queue_depth,

@@ -16,8 +16,8 @@ import aiohttp
 import anyio
 import pytest
 
-from tests.fixtures_aws import AwsEnv
-from tests.worker_harness import mounted_tmpfs
+from tests.harness.fixtures_aws import AwsEnv
+from tests.harness.worker_harness import mounted_tmpfs
 from worker import storage
 from worker.aws import AwsClients
 from worker.errors import AwsUnavailable, ScratchFull

@@ -40,7 +40,7 @@ def test_bench_machinery_on_a_short_recording(tmp_path: Path) -> None:
 def test_sync_bench_machinery_on_two_small_cases(tmp_path: Path) -> None:
     from bench.report import sync_section
     from bench.sync_bench import run_sync_bench
-    from tests.speech_media import CaseSpec
+    from tests.harness.speech_media import CaseSpec
 
     specs = [
         CaseSpec("speech", call_seconds=14, connect_start=1.0, acw_seconds=5),

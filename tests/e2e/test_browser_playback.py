@@ -18,8 +18,8 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.fixtures_media import CONNECT_WAV, DATA_DIR
-from tests.http_server import serve, url
+from tests.harness.fixtures_media import CONNECT_WAV, DATA_DIR
+from tests.harness.http_server import serve, url
 from tests.recorder import CHROMIUM_FLAGS
 from worker import media
 

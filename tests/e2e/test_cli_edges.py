@@ -12,7 +12,9 @@ from typing import Any
 
 import boto3
 
-from tests.fixtures_aws import AwsEnv, aws_base_env, free_port
+from tests.harness.fixtures_aws import AwsEnv, aws_base_env
+from tests.harness.ports import free_port
+from tests.harness.worker_harness import queue_depth
 from worker.admin import DEAD_LETTER_ATTRIBUTES
 
 SCRIPT = Path(sys.executable).with_name("komorebi-worker")
@@ -50,16 +52,6 @@ def drain(sqs: Any, queue_url: str, expected: int) -> list[dict[str, Any]]:
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
         messages.extend(batch)
     return messages
-
-
-def queue_depth(sqs: Any, queue_url: str) -> int:
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]) + int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
 
 
 # --- provision -------------------------------------------------------------------------------
@@ -166,7 +158,7 @@ def test_enqueue_rejects_bad_input_with_exit_2_and_sends_nothing(aws: AwsEnv) ->
         run_cli("enqueue", "abc", "5", "--connect-audio-key", "k" * 2000, env=aws.env), 2
     )
     assert "connectAudioKey" in line
-    assert queue_depth(aws.client("sqs"), aws.queue_url) == 0
+    assert sum(queue_depth(aws, aws.queue_url)) == 0
 
 
 def test_enqueue_without_queue_url_exits_2(aws: AwsEnv) -> None:
@@ -218,7 +210,7 @@ def test_redrive_moves_everything_back_with_original_bodies(aws: AwsEnv) -> None
     result = run_cli("redrive", env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("moved 13 message(s)")
-    assert queue_depth(sqs, aws.dlq_url) == 0
+    assert sum(queue_depth(aws, aws.dlq_url)) == 0
     moved = drain(sqs, aws.queue_url, 13)
     assert sorted(message["Body"] for message in moved) == sorted(bodies)
     for message in moved:
@@ -316,9 +308,9 @@ def test_redrive_retries_a_failed_delete_and_sends_nothing_twice(
     faulty = _FaultySqs(sqs, undeletable={bodies[1]}, failures_per_message=1)
     result = admin.redrive(aws.queue_url, aws.dlq_url, sqs=faulty)
     assert (result.moved, result.failed, result.not_deleted) == (4, 0, ())
-    assert queue_depth(sqs, aws.dlq_url) == 0  # the failed delete was retried
+    assert sum(queue_depth(aws, aws.dlq_url)) == 0  # the failed delete was retried
     assert sorted(faulty.sent_bodies) == sorted(bodies)
-    assert queue_depth(sqs, aws.queue_url) == 4
+    assert sum(queue_depth(aws, aws.queue_url)) == 4
 
 
 def test_redrive_does_not_count_or_resend_a_message_it_could_not_delete(
@@ -336,10 +328,10 @@ def test_redrive_does_not_count_or_resend_a_message_it_could_not_delete(
     result = admin.redrive(aws.queue_url, aws.dlq_url, sqs=faulty)
     assert (result.moved, result.failed, len(result.not_deleted)) == (2, 0, 1)
     assert sorted(faulty.sent_bodies) == sorted(bodies)  # each sent once
-    assert queue_depth(sqs, aws.queue_url) == 3
+    assert sum(queue_depth(aws, aws.queue_url)) == 3
     again = admin.redrive(aws.queue_url, aws.dlq_url, sqs=_FaultySqs(sqs))
     assert (again.moved, again.failed) == (0, 0)  # hidden: not sent again
-    assert queue_depth(sqs, aws.queue_url) == 3
+    assert sum(queue_depth(aws, aws.queue_url)) == 3
 
 
 def test_redrive_with_a_malformed_redrive_policy_exits_2_with_one_line(

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra_helpers import ROOT
+from tests.harness.infra_helpers import ROOT
 from worker import config
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.media_tools import band_share, decode_pcm, ffprobe_json, framemd5, rms, window
+from tests.harness.media_tools import band_share, decode_pcm, ffprobe_json, framemd5, rms, window
 from worker.devenv import DEMO_CALL_END_SECONDS, SAMPLE_RECORDING, sample_path, use_emulator
 
 SCRIPT = Path(sys.executable).with_name("komorebi-worker")

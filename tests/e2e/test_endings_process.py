@@ -24,8 +24,10 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures_aws import AwsEnv, free_port
-from tests.worker_harness import (
+from tests.harness.fixtures_aws import AwsEnv
+from tests.harness.polling import wait_until
+from tests.harness.ports import free_port
+from tests.harness.worker_harness import (
     CONNECT_WAV,
     RECORDING,
     WorkerProcess,
@@ -38,7 +40,6 @@ from tests.worker_harness import (
     send_raw,
     set_max_receive_count,
     upload_connect_audio,
-    wait_for,
     with_fresh_queues,
     worker_env,
 )
@@ -179,7 +180,7 @@ def matrix(
     uploader.start()
     try:
         worker.wait_for_event("worker.ready")
-        wait_for(
+        wait_until(
             lambda: queue_depth(aws) == (0, 0) or worker.process.poll() is not None,
             timeout=120,
             interval=0.5,
@@ -383,7 +384,7 @@ def _received_twice(aws: AwsEnv) -> None:
     """Two receives that end without a worker (as if two attempts had been retried)."""
     sqs = aws.client("sqs")
     for _ in range(2):
-        wait_for(lambda: queue_depth(aws)[0] == 1, timeout=10, what="the message visible")
+        wait_until(lambda: queue_depth(aws)[0] == 1, timeout=10, what="the message visible")
         response = sqs.receive_message(
             QueueUrl=aws.queue_url, MaxNumberOfMessages=1, VisibilityTimeout=0
         )
@@ -396,7 +397,7 @@ def _run_until(
     """A worker process until ``done()``, then SIGTERM: it must exit 0."""
     worker = WorkerProcess(env, log)
     try:
-        wait_for(done, timeout=timeout, what=what)
+        wait_until(done, timeout=timeout, what=what)
         worker.signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0, worker.tail()
     finally:
@@ -456,7 +457,7 @@ def test_the_dlq_gone_on_the_last_receive_still_fails_the_row(
     try:
         worker.wait_for_event("worker.ready")
         aws.client("sqs").delete_queue(QueueUrl=aws.dlq_url)
-        wait_for(
+        wait_until(
             lambda: get_row(aws, contact.recording_id).get("processingStatus") == "FAILED",
             timeout=60,
             what="the row FAILED",
@@ -496,7 +497,7 @@ def test_sigterm_mid_job_gives_everything_back_and_restores_the_earlier_status(
     finally:
         worker.stop()
     assert worker.count("job.released") == 1 and worker.count("worker.grace_expired") == 1
-    wait_for(lambda: queue_depth(aws)[0] == 1, timeout=5, what="the message visible again")
+    wait_until(lambda: queue_depth(aws)[0] == 1, timeout=5, what="the message visible again")
     assert [m["MessageId"] for m in receive_now(aws)] == [message_id]
     row = get_row(aws, contact.recording_id)
     assert row["processingStatus"] == "FAILED" and row["processingError"] == "earlier failure"
@@ -514,7 +515,7 @@ def test_fix_the_cause_then_redrive_ends_done_without_duplicates(
     # swallowed by its abandoned long poll, see docs/operating.md.)
     import subprocess
 
-    from tests.worker_harness import ROOT
+    from tests.harness.worker_harness import ROOT
 
     aws = own_aws
     short = generated("h264-aac")
@@ -546,7 +547,7 @@ def test_fix_the_cause_then_redrive_ends_done_without_duplicates(
 
     worker = WorkerProcess(env, tmp_path / "worker.log")
     try:
-        wait_for(lambda: queue_depth(aws, aws.dlq_url)[0] == 3, timeout=60, what="3 in the DLQ")
+        wait_until(lambda: queue_depth(aws, aws.dlq_url)[0] == 3, timeout=60, what="3 in the DLQ")
         for contact in contacts:
             assert get_row(aws, contact.recording_id)["processingStatus"] == "FAILED"
             aws.client("s3").put_object(
@@ -554,8 +555,8 @@ def test_fix_the_cause_then_redrive_ends_done_without_duplicates(
             )
         moved = redrive()
         assert moved.returncode == 0 and moved.stdout.startswith("moved 3 message(s)"), moved
-        wait_for(all_done, timeout=90, what="the redriven jobs DONE")
-        wait_for(lambda: queue_depth(aws) == (0, 0), timeout=30, what="their messages deleted")
+        wait_until(all_done, timeout=90, what="the redriven jobs DONE")
+        wait_until(lambda: queue_depth(aws) == (0, 0), timeout=30, what="their messages deleted")
         again = redrive()
         assert again.returncode == 0 and again.stdout.startswith("moved 0 message(s)"), again
         worker.signal(signal.SIGTERM)

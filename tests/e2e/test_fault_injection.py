@@ -29,11 +29,12 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from tests import hostile_support as hs
-from tests.faultproxy import FaultPlan, FaultProxy, RequestInfo, classify
-from tests.fixtures_aws import AwsEnv
-from tests.media_tools import unified_output_problems
-from tests.worker_harness import mounted_tmpfs
+from tests.harness import hostile_support as hs
+from tests.harness.faultproxy import FaultPlan, FaultProxy, RequestInfo, classify
+from tests.harness.fixtures_aws import AwsEnv
+from tests.harness.media_tools import unified_output_problems
+from tests.harness.polling import wait_until
+from tests.harness.worker_harness import WorkerProcess, mounted_tmpfs, queue_depth
 from worker import aws as worker_aws
 from worker.errors import AwsUnavailable
 from worker.recordings import RecordingTable
@@ -250,24 +251,24 @@ def test_jobs_finish_under_transient_faults(
     proxy.set_plan(WORKER_FAULTS)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    env = hs.worker_env(
+    env = hs.hostile_env(
         aws,
         scratch,
         AWS_ENDPOINT_URL=proxy.endpoint,
         AWS_MAX_ATTEMPTS="6",
         VISIBILITY_TIMEOUT="10",
     )
-    worker = hs.WorkerProcess(env, tmp_path / "worker.log").start()
+    worker = WorkerProcess(env, tmp_path / "worker.log")
     try:
         world.send_batch(bodies)
 
         def finished() -> bool:
             rows = world.rows()
             done = all(rows.get(rid, {}).get("processingStatus") == "DONE" for rid in ids)
-            return done and world.queue_counts() == (0, 0)
+            return done and queue_depth(world.aws) == (0, 0)
 
         try:
-            hs.wait_until(finished, timeout=90, what="every job DONE through the faulty proxy")
+            wait_until(finished, timeout=90, what="every job DONE through the faulty proxy")
         finally:
             faults = proxy.summary()
             print("faults injected:", json.dumps(faults))
@@ -281,7 +282,7 @@ def test_jobs_finish_under_transient_faults(
         assert hs.probe_file(local).audio_codec == "aac"
         # By content: every frame of the recording, the call's tones, then the ACW's tone.
         assert unified_output_problems(local, small_media_files["recording"], **SMALL_CONTACT) == []
-    assert world.queue_counts(aws.dlq_url) == (0, 0)
+    assert queue_depth(world.aws, aws.dlq_url) == (0, 0)
     by_service = faults["faults_by_service"]
     assert isinstance(by_service, dict)
     for service in ("s3", "dynamodb"):
@@ -317,26 +318,26 @@ def test_full_scratch_fails_cleanly(
     if how == "tmpfs":
         # Inputs (550 kB) fit; the merged output does not: ffmpeg meets ENOSPC.
         scratch = request.getfixturevalue("tiny_tmpfs")
-        env = hs.worker_env(aws, scratch)
+        env = hs.hostile_env(aws, scratch)
     else:
         scratch = tmp_path / "scratch"
         scratch.mkdir()
-        env = hs.worker_env(aws, scratch, SCRATCH_MAX_BYTES="200000")
-    worker = hs.WorkerProcess(env, tmp_path / "worker.log").start()
+        env = hs.hostile_env(aws, scratch, SCRATCH_MAX_BYTES="200000")
+    worker = WorkerProcess(env, tmp_path / "worker.log")
     try:
         world.send(json.dumps({"recordingID": "too-big", "callEndingTimestamp": "00:00:03"}))
-        hs.wait_until(
-            lambda: world.queue_counts(aws.dlq_url)[0] == 1,
+        wait_until(
+            lambda: queue_depth(world.aws, aws.dlq_url)[0] == 1,
             timeout=60,
             what="the oversized job in the DLQ",
         )
         world.send(small_body)
-        hs.wait_until(
+        wait_until(
             lambda: world.rows().get("fits-after", {}).get("processingStatus") == "DONE",
             timeout=60,
             what="the next job to succeed",
         )
-        hs.wait_until(lambda: world.queue_counts() == (0, 0), timeout=30, what="an empty queue")
+        wait_until(lambda: queue_depth(world.aws) == (0, 0), timeout=30, what="an empty queue")
     finally:
         assert worker.stop() == 0
     (message,) = world.drain_dlq()
@@ -362,17 +363,17 @@ def test_worker_survives_a_total_outage(
     world.set_queue_visibility(6)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    env = hs.worker_env(
+    env = hs.hostile_env(
         aws, scratch, AWS_ENDPOINT_URL=proxy.endpoint, AWS_MAX_ATTEMPTS="2", VISIBILITY_TIMEOUT="6"
     )
     log_path = tmp_path / "worker.log"
-    worker = hs.WorkerProcess(env, log_path).start()
+    worker = WorkerProcess(env, log_path)
     try:
 
         def count(event: str) -> int:
             return sum(e.get("event") == event for e in hs.log_events(log_path))
 
-        hs.wait_until(lambda: count("worker.ready") > 0, timeout=30, what="the worker ready")
+        wait_until(lambda: count("worker.ready") > 0, timeout=30, what="the worker ready")
         proxy.set_plan(FaultPlan(reset=1.0))
         world.send(body)
 
@@ -380,10 +381,10 @@ def test_worker_survives_a_total_outage(
             return count("poll.failed")
 
         # Long enough for the job to fail (transient) and for polls to fail repeatedly.
-        hs.wait_until(lambda: failed_polls() >= 2, timeout=60, what="two failed polls")
+        wait_until(lambda: failed_polls() >= 2, timeout=60, what="two failed polls")
         assert worker.alive(), "the worker died during the outage"
         proxy.set_plan(FaultPlan())
-        hs.wait_until(
+        wait_until(
             lambda: world.rows().get("after-outage", {}).get("processingStatus") == "DONE",
             timeout=90,
             what="the job after the outage",

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from tests import hostile_support as hs
-from tests.hostile_corpus import CASES, MAX_RECEIVE_COUNT, CorpusRun
+from tests.harness import hostile_support as hs
+from tests.harness.hostile_corpus import CASES, MAX_RECEIVE_COUNT, CorpusRun
 from worker import aws as worker_aws
 from worker.config import Settings
 from worker.observability import redact

@@ -5,7 +5,7 @@ Connect WAV and must fail with its typed error and a one-line reason — or, for
 about the duration, succeed with the real duration. Playlists and concat scripts point at
 ``/etc/passwd`` and at a listening socket that must see no connection.
 
-End to end: the corpus cases of kind ``media``, ``connect`` and ``row`` (tests/hostile_corpus.py)
+End to end: the corpus cases of kind ``media``, ``connect`` and ``row`` (harness/hostile_corpus.py)
 run through one ``komorebi-worker run`` process; each case's outcome is checked here.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.hostile_corpus import CASES, CorpusRun, check_case
+from tests.harness.hostile_corpus import CASES, CorpusRun, check_case
 
 # --- end to end: the corpus through a real worker ---------------------------------------------
 

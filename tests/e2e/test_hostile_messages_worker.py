@@ -4,7 +4,7 @@ tests/unit/test_hostile_messages.py).
 Parser level: every message case of the corpus is rejected by ``parse_message`` with
 :class:`InvalidMessage` and a one-line reason that leaks nothing (or accepted, for the valid
 ones). End to end: the same bodies went through one ``komorebi-worker run`` process
-(tests/hostile_corpus.py); each must be in the DLQ with its reason attributes, create no row,
+(harness/hostile_corpus.py); each must be in the DLQ with its reason attributes, create no row,
 and leave the worker serving.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.hostile_corpus import CASES, Case, CorpusRun, check_case
+from tests.harness.hostile_corpus import CASES, Case, CorpusRun, check_case
 
 MESSAGES = [case for case in CASES if case.kind == "message"]
 

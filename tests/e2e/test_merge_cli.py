@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_media import (
+from tests.harness.fixtures_media import (
     CHROME_H264_OPUS_WEBM,
     CHROME_VP8_NOAUDIO,
     CHROME_VP8_OPUS,
     CONNECT_WAV,
 )
-from tests.media_tools import ffprobe_json, framemd5
+from tests.harness.media_tools import ffprobe_json, framemd5
 from worker.cli import main
 
 

@@ -11,7 +11,7 @@ file checks are tests/unit/test_dockerfile.py).
   rejects a bad or missing parameter file before CloudFormation sees it, and every template
   parameter is documented.
 
-The image itself is built and run by `make image-test` (tests/test_image.py).
+The image itself is built and run by `make test-image` (tests/image/test_image.py).
 """
 
 from __future__ import annotations
@@ -28,44 +28,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra_helpers import ROOT, load_template
+from tests.harness.infra_helpers import (
+    ROOT,
+    args_of,
+    final_stage,
+    load_template,
+)
 from worker import config
-
-DOCKERFILE = ROOT / "Dockerfile"
-
-
-def instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    logical: list[str] = []
-    pending = ""
-    for line in path.read_text().splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#") or (not stripped and not pending):
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        logical.append(pending + stripped)
-        pending = ""
-    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
-
-
-def stages() -> list[list[tuple[str, str]]]:
-    result: list[list[tuple[str, str]]] = []
-    for instruction in instructions():
-        if instruction[0] == "FROM":
-            result.append([])
-        result[-1].append(instruction)
-    return result
-
-
-def final_stage() -> list[tuple[str, str]]:
-    return stages()[-1]
-
-
-def args_of(stage: list[tuple[str, str]], name: str) -> list[str]:
-    return [args for instruction, args in stage if instruction == name]
-
 
 # --- health checks, run for real -------------------------------------------------------------
 

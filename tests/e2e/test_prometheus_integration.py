@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,7 +27,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fixtures_aws import AwsEnv, free_port
+from tests.harness.fixtures_aws import AwsEnv
+from tests.harness.polling import wait_until
+from tests.harness.ports import free_port
+from tests.harness.worker_harness import worker_env
 from worker.devenv import seed_demo_contact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,18 +44,10 @@ pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not insta
 
 
 def wait_for(what: str, check: Callable[[], Any], deadline: float = DEADLINE_SECONDS) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
-    end = time.monotonic() + deadline
-    last: Any = None
-    while time.monotonic() < end:
-        try:
-            last = check()
-        except (OSError, urllib.error.URLError, ValueError) as error:
-            last = error
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.25)
-    pytest.fail(f"timed out waiting for {what}; last: {last!r}")
+    """:func:`wait_until` with this module's defaults: a server still starting is "not yet"."""
+    return wait_until(
+        check, timeout=deadline, interval=0.25, what=what, ignore=(OSError, ValueError)
+    )
 
 
 def http_get(url: str) -> tuple[int, str]:
@@ -161,23 +155,23 @@ class Worker:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
 
 
-def worker_env(aws: AwsEnv, tmp_path: Path, metrics_port: int, **extra: str) -> dict[str, str]:
-    """The environment of a worker on the emulator: the provisioned world plus test knobs."""
+def prometheus_worker_env(
+    aws: AwsEnv, tmp_path: Path, metrics_port: int, **extra: str
+) -> dict[str, str]:
+    """:func:`worker_env` on ``metrics_port``, with only PATH inherited; a retried message
+    stays away for the whole test (its retry is counted once)."""
     scratch = tmp_path / "scratch"
     scratch.mkdir(exist_ok=True)
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        **aws.env,
-        "METRICS_PORT": str(metrics_port),
-        "METRICS_HOST": "127.0.0.1",
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
-        "WORKER_CONCURRENCY": "2",
-        "SCRATCH_DIR": str(scratch),
-        # A retried message stays away for the whole test: its retry is counted once.
-        "RETRY_BACKOFF_BASE_SECONDS": "600",
-        "SHUTDOWN_GRACE_SECONDS": "20",
-        **extra,
+        **worker_env(
+            aws,
+            scratch,
+            backoff=(600.0, 900.0),
+            METRICS_PORT=str(metrics_port),
+            SHUTDOWN_GRACE_SECONDS="20",
+            **extra,
+        ),
     }
 
 
@@ -235,7 +229,7 @@ def dashboard_queries() -> list[str]:
 def test_prometheus_scrapes_job_metrics_from_a_running_worker(aws: AwsEnv, tmp_path: Path) -> None:
     seeded = seed_jobs(aws)
     metrics_port = free_port()
-    env = worker_env(aws, tmp_path, metrics_port)
+    env = prometheus_worker_env(aws, tmp_path, metrics_port)
     with (
         run_worker(env, tmp_path) as worker,
         run_prometheus(tmp_path, f"127.0.0.1:{metrics_port}") as prom,

@@ -13,8 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.fixtures_aws import AwsEnv, free_port
-from tests.worker_harness import (
+from tests.harness.fixtures_aws import AwsEnv
+from tests.harness.polling import wait_until
+from tests.harness.ports import free_port
+from tests.harness.worker_harness import (
     ROOT,
     WorkerProcess,
     get_row,
@@ -22,7 +24,6 @@ from tests.worker_harness import (
     receive_now,
     seed_contact,
     send_job,
-    wait_for,
     with_fresh_queues,
     worker_env,
 )
@@ -140,7 +141,7 @@ def test_sigterm_mid_job_releases_the_message_and_exits_0(
     first = workers(env, readrate=0.25)
     first.wait_for_event("worker.ready")
     first.wait_for_event("merge_plan")  # ffmpeg is about to start
-    wait_for(lambda: bool(_ffmpeg_children_using(scratch)), what="ffmpeg running")
+    wait_until(lambda: bool(_ffmpeg_children_using(scratch)), what="ffmpeg running")
     first.signal(signal.SIGTERM)
     assert first.wait(timeout=30) == 0, first.tail()
     assert first.count("job.released") == 1
@@ -159,12 +160,12 @@ def test_sigterm_mid_job_releases_the_message_and_exits_0(
 
     # A second worker completes it.
     second = workers(worker_env(aws, scratch))
-    wait_for(
+    wait_until(
         lambda: get_row(aws, contact.recording_id).get("processingStatus") == "DONE",
         timeout=60,
         what="the second worker to finish the job",
     )
-    wait_for(lambda: queue_depth(aws) == (0, 0), what="message deleted")
+    wait_until(lambda: queue_depth(aws) == (0, 0), what="message deleted")
     second.signal(signal.SIGTERM)
     assert second.wait(timeout=30) == 0, second.tail()
     assert second.count("job.succeeded") == 1
@@ -185,14 +186,14 @@ def test_zero_grace_gives_the_message_back_at_once(
     worker = workers(worker_env(aws, scratch, SHUTDOWN_GRACE_SECONDS="0"), readrate=0.25)
     worker.wait_for_event("worker.ready")
     worker.wait_for_event("merge_plan")
-    wait_for(lambda: bool(_ffmpeg_children_using(scratch)), what="ffmpeg running")
+    wait_until(lambda: bool(_ffmpeg_children_using(scratch)), what="ffmpeg running")
     signalled = time.monotonic()
     worker.signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0, worker.tail()
     assert time.monotonic() - signalled < 10, "a zero grace must not wait for anything"
     assert worker.count("job.released") == 1
     # Visible again within seconds (the queue's own visibility timeout is 300 s).
-    wait_for(lambda: queue_depth(aws)[0] == 1, timeout=5, what="the message visible again")
+    wait_until(lambda: queue_depth(aws)[0] == 1, timeout=5, what="the message visible again")
     assert [m["MessageId"] for m in receive_now(aws)] == [message_id]
     row = get_row(aws, contact.recording_id)
     assert "leaseOwner" not in row and row.get("processingStatus") is None
@@ -243,8 +244,8 @@ def test_two_processes_process_six_messages_exactly_once(
     def all_done() -> bool:
         return all(get_row(aws, c.recording_id).get("processingStatus") == "DONE" for c in contacts)
 
-    wait_for(all_done, timeout=90, what="all six rows DONE")
-    wait_for(lambda: queue_depth(aws) == (0, 0), what="all messages deleted")
+    wait_until(all_done, timeout=90, what="all six rows DONE")
+    wait_until(lambda: queue_depth(aws) == (0, 0), what="all messages deleted")
     for process in processes:
         process.signal(signal.SIGTERM)
     for process in processes:

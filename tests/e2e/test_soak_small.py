@@ -1,12 +1,12 @@
 """The soak in small (inside `make test`): 40 messages, 2 workers, faults, one SIGKILL mid-job,
 one SIGTERM mid-job with a 0.5 s grace period (so in-flight jobs are usually given back, not
-finished). The full one is `make soak` (tests/soak.py, 300 messages, 3 workers)."""
+finished). The full one is `make soak` (tests/harness/soak.py, 300 messages, 3 workers)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tests.soak import SoakConfig, format_report, run_soak
+from tests.harness.soak import SoakConfig, format_report, run_soak
 
 
 def test_small_soak_loses_nothing(tmp_path: Path) -> None:

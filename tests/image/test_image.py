@@ -2,7 +2,7 @@
 runs it: uid 10001, read-only root, a tmpfs /scratch, the image's own HEALTHCHECK, against a
 moto server on the host (the container shares the host's network).
 
-Run by ``make image-test`` (.ci/image-test builds the image and names it in KOMOREBI_IMAGE);
+Run by ``make test-image`` (.ci/image-test builds the image and names it in KOMOREBI_IMAGE);
 the plain test run does not collect this module. Media are checked by content, as in
 tests/test_media_merge.py: decoded-frame hashes equal to the input's, tones where the call
 and the After Call Work belong, durations.
@@ -16,7 +16,6 @@ import re
 import resource
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,24 +25,26 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.faultproxy import FaultPlan, FaultProxy
-from tests.fixtures_aws import REGION, AwsEnv, aws_base_env, free_port
-from tests.fixtures_media import (
+from tests.harness.faultproxy import FaultPlan, FaultProxy
+from tests.harness.fixtures_aws import REGION, AwsEnv, aws_base_env
+from tests.harness.fixtures_media import (
     CHROME_AVC1_OPUS_MP4,
     CHROME_H264_OPUS_WEBM,
     CHROME_VP8_NOAUDIO,
     CHROME_VP8_OPUS,
     CONNECT_WAV,
 )
-from tests.media.test_media_merge import assert_timeline, decoded, expected_segments
-from tests.media_tools import (
+from tests.harness.media_checks import assert_timeline, decoded, expected_segments
+from tests.harness.media_tools import (
     ffprobe_json,
     framemd5,
     make_recording,
     timeline_duration,
     timeline_end,
 )
-from tests.worker_harness import (
+from tests.harness.polling import wait_until
+from tests.harness.ports import free_port
+from tests.harness.worker_harness import (
     CONNECT_ALIAS,
     get_row,
     json_events,
@@ -51,8 +52,8 @@ from tests.worker_harness import (
     receive_now,
     seed_contact,
     send_job,
-    wait_for,
     with_fresh_queues,
+    worker_env,
 )
 from worker import media, provisioning
 
@@ -73,7 +74,7 @@ RUN = [
     "--ulimit", f"nofile={_NOFILE}:{_NOFILE}", "--ulimit", "nproc=4096:4096",
 ]  # fmt: skip
 
-pytestmark = pytest.mark.skipif(not IMAGE, reason="KOMOREBI_IMAGE not set (make image-test)")
+pytestmark = pytest.mark.skipif(not IMAGE, reason="KOMOREBI_IMAGE not set (make test-image)")
 
 
 # podman's own complaints on stderr (no systemd here for healthcheck timers), not the image's.
@@ -142,14 +143,16 @@ def container_events(name: str) -> list[dict[str, Any]]:
 
 
 def wait_for_event(name: str, event: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for found in container_events(name):
-            if found.get("event") == event:
-                return found
-        time.sleep(0.2)
-    tail = podman("logs", "--tail", "15", name)
-    raise AssertionError(f"no {event!r} in {timeout} s: {tail.stdout}{tail.stderr}")
+    """The first log event named ``event`` of container ``name``."""
+
+    def found() -> dict[str, Any] | None:
+        return next((e for e in container_events(name) if e.get("event") == event), None)
+
+    try:
+        return wait_until(found, timeout=timeout, what=f"log event {event!r}")
+    except AssertionError as error:
+        tail = podman("logs", "--tail", "15", name)
+        raise AssertionError(f"{error}: {tail.stdout}{tail.stderr}") from None
 
 
 # --- the image as shipped ---------------------------------------------------------------------
@@ -418,34 +421,22 @@ def world(provisioned: tuple[AwsEnv, subprocess.CompletedProcess[str]]) -> AwsEn
     return with_fresh_queues(provisioned[0])
 
 
-def worker_env(world: AwsEnv, **overrides: str) -> dict[str, str]:
-    return {
-        **world.env,
-        "METRICS_PORT": str(free_port()),
-        "METRICS_HOST": "127.0.0.1",
-        "WORKER_CONCURRENCY": "1",
-        "RETRY_BACKOFF_BASE_SECONDS": "1",
-        "RETRY_BACKOFF_MAX_SECONDS": "1",
-        **overrides,
-    }
-
-
 def test_run_takes_a_job_to_done_and_is_healthy(
     world: AwsEnv, containers: Callable[[str], str], media_in: Path, tmp_path: Path
 ) -> None:
     recording = media_in / CHROME_VP8_OPUS
     contact = seed_contact(world, recording=recording, connect_audio=media_in / CONNECT_WAV)
     name = containers("run")
-    started = run_image("run", env=worker_env(world), detach_as=name)
+    started = run_image("run", env=worker_env(world, WORKER_CONCURRENCY="1"), detach_as=name)
     assert started.returncode == 0, started.stderr
     wait_for_event(name, "worker.ready")
     send_job(world, contact.recording_id, "00:00:06")
-    wait_for(
+    wait_until(
         lambda: get_row(world, contact.recording_id).get("processingStatus") == "DONE",
         timeout=90,
         what="the row DONE",
     )
-    wait_for(lambda: queue_depth(world) == (0, 0), what="message deleted")
+    wait_until(lambda: queue_depth(world) == (0, 0), what="message deleted")
     # The image's own HEALTHCHECK, as the container runtime (and ECS) runs it.
     health = podman("healthcheck", "run", name)
     assert health.returncode == 0, health.stdout + health.stderr
@@ -488,12 +479,17 @@ def test_sigterm_mid_job_exits_0_and_gives_the_message_back(
     )
     name = containers("sigterm")
     with FaultProxy(world.endpoint, plan) as slow_s3:
-        env = worker_env(world, SHUTDOWN_GRACE_SECONDS="1", AWS_ENDPOINT_URL_S3=slow_s3.endpoint)
+        env = worker_env(
+            world,
+            WORKER_CONCURRENCY="1",
+            SHUTDOWN_GRACE_SECONDS="1",
+            AWS_ENDPOINT_URL_S3=slow_s3.endpoint,
+        )
         assert run_image("run", env=env, detach_as=name).returncode == 0
         wait_for_event(name, "worker.ready")
         message_id = send_job(world, contact.recording_id, 3)
         try:
-            wait_for(
+            wait_until(
                 lambda: "leaseOwner" in get_row(world, contact.recording_id),
                 timeout=60,
                 what="the job to start",
@@ -502,7 +498,7 @@ def test_sigterm_mid_job_exits_0_and_gives_the_message_back(
             raise AssertionError(
                 f"{error}: {podman('logs', '--tail', '20', name).stderr}"
             ) from None
-        wait_for(lambda: slow_s3.faults > 0, what="a download in progress")
+        wait_until(lambda: slow_s3.faults > 0, what="a download in progress")
         podman("kill", "--signal", "TERM", name)
         assert podman("wait", name, timeout=60).stdout.strip() == "0"
     events = [e["event"] for e in container_events(name)]

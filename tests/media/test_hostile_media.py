@@ -6,7 +6,7 @@ Connect WAV and must fail with its typed error and a one-line reason — or, for
 about the duration, succeed with the real duration. Playlists and concat scripts point at
 ``/etc/passwd`` and at a listening socket that must see no connection.
 
-End to end: the corpus cases of kind ``media``, ``connect`` and ``row`` (tests/hostile_corpus.py)
+End to end: the corpus cases of kind ``media``, ``connect`` and ``row`` (harness/hostile_corpus.py)
 run through one ``komorebi-worker run`` process; each case's outcome is checked here.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests import hostile_support as hs
+from tests.harness import hostile_support as hs
 from worker.errors import MediaError, NoVideoStream
 from worker.media import MergeRequest, merge
 

@@ -8,12 +8,10 @@ window (FFT band energy), with 50 ms guards at the boundaries.
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -21,34 +19,32 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.fixtures_media import (
-    AGENT_TONE,
+from tests.harness.fixtures_media import (
     CHROME_AVC1_OPUS_MP4,
     CHROME_H264_OPUS_WEBM,
     CHROME_VP8_NOAUDIO,
     CHROME_VP8_OPUS,
     CONNECT_WAV,
-    CUSTOMER_TONE,
     HEAD_TONE,
     RECORDING_TONE,
     hls_playlist_to,
 )
-from tests.media_tools import (
-    Samples,
+from tests.harness.media_checks import (
+    assert_same_video_and_duration,
+    assert_timeline,
+    decoded,
+    expected_segments,
+    run_merge,
+)
+from tests.harness.media_tools import (
     band_share,
     decode_pcm,
     ffprobe_json,
-    framemd5,
     make_recording,
     make_tone_wav,
-    packet_times,
-    probe_duration,
     rms,
     stream_end,
-    stream_ends,
     timeline_duration,
-    timeline_end,
-    timeline_origin,
     window,
 )
 from worker import ffmpeg as ffmpeg_module
@@ -65,167 +61,6 @@ from worker.errors import (
 )
 from worker.media import run as media_run
 from worker.observability import CALL_END_CLAMPS, FFMPEG_FAILURES
-
-GUARD = 0.05  # seconds skipped at each boundary (codec transitions, frame rounding)
-STEP = 0.1  # analysis window
-SILENCE_RMS = 0.003
-
-
-@dataclass(frozen=True)
-class Segment:
-    start: float
-    end: float
-    kind: str  # silence | connect | head | recording
-
-
-def run_merge(
-    recording: Path,
-    connect: Path,
-    call_end: float,
-    out_dir: Path,
-    *,
-    ext: str,
-    align: str = "end",
-    audio: AudioSettings | None = None,
-    thumbnail: bool = False,
-) -> media.MergeResult:
-    key = (recording, connect, call_end, ext, align, audio, thumbnail)
-    if key in _MERGED and _MERGED[key].output.exists():
-        return _MERGED[key]  # the same merge another test already made and checked
-    options = media.MergeOptions(align=align, audio=audio or AudioSettings())  # type: ignore[arg-type]
-    request = media.MergeRequest(
-        recording=recording,
-        connect_audio=connect,
-        call_end_seconds=call_end,
-        output=out_dir / f"recording.{ext}",
-        thumbnail=out_dir / "thumbnail.png" if thumbnail else None,
-        options=options,
-    )
-    result = anyio.run(media.merge, request)
-    _MERGED[key] = result
-    return result
-
-
-_MERGED: dict[tuple[object, ...], media.MergeResult] = {}
-
-
-def expected_segments(
-    duration: float,
-    call_end: float,
-    connect_duration: float,
-    *,
-    align: str = "end",
-    recording_audio_start: float | None = 0.0,
-    head: float = 0.0,
-) -> list[Segment]:
-    """The audio timeline a correct merge produces (``head``: seconds of HEAD_TONE at the
-    Connect file's start)."""
-    c = min(call_end, duration)
-    segs: list[Segment] = []
-    # Where the Connect file's t=0 lands.
-    conn_start = c - connect_duration if align == "end" else 0.0
-    if conn_start > 0:
-        segs.append(Segment(0.0, conn_start, "silence"))
-    if head and conn_start + head > 0:
-        segs.append(Segment(max(0.0, conn_start), min(c, conn_start + head), "head"))
-    call_from = max(0.0, conn_start + head)
-    call_to = min(c, conn_start + connect_duration)
-    if call_to > call_from:
-        segs.append(Segment(call_from, call_to, "connect"))
-    if call_to < c:
-        segs.append(Segment(call_to, c, "silence"))
-    if recording_audio_start is None:
-        segs.append(Segment(c, duration, "silence"))
-    else:
-        if recording_audio_start > c:
-            segs.append(Segment(c, recording_audio_start, "silence"))
-        segs.append(Segment(max(c, recording_audio_start), duration, "recording"))
-    return [s for s in segs if s.end - s.start > 2 * GUARD + 0.02]
-
-
-def assert_timeline(path: Path, segments: list[Segment], *, stereo: bool = False) -> None:
-    """Window-by-window tone checks of ``path``'s audio against ``segments``."""
-    rate = 16000
-    channels = 2 if stereo else 1
-    pcm = decoded(path, channels)
-    for seg in segments:
-        # The span inside the guards, tiled with windows of about STEP: at least one window,
-        # so a segment shorter than STEP + 2 GUARD is checked too (never silently skipped).
-        inner = seg.end - seg.start - 2 * GUARD
-        assert inner > 0.0199, f"{seg} is too short to check: expected_segments must drop it"
-        count = max(1, int(inner / STEP + 1e-9))
-        length = inner / count
-        for i in range(count):
-            t = seg.start + GUARD + i * length
-            where = f"{path.name} {seg.kind} window {t:.3f}-{t + length:.3f}s"
-            left = window(pcm, rate, t, t + length, 0)
-            right = window(pcm, rate, t, t + length, channels - 1)
-            both = (left + right) / 2
-            if seg.kind == "silence":
-                assert rms(left) < SILENCE_RMS and rms(right) < SILENCE_RMS, where
-            elif seg.kind == "head":
-                assert band_share(both, rate, HEAD_TONE) > 0.8, where
-            elif seg.kind == "connect":
-                assert band_share(both, rate, HEAD_TONE) < 0.05, where
-                assert band_share(both, rate, RECORDING_TONE) < 0.05, where
-                if stereo:
-                    assert band_share(left, rate, CUSTOMER_TONE) > 0.8, where
-                    assert band_share(right, rate, AGENT_TONE) > 0.8, where
-                else:
-                    call = band_share(both, rate, CUSTOMER_TONE) + band_share(
-                        both, rate, AGENT_TONE
-                    )
-                    assert call > 0.8, where
-            elif seg.kind == "recording":
-                assert band_share(left, rate, RECORDING_TONE) > 0.8, where
-                assert band_share(right, rate, RECORDING_TONE) > 0.8, where
-
-
-def assert_same_video_and_duration(
-    output: Path, recording: Path, result: media.MergeResult, audio: AudioSettings
-) -> None:
-    """Output: the input's video frames (native size) at their original times, and the
-    output (container, packets, decoded audio) as long as the recording's timeline."""
-    assert framemd5(output) == input_frames(recording), "video frames differ: re-encoded?"
-    shift = timeline_origin(recording)  # the merge's t=0: the recording's first sample
-    original = [t - shift for t in input_video_times(recording)]
-    assert packet_times(output) == pytest.approx(original, abs=0.0015)
-    frame = 0.020 if output.suffix == ".webm" else 1024 / audio.sample_rate
-    tolerance = frame + media.CONTAINER_ROUNDING_SECONDS
-    expected = result.media_duration_seconds
-    # The recording's timeline (first to last sample of any stream), measured independently.
-    assert abs(input_duration(recording) - expected) < 0.002
-    pcm = decoded(output, 1)
-    assert abs(pcm.shape[0] / 16000 - expected) <= tolerance
-    assert abs(probe_duration(output) - expected) <= tolerance
-    # The output is on the recording's timeline: its end (not its audio priming's start).
-    assert abs(timeline_end(output) - expected) <= tolerance
-    # Each track as long as the recording: the video's last frame held to the end.
-    for kind, end in stream_ends(output).items():
-        assert abs(end - expected) <= tolerance, f"{output.name}: {kind} track ends at {end}"
-
-
-@functools.cache
-def decoded(path: Path, channels: int) -> Samples:
-    """16 kHz PCM of a (never rewritten) output file."""
-    return decode_pcm(path, rate=16000, channels=channels)
-
-
-@functools.cache
-def input_frames(path: Path) -> list[str]:
-    """framemd5 of an input (inputs never change during a session)."""
-    return framemd5(path)
-
-
-@functools.cache
-def input_duration(path: Path) -> float:
-    return timeline_duration(path)
-
-
-@functools.cache
-def input_video_times(path: Path) -> list[float]:
-    return packet_times(path)
-
 
 FIXTURE_CASES = [
     (CHROME_VP8_OPUS, "webm", 0.040),

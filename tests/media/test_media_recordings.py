@@ -21,8 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_media import AGENT_TONE, CONNECT_WAV, CUSTOMER_TONE, DATA_DIR, RECORDING_TONE
-from tests.media.test_media_merge import (
+from tests.harness.fixtures_media import (
+    AGENT_TONE,
+    CONNECT_WAV,
+    CUSTOMER_TONE,
+    DATA_DIR,
+    RECORDING_TONE,
+)
+from tests.harness.media_checks import (
     GUARD,
     Segment,
     assert_same_video_and_duration,
@@ -31,7 +37,7 @@ from tests.media.test_media_merge import (
     input_duration,
     run_merge,
 )
-from tests.media_tools import (
+from tests.harness.media_tools import (
     band_share,
     decode_pcm,
     decode_times,
@@ -289,7 +295,7 @@ def test_every_recorder_recording_is_committed_small_and_described() -> None:
 def long_recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """3-minute files made of a real recording looped (stream copy), with a header duration:
     an MP4 (H.264) and a WebM (VP8), and the MP4 cut at 60 %."""
-    from tests.media_tools import FFMPEG, _run
+    from tests.harness.media_tools import FFMPEG, _run
 
     folder = tmp_path_factory.mktemp("long")
     out = {}

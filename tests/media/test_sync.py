@@ -188,7 +188,7 @@ def test_microphone_decode_averages_its_channels_and_skips_a_zero_seek() -> None
 def _speech_8k() -> np.ndarray:
     """About 24 s of an agent's side of a call at 8 kHz: espeak-ng phrases with the customer's
     turns as silence (made once per session)."""
-    from tests.speech_media import speak
+    from tests.harness.speech_media import speak
 
     phrases = [
         "Welcome to the northern utilities help line, you are speaking with Jordan.",
@@ -254,7 +254,7 @@ def test_connect_started_before_the_recording_still_syncs() -> None:
 def test_music_on_hold_heard_at_another_point_of_the_tune_falls_back() -> None:
     # Hold music on the agent channel, and the room hears the same (unlooped) tune 2.3 s
     # apart: it correlates sharply at a wrong offset. The agent channel never pauses.
-    from tests.speech_media import melody
+    from tests.harness.speech_media import melody
 
     tune = melody(40.0, seed=3)[::6] * 0.5
     reference = tune[: 20 * RATE].astype(np.float32)

@@ -1,6 +1,6 @@
 """Issue 13 on realistic speech: waveform sync, chapters and loudness, checked in the output.
 
-Media (tests/speech_media.py): espeak-ng agent and customer voices; the Connect file at 8 kHz
+Media (harness/speech_media.py): espeak-ng agent and customer voices; the Connect file at 8 kHz
 stereo, telephony band, through G.711 mu-law; the recording's microphone in a noisy,
 reverberant room, Opus or AAC at 48 kHz, placed at a known true call end. Messages carry the
 true call end plus an error, truncated to whole seconds. The alignment error is measured in
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.speech_media import (
+from tests.harness.speech_media import (
     CaseSpec,
     SpeechCase,
     alignment_error,

@@ -23,7 +23,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from tests.http_server import RangeHandler, serve, url
+from tests.harness.http_server import RangeHandler, serve, url
 from tests.recorder import CHROMIUM, CHROMIUM_FLAGS, RECORDINGS, Recording
 
 HERE = Path(__file__).parent
@@ -128,7 +128,7 @@ def record(recording: Recording, server: Any, uploads: _Uploads, timeout: float 
 
 def readme_table(folder: Path) -> str:
     """The generated README table: one line per recording (how made, what quirk, facts)."""
-    from tests.media_tools import stream_end
+    from tests.harness.media_tools import stream_end
 
     rows = [
         "| file | made with | quirk | size | video end | audio end |",

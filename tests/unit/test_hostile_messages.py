@@ -4,7 +4,7 @@ tests/e2e/test_hostile_messages_worker.py).
 Parser level: every message case of the corpus is rejected by ``parse_message`` with
 :class:`InvalidMessage` and a one-line reason that leaks nothing (or accepted, for the valid
 ones). End to end: the same bodies went through one ``komorebi-worker run`` process
-(tests/hostile_corpus.py); each must be in the DLQ with its reason attributes, create no row,
+(harness/hostile_corpus.py); each must be in the DLQ with its reason attributes, create no row,
 and leave the worker serving.
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests import hostile_support as hs
-from tests.fixtures_aws import CONNECT_ALIAS
-from tests.hostile_corpus import _CANARY_ID, CANARY, CASES, Case
+from tests.harness import hostile_support as hs
+from tests.harness.fixtures_aws import CONNECT_ALIAS
+from tests.harness.hostile_corpus import _CANARY_ID, CANARY, CASES, Case
 from worker.config import KeyTemplates
 from worker.custody import check_connect_audio_key
 from worker.errors import InvalidMessage

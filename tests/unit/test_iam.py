@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra_helpers import load_template
+from tests.harness.infra_helpers import load_template
 
 # (action, how the resource ends) -> why the wildcard is unavoidable. s3:ListBucket needs no
 # entry: its resource is a bucket ARN (on the Connect bucket narrowed by an s3:prefix

@@ -12,37 +12,17 @@ import json
 import re
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 
-from tests.infra_helpers import ROOT, TEMPLATE_PATH, load_template
+from tests.harness.infra_helpers import ROOT, TOPIC, container, environment, load_template, resource
 from worker import config, provisioning
-
-REGION = "eu-central-1"
 
 
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
     """The template with CloudFormation short tags (!Ref, !Sub...) decoded."""
     return load_template()
-
-
-def resource(template: dict[str, Any], name: str) -> dict[str, Any]:
-    props: dict[str, Any] = template["Resources"][name]["Properties"]
-    return props
-
-
-def container(template: dict[str, Any], name: str) -> dict[str, Any]:
-    for definition in resource(template, "TaskDefinition")["ContainerDefinitions"]:
-        if definition["Name"] == name:
-            found: dict[str, Any] = definition
-            return found
-    raise AssertionError(f"no container {name}")
-
-
-def environment(definition: dict[str, Any]) -> dict[str, Any]:
-    return {item["Name"]: item["Value"] for item in definition["Environment"]}
 
 
 def cfn_value(value: Any) -> str:
@@ -216,7 +196,6 @@ def test_operator_alarms(template: dict[str, Any]) -> None:
 
 # --- alarms reach someone (issue 17) ---------------------------------------------------------
 
-TOPIC = {"Fn::If": ["CreateAlarmTopic", {"Ref": "AlarmTopic"}, {"Ref": "AlarmTopicArn"}]}
 # Alarms whose action is a scaling policy, not a notification.
 SCALING_ALARMS = {"MessagesWaitingWithNoTasksScaleAlarm"}
 
@@ -386,65 +365,3 @@ def test_queue_senders_restricted_only_when_listed(template: dict[str, Any]) -> 
 
 def test_outputs(template: dict[str, Any]) -> None:
     assert {"QueueUrl", "DeadLetterQueueUrl", "ServiceName"} <= set(template["Outputs"])
-
-
-# --- a real deployment on moto's CloudFormation --------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint(moto_server: str) -> str:
-    """The session's moto server (tests/fixtures_aws.py); this module uses its own region."""
-    return moto_server
-
-
-def client(endpoint: str, service: str) -> Any:
-    return boto3.client(
-        service,
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-
-
-pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse .* not supported by moto")
-
-
-EXTRA_KMS_KEYS = (
-    "arn:aws:kms:eu-central-1:123456789012:key/11111111-2222-3333-4444-555555555555",
-    "arn:aws:kms:eu-central-1:210987654321:key/66666666-7777-8888-9999-000000000000",
-)
-
-
-@pytest.fixture(scope="module")
-def stack(moto_endpoint: str) -> dict[str, Any]:
-    """The template deployed on moto; returns the stack description."""
-    ec2 = client(moto_endpoint, "ec2")
-    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
-    tables = [ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"] for _ in range(2)]
-    parameters = {
-        # The optional parts on: gateway endpoints, a second KMS key list, listed senders.
-        "RouteTableIds": ",".join(tables),
-        "ExtraKmsKeyArns": ",".join(EXTRA_KMS_KEYS),
-        "AllowedSenderArns": "arn:aws:iam::123456789012:role/backend-producer",
-        "ImageTag": "test-1",
-        "VpcId": vpc,
-        "SubnetIds": subnet,
-        "AcAudioBucketName": "connect-audio-test",
-        "InputBucketName": "komorebi-input-test",
-        "OutputBucketName": "komorebi-output-test",
-        "ConnectInstanceAlias": "test-instance",
-        "CreateRecordingTable": "true",
-        # moto has no AWS::APS::Workspace: use the "existing workspace" branch.
-        "PrometheusWorkspaceId": "ws-00000000-0000-0000-0000-000000000000",
-    }
-    cfn = client(moto_endpoint, "cloudformation")
-    cfn.create_stack(
-        StackName="komorebi-test",
-        TemplateBody=TEMPLATE_PATH.read_text(),
-        Capabilities=["CAPABILITY_IAM"],
-        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
-    )
-    described: dict[str, Any] = cfn.describe_stacks(StackName="komorebi-test")["Stacks"][0]
-    return described

@@ -8,45 +8,31 @@ recognisable fake credentials, capture what ``configure_logging`` writes and par
 from __future__ import annotations
 
 import io
-import json
 import logging
-from typing import Any
 
 import anyio
 import pytest
 import structlog
 
+from tests.harness.logs import (
+    ACCESS_KEY_ID,
+    SECRET_KEY,
+    SIGNATURE,
+    assert_no_secrets,
+    json_log_buffer,
+    lines,
+)
 from worker.errors import MediaError
 from worker.observability import REGISTRY, configure_logging, job_context, stage
 
-ACCESS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
-SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-SIGNATURE = "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
 PRESIGNED = (
     "https://input.s3.amazonaws.com/2024/01/02/agent/rec.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256"
     f"&X-Amz-Credential={ACCESS_KEY_ID}%2F20240102%2Fus-east-1%2Fs3%2Faws4_request"
     f"&X-Amz-Signature={SIGNATURE}"
 )
-SECRETS = (ACCESS_KEY_ID, SECRET_KEY, SIGNATURE, "wJalrXUtnFEMI")
 
 
-@pytest.fixture
-def captured() -> io.StringIO:
-    """configure_logging (JSON, DEBUG) into a buffer."""
-    buffer = io.StringIO()
-    configure_logging("DEBUG", "json", buffer)
-    return buffer
-
-
-def lines(buffer: io.StringIO) -> list[dict[str, Any]]:
-    """Every line is one JSON object (a non-JSON line fails the test)."""
-    return [json.loads(line) for line in buffer.getvalue().splitlines()]
-
-
-def assert_no_secrets(buffer: io.StringIO) -> None:
-    text = buffer.getvalue()
-    for secret in SECRETS:
-        assert secret not in text, f"{secret} leaked into the logs"
+captured = pytest.fixture(name="captured")(json_log_buffer)
 
 
 # --- the pieces ------------------------------------------------------------------------------

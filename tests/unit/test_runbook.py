@@ -1,7 +1,7 @@
 """docs/runbook.md has a section for every alarm and alert the project defines (issue 16).
 
 Names come from the sources themselves: every ``AWS::CloudWatch::Alarm`` of
-infra/template.yaml (read with the CloudFormation-tag-aware loader of tests/infra_helpers.py)
+infra/template.yaml (read with the CloudFormation-tag-aware loader of harness/infra_helpers.py)
 and every ``alert`` of infra/prometheus/alerts.yml. A new alarm or alert without a
 ``## <Name>`` section, or a section without its five parts, fails here.
 """
@@ -13,7 +13,7 @@ import re
 import pytest
 import yaml
 
-from tests.infra_helpers import ROOT, load_template
+from tests.harness.infra_helpers import ROOT, load_template
 
 RUNBOOK = ROOT / "docs" / "runbook.md"
 ALERTS = ROOT / "infra" / "prometheus" / "alerts.yml"

@@ -5,38 +5,31 @@
   that lie about the duration);
 - :class:`World`: seeds rows, objects and messages on the emulator (boto3, synchronous) and
   reads back queue, DLQ, table and output bucket;
-- :class:`WorkerProcess`: one ``komorebi-worker run`` subprocess with its logs in a file;
-- checks: probing outputs, tone energy by FFT, leak scanning (local file content, credentials,
-  URLs, signatures).
+- :func:`hostile_env`: the worker environment of these runs (the process is
+  :class:`tests.harness.worker_harness.WorkerProcess`);
+- checks: probing outputs (tone energy: :mod:`tests.harness.media_tools`), leak scanning
+  (local file content, credentials, URLs, signatures).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from tests.fixtures_aws import CONNECT_ALIAS, AwsEnv, free_port
+from tests.harness import media_tools
+from tests.harness.fixtures_aws import CONNECT_ALIAS, AwsEnv
+from tests.harness.worker_harness import worker_env
 
 # Copies of ../shared/fixtures kept in the repo, so a checkout anywhere has them.
-FIXTURES = Path(__file__).resolve().parent / "data"
-REPO = Path(__file__).resolve().parents[1]
-WORKER_BIN = REPO / ".venv" / "bin" / "komorebi-worker"
+FIXTURES = Path(__file__).resolve().parents[1] / "data"
 
 # Credentials the worker runs with: distinctive, so a leak anywhere is unmistakable.
 SECRET_KEY = "hostileSecretKey0000DoNotLog0000AbCdEfGh"
@@ -52,29 +45,21 @@ AGENT = "agent-7"
 # --- media makers ----------------------------------------------------------------------------
 
 
-def ffmpeg(*args: str) -> None:
-    """Run ffmpeg quietly; raise on failure."""
-    subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args],
-        check=True,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def make_recording(path: Path, seconds: float = 2.0, tone: int = 1000, audio: bool = True) -> Path:
     """A tiny H.264 (+AAC tone) MP4 with moov at the end (like a non-faststart writer)."""
-    args = ["-f", "lavfi", "-i", f"testsrc=size=160x120:rate=10:d={seconds}"]
-    if audio:
-        args += ["-f", "lavfi", "-i", f"sine=f={tone}:d={seconds}:sample_rate=48000"]
-    args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "10"]
-    args += ["-c:a", "aac", "-b:a", "48k"] if audio else ["-an"]
-    ffmpeg(*args, "-t", str(seconds), str(path))
-    return path
+    return media_tools.make_recording(
+        path,
+        duration=seconds,
+        tone=tone,
+        audio_codec="aac" if audio else None,
+        fps=10,
+        video_args=("-preset", "ultrafast", "-g", "10"),
+    )
 
 
 def make_webm(path: Path, seconds: float = 2.0, tone: int = 1000) -> Path:
     """A tiny VP8 + Opus WebM (ffmpeg writes a Duration element in its header)."""
-    ffmpeg(
+    media_tools.ffmpeg(
         "-f", "lavfi", "-i", f"testsrc=size=160x120:rate=10:d={seconds}",
         "-f", "lavfi", "-i", f"sine=f={tone}:d={seconds}:sample_rate=48000",
         "-c:v", "libvpx", "-deadline", "realtime", "-b:v", "200k", "-c:a", "libopus",
@@ -85,24 +70,18 @@ def make_webm(path: Path, seconds: float = 2.0, tone: int = 1000) -> Path:
 
 def make_connect_wav(path: Path, seconds: float = 1.5, left: int = 440, right: int = 660) -> Path:
     """A Connect-shaped WAV: pcm_s16le, 8000 Hz, customer left, agent right."""
-    ffmpeg(
-        "-f", "lavfi", "-i", f"sine=f={left}:d={seconds}:sample_rate=8000",
-        "-f", "lavfi", "-i", f"sine=f={right}:d={seconds}:sample_rate=8000",
-        "-filter_complex", "[0:a][1:a]join=inputs=2:channel_layout=stereo[a]", "-map", "[a]",
-        "-c:a", "pcm_s16le", "-ar", "8000", str(path),
-    )  # fmt: skip
-    return path
+    return media_tools.make_tone_wav(path, [(seconds, [left, right])])
 
 
 def make_audio_only(path: Path, seconds: float = 2.0) -> Path:
     """An audio-only MP4 (AAC), as a screen recorder without video would never write."""
-    ffmpeg("-f", "lavfi", "-i", f"sine=f=1000:d={seconds}", "-c:a", "aac", str(path))
+    media_tools.ffmpeg("-f", "lavfi", "-i", f"sine=f=1000:d={seconds}", "-c:a", "aac", str(path))
     return path
 
 
 def make_png(path: Path) -> Path:
     """A small PNG image."""
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64", "-frames:v", "1", str(path))
+    media_tools.ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64", "-frames:v", "1", str(path))
     return path
 
 
@@ -191,36 +170,11 @@ class Probed:
 
 def probe_file(path: Path) -> Probed:
     """ffprobe a file (format duration, first video and audio codec)."""
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-         str(path)],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    data = json.loads(out)
+    data = media_tools.ffprobe_json(path)
     codecs: dict[str, str] = {}
-    for stream in data.get("streams", []):
+    for stream in data.get("streams", []):  # type: ignore[attr-defined]
         codecs.setdefault(stream.get("codec_type", ""), stream.get("codec_name", ""))
-    return Probed(float(data["format"]["duration"]), codecs.get("video"), codecs.get("audio"))
-
-
-def decode_pcm(path: Path, rate: int = 16000) -> np.ndarray:
-    """The file's audio as mono float32 samples at ``rate``."""
-    raw = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(path), "-vn", "-ac", "1", "-ar", str(rate),
-         "-f", "f32le", "-"],
-        check=True, capture_output=True,
-    ).stdout  # fmt: skip
-    return np.frombuffer(raw, dtype=np.float32)
-
-
-def band_energy(samples: np.ndarray, rate: int, freq: float, width: float = 40.0) -> float:
-    """Share of the spectrum's energy within ``freq +- width`` Hz."""
-    if len(samples) == 0:
-        return 0.0
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples)))) ** 2
-    freqs = np.fft.rfftfreq(len(samples), 1 / rate)
-    total = float(spectrum.sum()) or 1.0
-    return float(spectrum[(freqs > freq - width) & (freqs < freq + width)].sum()) / total
+    return Probed(media_tools.probe_duration(path), codecs.get("video"), codecs.get("audio"))
 
 
 # --- leak scanning ---------------------------------------------------------------------------
@@ -330,17 +284,6 @@ class World:
             result = self.sqs.send_message_batch(QueueUrl=self.aws.queue_url, Entries=entries)
             assert not result.get("Failed"), result.get("Failed")
 
-    def queue_counts(self, url: str | None = None) -> tuple[int, int]:
-        """(visible, in flight) of the queue (default: the job queue)."""
-        attrs = self.sqs.get_queue_attributes(
-            QueueUrl=url or self.aws.queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return (
-            int(attrs["ApproximateNumberOfMessages"]),
-            int(attrs["ApproximateNumberOfMessagesNotVisible"]),
-        )
-
     def drain_dlq(self) -> list[dict[str, Any]]:
         """Every DLQ message (body + attributes); they are deleted as they are read."""
         found: list[dict[str, Any]] = []
@@ -386,136 +329,27 @@ class World:
         return destination
 
 
-def wait_until(
-    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.25
-) -> None:
-    """Poll ``condition`` until true; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 # --- worker processes ------------------------------------------------------------------------
 
 
-def worker_env(aws: AwsEnv, scratch: Path, **overrides: str) -> dict[str, str]:
-    """Environment of a test worker: fast retries, short visibility, distinctive credentials."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AWS_", "PYTEST", "COV_"))
-    }
-    env.update(aws.env)
-    env.update(
-        {
+def hostile_env(aws: AwsEnv, scratch: Path, **overrides: str) -> dict[str, str]:
+    """:func:`worker_env` for the hostile, fault and soak runs: fast retries, short visibility
+    and shutdown, bounded ffmpeg and AWS retries, distinctive credentials (a leak anywhere is
+    unmistakable)."""
+    return worker_env(
+        aws,
+        scratch,
+        backoff=(0.2, 1.0),
+        **{
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "WORKER_CONCURRENCY": "2",
             "VISIBILITY_TIMEOUT": "20",
             "SHUTDOWN_GRACE_SECONDS": "10",
-            "RETRY_BACKOFF_BASE_SECONDS": "0.2",
-            "RETRY_BACKOFF_MAX_SECONDS": "1",
-            "METRICS_PORT": str(free_port()),
-            "METRICS_HOST": "127.0.0.1",
-            "SCRATCH_DIR": str(scratch),
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "INFO",
             "FFMPEG_TIMEOUT_BASE_SECONDS": "30",
             "AWS_MAX_ATTEMPTS": "5",
-        }
+            **overrides,
+        },
     )
-    env.update(overrides)
-    return env
-
-
-class WorkerProcess:
-    """One ``komorebi-worker run`` subprocess; stdout and stderr go to ``log_path``."""
-
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
-        self.env = dict(env)
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self.metrics_port = int(self.env["METRICS_PORT"])
-
-    def start(self) -> WorkerProcess:
-        """Start the process (logs appended to ``log_path``)."""
-        log = self.log_path.open("ab")
-        command = [str(WORKER_BIN), "run"] if WORKER_BIN.exists() else [
-            sys.executable, "-m", "worker.cli", "run"
-        ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=REPO,
-            start_new_session=True,
-        )
-        log.close()
-        return self
-
-    @property
-    def pid(self) -> int:
-        """The process id."""
-        assert self.process is not None
-        return self.process.pid
-
-    def alive(self) -> bool:
-        """True while the process runs."""
-        return self.process is not None and self.process.poll() is None
-
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` to the worker (by PID)."""
-        if self.alive():
-            os.kill(self.pid, signum)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, wait (SIGKILL after ``timeout``); the exit code."""
-        assert self.process is not None
-        if self.alive():
-            self.signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-        return self.process.wait(10)
-
-    def kill(self) -> None:
-        """SIGKILL and reap (and any ffmpeg it left in its session)."""
-        if self.alive():
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.process is not None:
-            self.process.wait(10)
-
-    def metrics(self) -> str:
-        """The text of its /metrics (empty when unreachable)."""
-        return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-
-    def healthy(self) -> bool:
-        """True when /healthz answers 200."""
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=2
-            ) as response:
-                return int(response.status) == 200
-        except OSError:
-            return False
-
-
-def http_get(url: str) -> str:
-    """GET a local URL's text ('' on any error)."""
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return str(response.read().decode())
-    except OSError:
-        return ""
 
 
 def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) -> float:

@@ -17,22 +17,25 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tests.harness.polling import wait_until
+from tests.harness.ports import free_port
+
 if TYPE_CHECKING:
-    from tests.fixtures_aws import AwsEnv
+    from tests.harness.fixtures_aws import AwsEnv
     from worker.config import Settings
     from worker.consumer import Consumer
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 RECORDING = DATA_DIR / "chrome-vp8-opus-8s.webm"  # 1000 Hz tone, ~8 s, VP8 + Opus
 CONNECT_WAV = DATA_DIR / "connect-8k-stereo-5s.wav"  # 440 Hz left, 660 Hz right, 5 s
 CREATED = datetime(2026, 3, 14, 23, 26, 53, tzinfo=UTC)
@@ -217,21 +220,28 @@ def attributes(message: Any) -> dict[str, str]:
     return {k: v.get("StringValue", "") for k, v in message.get("MessageAttributes", {}).items()}
 
 
-def worker_env(aws: AwsEnv, scratch: Path, **overrides: str) -> dict[str, str]:
-    """Worker environment for the provisioned world: small backoffs, own scratch dir."""
-    from tests.fixtures_aws import free_port
-
+def worker_env(
+    aws: AwsEnv,
+    scratch: Path | None = None,
+    *,
+    backoff: tuple[float, float] = (1.0, 1.0),
+    **overrides: str,
+) -> dict[str, str]:
+    """The one test worker environment: the provisioned world, its own metrics port and scratch
+    directory, JSON logs, two job slots and a retry backoff of ``backoff`` = (base, max)
+    seconds; ``overrides`` win."""
     env = {
         **aws.env,
-        "SCRATCH_DIR": str(scratch),
         "METRICS_PORT": str(free_port()),
         "METRICS_HOST": "127.0.0.1",
         "WORKER_CONCURRENCY": "2",
-        "RETRY_BACKOFF_BASE_SECONDS": "1",
-        "RETRY_BACKOFF_MAX_SECONDS": "1",
+        "RETRY_BACKOFF_BASE_SECONDS": f"{backoff[0]:g}",
+        "RETRY_BACKOFF_MAX_SECONDS": f"{backoff[1]:g}",
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "json",
     }
+    if scratch is not None:
+        env["SCRATCH_DIR"] = str(scratch)
     env.update(overrides)
     return env
 
@@ -291,31 +301,6 @@ async def running_consumer(
             consumer.request_stop()
 
 
-async def eventually(
-    check: Callable[[], bool], *, timeout: float = 30.0, interval: float = 0.2, what: str = ""
-) -> None:
-    """Wait until ``check()`` (a blocking call, run in a thread) is true, or fail."""
-    import anyio
-    import anyio.to_thread
-
-    deadline = time.monotonic() + timeout
-    while not await anyio.to_thread.run_sync(check):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
-        await anyio.sleep(interval)
-
-
-def wait_for(
-    check: Callable[[], bool], *, timeout: float = 30.0, interval: float = 0.2, what: str = ""
-) -> None:
-    """Blocking :func:`eventually` for subprocess tests."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
-        time.sleep(interval)
-
-
 def slow_merge(readrate: float) -> Callable[..., list[str]]:
     """A ``worker.media.build_merge_args`` that makes ffmpeg read the recording at
     ``readrate`` x real time (a real, long-running, killable ffmpeg); patched in as
@@ -348,22 +333,61 @@ def json_events(text: str) -> list[dict[str, Any]]:
     return events
 
 
-class WorkerProcess:
-    """``komorebi-worker run`` in a subprocess; its JSON log lines are kept in a file."""
+def inherited_environment() -> dict[str, str]:
+    """This process's environment without AWS, pytest and coverage variables: what a worker
+    subprocess starts from (its AWS settings come from :func:`worker_env` alone)."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AWS_", "PYTEST", "COV_"))
+    }
 
-    def __init__(self, env: dict[str, str], log_path: Path, *, readrate: float | None = None):
+
+def http_get(url: str) -> str:
+    """GET a local URL's text ('' on any error)."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
+
+
+class WorkerProcess:
+    """``komorebi-worker run`` in a subprocess (its own session, started at once); stdout and
+    stderr, JSON log lines, are appended to ``log_path``.
+
+    ``readrate`` makes its ffmpeg read the recording at that multiple of real time (a long,
+    killable merge, see :func:`slow_merge`).
+    """
+
+    def __init__(
+        self, env: Mapping[str, str], log_path: Path, *, readrate: float | None = None
+    ) -> None:
+        self.env = dict(env)
         self.log_path = log_path
-        command = [sys.executable, "-m", "tests.worker_harness"]
+        self.metrics_port = int(self.env["METRICS_PORT"])
+        command = [sys.executable, "-m", "tests.harness.worker_harness"]
         if readrate is not None:
             command += ["--readrate", str(readrate)]
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env={**inherited_environment(), **self.env, "PYTHONPATH": str(ROOT)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        return self.process.pid
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.process.poll() is None
 
     def events(self) -> list[dict[str, Any]]:
         """Every JSON log event written so far."""
@@ -375,38 +399,60 @@ class WorkerProcess:
 
     def wait_for_event(self, event: str, *, timeout: float = 30.0) -> dict[str, Any]:
         """The first log event named ``event`` (fails if the process exits first)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for found in self.events():
-                if found.get("event") == event:
-                    return found
-            if self.process.poll() is not None:
+
+        def found() -> dict[str, Any] | None:
+            for logged in self.events():
+                if logged.get("event") == event:
+                    return logged
+            if not self.alive():
                 raise AssertionError(f"worker exited ({self.process.returncode}): {self.tail()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {event!r} within {timeout} s: {self.tail()}")
-            time.sleep(0.1)
+            return None
+
+        try:
+            return wait_until(found, timeout=timeout, interval=0.1, what=f"log event {event!r}")
+        except AssertionError as error:
+            raise AssertionError(f"{error}: {self.tail()}") from None
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
-        """Send a signal to the worker."""
-        self.process.send_signal(signum)
+        """Send ``signum`` to the worker (by PID), if it still runs."""
+        if self.alive():
+            os.kill(self.pid, signum)
 
     def wait(self, timeout: float) -> int:
         """Wait for the exit; returns the exit code."""
-        try:
-            return self.process.wait(timeout=timeout)
-        finally:
-            self._log.flush()
+        return self.process.wait(timeout=timeout)
 
-    def stop(self) -> None:
-        """Teardown: SIGTERM, then SIGKILL if it does not go."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+    def stop(self, timeout: float = 30.0) -> int:
+        """Teardown: SIGTERM, wait (SIGKILL after ``timeout``); the exit code."""
+        if self.alive():
+            self.signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=15)
+                return self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+                self.signal(signal.SIGKILL)
+        return self.process.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL and reap (and any ffmpeg it left in its session)."""
+        if self.alive():
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(10)
+
+    def metrics(self) -> str:
+        """The text of its /metrics (empty when unreachable)."""
+        return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+
+    def healthy(self) -> bool:
+        """True when /healthz answers 200."""
+        try:
+            url = f"http://127.0.0.1:{self.metrics_port}/healthz"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return int(response.status) == 200
+        except OSError:
+            return False
 
     def tail(self, lines: int = 15) -> str:
         """The last log lines (for failure messages)."""
@@ -414,7 +460,7 @@ class WorkerProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tests.worker_harness [--readrate R]``: ``komorebi-worker run``."""
+    """``python -m tests.harness.worker_harness [--readrate R]``: ``komorebi-worker run``."""
     import argparse
 
     from worker import cli

@@ -27,8 +27,11 @@ from typing import Any
 
 import pytest
 
-from tests import hostile_support as hs
-from tests.fixtures_aws import CONNECT_ALIAS, provision_world
+from tests.harness import hostile_support as hs
+from tests.harness.fixtures_aws import CONNECT_ALIAS, provision_world
+from tests.harness.media_tools import band_share, decode_pcm
+from tests.harness.polling import wait_until
+from tests.harness.worker_harness import WorkerProcess, queue_depth
 
 MAX_RECEIVE_COUNT = 3
 CALL_END = 1.0
@@ -308,8 +311,8 @@ class CorpusRun:
 
 
 def _finished(world: hs.World, expected_dlq: int, done_ids: list[str]) -> bool:
-    visible, in_flight = world.queue_counts()
-    dlq_visible, dlq_hidden = world.queue_counts(world.aws.dlq_url)
+    visible, in_flight = queue_depth(world.aws)
+    dlq_visible, dlq_hidden = queue_depth(world.aws, world.aws.dlq_url)
     if visible or in_flight or dlq_visible + dlq_hidden < expected_dlq:
         return False
     rows = world.rows()
@@ -329,12 +332,12 @@ def hostile_run(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
     for case in [*CASES, CANARY]:
         seed(world, case, media)
     log_path = folder / "worker.log"
-    worker = hs.WorkerProcess(hs.worker_env(world.aws, scratch), log_path).start()
+    worker = WorkerProcess(hs.hostile_env(world.aws, scratch), log_path)
     try:
         message_ids = {case.name: world.send(case.body) for case in CASES}
         expected_dlq = sum(case.outcome in ("dlq", "exhausted") for case in CASES)
         done_ids = [c.recording_id for c in CASES if c.outcome == "done" and c.recording_id]
-        hs.wait_until(
+        wait_until(
             lambda: not worker.alive() or _finished(world, expected_dlq, done_ids),
             timeout=150,
             what="every hostile case to reach its end state",
@@ -343,7 +346,7 @@ def hostile_run(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
         message_ids[CANARY.name] = world.send(CANARY.body)
         canary_done = True
         try:
-            hs.wait_until(
+            wait_until(
                 lambda: (
                     world.rows().get(CANARY.recording_id or "", {}).get("processingStatus")
                     == "DONE"
@@ -454,7 +457,7 @@ def check_case(run: CorpusRun, case: Case) -> None:
         assert b"root:x:0:0" not in content and hs.SECRET_KEY.encode() not in content
         if case.name == "connect_several_newest":
             # Before the call end: the newest Connect recording (440/660 Hz), not the old one.
-            pcm = hs.decode_pcm(local, 16000)[: int(16000 * (CALL_END - 0.1))]
-            newest = hs.band_energy(pcm, 16000, 440) + hs.band_energy(pcm, 16000, 660)
-            oldest = hs.band_energy(pcm, 16000, 300)
+            pcm = decode_pcm(local, rate=16000)[: int(16000 * (CALL_END - 0.1)), 0]
+            newest = band_share(pcm, 16000, 440, width=40) + band_share(pcm, 16000, 660, width=40)
+            oldest = band_share(pcm, 16000, 300, width=40)
             assert newest > 0.5 and oldest < 0.05, (newest, oldest)

@@ -8,14 +8,13 @@ standard SDK variables (``AWS_ENDPOINT_URL`` etc.) in the test's environment.
 Backends: moto by default. A test marked ``@pytest.mark.backends("moto", "localstack")``
 that uses ``aws``, ``backend_world`` (or a fixture built on them) runs once per backend;
 ``localstack`` is a second, independent implementation — LocalStack for SQS and S3 and
-dynalite for DynamoDB (:mod:`tests.emulators`), each service on its own endpoint, given to
+dynalite for DynamoDB (:mod:`tests.harness.emulators`), each service on its own endpoint, given to
 the worker the way the SDKs define it (``AWS_ENDPOINT_URL_SQS``, ``_S3``, ``_DYNAMODB``).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
@@ -28,7 +27,8 @@ import pytest
 from aiobotocore.session import get_session
 from moto.server import ThreadedMotoServer
 
-from tests.emulators import start_dynalite, start_localstack
+from tests.harness.emulators import start_dynalite, start_localstack
+from tests.harness.ports import free_port
 from worker.aws import AwsClients, open_clients
 from worker.config import Settings
 from worker.provisioning import provision
@@ -39,13 +39,6 @@ BACKENDS = ("moto", "localstack")
 SERVICES = ("sqs", "s3", "dynamodb")
 # Every variable the SDKs read an endpoint from (the global one, then one per service).
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", *(f"AWS_ENDPOINT_URL_{s.upper()}" for s in SERVICES))
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

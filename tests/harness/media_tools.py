@@ -31,6 +31,11 @@ def _run(args: Sequence[str]) -> bytes:
     return done.stdout
 
 
+def ffmpeg(*args: str) -> bytes:
+    """Run ffmpeg quietly (overwriting outputs); its stdout. Fails the test on an error."""
+    return _run([*FFMPEG, "-y", *args])
+
+
 # --- analysis --------------------------------------------------------------------------------
 
 

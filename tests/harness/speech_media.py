@@ -399,7 +399,7 @@ def microphone_placement(output: Path, case: SpeechCase, call_end_used: float) -
     shift a whole file (WebM stores Opus' pre-skip as a negative start), so alignment is
     judged between the two sources *in the output*, never against assumed timestamps.
     """
-    from tests.media_tools import decode_pcm
+    from tests.harness.media_tools import decode_pcm
 
     rate = 16000
     written = np.load(case.recording.parent / "mic.npy").astype(np.float32)[:: RATE // rate]
@@ -417,7 +417,7 @@ def connect_placement(output: Path, connect: Path, call_end_used: float) -> floa
     The Connect file's last 15 s (up to 0.2 s before its end, clear of the boundary) are
     located in the output's audio before the call end.
     """
-    from tests.media_tools import decode_pcm
+    from tests.harness.media_tools import decode_pcm
 
     rate = 16000
     out = decode_pcm(output, rate=rate)[:, 0]

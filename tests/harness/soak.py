@@ -1,11 +1,11 @@
 """Soak: several worker processes on one queue, transient faults, SIGKILLs, a SIGTERM mid-job.
 
-    python -m tests.soak --messages 300          # `make soak`
-    python -m tests.soak --messages 40 --workers 2 --kills 1 --no-sigterm
+    python -m tests.harness.soak --messages 300          # `make soak`
+    python -m tests.harness.soak --messages 40 --workers 2 --kills 1 --no-sigterm
 
 What it does:
 
-1. starts a moto server and a fault proxy (:mod:`tests.faultproxy`) in front of it;
+1. starts a moto server and a fault proxy (:mod:`tests.harness.faultproxy`) in front of it;
 2. provisions a world like production (queue with redrive maxReceiveCount 8, DLQ, buckets,
    table) and sets the queue's visibility timeout to the workers' ``VISIBILITY_TIMEOUT`` (so a
    SIGKILLed worker's messages come back after it, as its leases expire);
@@ -44,9 +44,11 @@ from typing import Any
 
 from moto.server import ThreadedMotoServer
 
-from tests import hostile_support as hs
-from tests.faultproxy import FaultPlan, FaultProxy
-from tests.fixtures_aws import free_port, provision_world
+from tests.harness import hostile_support as hs
+from tests.harness.faultproxy import FaultPlan, FaultProxy
+from tests.harness.fixtures_aws import provision_world
+from tests.harness.ports import free_port
+from tests.harness.worker_harness import WorkerProcess, queue_depth
 
 SOAK_FAULTS = FaultPlan(
     reset=0.03, delay=0.03, cut=0.01, drop=0.005, delay_seconds=0.3, drop_hold_seconds=3.0
@@ -138,7 +140,7 @@ class _Slot:
         self.scratch.mkdir()
         self.incarnation = 0
         self.logs: list[Path] = []
-        self.process: hs.WorkerProcess | None = None
+        self.process: WorkerProcess | None = None
 
     def start(self) -> None:
         self.incarnation += 1
@@ -150,10 +152,10 @@ class _Slot:
             "METRICS_HOST": "127.0.0.1",
             "SCRATCH_DIR": str(self.scratch),
         }
-        self.process = hs.WorkerProcess(env, log).start()
+        self.process = WorkerProcess(env, log)
 
     @property
-    def worker(self) -> hs.WorkerProcess:
+    def worker(self) -> WorkerProcess:
         assert self.process is not None
         return self.process
 
@@ -201,10 +203,10 @@ def _seed(world: hs.World, config: SoakConfig, folder: Path) -> list[Job]:
 
 
 def _settled(world: hs.World, jobs: list[Job]) -> bool:
-    if world.queue_counts() != (0, 0):
+    if queue_depth(world.aws) != (0, 0):
         return False
     poison = sum(1 for job in jobs if job.poison)
-    if sum(world.queue_counts(world.aws.dlq_url)) < poison:
+    if sum(queue_depth(world.aws, world.aws.dlq_url)) < poison:
         return False
     rows = world.rows()
     return all(
@@ -214,7 +216,7 @@ def _settled(world: hs.World, jobs: list[Job]) -> bool:
     )
 
 
-def _jobs_in_flight(worker: hs.WorkerProcess) -> float:
+def _jobs_in_flight(worker: WorkerProcess) -> float:
     return hs.metric_value(worker.metrics(), "komorebi_jobs_in_flight")
 
 
@@ -264,7 +266,7 @@ def _verify(world: hs.World, jobs: list[Job], slots: list[_Slot], report: SoakRe
     rows = world.rows()
     dlq = {message["Body"]: message for message in world.drain_dlq()}
     report.dlq = len(dlq)
-    report.in_flight_at_end = world.queue_counts()
+    report.in_flight_at_end = queue_depth(world.aws)
     if report.in_flight_at_end != (0, 0):
         report.problems.append(f"queue not empty at the end: {report.in_flight_at_end}")
     report.leases_left = sum(1 for row in rows.values() if row.get("leaseOwner"))
@@ -350,7 +352,7 @@ def run_soak(config: SoakConfig, say: Any = print) -> SoakReport:
         report.valid = sum(1 for job in jobs if not job.poison)
         report.poison = len(jobs) - report.valid
         say(f"seeded {len(jobs)} messages ({report.poison} poison) in {folder}")
-        base_env = hs.worker_env(
+        base_env = hs.hostile_env(
             world.aws,
             folder,
             AWS_ENDPOINT_URL=proxy.endpoint,
@@ -460,9 +462,9 @@ def format_report(report: SoakReport) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line of ``python -m tests.soak``."""
+    """Command line of ``python -m tests.harness.soak``."""
     parser = argparse.ArgumentParser(
-        prog="python -m tests.soak", description=__doc__.split("\n")[0]
+        prog="python -m tests.harness.soak", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--workers", type=int, default=3)

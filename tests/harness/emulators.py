@@ -24,7 +24,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness.polling import wait_until
+from tests.harness.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 EMULATORS = Path(os.environ.get("KOMOREBI_EMULATORS_DIR", ROOT / ".cache" / "emulators"))
 LOCALSTACK_PYTHON = EMULATORS / "localstack" / "bin" / "python"
 DYNALITE = EMULATORS / "npm" / "node_modules" / "dynalite" / "cli.js"
@@ -33,13 +36,6 @@ STARTUP_SECONDS = 90.0
 
 class EmulatorMissing(RuntimeError):
     """An emulator is not installed (``make setup`` installs it)."""
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -71,21 +67,21 @@ class EmulatorProcess:
 
 
 def _wait_until(ready: EmulatorProcess, probe: str, check: str) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while True:
+    """Until ``probe`` answers with ``check`` in its body (stops the server on a failure)."""
+
+    def answered() -> bool:
         if ready.process.poll() is not None:
             raise RuntimeError(f"{ready.name} exited ({ready.process.returncode}): {ready.tail()}")
-        try:
-            with urllib.request.urlopen(probe, timeout=2) as response:
-                body = response.read().decode(errors="replace")
-            if check in body:
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            ready.stop()
-            raise RuntimeError(f"{ready.name} not ready in {STARTUP_SECONDS:.0f} s: {ready.tail()}")
-        time.sleep(0.25)
+        with urllib.request.urlopen(probe, timeout=2) as response:
+            return check in response.read().decode(errors="replace")
+
+    try:
+        wait_until(answered, timeout=STARTUP_SECONDS, interval=0.25, ignore=(OSError,))
+    except AssertionError:
+        ready.stop()
+        raise RuntimeError(
+            f"{ready.name} not ready in {STARTUP_SECONDS:.0f} s: {ready.tail()}"
+        ) from None
 
 
 def start_localstack(services: tuple[str, ...] = ("sqs", "s3")) -> EmulatorProcess:

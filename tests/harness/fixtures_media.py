@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.media_tools import make_recording, make_tone_wav
+from tests.harness.media_tools import make_recording, make_tone_wav
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
 # Real browser recordings and the Connect-shaped WAV (see tests/data/README.md).
 CHROME_VP8_OPUS = "chrome-vp8-opus-8s.webm"
