@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.harness.fixtures_media",
     "tests.harness.fixtures_aws",
     "tests.harness.hostile_corpus",
+    "pytester",  # tests/unit/test_lane_guard.py runs the unit lane's guard on inner sessions
 ]
 
 
