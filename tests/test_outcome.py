@@ -13,8 +13,7 @@ import pytest
 from worker import errors
 from worker.config import Settings
 from worker.errors import JobError, PermanentError, RetriesExhausted, TransientError
-from worker.job import JobResult
-from worker.outcome import DeadLetter, Delete, Retry, backoff_seconds, decide
+from worker.outcome import DeadLetter, Delete, JobResult, Retry, backoff_seconds, decide
 
 SETTINGS = Settings(
     ac_audio_bucket="a",
