@@ -62,6 +62,8 @@ lint-python:
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
 	$(BIN)/mypy
+	@# The layer contracts (pyproject.toml [tool.importlinter], CONTRIBUTING.md "Layers").
+	$(BIN)/lint-imports --no-cache
 
 # checkov's skip list, each entry with its reason, lives in infra/checkov.yaml.
 CHECKOV := $(BIN)/checkov --config-file infra/checkov.yaml

@@ -21,6 +21,7 @@ from worker.errors import (
     LeaseHeld,
     RowNotFound,
 )
+from worker.keys import ObjectSummary, choose_connect_audio, keys_for
 from worker.recordings import (
     STATUS_DONE,
     STATUS_FAILED,
@@ -28,11 +29,8 @@ from worker.recordings import (
     AlreadyDone,
     DoneRecord,
     RecordingTable,
-    choose_connect_audio,
-    keys_for,
     parse_creation_date,
 )
-from worker.storage import ObjectSummary
 
 RID = "7165d412-7fe0-4fb6-81ae-68b135a26f7c"
 

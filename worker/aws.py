@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.config import Settings
 from worker.errors import AwsRejected, AwsUnavailable, ConfigError, WorkerError, one_line
-from worker.observability import redact
+from worker.redaction import redact
 
 # Generous per-request timeouts: a read timeout is per socket read, not per transfer, so long
 # streaming downloads are not cut; a silent connection still fails within a minute.

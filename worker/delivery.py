@@ -41,7 +41,7 @@ from worker.errors import (
     describe,
     first_error,
 )
-from worker.job import JobDeps, JobResult, process_job
+from worker.job import JobDeps, process_job
 from worker.messages import JobMessage, parse_message, recording_id_of
 from worker.observability import (
     VISIBILITY_EXTENSIONS,
@@ -49,13 +49,13 @@ from worker.observability import (
     job_in_flight,
     record_done,
     record_job,
-    redact,
 )
 from worker.outcome import (
     UNEXPECTED,
     DeadLetter,
     Decision,
     Delete,
+    JobResult,
     Retry,
     backoff_seconds,
     decide,
@@ -66,6 +66,7 @@ from worker.outcome import (
 from worker.protection import TaskProtector
 from worker.queue import JobQueue, ReceivedMessage
 from worker.recordings import RecordingTable
+from worker.redaction import redact
 
 log = structlog.get_logger(__name__)
 

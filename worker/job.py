@@ -55,17 +55,16 @@ from worker.errors import (
     WorkerError,
     first_error,
 )
+from worker.keys import RecordingKeys, choose_connect_audio, keys_for
 from worker.messages import JobMessage
 from worker.observability import record_merge, stage
+from worker.outcome import JobResult
 from worker.recordings import (
     CALL_END_TOLERANCE_SECONDS,
     STATUS_DONE,
     DoneRecord,
-    RecordingKeys,
     RecordingRow,
     RecordingTable,
-    choose_connect_audio,
-    keys_for,
 )
 from worker.storage import ObjectStore
 
@@ -91,16 +90,6 @@ class JobDeps:
     table: RecordingTable
     store: ObjectStore
     worker_id: str
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """What a finished job did. ``duplicate``: the row was already done; nothing was done."""
-
-    recording_id: str
-    duplicate: bool
-    output_key: str | None
-    media_duration_seconds: float | None
 
 
 async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker import ffmpeg
+from worker import ffmpeg_inputs as ffmpeg
 from worker.media import loudness
 from worker.media.chapters import chapters_input_args
 from worker.media.containers import MP4, container_for
