@@ -22,6 +22,7 @@ from worker.errors import (
     RowNotFound,
 )
 from worker.recordings import (
+    REQUESTED_CALL_END,
     STATUS_DONE,
     STATUS_FAILED,
     STATUS_PROCESSING,
@@ -263,6 +264,22 @@ async def test_claim_lease_excludes_a_second_owner(db: Db) -> None:
     # The owner itself may re-claim (a redelivery to the same worker).
     await db.table.claim_lease(RID, "worker-a", 300)
     assert db.row()["processingAttempts"] == {"N": "2"}
+
+
+@pytest_anyio
+async def test_claim_keeps_the_requested_call_end_for_backfill(db: Db) -> None:
+    # Issue 16: the claim itself writes the message's call end, so a row that then FAILED
+    # can be re-enqueued from the table alone; a later message's claim replaces it.
+    db.seed()
+    await db.table.claim_lease(RID, "worker-a", 300, requested_call_end=83.25)
+    assert db.row()[REQUESTED_CALL_END] == {"N": "83.25"}
+    await db.table.mark_failed(RID, "media broken", owner="worker-a")
+    await db.table.claim_lease(RID, "worker-b", 300, requested_call_end=90.0)
+    row = db.row()
+    assert row[REQUESTED_CALL_END] == {"N": "90.0"}
+    assert row["processingAttempts"] == {"N": "2"}
+    await db.table.claim_lease(RID, "worker-b", 300)  # no call end given: left as it was
+    assert db.row()[REQUESTED_CALL_END] == {"N": "90.0"}
 
 
 @pytest_anyio

@@ -364,6 +364,7 @@ async def leased(deps: JobDeps, job: JobMessage) -> AsyncIterator[str]:
                 settings.lease_seconds,
                 unless_done_call_end=job.call_end_seconds,
                 call_end_tolerance=CALL_END_TOLERANCE_SECONDS,
+                requested_call_end=job.call_end_seconds,
             )
         except anyio.get_cancelled_exc_class():
             # The write may have landed before the cancellation reached us; releasing a lease
