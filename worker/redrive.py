@@ -25,7 +25,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from worker.admin import aws_errors, resolve_dlq_url, sqs_client
+from worker import admin
+from worker.admin import aws_errors, resolve_dlq_url
 from worker.config import SQS_MAX_VISIBILITY_SECONDS
 from worker.deadletters import (
     SCAN_HOLD_SECONDS,
@@ -86,7 +87,7 @@ def redrive(
     """
     if max_messages is not None and max_messages <= 0:
         raise ConfigError("--max-messages must be a positive integer")
-    client = sqs or sqs_client()
+    client = sqs or admin.sqs_client()
     source = resolve_dlq_url(queue_url, dlq_url, sqs=client)
     if source.rstrip("/") == queue_url.rstrip("/"):
         # Receiving and re-sending on one queue would loop.
