@@ -3,13 +3,12 @@ thousands of rows on moto and on dynalite, read page by page, the selected ones 
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from tests.fixtures_aws import AwsEnv
+from tests.fixtures_aws import AwsEnv, create_table
 from tests.fixtures_dlq import drain, fresh_queues
 from tests.test_cli_edges import assert_one_line_error, run_cli
 from worker.backfill import (
@@ -18,6 +17,7 @@ from worker.backfill import (
     IN_PROGRESS,
     UNPROCESSED,
     Backfill,
+    BackfillResult,
     RowView,
     decide,
     parse_window,
@@ -103,19 +103,6 @@ def test_token_bucket_paces_batches() -> None:
 # --- on a table --------------------------------------------------------------------------------
 
 
-def _table(world: AwsEnv) -> str:
-    name = f"Recording-bf-{uuid.uuid4().hex[:8]}"
-    db = world.client("dynamodb")
-    db.create_table(
-        TableName=name,
-        AttributeDefinitions=[{"AttributeName": "videoID", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "videoID", "KeyType": "HASH"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    db.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1})
-    return name
-
-
 def _rows(day_rows: int, other_rows: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Rows of the day (mixed states and spellings) and of the days around it; returns the
     items and the FAILED/stuck ones --status failed|unprocessed must enqueue (id -> call end)."""
@@ -185,7 +172,7 @@ def _put(world: AwsEnv, table: str, items: list[dict[str, Any]]) -> None:
 
 @pytest.mark.backends("moto", "localstack")
 def test_backfill_enqueues_the_failed_rows_of_a_day_page_by_page(backend_world: AwsEnv) -> None:
-    table = _table(backend_world)
+    table = create_table(backend_world)
     items, failed = _rows(day_rows=200, other_rows=1800)
     _put(backend_world, table, items)
     queue_url, _ = fresh_queues(backend_world)
@@ -195,19 +182,18 @@ def test_backfill_enqueues_the_failed_rows_of_a_day_page_by_page(backend_world: 
     def sleep(seconds: float) -> None:
         clock[0] += seconds
 
-    run = Backfill(
-        dynamodb=backend_world.client("dynamodb"),
-        sqs=backend_world.client("sqs"),
-        table_name=table,
-        queue_url=queue_url,
-        status="failed",
-        rate=50.0,
-        page_size=100,
-        on_line=lines.append,
-        clock=lambda: clock[0],
-        sleep=sleep,
-    )
-    result = run.run(parse_window("2026-11-27", "2026-11-27"))
+    def backfill(**options: Any) -> BackfillResult:
+        return Backfill(
+            dynamodb=backend_world.client("dynamodb"),
+            sqs=backend_world.client("sqs"),
+            table_name=table,
+            queue_url=queue_url,
+            page_size=100,
+            on_line=lines.append,
+            **options,
+        ).run(parse_window("2026-11-27", "2026-11-27"))
+
+    result = backfill(status="failed", rate=50.0, clock=lambda: clock[0], sleep=sleep)
 
     assert result.enqueued == len(failed) == 41 and result.failed == 0
     assert result.skipped == 20 and result.skipped_by_why == {
@@ -222,16 +208,7 @@ def test_backfill_enqueues_the_failed_rows_of_a_day_page_by_page(backend_world: 
     assert sum(line.startswith("enqueued  ") for line in lines) == 41
     assert any(line.startswith("skipped  day-00002  FAILED  no call end") for line in lines)
 
-    stuck = Backfill(
-        dynamodb=backend_world.client("dynamodb"),
-        sqs=backend_world.client("sqs"),
-        table_name=table,
-        queue_url=queue_url,
-        status="unprocessed",
-        dry_run=True,
-        page_size=100,
-        on_line=lines.append,
-    ).run(parse_window("2026-11-27", "2026-11-27"))
+    stuck = backfill(status="unprocessed", dry_run=True)
     # Stuck PROCESSING rows go again; never-claimed rows are listed; live leases are left.
     assert stuck.enqueued == 20 and stuck.skipped == 60
     assert drain(backend_world.client("sqs"), queue_url) == []  # a dry run sends nothing
@@ -239,7 +216,7 @@ def test_backfill_enqueues_the_failed_rows_of_a_day_page_by_page(backend_world: 
 
 @pytest.mark.backends("moto", "localstack")
 def test_backfill_command_done_rows_only_with_force(backend_world: AwsEnv) -> None:
-    table = _table(backend_world)
+    table = create_table(backend_world)
     items, _ = _rows(day_rows=20, other_rows=10)
     _put(backend_world, table, items)
     queue_url, _ = fresh_queues(backend_world)

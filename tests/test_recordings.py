@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -11,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures_aws import AwsEnv
+from tests.fixtures_aws import AwsEnv, create_table
 from worker.aws import AwsClients
 from worker.config import KeyTemplates
 from worker.errors import (
@@ -209,15 +208,8 @@ class Db:
 
 @pytest.fixture
 def db(world: AwsEnv, clients: AwsClients) -> Db:
-    name = f"Recording-{uuid.uuid4().hex[:10]}"
-    boto = world.client("dynamodb")
-    boto.create_table(
-        TableName=name,
-        AttributeDefinitions=[{"AttributeName": "videoID", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "videoID", "KeyType": "HASH"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    return Db(RecordingTable(clients.dynamodb, name), name, boto)
+    name = create_table(world, wait=False)
+    return Db(RecordingTable(clients.dynamodb, name), name, world.client("dynamodb"))
 
 
 @pytest_anyio
