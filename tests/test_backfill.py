@@ -234,7 +234,10 @@ def test_backfill_command_done_rows_only_with_force(backend_world: AwsEnv) -> No
     assert "enqueued 9, skipped 12" in forced.stdout
     bodies = [parse_message(m["Body"]) for m in drain(backend_world.client("sqs"), queue_url)]
     assert len(bodies) == 9
-    assert {job.call_end_seconds for job in bodies if job.recording_id == "day-00003"} == {9.0}
+    redone = [job for job in bodies if job.recording_id == "day-00003"]
+    # A DONE row's message asks to reprocess, or the worker would call it a duplicate.
+    assert [(job.call_end_seconds, job.reprocess) for job in redone] == [(9.0, True)]
+    assert {job.recording_id for job in bodies if job.reprocess} == {"day-00003", "day-00013"}
 
     assert_one_line_error(run_cli("backfill", "--from", "2026-11-28", "--to", "x", env=env), 2)
     assert_one_line_error(run_cli("backfill", *day, "--rate", "fast", env=env), 2)

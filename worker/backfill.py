@@ -184,7 +184,8 @@ def decide(row: RowView, status: StatusChoice, *, force: bool) -> Decision | Non
         validate_recording_id(row.recording_id)
     except ValueError:
         return Decision(False, "recording id unusable in a message")
-    job = JobMessage(row.recording_id, row.call_end)
+    # A DONE row's message must say so, or the worker acknowledges it as a duplicate.
+    job = JobMessage(row.recording_id, row.call_end, reprocess=row.state == DONE)
     return Decision(True, f"call end {format_timestamp(row.call_end)}", job)
 
 

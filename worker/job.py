@@ -115,7 +115,7 @@ async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobRe
     # (1) read the recording's row
     with stage("read_row"):
         row = await deps.table.get(job.recording_id)
-    if is_duplicate(row, job):
+    if is_duplicate(row, job) and not job.reprocess:
         # Acknowledged without work; the consumer counts it (outcome "duplicate").
         return JobResult(job.recording_id, True, None, None)
     keys = keys_for(
@@ -362,7 +362,7 @@ async def leased(deps: JobDeps, job: JobMessage) -> AsyncIterator[str]:
                 recording_id,
                 owner,
                 settings.lease_seconds,
-                unless_done_call_end=job.call_end_seconds,
+                unless_done_call_end=None if job.reprocess else job.call_end_seconds,
                 call_end_tolerance=CALL_END_TOLERANCE_SECONDS,
                 requested_call_end=job.call_end_seconds,
             )
