@@ -115,10 +115,13 @@ def test_a_provisioned_environment_passes(backend_world: AwsEnv) -> None:
         "metrics_port",
     } <= names
     output = next(c for c in checks if c.name == "bucket.output")
-    assert "put+delete" in output.detail
-    # The probe object is gone again.
-    listed = backend_world.client("s3").list_objects_v2(Bucket=backend_world.output_bucket)
+    assert "put" in output.detail
+    # The probe upload left nothing behind: no object, no open multipart upload.
+    s3 = backend_world.client("s3")
+    listed = s3.list_objects_v2(Bucket=backend_world.output_bucket)
     assert not [o for o in listed.get("Contents", []) if "komorebi-doctor" in o["Key"]]
+    uploads = s3.list_multipart_uploads(Bucket=backend_world.output_bucket).get("Uploads", [])
+    assert not [u for u in uploads if "komorebi-doctor" in u["Key"]]
 
 
 def _missing_dlq(world: AwsEnv, tmp: Path) -> dict[str, str]:
@@ -190,7 +193,7 @@ def test_a_taken_metrics_port_fails(world: AwsEnv) -> None:
 
 def test_missing_permissions_are_one_clear_fail_each(world: AwsEnv) -> None:
     clients = _clients(world)
-    clients["s3"] = Denying(clients["s3"], "list_objects_v2", "put_object")
+    clients["s3"] = Denying(clients["s3"], "list_objects_v2", "create_multipart_upload")
     clients["dynamodb"] = Denying(clients["dynamodb"], "update_item")
     clients["sqs"] = Denying(clients["sqs"], "get_queue_attributes")
     failures = _failures(_doctor(world, clients))
@@ -219,3 +222,31 @@ def test_doctor_command_exit_codes(backend_world: AwsEnv) -> None:
     ]
     unconfigured = {k: v for k, v in env.items() if k != "QUEUE_URL"}
     assert "QUEUE_URL" in assert_one_line_error(run_cli("doctor", env=unconfigured), 2)
+
+
+def test_the_worker_role_of_the_template_passes(world: AwsEnv) -> None:
+    # infra/template.yaml's task role: items read and updated, never described; objects put
+    # by multipart upload, never deleted; bucket settings unreadable (warnings only).
+    clients = _clients(world)
+    clients["s3"] = Denying(
+        clients["s3"], "delete_object", "get_public_access_block", "get_bucket_encryption"
+    )
+    clients["dynamodb"] = Denying(clients["dynamodb"], "describe_table")
+    checks = _doctor(world, clients)
+    assert _failures(checks) == {}
+    table = next(c for c in checks if c.name == "table")
+    assert table.status == "ok" and "GetItem" in table.detail
+    wrong = create_table(world, key="id")
+    failures = _failures(_doctor(world, clients, RECORDING_TABLE_NAME=wrong))
+    assert set(failures) == {"table"} and "GetItem: ValidationException" in failures["table"]
+
+
+def test_an_unverifiable_read_is_a_warning_but_a_refused_write_fails(world: AwsEnv) -> None:
+    # Nothing listed to read and HeadObject refused: a prefix-conditioned ListBucket makes
+    # a missing key answer 403, so reading cannot be told apart from not being allowed.
+    clients = _clients(world)
+    clients["s3"] = Denying(clients["s3"], "head_object")
+    checks = {c.name: c for c in _doctor(world, clients)}
+    assert checks["bucket.connect"].status == "warn"
+    assert checks["bucket.input"].status == "warn"
+    assert checks["bucket.output"].status == "FAIL"

@@ -21,6 +21,8 @@ from worker.provisioning import TABLE_PARTITION_KEY
 Status = Literal["ok", "warn", "FAIL"]
 # A maxReceiveCount above this keeps a failing message retrying for days (with backoff).
 MAX_SANE_RECEIVE_COUNT: Final = 50
+# Error codes of a refused call.
+_DENIED: Final = frozenset({"AccessDenied", "AccessDeniedException", "403"})
 _PUBLIC_ACCESS_FLAGS: Final = (
     "BlockPublicAcls",
     "IgnorePublicAcls",
@@ -75,9 +77,10 @@ class BucketFacts:
     name: str
     listing: Outcome  # ListObjectsV2 under the role's prefix
     read: Outcome  # HeadObject of a listed key or a probe key (404 = allowed)
-    write: Outcome | None  # PutObject + DeleteObject of a probe (output bucket only)
+    write: Outcome | None  # a one-part multipart upload, aborted (output bucket only)
     public_access: Outcome  # GetPublicAccessBlock configuration
     encryption: Outcome  # GetBucketEncryption configuration
+    read_probe: bool = False  # ``read`` was on a probe key (nothing listed to read)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class TableFacts:
 
     name: str
     describe: Outcome  # DescribeTable.Table
+    read: Outcome  # GetItem of a probe key {videoID: S}: refused when the key schema differs
     write: Outcome  # UpdateItem on a probe key that fails its condition (= allowed)
 
 
@@ -236,10 +240,22 @@ def check_bucket(facts: BucketFacts) -> list[Check]:
     name = f"bucket.{facts.role}"
     needed = [("list", facts.listing), ("get", facts.read)]
     if facts.write is not None:
-        needed.append(("put+delete", facts.write))
-    failed = [f"{what}: {outcome.error}" for what, outcome in needed if not outcome.ok]
+        needed.append(("put", facts.write))
+    unsure = (
+        facts.read_probe and facts.listing.ok and facts.read.code in _DENIED and facts.write is None
+    )
+    failed = [
+        f"{what}: {outcome.error}"
+        for what, outcome in needed
+        if not outcome.ok and not (unsure and outcome is facts.read)
+    ]
     if failed:
         checks = [Check("FAIL", name, f"{facts.name}: " + "; ".join(failed))]
+    elif unsure:
+        # A missing key answers 403 unless ListBucket is allowed without a prefix condition
+        # (the template's Connect grant has one): with nothing listed, GetObject is unknown.
+        detail = f"{facts.name}: list; get not verified (nothing under the prefix to read)"
+        checks = [Check("warn", name, detail)]
     else:
         allowed = ", ".join(what for what, _ in needed)
         checks = [Check("ok", name, f"{facts.name}: {allowed}")]
@@ -258,6 +274,13 @@ def check_bucket(facts: BucketFacts) -> list[Check]:
 
 def check_table(facts: TableFacts) -> list[Check]:
     """The table exists with partition key videoID (S) and no sort key; the worker may write."""
+    if not facts.describe.ok and facts.describe.code in _DENIED:
+        # The worker's role may read and update items but not describe the table: the
+        # GetItem probe tells whether the key is videoID (S) alone.
+        if not facts.read.ok:
+            return [Check("FAIL", "table", f"{facts.name}: {facts.read.error}")]
+        ok = Check("ok", "table", f"{facts.name}: GetItem by {TABLE_PARTITION_KEY} (S)")
+        return [ok, _table_write(facts)]
     if not facts.describe.ok:
         return [Check("FAIL", "table", f"{facts.name}: {facts.describe.error}")]
     table: Mapping[str, Any] = facts.describe.value
@@ -276,12 +299,16 @@ def check_table(facts: TableFacts) -> list[Check]:
                 f"{facts.name}: key {shown}; expected {TABLE_PARTITION_KEY} (S, HASH)",
             )
         ]
-    checks = [Check("ok", "table", f"{facts.name}: key {TABLE_PARTITION_KEY} (S)")]
+    if not facts.read.ok:
+        return [Check("FAIL", "table", f"{facts.name}: {facts.read.error}")]
+    ok = Check("ok", "table", f"{facts.name}: key {TABLE_PARTITION_KEY} (S), GetItem")
+    return [ok, _table_write(facts)]
+
+
+def _table_write(facts: TableFacts) -> Check:
     if facts.write.ok:
-        checks.append(Check("ok", "table.write", "UpdateItem allowed"))
-    else:
-        checks.append(Check("FAIL", "table.write", f"{facts.write.error}"))
-    return checks
+        return Check("ok", "table.write", "UpdateItem allowed")
+    return Check("FAIL", "table.write", f"{facts.write.error}")
 
 
 def check_tools(facts: ToolFacts, needs: ffmpeg_needs.FfmpegNeeds) -> list[Check]:

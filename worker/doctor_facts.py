@@ -108,21 +108,42 @@ def static_prefix(template: str, instance: str) -> str:
     return template.replace("{instance}", instance).split("{", 1)[0]
 
 
-def _read(s3: Any, bucket: str, listing: Outcome, prefix: str) -> Outcome:
+def _read(s3: Any, bucket: str, listing: Outcome, prefix: str) -> tuple[Outcome, bool]:
+    """HeadObject of the first listed key, else of a probe key; (outcome, was a probe)."""
     contents = listing.value.get("Contents", []) if listing.ok else []
     key = contents[0]["Key"] if contents else f"{prefix}{PROBE_NAME}-{uuid.uuid4().hex}"
     outcome = call("HeadObject", s3.head_object, Bucket=bucket, Key=key)
     if not outcome.ok and outcome.code in _NOT_FOUND:
-        return Outcome(value="allowed (no such key)")
-    return outcome
+        return Outcome(value="allowed (no such key)"), True
+    return outcome, not contents
 
 
 def _write(s3: Any, bucket: str, prefix: str) -> Outcome:
+    """A multipart upload of one small part, then aborted: exactly the actions the worker's
+    uploads use (s3:PutObject, s3:AbortMultipartUpload; its role has no DeleteObject), and
+    nothing is left in the bucket."""
     key = f"{prefix}{PROBE_NAME}/{uuid.uuid4().hex}"
-    put = call("PutObject", s3.put_object, Bucket=bucket, Key=key, Body=b"komorebi doctor probe")
-    if not put.ok:
-        return put
-    return call("DeleteObject", s3.delete_object, Bucket=bucket, Key=key)
+    created = call("CreateMultipartUpload", s3.create_multipart_upload, Bucket=bucket, Key=key)
+    if not created.ok:
+        return created
+    upload_id = created.value["UploadId"]
+    part = call(
+        "UploadPart",
+        s3.upload_part,
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload_id,
+        PartNumber=1,
+        Body=b"komorebi doctor probe",
+    )
+    aborted = call(
+        "AbortMultipartUpload",
+        s3.abort_multipart_upload,
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload_id,
+    )
+    return part if not part.ok else aborted
 
 
 def gather_bucket(
@@ -133,11 +154,13 @@ def gather_bucket(
     listing = call("ListObjectsV2", s3.list_objects_v2, Bucket=bucket, Prefix=prefix, MaxKeys=1)
     public = call("GetPublicAccessBlock", s3.get_public_access_block, Bucket=bucket)
     encryption = call("GetBucketEncryption", s3.get_bucket_encryption, Bucket=bucket)
+    read, probed = _read(s3, bucket, listing, prefix)
     return BucketFacts(
         role=role,
         name=bucket,
         listing=listing,
-        read=_read(s3, bucket, listing, prefix),
+        read=read,
+        read_probe=probed,
         write=_write(s3, bucket, prefix) if role == "output" else None,
         public_access=Outcome(value=public.value.get("PublicAccessBlockConfiguration"))
         if public.ok
@@ -147,15 +170,19 @@ def gather_bucket(
 
 
 def gather_table(settings: Settings, dynamodb: Any) -> TableFacts:
-    """DescribeTable, and a conditional UpdateItem that cannot match (no write happens)."""
+    """DescribeTable; a GetItem of a probe key (it fails when the key schema is not videoID
+    (S) alone, and needs no DescribeTable permission, which the worker's role lacks); and a
+    conditional UpdateItem that cannot match (no write happens)."""
     described = call("DescribeTable", dynamodb.describe_table, TableName=settings.table_name)
     if described.ok:
         described = Outcome(value=described.value.get("Table", {}))
+    probe_key = {PARTITION_KEY: {"S": f"{PROBE_NAME}-{uuid.uuid4().hex}"}}
+    read = call("GetItem", dynamodb.get_item, TableName=settings.table_name, Key=probe_key)
     write = call(
         "UpdateItem",
         dynamodb.update_item,
         TableName=settings.table_name,
-        Key={PARTITION_KEY: {"S": f"{PROBE_NAME}-{uuid.uuid4().hex}"}},
+        Key=probe_key,
         UpdateExpression="SET #probe = :probe",
         ConditionExpression=f"attribute_exists({PARTITION_KEY})",
         ExpressionAttributeNames={"#probe": PROBE_NAME.replace("-", "_")},
@@ -163,7 +190,7 @@ def gather_table(settings: Settings, dynamodb: Any) -> TableFacts:
     )
     if (not write.ok and write.code == _CONDITION_FAILED) or write.ok:
         write = Outcome(value="allowed")
-    return TableFacts(settings.table_name, described, write)
+    return TableFacts(settings.table_name, described, read, write)
 
 
 def _listing(tool: str, kind: str) -> Outcome:
