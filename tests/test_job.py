@@ -165,7 +165,9 @@ async def test_same_job_twice_is_a_duplicate(
         scratch=deps.settings.scratch_dir,
     )
     assert not fourth.duplicate
-    assert int(get_row(aws, contact.recording_id)["processingAttempts"]) == 3
+    row = get_row(aws, contact.recording_id)
+    assert int(row["processingAttempts"]) == 3
+    assert float(row["requestedCallEndSeconds"]) == 2.5  # kept by the claim, for backfill
 
 
 async def test_connect_audio_missing_is_transient_and_releases_lease(

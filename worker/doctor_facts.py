@@ -232,8 +232,11 @@ def gather_bind(host: str, port: int) -> Outcome:
     return Outcome(value="free")
 
 
-def gather(settings: Settings, clients: Mapping[str, Any]) -> Facts:
-    """Every fact, with ``clients`` (boto3 ``sqs``, ``s3``, ``dynamodb``)."""
+def gather(
+    settings: Settings, clients: Mapping[str, Any], *, tools: ToolFacts | None = None
+) -> Facts:
+    """Every fact, with ``clients`` (boto3 ``sqs``, ``s3``, ``dynamodb``); ``tools``: facts
+    about ffmpeg already gathered (by default they are gathered here)."""
     s3 = clients["s3"]
     keys = settings.keys
     buckets = (
@@ -245,6 +248,6 @@ def gather(settings: Settings, clients: Mapping[str, Any]) -> Facts:
         queues=gather_queues(settings, clients["sqs"]),
         buckets=buckets,
         table=gather_table(settings, clients["dynamodb"]),
-        tools=gather_tools(),
+        tools=tools or gather_tools(),
         metrics_bind=gather_bind(settings.metrics_host, settings.metrics_port),
     )
