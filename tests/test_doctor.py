@@ -5,6 +5,7 @@ and each broken part fails exactly its own check, with one clear line."""
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shutil
 import socket
@@ -269,3 +270,40 @@ def test_an_unverifiable_read_is_a_warning_but_a_refused_write_fails(world: AwsE
     assert checks["bucket.connect"].status == "warn"
     assert checks["bucket.input"].status == "warn"
     assert checks["bucket.output"].status == "FAIL"
+
+
+def test_queue_checks_warn_and_fail_on_their_own_facts() -> None:
+    # Pure: the facts a gatherer would bring back from an odd but working queue.
+    from worker.doctor import Outcome, QueueFacts, check_queues
+
+    settings = Settings(
+        ac_audio_bucket="a",
+        input_bucket="i",
+        output_bucket="o",
+        connect_instance_alias="c",
+        queue_url="q",
+        visibility_timeout=300,
+    )
+    dlq_arn = "arn:aws:sqs:us-east-1:123456789012:jobs-dlq"
+    queue = {
+        "VisibilityTimeout": "30",
+        "MessageRetentionPeriod": "345600",
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 1}),
+    }
+    dlq = {"QueueArn": dlq_arn, "MessageRetentionPeriod": "1209600", "KmsMasterKeyId": "k"}
+    facts = QueueFacts("q", Outcome(value=queue), "d", "RedrivePolicy", Outcome(value=dlq))
+    checks = {c.name: c.status for c in check_queues(settings, facts)}
+    assert checks == {
+        "queue": "ok",
+        "queue.encryption": "warn",  # neither SSE-SQS nor KMS
+        "queue.visibility": "warn",  # 30 s, the worker asks for 300 on each receive
+        "dlq": "ok",
+        "dlq.encryption": "ok",
+        "queue.redrive": "ok",
+        "queue.max_receive_count": "warn",  # 1: no retries at all
+        "dlq.retention": "ok",
+    }
+    unpolicied = QueueFacts("q", Outcome(value={}), None, "DLQ_URL", Outcome(error="x"))
+    assert [c.status for c in check_queues(settings, unpolicied) if c.name == "queue.redrive"] == [
+        "FAIL"
+    ]
