@@ -131,15 +131,19 @@ def _add_operator_commands(commands: Any) -> None:
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
 
     backfill = commands.add_parser("backfill", help="re-enqueue the rows of a creation-date range")
-    backfill.add_argument("--from", dest="start", required=True, help="first day (or ISO time)")
-    backfill.add_argument("--to", dest="end", required=True, help="last day, included")
+    backfill.add_argument(
+        "--from", dest="start", required=True, metavar="DATE", help="first day (or ISO time)"
+    )
+    backfill.add_argument(
+        "--to", dest="end", required=True, metavar="DATE", help="last day, included"
+    )
     backfill.add_argument(
         "--status",
         choices=("failed", "unprocessed", "all"),
         default="failed",
         help="which rows (default: failed)",
     )
-    backfill.add_argument("--rate", default="10/s", help="messages per second (default 10/s)")
+    backfill.add_argument("--rate", default=None, help="messages per second, e.g. 5/s")
     backfill.add_argument("--dry-run", action="store_true", help="list what would be sent")
     backfill.add_argument("--force", action="store_true", help="also re-enqueue DONE rows")
 
@@ -441,15 +445,16 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
     from worker import admin
-    from worker.backfill import Backfill, parse_window
+    from worker.backfill import DEFAULT_RATE, Backfill, parse_window
+    from worker.config import DEFAULT_TABLE_NAME
     from worker.ratelimit import parse_rate
 
     window = parse_window(args.start, args.end)
     try:
-        rate = parse_rate(args.rate)
+        rate = parse_rate(args.rate) if args.rate is not None else DEFAULT_RATE
     except ValueError as error:
         raise ConfigError(f"--rate: {error}") from None
-    table = (os.environ.get("RECORDING_TABLE_NAME") or "").strip() or "Recording"
+    table = (os.environ.get("RECORDING_TABLE_NAME") or "").strip() or DEFAULT_TABLE_NAME
     run = Backfill(
         dynamodb=admin.client("dynamodb"),
         sqs=admin.sqs_client(),
