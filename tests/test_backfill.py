@@ -10,7 +10,8 @@ import pytest
 
 from tests.fixtures_aws import AwsEnv, create_table
 from tests.fixtures_dlq import drain, fresh_queues
-from tests.test_cli_edges import assert_one_line_error, run_cli
+from tests.test_cli_edges import run_cli
+from worker import cli
 from worker.backfill import (
     DONE,
     FAILED,
@@ -215,7 +216,9 @@ def test_backfill_enqueues_the_failed_rows_of_a_day_page_by_page(backend_world: 
 
 
 @pytest.mark.backends("moto", "localstack")
-def test_backfill_command_done_rows_only_with_force(backend_world: AwsEnv) -> None:
+def test_backfill_command_done_rows_only_with_force(
+    backend_world: AwsEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     table = create_table(backend_world)
     items, _ = _rows(day_rows=20, other_rows=10)
     _put(backend_world, table, items)
@@ -223,12 +226,7 @@ def test_backfill_command_done_rows_only_with_force(backend_world: AwsEnv) -> No
     env = {**backend_world.env, "QUEUE_URL": queue_url, "RECORDING_TABLE_NAME": table}
     day = ("--from", "2026-11-27", "--to", "2026-11-27")
 
-    plain = run_cli("backfill", *day, "--status", "all", "--dry-run", env=env)
-    assert plain.returncode == 0, plain.stderr
-    done = [line for line in plain.stdout.splitlines() if line.startswith("skipped  ")]
-    assert sum(line.endswith("DONE (re-enqueued only with --force)") for line in done) == 6
-    assert plain.stdout.splitlines()[-4].startswith("would enqueue 7, skipped 14")
-
+    # The console script once; the other runs in-process (the same main, faster).
     forced = run_cli("backfill", *day, "--status", "all", "--force", "--rate", "100/s", env=env)
     assert forced.returncode == 0, forced.stderr
     assert "enqueued 9, skipped 12" in forced.stdout
@@ -239,8 +237,22 @@ def test_backfill_command_done_rows_only_with_force(backend_world: AwsEnv) -> No
     assert [(job.call_end_seconds, job.reprocess) for job in redone] == [(9.0, True)]
     assert {job.recording_id for job in bodies if job.reprocess} == {"day-00003", "day-00013"}
 
-    assert_one_line_error(run_cli("backfill", "--from", "2026-11-28", "--to", "x", env=env), 2)
-    assert_one_line_error(run_cli("backfill", *day, "--rate", "fast", env=env), 2)
-    denied = run_cli("backfill", *day, env={**env, "RECORDING_TABLE_NAME": "no-such-table"})
-    line = assert_one_line_error(denied, 1)
-    assert "Scan: ResourceNotFoundException" in line
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["backfill", *day, "--status", "all", "--dry-run"]) == 0
+    plain = capsys.readouterr().out.splitlines()
+    done = [line for line in plain if line.startswith("skipped  ")]
+    assert sum(line.endswith("DONE (re-enqueued only with --force)") for line in done) == 6
+    assert plain[-4].startswith("would enqueue 7, skipped 14")
+    assert drain(backend_world.client("sqs"), queue_url) == []
+
+    for argv, code in (
+        (["--from", "2026-11-28", "--to", "x"], 2),
+        ([*day, "--rate", "fast"], 2),
+    ):
+        assert cli.main(["backfill", *argv]) == code
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    monkeypatch.setenv("RECORDING_TABLE_NAME", "no-such-table")
+    assert cli.main(["backfill", *day]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "Scan: ResourceNotFoundException" in error[0]

@@ -33,7 +33,7 @@ from worker.redrive import redrive
 
 # A few hundred dead letters; moto's ReceiveMessage costs time in proportion to the queue's
 # length (a scan is quadratic there), so it gets fewer than LocalStack.
-COUNTS = {"moto": 100, "localstack": 300}
+COUNTS = {"moto": 60, "localstack": 300}
 
 
 def _list(world: AwsEnv, dlq_url: str, selection: Selection | None = None) -> Any:
