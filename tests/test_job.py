@@ -160,6 +160,16 @@ async def test_same_job_twice_is_a_duplicate(
     )
     assert not third.duplicate
     assert float(get_row(aws, contact.recording_id)["callEndSeconds"]) == 2.5
+    # backfill --force: the same call end again, asked to reprocess (issue 16).
+    fourth = await process_job(
+        JobMessage(contact.recording_id, 2.5, reprocess=True),
+        deps,
+        scratch=deps.settings.scratch_dir,
+    )
+    assert not fourth.duplicate
+    row = get_row(aws, contact.recording_id)
+    assert int(row["processingAttempts"]) == 3
+    assert float(row["requestedCallEndSeconds"]) == 2.5  # kept by the claim, for backfill
 
 
 async def test_connect_audio_missing_is_transient_and_releases_lease(

@@ -20,6 +20,7 @@ AlignMode = Literal["auto", "end", "start"]
 LogFormat = Literal["json", "console"]
 
 DEFAULT_METRICS_PORT = 9657
+DEFAULT_TABLE_NAME = "Recording"
 SQS_MAX_VISIBILITY_SECONDS = 12 * 60 * 60
 
 DEFAULT_CONNECT_AUDIO_PREFIX = "connect/{instance}/CallRecordings/{yyyy}/{mm}/{dd}/{recording_id}"
@@ -57,7 +58,7 @@ class Settings:
     connect_instance_alias: str
     queue_url: str | None = None
     dlq_url: str | None = None
-    table_name: str = "Recording"
+    table_name: str = DEFAULT_TABLE_NAME
     worker_concurrency: int = field(default_factory=lambda: available_cpus())
     visibility_timeout: int = 300
     shutdown_grace_seconds: float = 100.0

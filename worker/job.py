@@ -104,7 +104,7 @@ async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobRe
     # (1) read the recording's row
     with stage("read_row"):
         row = await deps.table.get(job.recording_id)
-    if is_duplicate(row, job):
+    if is_duplicate(row, job) and not job.reprocess:
         # Acknowledged without work; the consumer counts it (outcome "duplicate").
         return JobResult(job.recording_id, True, None, None)
     keys = keys_for(
@@ -356,8 +356,9 @@ async def leased(deps: JobDeps, job: JobMessage) -> AsyncIterator[str]:
                 recording_id,
                 owner,
                 settings.lease_seconds,
-                unless_done_call_end=job.call_end_seconds,
+                unless_done_call_end=None if job.reprocess else job.call_end_seconds,
                 call_end_tolerance=CALL_END_TOLERANCE_SECONDS,
+                requested_call_end=job.call_end_seconds,
             )
         except anyio.get_cancelled_exc_class():
             # The write may have landed before the cancellation reached us; releasing a lease

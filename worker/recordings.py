@@ -35,6 +35,10 @@ STATUS_PROCESSING, STATUS_DONE, STATUS_FAILED = "PROCESSING", "DONE", "FAILED"
 CALL_END_TOLERANCE_SECONDS = 0.0005
 
 PARTITION_KEY = "videoID"
+# The call end (seconds) of the latest message that claimed the row (issue 16, a SPEC §4
+# addition): written with the lease, before any work can fail, so that a FAILED row can be
+# re-enqueued from the table alone (`komorebi-worker backfill`).
+REQUESTED_CALL_END = "requestedCallEndSeconds"
 MAX_ERROR_CHARS = 500
 _LEGACY_FORMAT = "%Y-%m-%d %H:%M:%S"
 _CONDITION_FAILED = "ConditionalCheckFailedException"
@@ -119,7 +123,9 @@ def _string(value: str) -> dict[str, str]:
     return {"S": value}
 
 
-def _read_number(attribute: Mapping[str, Any] | None) -> float | None:
+def read_number(attribute: Mapping[str, Any] | None) -> float | None:
+    """A low-level DynamoDB number (or numeric string) attribute as a float; None if absent
+    or unreadable."""
     if not attribute:
         return None
     raw = attribute.get("N", attribute.get("S"))
@@ -131,14 +137,16 @@ def _read_number(attribute: Mapping[str, Any] | None) -> float | None:
         return None
 
 
-def _read_string(attribute: Mapping[str, Any] | None) -> str | None:
+def read_string(attribute: Mapping[str, Any] | None) -> str | None:
+    """A low-level DynamoDB string attribute; None if absent or of another type."""
     if not attribute:
         return None
     value = attribute.get("S")
     return str(value) if value is not None else None
 
 
-def _read_bool(attribute: Mapping[str, Any] | None) -> bool:
+def read_bool(attribute: Mapping[str, Any] | None) -> bool:
+    """A low-level DynamoDB flag in any spelling the backend used (BOOL, 0/1, "true")."""
     # The backend writes a BOOL; tolerate the number/string spellings older writers used.
     if not attribute:
         return False
@@ -164,9 +172,9 @@ def _status_before_claim(item: Mapping[str, Any] | None) -> str | None:
     records: an earlier run's output (DONE) or error (FAILED)."""
     if not item:
         return None
-    # Every spelling _read_bool accepts (and _true_like writes): a row written by an older
+    # Every spelling read_bool accepts (and _true_like writes): a row written by an older
     # backend as {"S": "true"} or {"N": "1"} is as DONE as one with a BOOL.
-    if item.get("videoKey") and _read_bool(item.get("isProcessed")):
+    if item.get("videoKey") and read_bool(item.get("isProcessed")):
         return STATUS_DONE
     if item.get("processingError"):
         return STATUS_FAILED
@@ -211,23 +219,23 @@ class RecordingTable:
         item = await self._raw(recording_id)
         if item is None:
             raise RowNotFound(f"no row for recording {recording_id} in {self.table_name}")
-        agent_id = _read_string(item.get("agentID"))
+        agent_id = read_string(item.get("agentID"))
         if agent_id is None or not agent_id.strip():
             raise InvalidRow(f"row {recording_id} has no agentID")
         if not _AGENT_ID.match(agent_id) or agent_id in (".", ".."):
             raise InvalidRow(f"row {recording_id} has an agentID unusable in an S3 key")
-        created = _read_string(item.get("creationDate"))
+        created = read_string(item.get("creationDate"))
         if created is None:
             raise InvalidRow(f"row {recording_id} has no creationDate")
         return RecordingRow(
             recording_id=recording_id,
             agent_id=agent_id,
             creation_date=parse_creation_date(created),
-            status=_read_string(item.get("processingStatus")),
-            is_processed=_read_bool(item.get("isProcessed")),
-            call_end_seconds=_read_number(item.get("callEndSeconds")),
-            lease_owner=_read_string(item.get("leaseOwner")),
-            lease_expires_at=_read_number(item.get("leaseExpiresAt")),
+            status=read_string(item.get("processingStatus")),
+            is_processed=read_bool(item.get("isProcessed")),
+            call_end_seconds=read_number(item.get("callEndSeconds")),
+            lease_owner=read_string(item.get("leaseOwner")),
+            lease_expires_at=read_number(item.get("leaseExpiresAt")),
         )
 
     async def claim_lease(
@@ -238,8 +246,12 @@ class RecordingTable:
         *,
         unless_done_call_end: float | None = None,
         call_end_tolerance: float = CALL_END_TOLERANCE_SECONDS,
+        requested_call_end: float | None = None,
     ) -> None:
         """Take the recording's lease (or renew our own), mark it PROCESSING, count the attempt.
+
+        ``requested_call_end`` (the message's call end) is kept on the row as
+        ``requestedCallEndSeconds`` in the same write.
 
         With ``unless_done_call_end`` the claim also fails, atomically, when the row is already
         DONE for that call end: a worker that read the row just before another one finished
@@ -268,12 +280,13 @@ class RecordingTable:
             values[":done"] = _string(STATUS_DONE)
             values[":end_lo"] = _number(unless_done_call_end - call_end_tolerance)
             values[":end_hi"] = _number(unless_done_call_end + call_end_tolerance)
+        update = "SET leaseOwner = :me, leaseExpiresAt = :expires, processingStatus = :processing"
+        if requested_call_end is not None:
+            update += f", {REQUESTED_CALL_END} = :requested"
+            values[":requested"] = _number(requested_call_end)
         ok = await self._update(
             recording_id,
-            UpdateExpression=(
-                "SET leaseOwner = :me, leaseExpiresAt = :expires, processingStatus = :processing "
-                "ADD processingAttempts :one"
-            ),
+            UpdateExpression=f"{update} ADD processingAttempts :one",
             ConditionExpression=condition,
             ExpressionAttributeValues=values,
         )
@@ -281,10 +294,10 @@ class RecordingTable:
             return
         if unless_done_call_end is not None:
             item = await self._raw(recording_id)
-            done_end = _read_number(item.get("callEndSeconds")) if item else None
+            done_end = read_number(item.get("callEndSeconds")) if item else None
             if (
                 item is not None
-                and _read_string(item.get("processingStatus")) == STATUS_DONE
+                and read_string(item.get("processingStatus")) == STATUS_DONE
                 and done_end is not None
                 and abs(done_end - unless_done_call_end) <= call_end_tolerance
             ):
@@ -310,7 +323,7 @@ class RecordingTable:
         item = await self._raw(recording_id)
         if item is None:
             raise RowNotFound(f"no row for recording {recording_id} in {self.table_name}")
-        holder = _read_string(item.get("leaseOwner")) or "nobody"
+        holder = read_string(item.get("leaseOwner")) or "nobody"
         raise LeaseHeld(f"recording {recording_id} is leased by {holder}, not {owner}")
 
     async def release_lease(self, recording_id: str, owner: str) -> None:
