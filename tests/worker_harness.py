@@ -390,6 +390,11 @@ class WorkerProcess:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tests.worker_harness [--readrate R]``: ``komorebi-worker run``."""
+    # Like `komorebi-worker run` (worker.cli): stop signals are caught before the heavy imports.
+    from worker import signals
+
+    signals.install()
+
     import argparse
 
     from worker import cli, media
