@@ -5,6 +5,7 @@ drains when a new deployment appears."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,26 @@ async def test_off_ecs_the_watcher_does_nothing() -> None:
     with anyio.move_on_after(0.1) as scope:
         await watcher.run()
     assert scope.cancelled_caught
+
+
+@pytest.mark.anyio
+async def test_a_signal_during_a_deployment_drain_bounds_it_by_the_grace() -> None:
+    from worker.consumer import StopState
+    from worker.observability import HealthState
+
+    state = StopState(HealthState(), grace_seconds=100)
+    state.start()
+    state.job_started()
+    state.request_drain()
+    assert state.stopping and state.superseded and not state.signalled
+    assert state.deadline == math.inf  # the jobs finish, however long they take
+    before = anyio.current_time()
+    state.request_stop()  # ECS stops the task meanwhile: its 120 s apply
+    assert state.signalled and before + 100 <= state.deadline <= anyio.current_time() + 100
+    deadline = state.deadline
+    state.request_stop()
+    state.request_drain()
+    assert state.deadline == deadline and not state.forced
 
 
 # --- a saturated worker drains ---------------------------------------------------------------

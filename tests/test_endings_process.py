@@ -510,8 +510,7 @@ def test_fix_the_cause_then_redrive_ends_done_without_duplicates(
     # The operator's loop while the fleet runs: recording objects missing -> DLQ + FAILED;
     # they are uploaded; the redrive moves each message back once (a second redrive moves
     # nothing); the worker ends them DONE, the rows' earlier errors gone, the DLQ empty.
-    # (The worker runs throughout: a redrive right after an idle worker stopped can be
-    # swallowed by its abandoned long poll, see docs/operating.md.)
+    # (The worker runs throughout, as in production.)
     import subprocess
 
     from tests.worker_harness import ROOT
