@@ -473,8 +473,9 @@ class WorkerProcess:
         if self.alive():
             os.kill(self.pid, signum)
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, wait (SIGKILL after ``timeout``); the exit code."""
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, wait (SIGKILL after ``timeout``: an idle worker first finishes its long
+        poll, up to 35 s); the exit code."""
         assert self.process is not None
         if self.alive():
             self.signal(signal.SIGTERM)

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from worker.consumer import Consumer
 
 ROOT = Path(__file__).resolve().parent.parent
+# How long a SIGTERMed worker may take to exit in tests: an idle one first lets its long poll
+# finish (SPEC §6: at most the 20 s wait, bounded at 35 s), on a loaded machine.
+STOP_TIMEOUT_SECONDS = 60.0
 DATA_DIR = Path(__file__).parent / "data"
 RECORDING = DATA_DIR / "chrome-vp8-opus-8s.webm"  # 1000 Hz tone, ~8 s, VP8 + Opus
 CONNECT_WAV = DATA_DIR / "connect-8k-stereo-5s.wav"  # 440 Hz left, 660 Hz right, 5 s
@@ -402,7 +405,7 @@ class WorkerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -415,6 +418,11 @@ class WorkerProcess:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tests.worker_harness [--readrate R]``: ``komorebi-worker run``."""
+    # Like `komorebi-worker run` (worker.cli): stop signals are caught before the heavy imports.
+    from worker import signals
+
+    signals.install()
+
     import argparse
 
     from worker import cli

@@ -370,6 +370,12 @@ class _MergeProgress:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    # First, before the heavy imports below (seconds on a busy task): a SIGTERM from now on
+    # stops the worker cleanly with exit 0 instead of killing it (worker.signals).
+    from worker import signals
+
+    signals.install()
+
     import anyio
 
     from worker.config import Settings
