@@ -62,7 +62,7 @@ from worker.config import Settings
 from worker.delivery import RELEASE_TIMEOUT_SECONDS, Delivery
 from worker.deployment import DeploymentWatcher
 from worker.errors import ConfigError, JobError, TransientError, first_error
-from worker.job import JobDeps, new_worker_id, sweep_stale_scratch
+from worker.job import JobDeps, new_worker_id
 from worker.observability import (
     HealthState,
     configure_logging,
@@ -74,6 +74,7 @@ from worker.observability import (
 from worker.protection import TaskProtector
 from worker.queue import SQS_MAX_BATCH, SQS_MAX_WAIT_SECONDS, JobQueue, ReceivedMessage
 from worker.recordings import RecordingTable
+from worker.scratch import sweep_stale_scratch
 from worker.storage import ObjectStore
 
 log = structlog.get_logger(__name__)

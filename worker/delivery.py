@@ -64,8 +64,8 @@ from worker.outcome import (
     retry_reason,
 )
 from worker.protection import TaskProtector
+from worker.protocols import Table
 from worker.queue import JobQueue, ReceivedMessage
-from worker.recordings import RecordingTable
 from worker.redaction import redact
 
 log = structlog.get_logger(__name__)
@@ -107,7 +107,7 @@ class _Progress:
 class Settler:
     """The executor: carries out a :data:`worker.outcome.Decision` for one message."""
 
-    def __init__(self, queue: JobQueue, table: RecordingTable, settings: Settings) -> None:
+    def __init__(self, queue: JobQueue, table: Table, settings: Settings) -> None:
         self.queue = queue
         self.table = table
         self.settings = settings
