@@ -17,8 +17,10 @@ Timeline (:class:`Timeline`, the one definition): from the earliest timestamp of
 (ffmpeg shifts every input so that it is 0) to the end of the last sample of any stream, audio
 or video. All durations and offsets here are on that shifted timeline, which is also where
 ``callEnd`` is measured from (the start of the Komorebi recording). The output covers exactly
-that: every video frame stream-copied at its original time, the last one held to the end,
-audio exactly as long.
+that, on the same clock (its t=0 is the recording's origin): every video frame stream-copied
+at its original time, the last one held to the end, audio exactly as long. No timestamp in
+the file is negative: the Opus encoder's priming is stored from 0 and declared as the WebM
+track's CodecDelay (:func:`encoder_timing_steps`), AAC's is an MP4 edit list.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ TAIL_SECONDS = 30.0
 # Nothing we process is longer than a week (messages.MAX_CALL_END_SECONDS likewise).
 MAX_PLAUSIBLE_DURATION = 7 * 24 * 3600.0
 # Container timestamp rounding allowed on top of one audio frame in the output check:
-# WebM stores milliseconds, and the output's Opus packets start 6.5 ms early (pre-skip).
+# WebM stores milliseconds, and as read back the output's Opus packets start 7 ms early
+# (the pre-skip: stored from 0, the track's CodecDelay subtracted by the demuxer).
 CONTAINER_ROUNDING_SECONDS = 0.010
 PROGRESS_LOG_INTERVAL_SECONDS = 30.0
 # Past this call end the recording's audio after callEnd is read from a second, fast-seeked
@@ -81,6 +84,12 @@ SEEK_MARGIN_SECONDS = 2.0
 THUMBNAIL_AT_SECONDS = 1.0
 # The Matroska/WebM muxer's time base (1/1000 s), whatever the input's.
 WEBM_TICKS_PER_SECOND = 1000
+# What the Opus encoder is given, whatever the output rate (see audio_rate_args), and its
+# priming at that rate: libopus' lookahead for the "audio" application (6.5 ms), the pre-skip
+# in its header and the WebM track's CodecDelay (see encoder_timing_steps).
+OPUS_SAMPLE_RATE = 48000
+OPUS_PRE_SKIP = 312
+OPUS_BANDS = (4000, 6000, 8000, 12000, 20000)  # libopus' -cutoff values (Hz)
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -370,6 +379,7 @@ def build_audio_graph(
     connect_input: int = 1,
     recording_seek: int = 0,
     gains: loudness.LoudnessGains | None = None,
+    encoder_steps: tuple[str, ...] = (),
 ) -> str:
     """The ``-filter_complex`` graph whose ``[aout]`` is the merged audio (pure).
 
@@ -382,9 +392,11 @@ def build_audio_graph(
     ``[rec]`` cuts ``callEnd - recording_seek`` seconds instead of ``callEnd``.
 
     ``align`` ``auto`` is END alignment (on the call end the sync measured, already in
-    ``plan``). ``gains`` adds the loudness stage (:func:`loudness_steps`).
+    ``plan``). ``gains`` adds the loudness stage (:func:`loudness_steps`). ``encoder_steps``
+    end the graph (:func:`encoder_timing_steps`: timestamps only, the samples are unchanged).
     """
     connect_gain, recording_gain, output_steps = loudness_steps(gains)
+    output_steps += encoder_steps
     chains: list[str] = []
     labels: list[str] = []
     norm = _normalize(plan)
@@ -536,6 +548,7 @@ def build_merge_args(
         connect_input=1,
         recording_seek=seek,
         gains=gains,
+        encoder_steps=encoder_timing_steps(container),
     )
     args = _base_args()
     if progress:
@@ -551,15 +564,56 @@ def build_merge_args(
     args += ["-map", f"0:{recording.video.index}", "-map", "[aout]"]
     args += ["-c:v", "copy", *hold_last_frame_args(recording, plan, container)]
     args += ["-c:a", container.audio_codec, "-b:a", options.audio.bitrate]
-    args += ["-ar", str(plan.sample_rate), "-ac", str(plan.channels)]
+    args += [*audio_rate_args(container, plan.sample_rate), "-ac", str(plan.channels)]
     args += ["-map_chapters", str(3 if seek else 2) if chapters is not None else "-1"]
     args += ["-dn", "-sn"]
     if container is MP4:
         args += ["-movflags", "+faststart"]
     else:
-        args += ["-avoid_negative_ts", "disabled"]
+        # No negative timestamp in the file: Chromium fails to decode after a seek in a WebM
+        # whose Opus blocks start before 0 (issue 19). None arrives here (the video starts
+        # at or after the origin, the Opus priming at 0: encoder_timing_steps), so nothing
+        # is shifted; should one, every stream moves alike (and the output check sees it).
+        args += ["-avoid_negative_ts", "make_non_negative"]
     args += ["-f", container.muxer, "-y", ffmpeg.file_url(output)]
     return args
+
+
+def encoder_timing_steps(container: Container) -> tuple[str, ...]:
+    """The last filter of the audio graph for ``container``'s encoder (pure): for Opus, its
+    timestamps start at the encoder's priming (pre-skip), so that the priming starts at 0.
+
+    An Opus encoder emits :data:`OPUS_PRE_SKIP` priming samples before the first real one,
+    stamped before it: with audio from t=0, packets from -6.5 ms. WebM keeps block times at or
+    after 0 and says how much of the start is priming in the track's CodecDelay, which every
+    reader subtracts from the block times (Matroska's definition; ffmpeg's demuxer does, and
+    the decoder drops the pre-skip): stamped 6.5 ms later here, the priming is stored from 0
+    and the first real sample still plays at t=0, beside the untouched video. Without it the
+    file starts with negative block times (Chromium: PIPELINE_ERROR_DECODE after a seek), or,
+    when the muxer shifts them away, every stream moves 7 ms off its original time.
+    AAC in MP4 needs nothing: its priming is an edit list. Requires the encoder at 48 kHz
+    (:func:`audio_rate_args`).
+    """
+    if container.audio_codec != "libopus":
+        return ()
+    # In the graph's time base, whatever it is (TB), rounded to a whole tick.
+    return (f"asetpts=PTS+round({OPUS_PRE_SKIP}/({OPUS_SAMPLE_RATE}*TB))",)
+
+
+def audio_rate_args(container: Container, sample_rate: int) -> list[str]:
+    """The audio encoder's sample rate (and for Opus its band) for ``sample_rate`` (pure).
+
+    AAC is encoded at ``sample_rate``. Opus codes 48 kHz inside whatever its input (RFC 7845:
+    decoders output 48 kHz) and is given 48 kHz, because ffmpeg 5.1's WebM muxer reads the
+    encoder's priming as 48 kHz samples for the track's CodecDelay: at 16 kHz it would store
+    2.2 ms instead of 6.5 ms, and readers would put the audio 4.3 ms late (see
+    :func:`encoder_timing_steps`). ``-cutoff`` keeps the coded band that of ``sample_rate``
+    (Opus' bandwidths: 4, 6, 8, 12, 20 kHz), as the encoder had at that rate.
+    """
+    if container.audio_codec != "libopus":
+        return ["-ar", str(sample_rate)]
+    band = max((b for b in OPUS_BANDS if b <= sample_rate // 2), default=OPUS_BANDS[0])
+    return ["-ar", str(OPUS_SAMPLE_RATE), "-cutoff", str(band)]
 
 
 def timeline_offset_args(recording: MediaInfo) -> list[str]:
@@ -984,9 +1038,10 @@ def check_output(
     hold every frame of the recording's, the first at its original time. Frames are counted in
     the output's packets or, when a long output was read in intervals, taken from the merge's
     ffmpeg (``frames_written``); not compared when the recording was read in intervals. The
-    output's own origin is not used: the audio encoder's priming (Opus pre-skip, 6.5 to 13 ms
-    before 0) lies before it. Tolerance: one encoded audio frame (AAC 1024 samples, Opus 20 ms) plus
-    :data:`CONTAINER_ROUNDING_SECONDS`.
+    output's own origin is not used: as read back, the audio encoder's priming lies before 0
+    (WebM: Opus blocks stored from 0, read 7 ms early as the track's CodecDelay is subtracted;
+    MP4: AAC's priming packet, marked discarded, is not counted). Tolerance: one encoded
+    audio frame (AAC 1024 samples, Opus 20 ms) plus :data:`CONTAINER_ROUNDING_SECONDS`.
     """
     name = output.path.name
     if output.video is None:
