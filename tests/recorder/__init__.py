@@ -27,6 +27,7 @@ H264_WEBM = "video/webm;codecs=h264,opus"
 AVC1_MP4 = "video/mp4;codecs=avc1,opus"
 AVC3_MP4 = "video/mp4;codecs=avc3,opus"
 VP9_MP4 = "video/mp4;codecs=vp9,opus"
+AV1 = "video/webm;codecs=av1,opus"
 
 # Headless Chromium, quiet and self-contained (plus --headless on the command line, and a new
 # --user-data-dir per run); the playback test launches it with the same flags.
@@ -244,6 +245,13 @@ RECORDINGS: tuple[Recording, ...] = (
         VP9,
         "microphone silent for the first 3 s",
         {"silentUntil": "3"},
+    ),
+    Recording(
+        "chrome-av1-resize-12s.webm",
+        CHROMIUM,
+        AV1,
+        "AV1 in WebM, resized twice",
+        {"secs": "12", **RESIZE},
     ),
     Recording(
         "firefox-vp8-opus-10s.webm",
