@@ -2,7 +2,7 @@
 served over HTTP with Range (as S3 serves them).
 
 The output of every recording of ``tests/data`` (every codec, both output containers: H.264
-to MP4, VP8/VP9 to WebM), merged with the Connect WAV at a call end in its middle, is loaded
+to MP4, VP8/VP9/AV1 to WebM), merged with the Connect WAV at a call end in its middle, is loaded
 into a ``<video>`` element that must report the recording's duration (within a frame), seek
 past the call end (into the After Call Work: what reviewers do first), play from there to the
 end (at 16x) without a MediaError, then seek back and play the call's start. Outputs are merged
@@ -46,8 +46,9 @@ RECORDINGS = sorted(p.name for p in DATA_DIR.iterdir() if p.suffix in (".webm", 
 # seek past a resize Chromium decodes later frames with the first size's parameters.
 BROKEN_RECORDINGS = {("chromium", "chrome-avc1-resize-12s.mp4")}
 FRAME_SECONDS = 1 / 30
-# Generous: Chromium decodes Firefox's VP8 slowly (its recordings too, remuxed: about 3 s per
-# second of video on a loaded 2-core machine); every other file takes about 1 s.
+# Generous: Chromium plays Firefox's VP8 slowly, for its frame timing (the same frames stamped
+# at regular times play at once; the recording remuxed is as slow): seconds per second of
+# video on a loaded 2-core machine. Every other file takes about 1 s.
 PAGE_TIMEOUT_SECONDS = 900.0
 
 # For each case: load, seek past the call end, play to the end at 16x, seek to 0 and play the
@@ -56,7 +57,7 @@ PAGE_TIMEOUT_SECONDS = 900.0
 PAGE = """<!doctype html>
 <meta charset="utf-8"><title>seek</title>
 <body><script>
-const PARALLEL = 4;  // videos at a time (Chromium waits on Firefox's VP8 timing, not the CPU)
+const PARALLEL = 4;  // videos at a time (Chromium's slow Firefox VP8 waits, not the CPU)
 const until = (v, name, seconds) => new Promise((resolve, reject) => {
   const timer = setTimeout(() => reject(new Error(`no ${name} in ${seconds} s`)), seconds * 1000);
   v.addEventListener(name, () => { clearTimeout(timer); resolve(); }, {once: true});
