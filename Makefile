@@ -19,7 +19,7 @@ PY_DIRS := $(wildcard worker tests bench)
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-system-deps: ## ffmpeg, prometheus, chromium, podman, node (tests, image test) from apt when root and missing
+system-deps: ## ffmpeg, prometheus, chromium, firefox-esr, podman, node (tests, image test) from apt when root and missing
 	@./.ci/system-deps
 
 # The second AWS implementation of the end-to-end tests (LocalStack + dynalite), in .cache/.
@@ -83,7 +83,6 @@ audit:
 	@./.ci/audit
 
 recordings: setup ## re-record tests/data's browser recordings (Chromium + Firefox ESR)
-	@./.ci/system-deps recorder
 	$(BIN)/python -m tests.recorder
 
 bench: setup ## performance benchmarks (writes bench/results/)
