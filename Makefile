@@ -20,7 +20,7 @@ PY_DIRS := $(wildcard worker tests bench)
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-system-deps: ## ffmpeg, prometheus, chromium, podman, node (tests, image test) from apt when root and missing
+system-deps: ## ffmpeg, prometheus, chromium, firefox-esr, podman, node (tests, image test) from apt when root and missing
 	@./.ci/system-deps
 
 # The second AWS implementation of the end-to-end tests (LocalStack + dynalite), in .cache/.
@@ -83,6 +83,8 @@ lint-python:
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
 	$(BIN)/mypy
+	@# The layer contracts (pyproject.toml [tool.importlinter], CONTRIBUTING.md "Layers").
+	$(BIN)/lint-imports --no-cache
 
 # checkov's skip list, each entry with its reason, lives in infra/checkov.yaml.
 CHECKOV := $(BIN)/checkov --config-file infra/checkov.yaml
@@ -102,7 +104,6 @@ audit:
 	@./.ci/audit
 
 recordings: setup ## re-record tests/data's browser recordings (Chromium + Firefox ESR)
-	@./.ci/system-deps recorder
 	$(BIN)/python -m tests.recorder
 
 bench: setup ## performance benchmarks (writes bench/results/)

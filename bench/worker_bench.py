@@ -61,8 +61,8 @@ def _sum(samples: dict[str, float], pattern: str) -> float:
 
 def _seed(world: Any, jobs: int, recording: Path, connect: Path, call_end: float) -> list[str]:
     from worker.config import KeyTemplates
+    from worker.keys import keys_for
     from worker.messages import JobMessage
-    from worker.recordings import keys_for
 
     s3 = world.client("s3")
     dynamodb = world.client("dynamodb")

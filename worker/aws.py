@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.config import Settings
 from worker.errors import AwsRejected, AwsUnavailable, ConfigError, WorkerError, one_line
-from worker.observability import redact
+from worker.redaction import redact
 
 # Generous per-request timeouts: a read timeout is per socket read, not per transfer, so long
 # streaming downloads are not cut; a silent connection still fails within a minute.
@@ -31,11 +31,13 @@ READ_TIMEOUT_SECONDS = 60
 
 @dataclass
 class AwsClients:
-    """The three service clients one worker process shares."""
+    """The service clients one worker process shares (``ecs`` only on ECS: see
+    :func:`open_clients`)."""
 
     s3: Any
     sqs: Any
     dynamodb: Any
+    ecs: Any = None
 
 
 def pool_size(settings: Settings, service: str) -> int:
@@ -73,9 +75,10 @@ def region_name(session: AioSession) -> str | None:
 
 @asynccontextmanager
 async def open_clients(
-    settings: Settings, *, session: AioSession | None = None
+    settings: Settings, *, session: AioSession | None = None, ecs: bool = False
 ) -> AsyncIterator[AwsClients]:
-    """Open S3, SQS and DynamoDB clients on one session; closed when the context exits.
+    """Open S3, SQS and DynamoDB clients (and ECS with ``ecs``: the deployment check of
+    worker.deployment, on ECS only) on one session; closed when the context exits.
 
     Raises :class:`ConfigError` when no region is configured (botocore would fail later with
     a less helpful message). ``session`` reuses an existing session (its loaded service models
@@ -85,6 +88,7 @@ async def open_clients(
     region = region_name(session)
     if region is None:
         raise ConfigError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)")
+    services = ("s3", "sqs", "dynamodb", "ecs") if ecs else ("s3", "sqs", "dynamodb")
     async with AsyncExitStack() as stack:
         clients = [
             await stack.enter_async_context(
@@ -92,9 +96,9 @@ async def open_clients(
                     service, region_name=region, config=client_config(settings, service)
                 )
             )
-            for service in ("s3", "sqs", "dynamodb")
+            for service in services
         ]
-        yield AwsClients(s3=clients[0], sqs=clients[1], dynamodb=clients[2])
+        yield AwsClients(*clients)
 
 
 # --- errors ----------------------------------------------------------------------------------

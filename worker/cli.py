@@ -110,11 +110,51 @@ def build_parser() -> argparse.ArgumentParser:
         "--connect-audio-key", default=None, help="exact S3 key of the Connect recording"
     )
 
-    redrive = commands.add_parser("redrive", help="move DLQ messages back to the queue")
+    _add_operator_commands(commands)
+    return parser
+
+
+def _add_operator_commands(commands: Any) -> None:
+    """``redrive``, ``dlq list``, ``backfill``, ``doctor`` (issue 16)."""
+    redrive = commands.add_parser("redrive", help="move (selected) DLQ messages back to the queue")
+    redrive.add_argument(
+        "--reason", action="append", help="only dead letters with this reason (repeatable)"
+    )
+    redrive.add_argument(
+        "--recording-id", action="append", help="only this recording's dead letters (repeatable)"
+    )
     redrive.add_argument(
         "--max-messages", type=int, default=None, help="move at most this many (default: all)"
     )
-    return parser
+    redrive.add_argument("--dry-run", action="store_true", help="list what would move; move none")
+
+    dlq = commands.add_parser("dlq", help="the dead-letter queue")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, parser_class=_Parser)
+    listing = dlq_commands.add_parser("list", help="list dead letters, consuming nothing")
+    listing.add_argument(
+        "--reason", action="append", help="only this reason, or reason:last_reason (repeatable)"
+    )
+    listing.add_argument("--since", default=None, help="failed at or after: ISO 8601, or 6h, 2d")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    backfill = commands.add_parser("backfill", help="re-enqueue the rows of a creation-date range")
+    backfill.add_argument(
+        "--from", dest="start", required=True, metavar="DATE", help="first day (or ISO time)"
+    )
+    backfill.add_argument(
+        "--to", dest="end", required=True, metavar="DATE", help="last day, included"
+    )
+    backfill.add_argument(
+        "--status",
+        choices=("failed", "unprocessed", "all"),
+        default="failed",
+        help="which rows (default: failed)",
+    )
+    backfill.add_argument("--rate", default=None, help="messages per second, e.g. 5/s")
+    backfill.add_argument("--dry-run", action="store_true", help="list what would be sent")
+    backfill.add_argument("--force", action="store_true", help="also re-enqueue DONE rows")
+
+    commands.add_parser("doctor", help="check what a job needs: queues, buckets, table, ffmpeg")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -330,6 +370,12 @@ class _MergeProgress:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    # First, before the heavy imports below (seconds on a busy task): a SIGTERM from now on
+    # stops the worker cleanly with exit 0 instead of killing it (worker.signals).
+    from worker import signals
+
+    signals.install()
+
     import anyio
 
     from worker.config import Settings
@@ -397,13 +443,23 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
 def _cmd_redrive(args: argparse.Namespace) -> int:
     from worker import admin
+    from worker.deadletters import Selection
+    from worker.redrive import redrive
 
-    result = admin.redrive(
+    def show(action: str, info: Any) -> None:
+        print(f"{action}  {info.line()}", flush=True)
+
+    result = redrive(
         admin.queue_url_from_env(),
         admin.dlq_url_from_env(),
+        selection=Selection.of(args.reason, args.recording_id),
         max_messages=args.max_messages,
+        dry_run=args.dry_run,
+        on_entry=show,
     )
-    print(f"moved {result.moved} message(s) from {result.dlq_url}")
+    verb = "would move" if args.dry_run else "moved"
+    count = result.selected if args.dry_run else result.moved
+    print(f"{verb} {count} message(s) from {result.dlq_url}; {result.kept} left untouched")
     problems = []
     if result.failed:
         problems.append(f"{result.failed} message(s) could not be sent; still in the DLQ")
@@ -412,10 +468,78 @@ def _cmd_redrive(args: argparse.Namespace) -> int:
             f"{len(result.not_deleted)} message(s) sent but not deleted from the DLQ "
             f"(hidden there for 12 h; delete them by hand): {', '.join(result.not_deleted)}"
         )
+    if not result.complete:
+        problems.append("stopped before reading the whole DLQ (time limit): run it again")
     if problems:
         print(f"komorebi-worker: {'; '.join(problems)}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _cmd_dlq(args: argparse.Namespace) -> int:
+    import json
+
+    from worker import admin
+    from worker.deadletters import DeadLetterInfo, Selection, list_dead_letters, parse_since
+
+    since = parse_since(args.since) if args.since else None
+    sqs = admin.sqs_client()
+    dlq_url = admin.resolve_dlq_url(admin.queue_url_from_env(), admin.dlq_url_from_env(), sqs=sqs)
+
+    def show(info: DeadLetterInfo) -> None:
+        print(json.dumps(info.to_json()) if args.json else info.line(), flush=True)
+
+    listing = list_dead_letters(sqs, dlq_url, Selection.of(args.reason, since=since), show)
+    if args.json:
+        print(json.dumps(listing.summary()))
+    else:
+        print("\n".join(listing.summary_lines()))
+    if listing.timed_out:
+        print("komorebi-worker: stopped before reading the whole DLQ (time limit)", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from worker import admin
+    from worker.backfill import DEFAULT_RATE, Backfill, parse_window
+    from worker.config import DEFAULT_TABLE_NAME
+    from worker.ratelimit import parse_rate
+
+    window = parse_window(args.start, args.end)
+    try:
+        rate = parse_rate(args.rate) if args.rate is not None else DEFAULT_RATE
+    except ValueError as error:
+        raise ConfigError(f"--rate: {error}") from None
+    table = (os.environ.get("RECORDING_TABLE_NAME") or "").strip() or DEFAULT_TABLE_NAME
+    run = Backfill(
+        dynamodb=admin.client("dynamodb"),
+        sqs=admin.sqs_client(),
+        table_name=table,
+        queue_url=admin.queue_url_from_env(),
+        status=args.status,
+        force=args.force,
+        dry_run=args.dry_run,
+        rate=rate,
+        on_line=lambda line: print(line, flush=True),
+    )
+    result = run.run(window)
+    print("\n".join(result.summary_lines(args.dry_run)))
+    return EXIT_FAILURE if result.failed else EXIT_OK
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from worker import admin, doctor
+    from worker.config import Settings
+    from worker.doctor_facts import gather
+    from worker.ffmpeg_needs import merge_needs
+
+    settings = Settings.from_env(require_queue=True)
+    clients = {name: admin.client(name) for name in ("sqs", "s3", "dynamodb")}
+    checks = doctor.run_checks(settings, gather(settings, clients), merge_needs())
+    for check in checks:
+        print(check.line(), flush=True)
+    return EXIT_FAILURE if doctor.failed(checks) else EXIT_OK
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -425,6 +549,9 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "provision": _cmd_provision,
     "enqueue": _cmd_enqueue,
     "redrive": _cmd_redrive,
+    "dlq": _cmd_dlq,
+    "backfill": _cmd_backfill,
+    "doctor": _cmd_doctor,
 }
 
 

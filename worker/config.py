@@ -20,6 +20,7 @@ AlignMode = Literal["auto", "end", "start"]
 LogFormat = Literal["json", "console"]
 
 DEFAULT_METRICS_PORT = 9657
+DEFAULT_TABLE_NAME = "Recording"
 SQS_MAX_VISIBILITY_SECONDS = 12 * 60 * 60
 
 DEFAULT_CONNECT_AUDIO_PREFIX = "connect/{instance}/CallRecordings/{yyyy}/{mm}/{dd}/{recording_id}"
@@ -57,7 +58,7 @@ class Settings:
     connect_instance_alias: str
     queue_url: str | None = None
     dlq_url: str | None = None
-    table_name: str = "Recording"
+    table_name: str = DEFAULT_TABLE_NAME
     worker_concurrency: int = field(default_factory=lambda: available_cpus())
     visibility_timeout: int = 300
     shutdown_grace_seconds: float = 100.0
@@ -75,6 +76,9 @@ class Settings:
     retry_backoff_base_seconds: float = 15.0
     retry_backoff_max_seconds: float = 900.0
     protection_minutes: int = 60
+    # How often a task on ECS checks that it still belongs to the service's current
+    # deployment (worker.deployment); a superseded task drains and exits.
+    deployment_check_seconds: float = 60.0
     ffmpeg_timeout_base_seconds: float = 120.0
     ffmpeg_timeout_per_media_second: float = 1.0
     scratch_max_bytes: int | None = None
@@ -253,6 +257,7 @@ _OPTIONAL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "RETRY_BACKOFF_BASE_SECONDS": ("retry_backoff_base_seconds", _positive_float),
     "RETRY_BACKOFF_MAX_SECONDS": ("retry_backoff_max_seconds", _positive_float),
     "TASK_PROTECTION_MINUTES": ("protection_minutes", _positive_int),
+    "DEPLOYMENT_CHECK_SECONDS": ("deployment_check_seconds", _positive_float),
     "FFMPEG_TIMEOUT_BASE_SECONDS": ("ffmpeg_timeout_base_seconds", _positive_float),
     "FFMPEG_TIMEOUT_PER_MEDIA_SECOND": ("ffmpeg_timeout_per_media_second", _positive_float),
     "SCRATCH_MAX_BYTES": ("scratch_max_bytes", _positive_int),

@@ -2,7 +2,9 @@
 
 Structure (anyio, structured concurrency)::
 
-    run_service                      signals, /metrics + /healthz + /readyz, AWS clients
+    run_service                      signals (caught from start-up: worker.signals),
+    │                                /metrics + /healthz + /readyz, AWS clients,
+    │                                the deployment check (worker.deployment)
     └── Consumer.run                 service task group: task protection renewal
         ├── start-up check           the queue answers; its redrive policy; the DLQ
         ├── poll loop                long-polls only while a slot is free, for <= free slots
@@ -26,15 +28,21 @@ cancels the in-flight jobs immediately (same clean-ups, bounded to a few seconds
 with 128 + signal number. ``os._exit`` is deliberately not used: ffmpeg runs in its own
 session and would survive us.
 
+Draining (the task's deployment was superseded, worker.deployment): polling stops the same
+way, but the jobs in flight finish without a time limit (a later signal still sets the grace
+deadline); protection goes off with the last one and the process exits 0.
+
 The long poll in progress at the first signal needs care: SQS keeps delivering to a long poll
-whose connection was dropped, so cancelling it can hide messages for a whole visibility
-timeout (aws/aws-sdk-java-v2#1395, aws/aws-sdk-go-v2#2068; moto behaves the same). When no job
-is in flight it is cancelled at once (exit is immediate; the risk is limited to a message that
-arrives within the poll's remaining seconds). With jobs in flight, polls are started with a
-wait of at most half the grace period (a short poll when the grace is under 2 s), and the one
-in progress is left to finish: whatever it returns is given back at once, and it is over
-before the jobs are cancelled, so the messages of cancelled jobs, given back after it, are
-visible at once. A second signal cancels it too.
+whose connection was dropped, so cancelling it would hide the next message for a whole
+visibility timeout (aws/aws-sdk-java-v2#1395, aws/aws-sdk-go-v2#2068; moto behaves the same).
+So a stop never cancels it (only a second signal does): it is left to finish and whatever it
+returns is made visible again at once (ChangeMessageVisibility 0), then the worker exits.
+The budget fits Fargate's 120 s stop timeout either way. An idle worker has no grace to spend:
+its poll ends within the long-poll wait (20 s) plus ``RECEIVE_OVERRUN_SECONDS`` (its own
+timeout), about 35 s at worst. A busy worker polls for at most half the grace period
+(``SHUTDOWN_GRACE_SECONDS`` 100 -> 50 s), so its poll is over before the grace ends and before
+the jobs still running are cancelled; the messages of cancelled jobs, given back after it, are
+visible at once; their clean-ups are bounded by ``RELEASE_TIMEOUT_SECONDS``.
 """
 
 from __future__ import annotations
@@ -48,11 +56,13 @@ import anyio
 import anyio.abc
 import structlog
 
+from worker import signals as stop_signals
 from worker.aws import AwsClients, open_clients
 from worker.config import Settings
 from worker.delivery import RELEASE_TIMEOUT_SECONDS, Delivery
+from worker.deployment import DeploymentWatcher
 from worker.errors import ConfigError, JobError, TransientError, first_error
-from worker.job import JobDeps, new_worker_id, sweep_stale_scratch
+from worker.job import JobDeps, new_worker_id
 from worker.observability import (
     HealthState,
     configure_logging,
@@ -64,6 +74,7 @@ from worker.observability import (
 from worker.protection import TaskProtector
 from worker.queue import SQS_MAX_BATCH, SQS_MAX_WAIT_SECONDS, JobQueue, ReceivedMessage
 from worker.recordings import RecordingTable
+from worker.scratch import sweep_stale_scratch
 from worker.storage import ObjectStore
 
 log = structlog.get_logger(__name__)
@@ -82,15 +93,19 @@ POLL_RETRY_MAX_SECONDS = 30.0
 class StopState:
     """The stop state machine: running -> stopping (graceful) -> forced (second signal).
 
-    It also keeps the in-flight count, because what a stop does depends on it: with nothing
-    in flight the receive in progress is cancelled at once, otherwise it is left to finish
-    (see the module docstring). Waiters (a free slot, the drain) wait for :meth:`notify`.
+    It also keeps the in-flight count, because what a stop does depends on it: with jobs in
+    flight the receive in progress must end within the grace period (see the module
+    docstring). Waiters (a free slot, the drain) wait for :meth:`notify`.
     """
 
     def __init__(self, health: HealthState, grace_seconds: float) -> None:
         self._health = health
         self.grace_seconds = grace_seconds
         self.stopping = False
+        # A signal asked for the stop (a second one forces it); a superseded deployment
+        # (request_drain) stops polling too, without a deadline.
+        self.signalled = False
+        self.superseded = False
         self.forced = False
         self.in_flight = 0
         # Monotonic (anyio clock) time at which in-flight jobs are cancelled.
@@ -107,14 +122,29 @@ class StopState:
         self._changed = anyio.Event()
 
     def request_stop(self) -> None:
-        """Graceful stop: no more polls; in-flight jobs get the grace period."""
+        """Graceful stop: no more polls; in-flight jobs get the grace period (also when a
+        deployment drain is already under way: the signal's budget is what ECS allows)."""
+        if self.signalled:
+            return
+        self.signalled = True
+        self.deadline = min(self.deadline, anyio.current_time() + self.grace_seconds)
+        log.info("worker.stopping", in_flight=self.in_flight, grace_seconds=self.grace_seconds)
+        self._stop_polling("stopping")
+
+    def request_drain(self) -> None:
+        """This task's deployment was superseded (worker.deployment): no more polls, the jobs
+        in flight finish without a time limit (they would have been run anyway; a signal
+        still bounds them), then the worker exits 0 and ECS starts a current task."""
         if self.stopping:
             return
+        self.superseded = True
+        log.info("worker.draining_superseded", in_flight=self.in_flight)
+        self._stop_polling("superseded")
+
+    def _stop_polling(self, reason: str) -> None:
         self.stopping = True
-        self.deadline = anyio.current_time() + self.grace_seconds
-        self._health.set_ready(False, "stopping")
+        self._health.set_ready(False, reason)
         self._health.loop_stopped()
-        log.info("worker.stopping", in_flight=self.in_flight, grace_seconds=self.grace_seconds)
         if self.ready_scope is not None:
             self.ready_scope.cancel()
         self.end_receive()
@@ -135,14 +165,17 @@ class StopState:
         self._receive_ends = anyio.current_time() + wait_seconds if scope else math.inf
 
     def end_receive(self) -> None:
-        """While stopping: cancel the receive in progress if nothing of ours is in flight;
-        otherwise let it finish, but not much past the end of the grace period."""
+        """While stopping: let the receive in progress finish, never cancel it (see the module
+        docstring); a forced stop cancels it. With jobs in flight it must still end by the
+        end of the grace period (or right after its own wait), so the messages of jobs
+        cancelled then are given back after it; an idle worker's receive is bounded by its
+        own timeout (wait + ``RECEIVE_OVERRUN_SECONDS``)."""
         scope = self.receive_scope
         if scope is None or not self.stopping:
             return
-        if self.in_flight == 0 or self.forced:
+        if self.forced:
             scope.cancel()
-        else:
+        elif self.in_flight > 0:
             finish = max(self.deadline, self._receive_ends + RECEIVE_FINISH_SECONDS)
             scope.deadline = min(scope.deadline, finish)
 
@@ -153,8 +186,6 @@ class StopState:
     def job_finished(self) -> None:
         """A job's task ended (whatever its outcome)."""
         self.in_flight -= 1
-        if self.in_flight == 0:
-            self.end_receive()  # stopping and nothing left to give back: stop waiting
         self.notify()
 
     def notify(self) -> None:
@@ -238,6 +269,15 @@ class Consumer:
     def request_stop(self) -> None:
         """Graceful stop (:meth:`StopState.request_stop`)."""
         self.state.request_stop()
+
+    @property
+    def signalled(self) -> bool:
+        """True once a signal asked for a stop (the next one forces it)."""
+        return self.state.signalled
+
+    def request_drain(self) -> None:
+        """Superseded deployment: drain and exit (:meth:`StopState.request_drain`)."""
+        self.state.request_drain()
 
     def force_stop(self) -> None:
         """Immediate stop (:meth:`StopState.force_stop`)."""
@@ -354,7 +394,7 @@ class Consumer:
                 await self.state.wait_for_change(1.0)
 
     async def _receive(self, max_messages: int, wait: int) -> list[ReceivedMessage]:
-        """One receive, cancellable by a stop (see :meth:`StopState.end_receive`)."""
+        """One receive; a stop bounds it, a forced one cancels it (StopState.end_receive)."""
         try:
             with anyio.CancelScope() as scope:
                 self.state.receiving(scope, wait)
@@ -384,17 +424,21 @@ class Consumer:
         log.info("poll.released_on_stop", messages=len(messages))
 
     async def _drain(self, jobs_scope: anyio.CancelScope) -> None:
-        """After polling stopped: let jobs finish within the grace period, then cancel them."""
+        """After polling stopped: let jobs finish by the deadline, then cancel them. The
+        deadline may move while waiting: a SIGTERM during a deployment drain (no deadline)
+        sets one."""
         if self.state.in_flight == 0:
             return
         log.info(
             "worker.draining",
             in_flight=self.state.in_flight,
-            grace_seconds=self.settings.shutdown_grace_seconds,
+            grace_seconds=None if self.state.superseded else self.settings.shutdown_grace_seconds,
         )
-        with anyio.move_on_after(max(0.0, self.state.deadline - anyio.current_time())):
-            while self.state.in_flight > 0:
-                await self.state.wait_for_change(IDLE_TICK_SECONDS)
+        while self.state.in_flight > 0:
+            remaining = self.state.deadline - anyio.current_time()
+            if remaining <= 0:
+                break
+            await self.state.wait_for_change(min(IDLE_TICK_SECONDS, remaining))
         if self.state.in_flight > 0:
             log.warning("worker.grace_expired", in_flight=self.state.in_flight)
             jobs_scope.cancel()
@@ -421,11 +465,22 @@ async def run_service(settings: Settings) -> int:
         log.info("scratch.swept", directories=stale)
     health = HealthState()
     protector = TaskProtector.from_env(settings.protection_minutes)
+    metadata_uri = DeploymentWatcher.metadata_uri()
     signals = _SignalState()
     try:
-        async with open_clients(settings) as clients, anyio.create_task_group() as group:
+        async with (
+            open_clients(settings, ecs=metadata_uri is not None) as clients,
+            anyio.create_task_group() as group,
+        ):
             consumer = Consumer(settings, clients, health, protector)
             await group.start(_watch_signals, consumer, signals)
+            watcher = DeploymentWatcher(
+                metadata_uri,
+                clients.ecs,
+                settings.deployment_check_seconds,
+                lambda _reason: consumer.request_drain(),
+            )
+            group.start_soon(watcher.run)
             serve = functools.partial(serve_http, host=settings.metrics_host)
             await group.start(serve, settings.metrics_port, health)
             log.info(
@@ -453,15 +508,30 @@ async def _watch_signals(
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """First SIGTERM/SIGINT: graceful stop. Second: stop now."""
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
-        task_status.started()
-        async for signum in received:
-            state.last = int(signum)
-            name = signal.Signals(signum).name
-            if not consumer.stopping:
-                log.info("signal.received", signal=name, action="graceful_stop")
-                consumer.request_stop()
-            else:
-                log.warning("signal.received", signal=name, action="stop_now")
-                consumer.force_stop()
+    """First SIGTERM/SIGINT: graceful stop. Second: stop now.
+
+    Signals caught before this receiver existed (``worker.signals``: from the first moments of
+    ``run``, during the imports and start-up) count as if they came now, in order.
+    """
+    try:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+            for signum in stop_signals.PROCESS.take():
+                _on_signal(consumer, state, signum, during="start-up")
+            task_status.started()
+            async for signum in received:
+                _on_signal(consumer, state, signum)
+    finally:
+        # Closing the receiver restored Python's default action (death by the signal): the
+        # process is on its way out with exit 0, a late signal must not change that.
+        stop_signals.PROCESS.reinstall()
+
+
+def _on_signal(consumer: Consumer, state: _SignalState, signum: int, during: str = "run") -> None:
+    state.last = int(signum)
+    name = signal.Signals(signum).name
+    if not consumer.signalled:
+        log.info("signal.received", signal=name, action="graceful_stop", during=during)
+        consumer.request_stop()
+    else:
+        log.warning("signal.received", signal=name, action="stop_now", during=during)
+        consumer.force_stop()

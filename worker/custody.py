@@ -4,7 +4,7 @@ The Connect bucket holds every customer's calls. A ``connectAudioKey`` used as g
 let one message merge another contact's call into this recording, so the key must be one the
 prefix search (SPEC §5) could itself have found for this recording: under the configured
 Connect prefix rendered for the row's ``creationDate`` day or the next day, with a file name
-that starts with the recording id (:func:`worker.recordings.belongs_to`), and without path
+that starts with the recording id (:func:`worker.keys.belongs_to`), and without path
 tricks (``.``/``..``/empty segments, control characters, backslashes) that some S3 client or
 a later copy to a file system could resolve differently.
 
@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 
 from worker.errors import InvalidMessage
-from worker.recordings import belongs_to
+from worker.keys import belongs_to
 
 # How much of a refused key a reason quotes: enough to recognise it, never a whole hostile
 # kilobyte in a DLQ attribute, a row or a log line.

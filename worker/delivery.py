@@ -41,7 +41,7 @@ from worker.errors import (
     describe,
     first_error,
 )
-from worker.job import JobDeps, JobResult, process_job
+from worker.job import JobDeps, process_job
 from worker.messages import JobMessage, parse_message, recording_id_of
 from worker.observability import (
     VISIBILITY_EXTENSIONS,
@@ -49,13 +49,13 @@ from worker.observability import (
     job_in_flight,
     record_done,
     record_job,
-    redact,
 )
 from worker.outcome import (
     UNEXPECTED,
     DeadLetter,
     Decision,
     Delete,
+    JobResult,
     Retry,
     backoff_seconds,
     decide,
@@ -64,8 +64,9 @@ from worker.outcome import (
     retry_reason,
 )
 from worker.protection import TaskProtector
+from worker.protocols import Table
 from worker.queue import JobQueue, ReceivedMessage
-from worker.recordings import RecordingTable
+from worker.redaction import redact
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +107,7 @@ class _Progress:
 class Settler:
     """The executor: carries out a :data:`worker.outcome.Decision` for one message."""
 
-    def __init__(self, queue: JobQueue, table: RecordingTable, settings: Settings) -> None:
+    def __init__(self, queue: JobQueue, table: Table, settings: Settings) -> None:
         self.queue = queue
         self.table = table
         self.settings = settings

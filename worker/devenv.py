@@ -34,9 +34,9 @@ from moto.server import ThreadedMotoServer
 
 from worker.config import Settings
 from worker.errors import ConfigError, WorkerError
+from worker.keys import keys_for
 from worker.messages import JobMessage, format_timestamp
 from worker.provisioning import provision
-from worker.recordings import keys_for
 
 SAMPLES_DIR: Final = Path(__file__).with_name("samples")
 # A Chromium MediaRecorder WebM (VP8 + Opus, 8 s, no header duration) and a Connect-shaped

@@ -1,12 +1,11 @@
 """Running ffmpeg/ffprobe safely: allow-lists, time limits, kill on cancel, stderr tails.
 
-Every input we hand to ffmpeg or ffprobe is untrusted (SPEC §5). The helpers here make sure
-that each run:
+The only module of the worker that starts a process. Every input we hand to ffmpeg or ffprobe
+is untrusted (SPEC §5). The helpers here make sure that each run:
 
-- restricts demuxers and protocols (:func:`input_args`), so a playlist or concat script
-  disguised as ``.mp4`` cannot make ffmpeg open other files or URLs;
-- names files with an explicit ``file:`` prefix, so a path such as ``http:x.mp4`` is never
-  read as a URL;
+- restricts demuxers and protocols and names files with an explicit ``file:`` prefix
+  (:func:`input_args`, :func:`file_url`, from :mod:`worker.ffmpeg_inputs`, where the pure
+  argument builders take them from);
 - is killed (and reaped) when its time limit passes or when the calling anyio scope is
   cancelled, so no ffmpeg outlives its job;
 - keeps only the last lines of stderr (bounded memory) for a one-line error message.
@@ -22,45 +21,26 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 import structlog
 from anyio.abc import ByteReceiveStream, Process
 
 from worker.errors import ConfigError, MediaError, MediaProcessKilled, MediaTimeout, ScratchFull
+
+# The input rules, re-exported: runs are built with them (e.g. ffmpeg.input_args).
+from worker.ffmpeg_inputs import FFMPEG as FFMPEG
+from worker.ffmpeg_inputs import FFPROBE as FFPROBE
+from worker.ffmpeg_inputs import FORMAT_WHITELIST as FORMAT_WHITELIST
+from worker.ffmpeg_inputs import PROTOCOL_WHITELIST as PROTOCOL_WHITELIST
+from worker.ffmpeg_inputs import file_url as file_url
+from worker.ffmpeg_inputs import input_args as input_args
 from worker.observability import FFMPEG_FAILURES
 
 log = structlog.get_logger(__name__)
 
-FFMPEG = "ffmpeg"
-FFPROBE = "ffprobe"
-
-# Demuxers an input may use: browser recordings (mov/mp4, matroska/webm) and Connect's WAV.
-# The names are ffmpeg's demuxer names; HLS, concat, image2, ... are all refused.
-FORMAT_WHITELIST = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,wav"
-# Local files only; `pipe` is harmless (we never pass a pipe URL) and is what SPEC §5 names.
-PROTOCOL_WHITELIST = "file,pipe"
-
 STDERR_TAIL_LINES = 20
 _KILL_GRACE_SECONDS = 3.0
-
-
-def input_args(path: Path) -> list[str]:
-    """The options that must precede every ``-i`` (and every ffprobe input), then the input."""
-    return [
-        "-format_whitelist",
-        FORMAT_WHITELIST,
-        "-protocol_whitelist",
-        PROTOCOL_WHITELIST,
-        "-i",
-        file_url(path),
-    ]
-
-
-def file_url(path: Path) -> str:
-    """``file:`` + absolute path: never interpreted as another protocol or an option."""
-    return "file:" + str(Path(path).absolute())
 
 
 @dataclass
@@ -178,7 +158,13 @@ async def run(
         FFMPEG_FAILURES.labels(reason="timeout").inc()
         log.warning("ffmpeg_timeout", what=what, limit_seconds=round(timeout, 1))
         raise MediaTimeout(f"{what} took longer than its {math.ceil(timeout)} s limit")
-    returncode = process.returncode
+    _raise_for_exit(process.returncode, tail, what=what, started=started)
+    return RunResult(process.returncode or 0, list(tail.lines))
+
+
+def _raise_for_exit(returncode: int | None, tail: StderrTail, *, what: str, started: float) -> None:
+    """The error (recorded and logged) for a process that exited unsuccessfully; nothing for
+    success. One line of the stderr tail explains it, directories stripped."""
     if returncode is not None and returncode < 0:
         # Killed by a signal we did not send (we only kill on timeout or cancellation, both
         # handled above): the OOM killer or the host, not bad media. Retry later.
@@ -208,7 +194,6 @@ async def run(
                 reason="media_not_allowed",
             )
         raise MediaError(f"{what} failed: {detail}")
-    return RunResult(returncode or 0, list(tail.lines))
 
 
 # ``file:/scratch/job-x/recording-input.mp4`` or ``/scratch/...``: the directories say nothing

@@ -9,9 +9,12 @@ decide what a failure means: it raises a typed error (:mod:`worker.errors`) and
 The job owns the recording's lease (SPEC §4) while it works: it claims it before the first
 download, renews it every ``VISIBILITY_TIMEOUT/3`` in its own task group, and releases it
 (shielded, so also on cancellation) if it does not finish; on success ``mark_done`` drops it.
-Its scratch directory is always removed, in a worker thread inside a shielded scope: a
-cancellation cannot interrupt it half-way, and removing multi-GB files does not stall the
-event loop (other jobs' heartbeats, ``/healthz``).
+Its scratch directory (:mod:`worker.scratch`) is always removed, also on cancellation.
+
+The job reaches the world only through :class:`JobDeps`: the table, the object store and the
+media engine are the protocols of :mod:`worker.protocols`, so every step and every outcome is
+unit-tested against in-memory fakes (``tests/unit/test_job_unit.py``) as well as on moto and
+ffmpeg (``tests/aws/test_job.py``).
 
 Permanent first: before waiting on anything that may still arrive (the Connect recording is
 uploaded by Amazon Connect, possibly late), the job checks what never will: the Komorebi
@@ -21,13 +24,9 @@ recording is :class:`RecordingNotFound` even when the Connect audio is missing t
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 import secrets
-import shutil
 import socket
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -36,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_thread
 import structlog
 
 from worker import media
@@ -49,25 +47,23 @@ from worker.errors import (
     LeaseHeld,
     ObjectNotFound,
     RecordingNotFound,
-    ScratchBusy,
     ScratchFull,
     TooLargeForScratch,
     WorkerError,
     first_error,
 )
+from worker.keys import RecordingKeys, choose_connect_audio, keys_for
 from worker.messages import JobMessage
 from worker.observability import record_merge, stage
+from worker.outcome import JobResult
+from worker.protocols import MergeInputs, Merger, Store, Table
 from worker.recordings import (
     CALL_END_TOLERANCE_SECONDS,
     STATUS_DONE,
     DoneRecord,
-    RecordingKeys,
     RecordingRow,
-    RecordingTable,
-    choose_connect_audio,
-    keys_for,
 )
-from worker.storage import ObjectStore
+from worker.scratch import job_directory
 
 log = structlog.get_logger(__name__)
 
@@ -83,174 +79,107 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+async def probe_and_merge(inputs: MergeInputs, /) -> media.MergeResult:
+    """The real :class:`~worker.protocols.Merger`: probe both inputs, run the SPEC §5 merge
+    into ``inputs.workdir`` (the output, named for the recording's container, and the
+    thumbnail)."""
+    with stage("probe"):
+        timeout = inputs.options.timeout_base_seconds
+        recording = await media.probe(inputs.recording, timeout=timeout)
+        connect = await media.probe(inputs.connect_audio, timeout=timeout)
+    checked = media.Recording.of(recording, name=inputs.name)
+    container = media.container_for(checked.video.codec_name)
+    request = media.MergeRequest(
+        recording=inputs.recording,
+        connect_audio=inputs.connect_audio,
+        call_end_seconds=inputs.call_end_seconds,
+        output=inputs.workdir / f"recording.{container.extension}",
+        thumbnail=inputs.thumbnail,
+        options=inputs.options,
+        recording_info=recording,
+        connect_info=connect,
+    )
+    with stage("merge"):
+        return await media.merge(request)
+
+
 @dataclass
 class JobDeps:
-    """What a job needs from the process: settings, the table, the object store, who we are."""
+    """What a job needs from the process: settings, the table, the object store, the media
+    engine (the real one unless a test gives a fake), who we are."""
 
     settings: Settings
-    table: RecordingTable
-    store: ObjectStore
+    table: Table
+    store: Store
     worker_id: str
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """What a finished job did. ``duplicate``: the row was already done; nothing was done."""
-
-    recording_id: str
-    duplicate: bool
-    output_key: str | None
-    media_duration_seconds: float | None
+    merger: Merger = probe_and_merge
 
 
 async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobResult:
     """Produce the unified recording of ``job`` (SPEC §1) and mark its row processed.
 
     ``scratch`` is the parent directory (``SCRATCH_DIR``): the job works in its own
-    sub-directory and always removes it. Every failure it understands is raised as a
-    :class:`worker.errors.JobError` (transient or permanent); the caller decides what that
-    means for the message, and deletes the message after success.
+    sub-directory and always removes it (:mod:`worker.scratch`). Every failure it understands
+    is raised as a :class:`worker.errors.JobError` (transient or permanent); the caller decides
+    what that means for the message, and deletes the message after success.
     """
-    settings = deps.settings
     # (1) read the recording's row
     with stage("read_row"):
         row = await deps.table.get(job.recording_id)
-    if is_duplicate(row, job):
+    if is_duplicate(row, job) and not job.reprocess:
         # Acknowledged without work; the consumer counts it (outcome "duplicate").
-        return JobResult(job.recording_id, True, None, None)
-    keys = keys_for(
+        return _acknowledged(job)
+    keys = recording_keys(row, deps.settings)
+    check_given_connect_key(job, keys)
+    try:
+        async with job_directory(scratch, job.recording_id) as workdir, leased(deps, job) as owner:
+            # Permanent first: what can never arrive is checked before what may still come.
+            with stage("check_recording"):
+                await check_recording(deps, keys.input_key, workdir)
+            with stage("find_connect_audio"):
+                connect_key = await find_connect_audio(job, keys, deps)
+            # (2) + (3) download the Connect audio and the Komorebi recording, side by side
+            inputs = await download_inputs(job, deps, keys.input_key, connect_key, workdir)
+            # (4)-(7) split, cut, concatenate and mux: one ffmpeg run (SPEC §5)
+            started = time.monotonic()
+            merged = await deps.merger(inputs)
+            merge_seconds = time.monotonic() - started
+            # (8) upload the unified recording and its thumbnail, side by side
+            output_key = await upload_outputs(deps, keys, merged, inputs.thumbnail)
+            # (9) mark the row processed (this also drops the lease)
+            with stage("update_row"):
+                done = done_record(job, keys, output_key, merged)
+                await deps.table.mark_done(job.recording_id, owner, done)
+    except AlreadyDone:
+        # Another worker finished it after we read the row: acknowledged without work.
+        return _acknowledged(job)
+    record_merge(merged.media_duration_seconds, merge_seconds)
+    return JobResult(job.recording_id, False, output_key, merged.media_duration_seconds)
+
+
+def _acknowledged(job: JobMessage) -> JobResult:
+    return JobResult(job.recording_id, True, None, None)
+
+
+def recording_keys(row: RecordingRow, settings: Settings) -> RecordingKeys:
+    """Where the row's recording, Connect audio and outputs live (SPEC §5)."""
+    return keys_for(
         row.recording_id,
         row.agent_id,
         row.creation_date,
         settings.keys,
         settings.connect_instance_alias,
     )
+
+
+def check_given_connect_key(job: JobMessage, keys: RecordingKeys) -> None:
+    """A message's ``connectAudioKey`` must be one the prefix search could have found for
+    this row (its day or the next, this recording's file), else :class:`InvalidMessage`:
+    recordings stay with their contact (:mod:`worker.custody`)."""
     if job.connect_audio_key is not None:
-        # Recordings stay with their contact: a given key must be one the prefix search could
-        # have found for this row (its day or the next, this recording's file), else permanent.
         check_connect_audio_key(
             job.connect_audio_key, job.recording_id, keys.connect_audio_prefixes
         )
-    workdir = Path(tempfile.mkdtemp(prefix=scratch_prefix(job.recording_id), dir=scratch))
-    try:
-        async with leased(deps, job) as owner:
-            # Permanent first: what can never arrive is checked before what may still come.
-            with stage("check_recording"):
-                await check_recording(deps, keys.input_key, workdir)
-            # (2) + (3) download the Connect audio and the Komorebi recording, side by side
-            with stage("find_connect_audio"):
-                connect_key = await find_connect_audio(job, keys, deps)
-            recording_path = workdir / ("recording-input" + _suffix(keys.input_key, ".mp4"))
-            connect_path = workdir / ("connect-audio" + _suffix(connect_key, ".wav"))
-            with stage("download"):
-                await both(
-                    lambda: download_recording(deps, keys.input_key, recording_path),
-                    lambda: download_connect_audio(deps, connect_key, connect_path),
-                )
-            # (4)-(7) split, cut, concatenate and mux: one ffmpeg run (SPEC §5)
-            started = time.monotonic()
-            merged = await merge(job, deps, recording_path, connect_path, workdir)
-            merge_seconds = time.monotonic() - started
-            # (8) upload the unified recording and its thumbnail, side by side
-            output_key = keys.output_key(merged.container.extension)
-            with stage("upload"):
-                await both(
-                    lambda: deps.store.upload(
-                        merged.output,
-                        settings.output_bucket,
-                        output_key,
-                        content_type=merged.container.content_type,
-                    ),
-                    lambda: deps.store.upload(
-                        workdir / THUMBNAIL_NAME,
-                        settings.output_bucket,
-                        keys.thumbnail_key,
-                        content_type=THUMBNAIL_CONTENT_TYPE,
-                    ),
-                )
-            # (9) mark the row processed (this also drops the lease)
-            with stage("update_row"):
-                await deps.table.mark_done(
-                    job.recording_id,
-                    owner,
-                    DoneRecord(
-                        video_key=output_key,
-                        thumbnail_key=keys.thumbnail_key,
-                        media_duration_seconds=merged.media_duration_seconds,
-                        # What the message said (not the clamped value), so a re-sent message
-                        # is recognised as a duplicate even when the merge clamped it.
-                        call_end_seconds=job.call_end_seconds,
-                        connect_audio_offset_seconds=merged.connect_audio_offset_seconds,
-                        sync_method=merged.sync.method,
-                        sync_offset_seconds=merged.sync.offset_seconds,
-                        sync_confidence=merged.sync.confidence,
-                    ),
-                )
-    except AlreadyDone:
-        # Another worker finished it after we read the row: acknowledged without work.
-        return JobResult(job.recording_id, True, None, None)
-    except ScratchFull as error:
-        # Alone on the disk, the job cannot fit: permanent. Sharing it with running jobs (in
-        # this process or another), it may fit once they end: retry later. An object that can
-        # never fit (above the cap or the disk's size) stays permanent whatever else runs.
-        if not isinstance(error, TooLargeForScratch) and _other_jobs_in(scratch, workdir):
-            raise ScratchBusy(f"{error.message} (shared with running jobs)") from None
-        raise
-    finally:
-        await remove_scratch(workdir)
-    record_merge(merged.media_duration_seconds, merge_seconds)
-    return JobResult(job.recording_id, False, output_key, merged.media_duration_seconds)
-
-
-async def remove_scratch(workdir: Path) -> None:
-    """Remove a job's scratch directory: in a thread (multi-GB files take a while to unlink,
-    which must not stall the event loop), shielded so a cancellation cannot leave it
-    half-removed."""
-    with anyio.CancelScope(shield=True):
-        await anyio.to_thread.run_sync(
-            functools.partial(shutil.rmtree, workdir, ignore_errors=True)
-        )
-
-
-def scratch_prefix(recording_id: str, pid: int | None = None) -> str:
-    """Name prefix of a job's scratch directory: the pid says which process owns it."""
-    return f"job-{os.getpid() if pid is None else pid}-{recording_id[:40]}-"
-
-
-_SCRATCH_DIR = re.compile(r"job-(\d+)-")
-
-
-def sweep_stale_scratch(scratch: Path) -> int:
-    """Remove job directories left by dead processes (a SIGKILL skips every ``finally``).
-
-    Called once at start-up, before any job runs, so a directory carrying this process's own
-    pid is stale too (a restarted container can reuse a pid). Returns how many it removed.
-    """
-    removed = 0
-    for entry in scratch.glob("job-*"):
-        match = _SCRATCH_DIR.match(entry.name)
-        if not match or not entry.is_dir():
-            continue
-        pid = int(match[1])
-        if pid != os.getpid() and _alive(pid):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed += 1
-    return removed
-
-
-def _other_jobs_in(scratch: Path, own: Path) -> bool:
-    return any(entry != own and entry.is_dir() for entry in scratch.glob("job-*"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def is_duplicate(row: RecordingRow, job: JobMessage) -> bool:
@@ -301,6 +230,36 @@ async def check_recording(deps: JobDeps, key: str, workdir: Path) -> None:
         pass  # full right now: the download decides (it may have room by then)
 
 
+async def download_inputs(
+    job: JobMessage, deps: JobDeps, recording_key: str, connect_key: str, workdir: Path
+) -> MergeInputs:
+    """Download the Komorebi recording and the Connect audio into ``workdir``, side by side;
+    what the merge needs next."""
+    settings = deps.settings
+    recording = workdir / ("recording-input" + _suffix(recording_key, ".mp4"))
+    connect = workdir / ("connect-audio" + _suffix(connect_key, ".wav"))
+    with stage("download"):
+        await both(
+            lambda: download_recording(deps, recording_key, recording),
+            lambda: download_connect_audio(deps, connect_key, connect),
+        )
+    return MergeInputs(
+        recording=recording,
+        connect_audio=connect,
+        call_end_seconds=job.call_end_seconds,
+        workdir=workdir,
+        thumbnail=workdir / THUMBNAIL_NAME,
+        name=f"recording {job.recording_id}",
+        options=media.MergeOptions(
+            align=settings.align,
+            audio=settings.audio,
+            loudness_target=settings.loudness_target,
+            timeout_base_seconds=settings.ffmpeg_timeout_base_seconds,
+            timeout_per_media_second=settings.ffmpeg_timeout_per_media_second,
+        ),
+    )
+
+
 async def download_recording(deps: JobDeps, key: str, destination: Path) -> int:
     """Download the Komorebi recording; a missing object is permanent (SPEC §6)."""
     try:
@@ -317,35 +276,40 @@ async def download_connect_audio(deps: JobDeps, key: str, destination: Path) -> 
         raise ConnectAudioNotReady(f"Connect recording {key} is not in its bucket") from None
 
 
-async def merge(
-    job: JobMessage, deps: JobDeps, recording_path: Path, connect_path: Path, workdir: Path
-) -> media.MergeResult:
-    """Probe both inputs and run the SPEC §5 merge into ``workdir`` (output + thumbnail)."""
-    settings = deps.settings
-    with stage("probe"):
-        timeout = settings.ffmpeg_timeout_base_seconds
-        recording = await media.probe(recording_path, timeout=timeout)
-        connect = await media.probe(connect_path, timeout=timeout)
-    checked = media.Recording.of(recording, name=f"recording {job.recording_id}")
-    container = media.container_for(checked.video.codec_name)
-    request = media.MergeRequest(
-        recording=recording_path,
-        connect_audio=connect_path,
+async def upload_outputs(
+    deps: JobDeps, keys: RecordingKeys, merged: media.MergeResult, thumbnail: Path
+) -> str:
+    """Upload the unified recording and its thumbnail side by side; the recording's key."""
+    bucket = deps.settings.output_bucket
+    output_key = keys.output_key(merged.container.extension)
+    with stage("upload"):
+        await both(
+            lambda: deps.store.upload(
+                merged.output, bucket, output_key, content_type=merged.container.content_type
+            ),
+            lambda: deps.store.upload(
+                thumbnail, bucket, keys.thumbnail_key, content_type=THUMBNAIL_CONTENT_TYPE
+            ),
+        )
+    return output_key
+
+
+def done_record(
+    job: JobMessage, keys: RecordingKeys, output_key: str, merged: media.MergeResult
+) -> DoneRecord:
+    """What the row records for a finished job (SPEC §4)."""
+    return DoneRecord(
+        video_key=output_key,
+        thumbnail_key=keys.thumbnail_key,
+        media_duration_seconds=merged.media_duration_seconds,
+        # What the message said (not the clamped value), so a re-sent message is recognised
+        # as a duplicate even when the merge clamped it.
         call_end_seconds=job.call_end_seconds,
-        output=workdir / f"recording.{container.extension}",
-        thumbnail=workdir / THUMBNAIL_NAME,
-        options=media.MergeOptions(
-            align=settings.align,
-            audio=settings.audio,
-            loudness_target=settings.loudness_target,
-            timeout_base_seconds=settings.ffmpeg_timeout_base_seconds,
-            timeout_per_media_second=settings.ffmpeg_timeout_per_media_second,
-        ),
-        recording_info=recording,
-        connect_info=connect,
+        connect_audio_offset_seconds=merged.connect_audio_offset_seconds,
+        sync_method=merged.sync.method,
+        sync_offset_seconds=merged.sync.offset_seconds,
+        sync_confidence=merged.sync.confidence,
     )
-    with stage("merge"):
-        return await media.merge(request)
 
 
 @asynccontextmanager
@@ -367,8 +331,9 @@ async def leased(deps: JobDeps, job: JobMessage) -> AsyncIterator[str]:
                 recording_id,
                 owner,
                 settings.lease_seconds,
-                unless_done_call_end=job.call_end_seconds,
+                unless_done_call_end=None if job.reprocess else job.call_end_seconds,
                 call_end_tolerance=CALL_END_TOLERANCE_SECONDS,
+                requested_call_end=job.call_end_seconds,
             )
         except anyio.get_cancelled_exc_class():
             # The write may have landed before the cancellation reached us; releasing a lease
@@ -403,7 +368,7 @@ async def leased(deps: JobDeps, job: JobMessage) -> AsyncIterator[str]:
         raise
 
 
-async def release_lease(table: RecordingTable, recording_id: str, owner: str) -> None:
+async def release_lease(table: Table, recording_id: str, owner: str) -> None:
     """Give a lease up, shielded from cancellation and bounded in time; never raises."""
     with anyio.CancelScope(shield=True), anyio.move_on_after(LEASE_RELEASE_TIMEOUT_SECONDS):
         try:

@@ -26,6 +26,9 @@ class JobMessage:
     recording_id: str
     call_end_seconds: float
     connect_audio_key: str | None = None
+    # Process again even when the row is DONE for this call end (``backfill --force``);
+    # body field ``"reprocess": true`` (issue 16, a SPEC §2 addition).
+    reprocess: bool = False
 
     def to_body(self) -> str:
         """The SQS body for this job, in the Lambda's format."""
@@ -35,6 +38,8 @@ class JobMessage:
         }
         if self.connect_audio_key:
             body["connectAudioKey"] = self.connect_audio_key
+        if self.reprocess:
+            body["reprocess"] = True
         return json.dumps(body)
 
 
@@ -141,7 +146,9 @@ def _parse(body: str) -> JobMessage:
             raise InvalidMessage("connectAudioKey is not valid Unicode (a lone surrogate)")
         if len(connect_key.encode()) > _MAX_KEY_LENGTH:
             raise InvalidMessage("connectAudioKey is longer than an S3 key can be")
-    return JobMessage(recording_id, call_end, connect_key or None)
+    # Only a JSON true asks for it: anything else is the default (an unknown field's value).
+    reprocess = data.get("reprocess") is True
+    return JobMessage(recording_id, call_end, connect_key or None, reprocess)
 
 
 def is_unicode_text(text: str) -> bool:

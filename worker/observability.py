@@ -7,13 +7,13 @@ never a recording id.
 One small HTTP server (:func:`serve_http`, aiohttp inside the anyio loop) serves
 ``/metrics``, ``/healthz`` and ``/readyz`` on ``METRICS_PORT``. Logs are structlog JSON lines
 (:func:`configure_logging`); :func:`job_context` and :func:`stage` bind the per-job context and
-time each stage; :func:`redact` keeps credentials and presigned URLs out of every log line.
+time each stage; :func:`worker.redaction.redact` keeps credentials and presigned URLs out of every
+log line.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +33,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from worker.errors import printable
+from worker.redaction import redact, redact_value
 
 # `_created` series (one per counter/histogram child) would be scraped as extra gauges in the
 # text format and carry nothing an operator uses; the process start time covers resets.
@@ -425,71 +425,6 @@ async def serve_http(
             await runner.cleanup()
 
 
-# --- redaction -------------------------------------------------------------------------------
-
-_REDACTED = "[REDACTED]"
-# Query strings of URLs: presigned S3 URLs carry their signature and credential there.
-_URL_QUERY = re.compile(r"""(?i)\b((?:https?|s3)://[^\s?#"'<>]+)\?[^\s"'<>]*""")
-# Signature parameters outside a full URL (ffmpeg and SDKs print fragments), also URL-encoded
-# inside another URL (`%3D` for `=`, `%26` for `&`). No `\b`: `%26X-Amz-...` has no boundary.
-_SIGNING_PARAM = re.compile(
-    r"(?i)(?<![A-Za-z])(X-Amz-(?:Signature|Credential|Security-Token|SignedHeaders|Date"
-    r"|Expires|Algorithm)|Signature|Credential|AWSAccessKeyId|Expires)(=|%3D)"
-    r"(?:(?!%26)[^&\s\"',;])+"
-)
-# Access key ids (long-term AKIA, temporary ASIA, ...): 4-letter prefix + 16 characters.
-_ACCESS_KEY_ID = re.compile(
-    r"(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])"
-)
-# key=value / key: value / "key": "value" for secret-bearing names.
-_SECRET_ASSIGNMENT = re.compile(
-    r"(?i)\b(aws_secret_access_key|aws_session_token|aws_security_token|secret_?access_?key"
-    r"|session_?token|security_?token|x-amz-security-token|authorization|password)"
-    r"""(["']?\s*(?:[:=]|%3D)\s*["']?)(?:AWS4-HMAC-SHA256\s+)?(?:(?!%26)[^\s"',;&])+"""
-)
-
-# SQS receipt handles: whoever holds one can delete or hide the message until it is
-# redelivered, so they stay out of logs. AWS and LocalStack quote them in errors
-# ("Value <handle> for parameter ReceiptHandle is invalid"); SDK parameter dumps and JSON put
-# them after a ReceiptHandle key.
-_RECEIPT_IN_ERROR = re.compile(r"(?i)(\bvalue\s+)\S+(\s+for\s+parameter\s+ReceiptHandle\b)")
-_RECEIPT_ASSIGNMENT = re.compile(
-    r"""(?i)(\breceipt[ _-]?handle["']?\s*(?:[:=]|%3D)?\s*["']?)[A-Za-z0-9+/=_-]{16,}"""
-)
-_RECEIPT_KEY = re.compile(r"(?i)receipt[ _-]?handle")
-
-
-def redact(text: str) -> str:
-    """Remove credentials from ``text``: presigned-URL query strings, access key ids, secrets,
-    SQS receipt handles.
-
-    Used on ffmpeg stderr tails and exception messages, and by the log pipeline on every
-    string value, so a secret cannot reach a log line even when a caller forgets.
-    """
-    if not text:
-        return text
-    # A lone surrogate (from a message's JSON) would make the log line unwritable.
-    text = printable(text)
-    text = _URL_QUERY.sub(lambda m: f"{m.group(1)}?{_REDACTED}", text)
-    text = _SIGNING_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}{_REDACTED}", text)
-    text = _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{_REDACTED}", text)
-    text = _RECEIPT_IN_ERROR.sub(lambda m: f"{m.group(1)}{_REDACTED}{m.group(2)}", text)
-    text = _RECEIPT_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{_REDACTED}", text)
-    return _ACCESS_KEY_ID.sub(_REDACTED, text)
-
-
-def _redact_value(value: Any, key: object = None) -> Any:
-    if isinstance(key, str) and _RECEIPT_KEY.search(key) and value:
-        return _REDACTED  # a receipt_handle=... field, whatever its value looks like
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, list | tuple):
-        return type(value)(_redact_value(item) for item in value)
-    if isinstance(value, dict):
-        return {k: _redact_value(item, k) for k, item in value.items()}
-    return value
-
-
 # --- logging ---------------------------------------------------------------------------------
 
 _QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3", "aiohttp")
@@ -520,7 +455,7 @@ def _redact_event(
 ) -> structlog.typing.EventDict:
     for key, value in event_dict.items():
         if key not in ("timestamp", "level", "logger") and not key.startswith("_"):
-            event_dict[key] = _redact_value(value, key)
+            event_dict[key] = redact_value(value, key)
     return event_dict
 
 

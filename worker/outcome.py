@@ -1,9 +1,9 @@
 """What a job's outcome means for its message: one pure decision (SPEC §6).
 
-:func:`decide` looks at the outcome (a :class:`worker.job.JobResult` or the error the job
-raised), the message's ``ApproximateReceiveCount`` and the queue's ``maxReceiveCount``, and
-returns what to do; :mod:`worker.delivery` carries it out. No I/O here, so the whole rule is
-tested as a table (``tests/unit/test_outcome.py``)::
+:func:`decide` looks at the outcome (the :class:`JobResult` :func:`worker.job.process_job`
+returns, or the error the job raised), the message's ``ApproximateReceiveCount`` and the
+queue's ``maxReceiveCount``, and returns what to do; :mod:`worker.delivery` carries it out. No
+I/O here, so the whole rule is tested as a table (``tests/unit/test_outcome.py``)::
 
     outcome                     before the last receive        on the last receive
     ------------------------    ---------------------------    ----------------------------
@@ -43,8 +43,18 @@ from worker.errors import (
     describe,
     first_error,
 )
-from worker.job import JobResult
-from worker.observability import redact
+from worker.redaction import redact
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a finished job did. ``duplicate``: the row was already done; nothing was done."""
+
+    recording_id: str
+    duplicate: bool
+    output_key: str | None
+    media_duration_seconds: float | None
+
 
 # Exponent cap of the retry backoff (2**30 x base is far beyond any max anyway).
 _MAX_EXPONENT = 30

@@ -1,4 +1,4 @@
-"""The Recording row (SPEC §4), the S3 key layout (SPEC §5) and the DynamoDB repository.
+"""The Recording row (SPEC §4) and its DynamoDB repository (the S3 key layout: :mod:`worker.keys`).
 
 The backend owns the row: this module never puts a whole item. Every write is an UpdateItem
 that names exactly the attributes it sets or removes, guarded by a condition expression, so
@@ -10,27 +10,23 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import structlog
 
 from worker.aws import DYNAMODB, error_code, translated
-from worker.config import KeyTemplates
 from worker.errors import (
     AlreadyDone,
     ConditionFailed,
-    ConfigError,
-    ConnectAudioNotReady,
     InvalidRow,
     LeaseHeld,
     RowNotFound,
     one_line,
 )
-from worker.storage import ObjectSummary
 
 log = structlog.get_logger(__name__)
 
@@ -39,12 +35,15 @@ STATUS_PROCESSING, STATUS_DONE, STATUS_FAILED = "PROCESSING", "DONE", "FAILED"
 CALL_END_TOLERANCE_SECONDS = 0.0005
 
 PARTITION_KEY = "videoID"
+# The call end (seconds) of the latest message that claimed the row (issue 16, a SPEC §4
+# addition): written with the lease, before any work can fail, so that a FAILED row can be
+# re-enqueued from the table alone (`komorebi-worker backfill`).
+REQUESTED_CALL_END = "requestedCallEndSeconds"
 MAX_ERROR_CHARS = 500
 _LEGACY_FORMAT = "%Y-%m-%d %H:%M:%S"
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 # agentID becomes an S3 key segment: one path segment, printable, no traversal.
 _AGENT_ID = re.compile(r"^[^/\x00-\x1f\x7f]{1,256}$")
-_EXTENSION = re.compile(r"^[A-Za-z0-9]{1,10}$")
 
 
 @dataclass(frozen=True)
@@ -80,111 +79,6 @@ def parse_creation_date(text: str) -> datetime:
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
-
-
-# --- key layout ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RecordingKeys:
-    """Where one recording's objects live (SPEC §5)."""
-
-    connect_audio_prefixes: tuple[str, ...]
-    input_key: str
-    output_key_template: str
-    thumbnail_key: str
-
-    def output_key(self, extension: str) -> str:
-        """The output key for a container extension such as ``mp4`` or ``webm``."""
-        if not _EXTENSION.match(extension):
-            raise ValueError(f"invalid output extension {extension!r}")
-        return self.output_key_template.replace("{ext}", extension)
-
-
-def _fill(template: str, values: Mapping[str, str], name: str) -> str:
-    try:
-        return template.format_map(values)
-    except (KeyError, IndexError, ValueError) as error:
-        raise ConfigError(f"key template {name} {template!r} is invalid: {error}") from None
-
-
-def keys_for(
-    recording_id: str,
-    agent_id: str,
-    creation_date: datetime,
-    templates: KeyTemplates,
-    instance_alias: str,
-) -> RecordingKeys:
-    """The S3 keys of a recording (pure).
-
-    Connect audio prefixes cover the ``creationDate`` day and the next day (UTC): a call that
-    crosses midnight is filed under the day it ended.
-    """
-    day = creation_date.astimezone(UTC) if creation_date.tzinfo else creation_date
-
-    def values(when: datetime) -> dict[str, str]:
-        return {
-            "yyyy": f"{when.year:04d}",
-            "mm": f"{when.month:02d}",
-            "dd": f"{when.day:02d}",
-            "agent_id": agent_id,
-            "recording_id": recording_id,
-            "instance": instance_alias,
-            # Kept as a placeholder: the extension is known only after probing the video.
-            "ext": "{ext}",
-        }
-
-    today = values(day)
-    prefixes = tuple(
-        dict.fromkeys(
-            _fill(templates.connect_audio_prefix, values(when), "CONNECT_AUDIO_PREFIX_TEMPLATE")
-            for when in (day, day + timedelta(days=1))
-        )
-    )
-    return RecordingKeys(
-        connect_audio_prefixes=prefixes,
-        input_key=_fill(templates.input_key, today, "INPUT_KEY_TEMPLATE"),
-        output_key_template=_fill(templates.output_key, today, "OUTPUT_KEY_TEMPLATE"),
-        thumbnail_key=_fill(templates.thumbnail_key, today, "THUMBNAIL_KEY_TEMPLATE"),
-    )
-
-
-def belongs_to(key: str, recording_id: str) -> bool:
-    """Whether ``key`` names ``recording_id``'s file (not merely a key under its prefix)."""
-    # A prefix search for "abc" also returns "abcd_...wav". Connect names the file
-    # "<contactId>_<timestamp>_UTC.wav": the file name must start with the id followed by a
-    # character that cannot continue an id. A custom template may instead use the id as a
-    # folder: then a folder named exactly like the id counts.
-    *folders, name = key.split("/")
-    if name.startswith(recording_id):
-        following = name[len(recording_id) : len(recording_id) + 1]
-        if not (following.isalnum() or following == "-"):
-            return True
-    return recording_id in folders
-
-
-def choose_connect_audio(
-    candidates: Sequence[ObjectSummary], *, recording_id: str | None = None
-) -> ObjectSummary:
-    """Pick the Connect recording among prefix-search results (pure).
-
-    ``.wav`` keys are preferred (Connect writes WAV); among them the newest by
-    ``last_modified`` wins, ties broken by key order (Connect keys embed the start time).
-    With ``recording_id``, keys of other contacts whose id merely starts with it are ignored.
-    Raises :class:`ConnectAudioNotReady` when nothing is left.
-    """
-    pool = [c for c in candidates if c.size > 0]
-    if recording_id is not None:
-        pool = [c for c in pool if belongs_to(c.key, recording_id)]
-    if not pool:
-        raise ConnectAudioNotReady("no Connect recording found under the expected prefixes")
-    if recording_id is not None:
-        # IDs may contain "_", so "abc_def_<time>_UTC.wav" (contact abc_def) loosely matches
-        # "abc" too: names exactly in Connect's own form win whenever there are any.
-        exact = re.compile(re.escape(recording_id) + r"_\d{8}T\d{2}:?\d{2}_UTC\.wav", re.I)
-        pool = [c for c in pool if exact.fullmatch(c.key.rsplit("/", 1)[-1])] or pool
-    wavs = [c for c in pool if c.key.lower().endswith(".wav")]
-    return max(wavs or pool, key=lambda c: (c.last_modified, c.key))
 
 
 # --- DynamoDB --------------------------------------------------------------------------------
@@ -229,7 +123,9 @@ def _string(value: str) -> dict[str, str]:
     return {"S": value}
 
 
-def _read_number(attribute: Mapping[str, Any] | None) -> float | None:
+def read_number(attribute: Mapping[str, Any] | None) -> float | None:
+    """A low-level DynamoDB number (or numeric string) attribute as a float; None if absent
+    or unreadable."""
     if not attribute:
         return None
     raw = attribute.get("N", attribute.get("S"))
@@ -241,14 +137,16 @@ def _read_number(attribute: Mapping[str, Any] | None) -> float | None:
         return None
 
 
-def _read_string(attribute: Mapping[str, Any] | None) -> str | None:
+def read_string(attribute: Mapping[str, Any] | None) -> str | None:
+    """A low-level DynamoDB string attribute; None if absent or of another type."""
     if not attribute:
         return None
     value = attribute.get("S")
     return str(value) if value is not None else None
 
 
-def _read_bool(attribute: Mapping[str, Any] | None) -> bool:
+def read_bool(attribute: Mapping[str, Any] | None) -> bool:
+    """A low-level DynamoDB flag in any spelling the backend used (BOOL, 0/1, "true")."""
     # The backend writes a BOOL; tolerate the number/string spellings older writers used.
     if not attribute:
         return False
@@ -274,9 +172,9 @@ def _status_before_claim(item: Mapping[str, Any] | None) -> str | None:
     records: an earlier run's output (DONE) or error (FAILED)."""
     if not item:
         return None
-    # Every spelling _read_bool accepts (and _true_like writes): a row written by an older
+    # Every spelling read_bool accepts (and _true_like writes): a row written by an older
     # backend as {"S": "true"} or {"N": "1"} is as DONE as one with a BOOL.
-    if item.get("videoKey") and _read_bool(item.get("isProcessed")):
+    if item.get("videoKey") and read_bool(item.get("isProcessed")):
         return STATUS_DONE
     if item.get("processingError"):
         return STATUS_FAILED
@@ -321,23 +219,23 @@ class RecordingTable:
         item = await self._raw(recording_id)
         if item is None:
             raise RowNotFound(f"no row for recording {recording_id} in {self.table_name}")
-        agent_id = _read_string(item.get("agentID"))
+        agent_id = read_string(item.get("agentID"))
         if agent_id is None or not agent_id.strip():
             raise InvalidRow(f"row {recording_id} has no agentID")
         if not _AGENT_ID.match(agent_id) or agent_id in (".", ".."):
             raise InvalidRow(f"row {recording_id} has an agentID unusable in an S3 key")
-        created = _read_string(item.get("creationDate"))
+        created = read_string(item.get("creationDate"))
         if created is None:
             raise InvalidRow(f"row {recording_id} has no creationDate")
         return RecordingRow(
             recording_id=recording_id,
             agent_id=agent_id,
             creation_date=parse_creation_date(created),
-            status=_read_string(item.get("processingStatus")),
-            is_processed=_read_bool(item.get("isProcessed")),
-            call_end_seconds=_read_number(item.get("callEndSeconds")),
-            lease_owner=_read_string(item.get("leaseOwner")),
-            lease_expires_at=_read_number(item.get("leaseExpiresAt")),
+            status=read_string(item.get("processingStatus")),
+            is_processed=read_bool(item.get("isProcessed")),
+            call_end_seconds=read_number(item.get("callEndSeconds")),
+            lease_owner=read_string(item.get("leaseOwner")),
+            lease_expires_at=read_number(item.get("leaseExpiresAt")),
         )
 
     async def claim_lease(
@@ -348,8 +246,12 @@ class RecordingTable:
         *,
         unless_done_call_end: float | None = None,
         call_end_tolerance: float = CALL_END_TOLERANCE_SECONDS,
+        requested_call_end: float | None = None,
     ) -> None:
         """Take the recording's lease (or renew our own), mark it PROCESSING, count the attempt.
+
+        ``requested_call_end`` (the message's call end) is kept on the row as
+        ``requestedCallEndSeconds`` in the same write.
 
         With ``unless_done_call_end`` the claim also fails, atomically, when the row is already
         DONE for that call end: a worker that read the row just before another one finished
@@ -378,12 +280,13 @@ class RecordingTable:
             values[":done"] = _string(STATUS_DONE)
             values[":end_lo"] = _number(unless_done_call_end - call_end_tolerance)
             values[":end_hi"] = _number(unless_done_call_end + call_end_tolerance)
+        update = "SET leaseOwner = :me, leaseExpiresAt = :expires, processingStatus = :processing"
+        if requested_call_end is not None:
+            update += f", {REQUESTED_CALL_END} = :requested"
+            values[":requested"] = _number(requested_call_end)
         ok = await self._update(
             recording_id,
-            UpdateExpression=(
-                "SET leaseOwner = :me, leaseExpiresAt = :expires, processingStatus = :processing "
-                "ADD processingAttempts :one"
-            ),
+            UpdateExpression=f"{update} ADD processingAttempts :one",
             ConditionExpression=condition,
             ExpressionAttributeValues=values,
         )
@@ -391,10 +294,10 @@ class RecordingTable:
             return
         if unless_done_call_end is not None:
             item = await self._raw(recording_id)
-            done_end = _read_number(item.get("callEndSeconds")) if item else None
+            done_end = read_number(item.get("callEndSeconds")) if item else None
             if (
                 item is not None
-                and _read_string(item.get("processingStatus")) == STATUS_DONE
+                and read_string(item.get("processingStatus")) == STATUS_DONE
                 and done_end is not None
                 and abs(done_end - unless_done_call_end) <= call_end_tolerance
             ):
@@ -420,7 +323,7 @@ class RecordingTable:
         item = await self._raw(recording_id)
         if item is None:
             raise RowNotFound(f"no row for recording {recording_id} in {self.table_name}")
-        holder = _read_string(item.get("leaseOwner")) or "nobody"
+        holder = read_string(item.get("leaseOwner")) or "nobody"
         raise LeaseHeld(f"recording {recording_id} is leased by {holder}, not {owner}")
 
     async def release_lease(self, recording_id: str, owner: str) -> None:

@@ -14,7 +14,6 @@ import os
 import shutil
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from worker.errors import (
     TooLargeForScratch,
     WorkerError,
 )
+from worker.keys import ObjectSummary
 from worker.observability import BYTES_TRANSFERRED
 
 log = structlog.get_logger(__name__)
@@ -52,15 +52,6 @@ PART_ATTEMPTS = 3
 ABORT_TIMEOUT_SECONDS = 15
 
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
-
-
-@dataclass(frozen=True)
-class ObjectSummary:
-    """One listed object."""
-
-    key: str
-    size: int
-    last_modified: datetime
 
 
 def _is_not_found(error: BaseException) -> bool:

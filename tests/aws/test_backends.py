@@ -50,7 +50,7 @@ async def test_concurrent_lease_claims_have_exactly_one_winner(
 
 def test_a_part_with_a_wrong_crc32_is_refused(backend_world: AwsEnv) -> None:
     # LocalStack verifies each part's CRC32 (as S3 does; moto accepts anything), so the
-    # multipart uploads of tests/test_storage.py prove the worker's checksums right there.
+    # multipart uploads of tests/aws/test_storage.py prove the worker's checksums right there.
     s3 = backend_world.client("s3")
     bucket = backend_world.output_bucket
     upload = s3.create_multipart_upload(Bucket=bucket, Key="crc/k", ChecksumAlgorithm="CRC32")

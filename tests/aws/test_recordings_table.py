@@ -4,7 +4,6 @@ layout is tests/unit/test_recordings.py)."""
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.fixtures_aws import AwsEnv
+from tests.harness.fixtures_aws import AwsEnv, create_table
 from worker.aws import AwsClients
 from worker.errors import (
     InvalidRow,
@@ -20,6 +19,7 @@ from worker.errors import (
     RowNotFound,
 )
 from worker.recordings import (
+    REQUESTED_CALL_END,
     STATUS_DONE,
     STATUS_FAILED,
     STATUS_PROCESSING,
@@ -29,6 +29,15 @@ from worker.recordings import (
 )
 
 RID = "7165d412-7fe0-4fb6-81ae-68b135a26f7c"
+
+# --- parse_creation_date ---------------------------------------------------------------------
+
+
+# --- keys_for --------------------------------------------------------------------------------
+
+
+# --- choose_connect_audio --------------------------------------------------------------------
+
 
 # --- RecordingTable on moto ------------------------------------------------------------------
 
@@ -67,15 +76,8 @@ class Db:
 
 @pytest.fixture
 def db(world: AwsEnv, clients: AwsClients) -> Db:
-    name = f"Recording-{uuid.uuid4().hex[:10]}"
-    boto = world.client("dynamodb")
-    boto.create_table(
-        TableName=name,
-        AttributeDefinitions=[{"AttributeName": "videoID", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "videoID", "KeyType": "HASH"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    return Db(RecordingTable(clients.dynamodb, name), name, boto)
+    name = create_table(world, wait=False)
+    return Db(RecordingTable(clients.dynamodb, name), name, world.client("dynamodb"))
 
 
 @pytest_anyio
@@ -122,6 +124,22 @@ async def test_claim_lease_excludes_a_second_owner(db: Db) -> None:
     # The owner itself may re-claim (a redelivery to the same worker).
     await db.table.claim_lease(RID, "worker-a", 300)
     assert db.row()["processingAttempts"] == {"N": "2"}
+
+
+@pytest_anyio
+async def test_claim_keeps_the_requested_call_end_for_backfill(db: Db) -> None:
+    # Issue 16: the claim itself writes the message's call end, so a row that then FAILED
+    # can be re-enqueued from the table alone; a later message's claim replaces it.
+    db.seed()
+    await db.table.claim_lease(RID, "worker-a", 300, requested_call_end=83.25)
+    assert db.row()[REQUESTED_CALL_END] == {"N": "83.25"}
+    await db.table.mark_failed(RID, "media broken", owner="worker-a")
+    await db.table.claim_lease(RID, "worker-b", 300, requested_call_end=90.0)
+    row = db.row()
+    assert row[REQUESTED_CALL_END] == {"N": "90.0"}
+    assert row["processingAttempts"] == {"N": "2"}
+    await db.table.claim_lease(RID, "worker-b", 300)  # no call end given: left as it was
+    assert db.row()[REQUESTED_CALL_END] == {"N": "90.0"}
 
 
 @pytest_anyio

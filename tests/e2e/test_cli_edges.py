@@ -4,36 +4,16 @@ in a subprocess, against the moto server over HTTP."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import boto3
 
+from tests.harness.cli import assert_one_line_error, run_cli
 from tests.harness.fixtures_aws import AwsEnv, aws_base_env
 from tests.harness.ports import free_port
 from tests.harness.worker_harness import queue_depth
-from worker.admin import DEAD_LETTER_ATTRIBUTES
-
-SCRIPT = Path(sys.executable).with_name("komorebi-worker")
-
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full_env = {"PATH": "/usr/bin:/bin", "AWS_MAX_ATTEMPTS": "1", **env}
-    return subprocess.run(
-        [str(SCRIPT), *args], env=full_env, capture_output=True, text=True, timeout=60
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
-    assert result.returncode == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert lines[0].startswith("komorebi-worker: ")
-    return lines[0]
+from worker.redrive import DEAD_LETTER_ATTRIBUTES
 
 
 def drain(sqs: Any, queue_url: str, expected: int) -> list[dict[str, Any]]:
@@ -209,7 +189,7 @@ def test_redrive_moves_everything_back_with_original_bodies(aws: AwsEnv) -> None
     env = {k: v for k, v in aws.env.items() if k != "DLQ_URL"}
     result = run_cli("redrive", env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("moved 13 message(s)")
+    assert result.stdout.splitlines()[-1].startswith("moved 13 message(s)")
     assert sum(queue_depth(aws, aws.dlq_url)) == 0
     moved = drain(sqs, aws.queue_url, 13)
     assert sorted(message["Body"] for message in moved) == sorted(bodies)
@@ -224,7 +204,7 @@ def test_redrive_max_messages(aws: AwsEnv) -> None:
     _dead_letter(sqs, aws.dlq_url, 5)
     result = run_cli("redrive", "--max-messages", "3", env=aws.env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("moved 3 message(s)")
+    assert result.stdout.splitlines()[-1].startswith("moved 3 message(s)")
     assert len(drain(sqs, aws.queue_url, 5)) == 3
 
 
@@ -300,14 +280,13 @@ class _FaultySqs:
 def test_redrive_retries_a_failed_delete_and_sends_nothing_twice(
     aws: AwsEnv, monkeypatch: Any
 ) -> None:
-    from worker import admin
+    from worker.redrive import redrive
 
-    monkeypatch.setattr(admin, "_DELETE_RETRY_SECONDS", 0.01)
     sqs = aws.client("sqs")
     bodies = _dead_letter(sqs, aws.dlq_url, 4)
     faulty = _FaultySqs(sqs, undeletable={bodies[1]}, failures_per_message=1)
-    result = admin.redrive(aws.queue_url, aws.dlq_url, sqs=faulty)
-    assert (result.moved, result.failed, result.not_deleted) == (4, 0, ())
+    result = redrive(aws.queue_url, aws.dlq_url, sqs=faulty, delete_retry_seconds=0.01)
+    assert (result.moved, result.failed, result.not_deleted) == (4, 0, [])
     assert sum(queue_depth(aws, aws.dlq_url)) == 0  # the failed delete was retried
     assert sorted(faulty.sent_bodies) == sorted(bodies)
     assert sum(queue_depth(aws, aws.queue_url)) == 4
@@ -316,20 +295,20 @@ def test_redrive_retries_a_failed_delete_and_sends_nothing_twice(
 def test_redrive_does_not_count_or_resend_a_message_it_could_not_delete(
     aws: AwsEnv, monkeypatch: Any
 ) -> None:
-    from worker import admin
+    from worker.redrive import redrive
 
-    # The DLQ copy comes back within the run (1 s visibility instead of 60 s): it must not be
-    # sent a second time, neither by this run nor by the next one.
-    monkeypatch.setattr(admin, "_REDRIVE_VISIBILITY_SECONDS", 1)
-    monkeypatch.setattr(admin, "_DELETE_RETRY_SECONDS", 0.01)
+    # The scan holds what it read for 1 s only, so the DLQ copy could come back within the
+    # run: it must not be sent a second time, neither by this run nor by the next one.
     sqs = aws.client("sqs")
     bodies = _dead_letter(sqs, aws.dlq_url, 3)
     faulty = _FaultySqs(sqs, undeletable={bodies[0]})
-    result = admin.redrive(aws.queue_url, aws.dlq_url, sqs=faulty)
+    result = redrive(
+        aws.queue_url, aws.dlq_url, sqs=faulty, hold_seconds=1, delete_retry_seconds=0.01
+    )
     assert (result.moved, result.failed, len(result.not_deleted)) == (2, 0, 1)
     assert sorted(faulty.sent_bodies) == sorted(bodies)  # each sent once
     assert sum(queue_depth(aws, aws.queue_url)) == 3
-    again = admin.redrive(aws.queue_url, aws.dlq_url, sqs=_FaultySqs(sqs))
+    again = redrive(aws.queue_url, aws.dlq_url, sqs=_FaultySqs(sqs))
     assert (again.moved, again.failed) == (0, 0)  # hidden: not sent again
     assert sum(queue_depth(aws, aws.queue_url)) == 3
 

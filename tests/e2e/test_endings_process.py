@@ -30,6 +30,7 @@ from tests.harness.ports import free_port
 from tests.harness.worker_harness import (
     CONNECT_WAV,
     RECORDING,
+    STOP_TIMEOUT_SECONDS,
     WorkerProcess,
     attributes,
     get_row,
@@ -188,7 +189,7 @@ def matrix(
         )
         healthy = _healthy(env["METRICS_PORT"])
         worker.signal(signal.SIGTERM)
-        exit_code = worker.wait(timeout=30)
+        exit_code = worker.wait(timeout=STOP_TIMEOUT_SECONDS)
     finally:
         stop.set()
         uploader.join()
@@ -399,7 +400,7 @@ def _run_until(
     try:
         wait_until(done, timeout=timeout, what=what)
         worker.signal(signal.SIGTERM)
-        assert worker.wait(timeout=30) == 0, worker.tail()
+        assert worker.wait(timeout=STOP_TIMEOUT_SECONDS) == 0, worker.tail()
     finally:
         worker.stop()
     return worker
@@ -465,7 +466,7 @@ def test_the_dlq_gone_on_the_last_receive_still_fails_the_row(
         worker.wait_for_event("job.dead_letter_failed")
         assert worker.process.poll() is None, "the worker died"
         worker.signal(signal.SIGTERM)
-        assert worker.wait(timeout=30) == 0, worker.tail()
+        assert worker.wait(timeout=STOP_TIMEOUT_SECONDS) == 0, worker.tail()
     finally:
         worker.stop()
     row = get_row(aws, contact.recording_id)
@@ -492,7 +493,7 @@ def test_sigterm_mid_job_gives_everything_back_and_restores_the_earlier_status(
         assert get_row(aws, contact.recording_id)["processingStatus"] == "PROCESSING"
         signalled = time.monotonic()
         worker.signal(signal.SIGTERM)
-        assert worker.wait(timeout=30) == 0, worker.tail()
+        assert worker.wait(timeout=STOP_TIMEOUT_SECONDS) == 0, worker.tail()
         assert time.monotonic() - signalled < 5 + 10
     finally:
         worker.stop()
@@ -511,8 +512,7 @@ def test_fix_the_cause_then_redrive_ends_done_without_duplicates(
     # The operator's loop while the fleet runs: recording objects missing -> DLQ + FAILED;
     # they are uploaded; the redrive moves each message back once (a second redrive moves
     # nothing); the worker ends them DONE, the rows' earlier errors gone, the DLQ empty.
-    # (The worker runs throughout: a redrive right after an idle worker stopped can be
-    # swallowed by its abandoned long poll, see docs/operating.md.)
+    # (The worker runs throughout, as in production.)
     import subprocess
 
     from tests.harness.worker_harness import ROOT
@@ -560,7 +560,7 @@ def test_fix_the_cause_then_redrive_ends_done_without_duplicates(
         again = redrive()
         assert again.returncode == 0 and again.stdout.startswith("moved 0 message(s)"), again
         worker.signal(signal.SIGTERM)
-        assert worker.wait(timeout=30) == 0, worker.tail()
+        assert worker.wait(timeout=STOP_TIMEOUT_SECONDS) == 0, worker.tail()
     finally:
         worker.stop()
     assert worker.count("job.succeeded") == 3 and worker.count("job.dead_lettered") == 3

@@ -18,7 +18,7 @@ from tests.harness import hostile_support as hs
 from tests.harness.hostile_corpus import CASES, MAX_RECEIVE_COUNT, CorpusRun
 from worker import aws as worker_aws
 from worker.config import Settings
-from worker.observability import redact
+from worker.redaction import redact
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -18,6 +18,7 @@ from tests.harness.polling import wait_until
 from tests.harness.ports import free_port
 from tests.harness.worker_harness import (
     ROOT,
+    STOP_TIMEOUT_SECONDS,
     WorkerProcess,
     get_row,
     queue_depth,
@@ -143,7 +144,7 @@ def test_sigterm_mid_job_releases_the_message_and_exits_0(
     first.wait_for_event("merge_plan")  # ffmpeg is about to start
     wait_until(lambda: bool(_ffmpeg_children_using(scratch)), what="ffmpeg running")
     first.signal(signal.SIGTERM)
-    assert first.wait(timeout=30) == 0, first.tail()
+    assert first.wait(timeout=STOP_TIMEOUT_SECONDS) == 0, first.tail()
     assert first.count("job.released") == 1
     assert first.count("worker.grace_expired") == 1
 
@@ -167,7 +168,7 @@ def test_sigterm_mid_job_releases_the_message_and_exits_0(
     )
     wait_until(lambda: queue_depth(aws) == (0, 0), what="message deleted")
     second.signal(signal.SIGTERM)
-    assert second.wait(timeout=30) == 0, second.tail()
+    assert second.wait(timeout=STOP_TIMEOUT_SECONDS) == 0, second.tail()
     assert second.count("job.succeeded") == 1
 
 
@@ -189,7 +190,7 @@ def test_zero_grace_gives_the_message_back_at_once(
     wait_until(lambda: bool(_ffmpeg_children_using(scratch)), what="ffmpeg running")
     signalled = time.monotonic()
     worker.signal(signal.SIGTERM)
-    assert worker.wait(timeout=30) == 0, worker.tail()
+    assert worker.wait(timeout=STOP_TIMEOUT_SECONDS) == 0, worker.tail()
     assert time.monotonic() - signalled < 10, "a zero grace must not wait for anything"
     assert worker.count("job.released") == 1
     # Visible again within seconds (the queue's own visibility timeout is 300 s).
@@ -218,7 +219,7 @@ def test_second_signal_stops_at_once_and_still_releases(
     worker.signal(signal.SIGTERM)
     worker.wait_for_event("worker.draining")
     worker.signal(signal.SIGTERM)
-    assert worker.wait(timeout=30) == 128 + signal.SIGTERM, worker.tail()
+    assert worker.wait(timeout=STOP_TIMEOUT_SECONDS) == 128 + signal.SIGTERM, worker.tail()
     assert worker.count("job.released") == 1
     assert [m["MessageId"] for m in receive_now(aws)] == [message_id]
     assert "leaseOwner" not in get_row(aws, contact.recording_id)
@@ -249,7 +250,7 @@ def test_two_processes_process_six_messages_exactly_once(
     for process in processes:
         process.signal(signal.SIGTERM)
     for process in processes:
-        assert process.wait(timeout=30) == 0, process.tail()
+        assert process.wait(timeout=STOP_TIMEOUT_SECONDS) == 0, process.tail()
     assert sum(p.count("job.succeeded") for p in processes) == 6
     assert sum(p.count("job.retry") + p.count("job.dead_lettered") for p in processes) == 0
     for contact in contacts:

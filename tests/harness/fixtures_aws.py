@@ -184,6 +184,21 @@ def provision_world(endpoint: str | Endpoints, suffix: str | None = None) -> Aws
     )
 
 
+def create_table(world: AwsEnv, key: str = "videoID", *, wait: bool = True) -> str:
+    """A new, empty table named ``Recording-<random>`` with partition key ``key`` (S)."""
+    name = f"Recording-{uuid.uuid4().hex[:10]}"
+    db = world.client("dynamodb")
+    db.create_table(
+        TableName=name,
+        AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    if wait:
+        db.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1})
+    return name
+
+
 # --- backends --------------------------------------------------------------------------------
 
 

@@ -93,10 +93,18 @@ def serve(
     def make(*args: Any, **kwargs: Any) -> RangeHandler:
         return handler(*args, directory=os.fspath(directory), **kwargs)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make)
+    with run_server(make, name="http-range") as server:
+        server.range_requests = 0  # type: ignore[attr-defined]  # 206 answers given
+        yield server
+
+
+@contextlib.contextmanager
+def run_server(handler: Any, *, name: str) -> Iterator[http.server.ThreadingHTTPServer]:
+    """A threading HTTP server with ``handler`` on 127.0.0.1 (a free port), serving in a
+    daemon thread; shut down and joined on exit."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    server.range_requests = 0  # type: ignore[attr-defined]  # 206 answers given
-    thread = threading.Thread(target=server.serve_forever, name="http-range", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     try:
         yield server

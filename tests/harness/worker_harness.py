@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+# How long a SIGTERMed worker may take to exit in tests: an idle one first lets its long poll
+# finish (SPEC §6: at most the 20 s wait, bounded at 35 s), on a loaded machine.
+STOP_TIMEOUT_SECONDS = 60.0
 RECORDING = DATA_DIR / "chrome-vp8-opus-8s.webm"  # 1000 Hz tone, ~8 s, VP8 + Opus
 CONNECT_WAV = DATA_DIR / "connect-8k-stereo-5s.wav"  # 440 Hz left, 660 Hz right, 5 s
 CREATED = datetime(2026, 3, 14, 23, 26, 53, tzinfo=UTC)
@@ -422,7 +425,7 @@ class WorkerProcess:
         """Wait for the exit; returns the exit code."""
         return self.process.wait(timeout=timeout)
 
-    def stop(self, timeout: float = 30.0) -> int:
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
         """Teardown: SIGTERM, wait (SIGKILL after ``timeout``); the exit code."""
         if self.alive():
             self.signal(signal.SIGTERM)
@@ -461,6 +464,11 @@ class WorkerProcess:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tests.harness.worker_harness [--readrate R]``: ``komorebi-worker run``."""
+    # Like `komorebi-worker run` (worker.cli): stop signals are caught before the heavy imports.
+    from worker import signals
+
+    signals.install()
+
     import argparse
 
     from worker import cli

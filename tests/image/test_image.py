@@ -4,7 +4,7 @@ moto server on the host (the container shares the host's network).
 
 Run by ``make test-image`` (.ci/image-test builds the image and names it in KOMOREBI_IMAGE);
 the plain test run does not collect this module. Media are checked by content, as in
-tests/test_media_merge.py: decoded-frame hashes equal to the input's, tones where the call
+tests/media/test_media_merge.py: decoded-frame hashes equal to the input's, tones where the call
 and the After Call Work belong, durations.
 """
 

@@ -8,7 +8,15 @@ The tests use the committed files; this only regenerates them (browsers needed).
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 CHROMIUM = "chromium"
 FIREFOX = "firefox"
@@ -19,6 +27,7 @@ H264_WEBM = "video/webm;codecs=h264,opus"
 AVC1_MP4 = "video/mp4;codecs=avc1,opus"
 AVC3_MP4 = "video/mp4;codecs=avc3,opus"
 VP9_MP4 = "video/mp4;codecs=vp9,opus"
+AV1 = "video/webm;codecs=av1,opus"
 
 # Headless Chromium, quiet and self-contained (plus --headless on the command line, and a new
 # --user-data-dir per run); the playback test launches it with the same flags.
@@ -33,7 +42,61 @@ CHROMIUM_FLAGS = [
     "--autoplay-policy=no-user-gesture-required",
 ]
 
+# Headless Firefox ESR, quiet and self-contained (a new profile per run); the playback test
+# opens its page with the same preferences. Playwright cannot drive Debian's firefox-esr.
+FIREFOX_PREFS = {
+    "media.autoplay.default": 0,
+    "media.autoplay.blocking_policy": 0,
+    "media.autoplay.block-webaudio": False,
+    "media.navigator.permission.disabled": True,
+    "media.navigator.streams.fake": True,  # fake microphone: a 1 kHz tone (no audio device)
+    "browser.shell.checkDefaultBrowser": False,
+    "browser.startup.homepage_override.mstone": "ignore",
+    "datareporting.policy.dataSubmissionEnabled": False,
+    "toolkit.telemetry.enabled": False,
+    "app.update.enabled": False,
+    "network.captive-portal-service.enabled": False,
+    "browser.safebrowsing.malware.enabled": False,
+    "browser.safebrowsing.phishing.enabled": False,
+    "extensions.update.enabled": False,
+}
+
 RESIZE = {"size": "640x360", "resize": "4:1280x720,8:854x480"}
+
+
+def browser_command(browser: str, page: str, profile: Path) -> list[str]:
+    """The command that opens ``page`` in headless ``browser`` with a new ``profile`` folder
+    (Firefox: its preferences are written there)."""
+    if browser == CHROMIUM:
+        return ["chromium", "--headless", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", page]
+    prefs = "".join(
+        f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in FIREFOX_PREFS.items()
+    )
+    (profile / "user.js").write_text(prefs)
+    return ["firefox-esr", "--headless", "--profile", str(profile), "--no-remote", page]
+
+
+@contextlib.contextmanager
+def browser_process(command: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a browser in its own process group; on exit stop that group (TERM, then KILL)."""
+    browser = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: stopped as a whole below
+    )
+    try:
+        yield browser
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(browser.pid, signal.SIGTERM)
+        try:
+            browser.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(browser.pid, signal.SIGKILL)
+            browser.wait()
+        time.sleep(0.5)  # let a stopped Firefox release its profile before it is removed
 
 
 @dataclass(frozen=True)
@@ -182,6 +245,13 @@ RECORDINGS: tuple[Recording, ...] = (
         VP9,
         "microphone silent for the first 3 s",
         {"silentUntil": "3"},
+    ),
+    Recording(
+        "chrome-av1-resize-12s.webm",
+        CHROMIUM,
+        AV1,
+        "AV1 in WebM, resized twice",
+        {"secs": "12", **RESIZE},
     ),
     Recording(
         "firefox-vp8-opus-10s.webm",

@@ -9,41 +9,19 @@ stops the browser (by its process group), and finally rewrites the generated tab
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from tests.harness.http_server import RangeHandler, serve, url
-from tests.recorder import CHROMIUM, CHROMIUM_FLAGS, RECORDINGS, Recording
+from tests.recorder import RECORDINGS, Recording, browser_command, browser_process
 
 HERE = Path(__file__).parent
 DATA = HERE.parent / "data"
-FIREFOX_PREFS = {
-    "media.autoplay.default": 0,
-    "media.autoplay.blocking_policy": 0,
-    "media.autoplay.block-webaudio": False,
-    "media.navigator.permission.disabled": True,
-    "media.navigator.streams.fake": True,  # fake microphone: a 1 kHz tone (no audio device)
-    "browser.shell.checkDefaultBrowser": False,
-    "browser.startup.homepage_override.mstone": "ignore",
-    "datareporting.policy.dataSubmissionEnabled": False,
-    "toolkit.telemetry.enabled": False,
-    "app.update.enabled": False,
-    "network.captive-portal-service.enabled": False,
-    "browser.safebrowsing.malware.enabled": False,
-    "browser.safebrowsing.phishing.enabled": False,
-    "extensions.update.enabled": False,
-}
 TABLE_START = "<!-- recorder table start: made by `python -m tests.recorder` -->"
 TABLE_END = "<!-- recorder table end -->"
 
@@ -87,42 +65,16 @@ def _handler(uploads: _Uploads) -> type[RangeHandler]:
     return Handler
 
 
-def _browser_command(recording: Recording, page: str, profile: Path) -> list[str]:
-    if recording.browser == CHROMIUM:
-        return ["chromium", "--headless", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", page]
-    prefs = "".join(
-        f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in FIREFOX_PREFS.items()
-    )
-    (profile / "user.js").write_text(prefs)
-    return ["firefox-esr", "--headless", "--profile", str(profile), "--no-remote", page]
-
-
 def record(recording: Recording, server: Any, uploads: _Uploads, timeout: float = 90) -> Path:
     """Record one file into ``uploads.out``; raises RuntimeError when the page fails."""
     done = uploads.expect(recording.name)
     done.clear()
     page = url(server, "recorder.html") + "?" + urllib.parse.urlencode(recording.query())
     with tempfile.TemporaryDirectory(prefix="recorder-profile-") as profile:
-        command = _browser_command(recording, page, Path(profile))
-        browser = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: stopped as a whole below
-        )
-        try:
+        command = browser_command(recording.browser, page, Path(profile))
+        with browser_process(command):
             if not done.wait(timeout):
                 raise RuntimeError(f"{recording.name}: no upload ({uploads.messages[-3:]})")
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(browser.pid, signal.SIGTERM)
-            try:
-                browser.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(browser.pid, signal.SIGKILL)
-                browser.wait()
-            time.sleep(0.5)  # let a stopped Firefox release its profile before it is removed
     return uploads.out / recording.name
 
 

@@ -10,7 +10,7 @@ import pytest
 from worker.config import KeyTemplates
 from worker.custody import QUOTED_KEY_CHARS, check_connect_audio_key, connect_key_problem
 from worker.errors import InvalidMessage
-from worker.recordings import ObjectSummary, choose_connect_audio, keys_for
+from worker.keys import ObjectSummary, choose_connect_audio, keys_for
 
 RID = "6f1c2a7e-0b1d-4c55-9a3e-2f0d9b8c1e42"
 OTHER = "0a9d3e11-77c4-4b2a-8f6e-5d1c0b7a9e33"

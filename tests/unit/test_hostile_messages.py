@@ -18,8 +18,9 @@ from tests.harness.hostile_corpus import _CANARY_ID, CANARY, CASES, Case
 from worker.config import KeyTemplates
 from worker.custody import check_connect_audio_key
 from worker.errors import InvalidMessage
+from worker.keys import keys_for
 from worker.messages import parse_message
-from worker.recordings import keys_for, parse_creation_date
+from worker.recordings import parse_creation_date
 
 MESSAGES = [case for case in CASES if case.kind == "message"]
 FOREIGN_KEYS = [

@@ -24,6 +24,13 @@ ALLOWED_WILDCARDS: dict[tuple[str, str], str] = {
     ("ecs:UpdateTaskProtection", "task/${Cluster}/*"): (
         "the task protects itself; task ids exist only at run time, so the cluster's tasks"
     ),
+    ("ecs:DescribeTasks", "task/${Cluster}/*"): (
+        "the task reads its own group (service name); task ids exist only at run time"
+    ),
+    ("ecs:DescribeServices", "service/${Cluster}/*"): (
+        "the service's ARN in the task role would be a dependency cycle (Service -> "
+        "TaskDefinition -> TaskRole); the stack's own cluster holds only the worker's service"
+    ),
     ("s3:GetObject", "${InputBucketName}/*"): (
         "object keys start with the date ({yyyy}/{mm}/{dd}/...): the whole input bucket"
     ),
@@ -63,6 +70,12 @@ TASK_ROLE: dict[str, set[str]] = {
     "sqs:SendMessage": {"DeadLetterQueue.Arn"},
     "ecs:UpdateTaskProtection": {
         "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${Cluster}/*"
+    },
+    "ecs:DescribeTasks": {
+        "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${Cluster}/*"
+    },
+    "ecs:DescribeServices": {
+        "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:service/${Cluster}/*"
     },
     "aps:RemoteWrite": {
         "MetricsWorkspace.Arn",

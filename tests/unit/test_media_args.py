@@ -70,6 +70,10 @@ def build(
     return args, plan
 
 
+# The last step of a WebM output's audio graph: the Opus priming stamped from 0.
+OPUS_STAMP = ",asetpts=PTS+round(312/(48000*TB))"
+
+
 def graph_of(args: list[str]) -> str:
     return args[args.index("-filter_complex") + 1]
 
@@ -162,6 +166,37 @@ def test_audio_settings_reach_the_encoder() -> None:
     assert value_after(args, "-b:a") == ["64k"]
     assert value_after(args, "-ar") == ["48000"]
     assert value_after(args, "-ac") == ["2"]
+    assert value_after(args, "-cutoff") == ["20000"]  # Opus' full band
+
+
+@pytest.mark.parametrize(("rate", "cutoff"), [(8000, 4000), (16000, 8000), (24000, 12000)])
+def test_opus_is_encoded_at_48_khz_in_the_band_of_the_configured_rate(
+    rate: int, cutoff: int
+) -> None:
+    # ffmpeg 5.1's WebM muxer stores the Opus priming as the track's CodecDelay right only
+    # when the encoder runs at 48 kHz; the band stays what the configured rate carries.
+    audio = AudioSettings(sample_rate=rate)
+    args, plan = build(recording(), connect(), 6.0, audio=audio)
+    assert plan.sample_rate == rate  # the graph still counts samples at the configured rate
+    assert value_after(args, "-ar") == ["48000"]
+    assert value_after(args, "-cutoff") == [str(cutoff)]
+    args, _ = build(recording("h264"), connect(), 6.0, audio=audio, output="/out/recording.mp4")
+    assert value_after(args, "-ar") == [str(rate)]  # AAC: the configured rate itself
+    assert "-cutoff" not in args
+
+
+def test_webm_opus_priming_is_stamped_from_zero_and_nothing_is_negative() -> None:
+    args, _ = build(recording("vp9"), connect(), 8.0)
+    graph = value_after(args, "-filter_complex")[0]
+    # The last step before the encoder moves the audio's timestamps by the Opus pre-skip
+    # (312 samples at 48 kHz, 6.5 ms) so that its priming starts at 0 (WebM's CodecDelay
+    # puts the first sample back at 0); the muxer then shifts nothing.
+    assert graph.endswith(f"{OPUS_STAMP}[aout]")
+    assert OPUS_STAMP == ",asetpts=PTS+round(312/(48000*TB))"
+    assert value_after(args, "-avoid_negative_ts") == ["make_non_negative"]
+    mp4, _ = build(recording("h264"), connect(), 8.0, output="/out/recording.mp4")
+    assert "asetpts=PTS+round" not in value_after(mp4, "-filter_complex")[0]
+    assert "-avoid_negative_ts" not in mp4  # AAC's priming is an MP4 edit list
 
 
 def test_end_alignment_connect_shorter_pads_with_silence() -> None:
@@ -186,7 +221,7 @@ def test_end_alignment_connect_shorter_pads_with_silence() -> None:
         "atrim=start_sample=32000,asetpts=PTS-STARTPTS,apad=whole_len=32000,"
         "atrim=end_sample=32000[rec]" in rec
     )
-    assert join == "[conn][rec]concat=n=2:v=0:a=1[aout]"
+    assert join == f"[conn][rec]concat=n=2:v=0:a=1{OPUS_STAMP}[aout]"
 
 
 def test_end_alignment_connect_longer_cuts_its_head() -> None:
@@ -247,7 +282,7 @@ def test_call_end_zero_is_only_the_recording() -> None:
     args, _plan = build(recording(), connect(), 0.0)
     graph = graph_of(args)
     assert "[conn]" not in graph and "concat" not in graph
-    assert graph.endswith("[rec]anull[aout]")
+    assert graph.endswith(f"[rec]anull{OPUS_STAMP}[aout]")
     assert "atrim=start_sample=0," in graph
 
 
@@ -256,8 +291,8 @@ def test_call_end_beyond_the_end_is_clamped() -> None:
     assert plan.call_end_clamped and plan.call_end == 8.0
     assert plan.offset == pytest.approx(3.0)
     graph = graph_of(args)
-    assert "[rec]" not in graph.replace("[conn]anull[aout]", "")
-    assert graph.endswith("[conn]anull[aout]")
+    assert "[rec]" not in graph.replace(f"[conn]anull{OPUS_STAMP}[aout]", "")
+    assert graph.endswith(f"[conn]anull{OPUS_STAMP}[aout]")
     assert "apad=whole_len=128000,atrim=end_sample=128000[conn]" in graph
 
 
@@ -298,7 +333,7 @@ def test_long_call_end_reads_recording_audio_from_a_fast_seeked_second_input() -
     assert plan.call_end_samples == 2700 * 16000
     assert "atrim=start_sample=32000,asetpts=PTS-STARTPTS" in rec_chain
     assert rec_chain.endswith(f"apad=whole_len={900 * 16000},atrim=end_sample={900 * 16000}[rec]")
-    assert join == "[conn][rec]concat=n=2:v=0:a=1[aout]"
+    assert join == "[conn][rec]concat=n=2:v=0:a=1[aout]"  # MP4: no Opus stamp
 
 
 def test_seek_cut_is_whole_samples_at_44_1_khz() -> None:
@@ -633,9 +668,9 @@ def test_last_frame_is_held_to_the_end_of_the_timeline() -> None:
         "-c:v",
         "copy",
     ]
-    # WebM: timestamps as they are, even the encoder's negative Opus pre-skip ones (else the
-    # muxer would shift the video 7 ms off its original time).
-    assert value_after(merge_args, "-avoid_negative_ts") == ["disabled"]
+    # WebM: never negative timestamps (Chromium cannot seek them); nothing is negative to
+    # shift, the Opus priming being stamped from 0 (see the test above).
+    assert value_after(merge_args, "-avoid_negative_ts") == ["make_non_negative"]
 
 
 def test_mp4_track_keeps_the_recordings_time_base_for_the_held_frame() -> None:
@@ -876,7 +911,7 @@ def test_loudness_stage_is_a_static_gain_per_segment_and_one_limiter() -> None:
         recording=rec, connect=conn, plan=plan, output=Path("/out/r.webm"), options=options
     )
     assert "volume=" not in graph_of(plain) and "alimiter" not in graph_of(plain)
-    assert graph_of(plain).endswith("[conn][rec]concat=n=2:v=0:a=1[aout]")
+    assert graph_of(plain).endswith(f"[conn][rec]concat=n=2:v=0:a=1{OPUS_STAMP}[aout]")
 
 
 def test_loudness_summary_parsing_and_gain_rule() -> None:

@@ -108,6 +108,14 @@ def test_parse_message_optional_key_and_unknown_fields() -> None:
     message = parse_message(body)
     assert message.call_end_seconds == 12.5
     assert message.connect_audio_key is not None and message.connect_audio_key.endswith(".wav")
+    assert not message.reprocess
+
+
+@pytest.mark.parametrize(("value", "expected"), [(True, True), ("true", False), (1, False)])
+def test_reprocess_only_for_a_json_true(value: object, expected: bool) -> None:
+    body = json.dumps({"recordingID": "r", "callEndingTimestamp": 3, "reprocess": value})
+    assert parse_message(body).reprocess is expected
+    assert parse_message(JobMessage("r", 3.0, reprocess=True).to_body()).reprocess
 
 
 def test_to_body_round_trip() -> None:

@@ -13,8 +13,16 @@ import pytest
 from worker import errors
 from worker.config import Settings
 from worker.errors import JobError, PermanentError, RetriesExhausted, TransientError
-from worker.job import JobResult
-from worker.outcome import UNEXPECTED, DeadLetter, Delete, Retry, backoff_seconds, decide, escaped
+from worker.outcome import (
+    UNEXPECTED,
+    DeadLetter,
+    Delete,
+    JobResult,
+    Retry,
+    backoff_seconds,
+    decide,
+    escaped,
+)
 
 SETTINGS = Settings(
     ac_audio_bucket="a",

@@ -13,12 +13,10 @@ from worker.errors import (
     ConnectAudioNotReady,
     InvalidRow,
 )
+from worker.keys import ObjectSummary, choose_connect_audio, keys_for
 from worker.recordings import (
-    choose_connect_audio,
-    keys_for,
     parse_creation_date,
 )
-from worker.storage import ObjectSummary
 
 RID = "7165d412-7fe0-4fb6-81ae-68b135a26f7c"
 
@@ -155,3 +153,6 @@ def test_choose_connect_audio_prefers_connects_exact_name_over_an_underscored_id
     other_contact = _summary("p/abc_def_20240305T10:05_UTC.wav", 9)
     assert choose_connect_audio([mine, other_contact], recording_id="abc") == mine
     assert choose_connect_audio([mine, other_contact], recording_id="abc_def") == other_contact
+
+
+# --- RecordingTable on moto ------------------------------------------------------------------

@@ -23,8 +23,11 @@ One concept per module, pure core first:
 Timeline: from the earliest timestamp of any stream (ffmpeg shifts every input so that it is
 0) to the end of the last sample of any stream, audio or video. All durations and offsets are
 on that shifted timeline, which is also where ``callEnd`` is measured from (the start of the
-Komorebi recording). The output covers exactly that: every video frame stream-copied at its
-original time, the last one held to the end, audio exactly as long.
+Komorebi recording). The output covers exactly that, on the same clock (its t=0 is the
+recording's origin): every video frame stream-copied at its original time, the last one held
+to the end, audio exactly as long. No timestamp in the file is negative: the Opus encoder's
+priming is stored from 0 and declared as the WebM track's CodecDelay
+(:func:`~worker.media.commands.encoder_timing_steps`), AAC's is an MP4 edit list.
 """
 
 from worker.media.chapters import chapters_input_args, chapters_metadata

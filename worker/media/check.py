@@ -8,7 +8,8 @@ from worker.media.model import MediaInfo, Recording
 from worker.media.plan import MergePlan
 
 # Container timestamp rounding allowed on top of one audio frame in the output check:
-# WebM stores milliseconds, and the output's Opus packets start 6.5 ms early (pre-skip).
+# WebM stores milliseconds, and as read back the output's Opus packets start 7 ms early
+# (the pre-skip: stored from 0, the track's CodecDelay subtracted by the demuxer).
 CONTAINER_ROUNDING_SECONDS = 0.010
 
 
@@ -27,9 +28,10 @@ def check_output(
     hold every frame of the recording's, the first at its original time. Frames are counted in
     the output's packets or, when a long output was read in intervals, taken from the merge's
     ffmpeg (``frames_written``); not compared when the recording was read in intervals. The
-    output's own origin is not used: the audio encoder's priming (Opus pre-skip, 6.5 to 13 ms
-    before 0) lies before it. Tolerance: one encoded audio frame (AAC 1024 samples, Opus 20
-    ms) plus :data:`CONTAINER_ROUNDING_SECONDS`.
+    output's own origin is not used: as read back, the audio encoder's priming lies before 0
+    (WebM: Opus blocks stored from 0, read 7 ms early as the track's CodecDelay is subtracted;
+    MP4: AAC's priming packet, marked discarded, is not counted). Tolerance: one encoded
+    audio frame (AAC 1024 samples, Opus 20 ms) plus :data:`CONTAINER_ROUNDING_SECONDS`.
     """
     name = output.path.name
     if output.video is None:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker import ffmpeg
+from worker import ffmpeg_inputs as ffmpeg
 from worker.media import loudness
 from worker.media.chapters import chapters_input_args
-from worker.media.containers import MP4, container_for
+from worker.media.containers import (
+    MP4,
+    OPUS_BANDS,
+    OPUS_PRE_SKIP,
+    OPUS_SAMPLE_RATE,
+    Container,
+    container_for,
+)
 from worker.media.graph import build_audio_graph
 from worker.media.model import ConnectAudio, Recording
 from worker.media.plan import MergeOptions, MergePlan, recording_seek_seconds
@@ -50,6 +57,7 @@ def build_merge_args(
         connect_input=1,
         recording_seek=seek,
         gains=gains,
+        encoder_steps=encoder_timing_steps(container),
     )
     args = base_args()
     if progress:
@@ -65,12 +73,53 @@ def build_merge_args(
     args += ["-map", f"0:{recording.video.index}", "-map", "[aout]"]
     args += ["-c:v", "copy", *hold_last_frame_args(recording, plan, container)]
     args += ["-c:a", container.audio_codec, "-b:a", options.audio.bitrate]
-    args += ["-ar", str(plan.sample_rate), "-ac", str(plan.channels)]
+    args += [*audio_rate_args(container, plan.sample_rate), "-ac", str(plan.channels)]
     args += ["-map_chapters", str(3 if seek else 2) if chapters is not None else "-1"]
     args += ["-dn", "-sn"]
     if container is MP4:
         args += ["-movflags", "+faststart"]
     else:
-        args += ["-avoid_negative_ts", "disabled"]
+        # No negative timestamp in the file: Chromium fails to decode after a seek in a WebM
+        # whose Opus blocks start before 0 (issue 19). None arrives here (the video starts
+        # at or after the origin, the Opus priming at 0: encoder_timing_steps), so nothing
+        # is shifted; should one, every stream moves alike (and the output check sees it).
+        args += ["-avoid_negative_ts", "make_non_negative"]
     args += ["-f", container.muxer, "-y", ffmpeg.file_url(output)]
     return args
+
+
+def encoder_timing_steps(container: Container) -> tuple[str, ...]:
+    """The last filter of the audio graph for ``container``'s encoder (pure): for Opus, its
+    timestamps start at the encoder's priming (pre-skip), so that the priming starts at 0.
+
+    An Opus encoder emits :data:`OPUS_PRE_SKIP` priming samples before the first real one,
+    stamped before it: with audio from t=0, packets from -6.5 ms. WebM keeps block times at or
+    after 0 and says how much of the start is priming in the track's CodecDelay, which every
+    reader subtracts from the block times (Matroska's definition; ffmpeg's demuxer does, and
+    the decoder drops the pre-skip): stamped 6.5 ms later here, the priming is stored from 0
+    and the first real sample still plays at t=0, beside the untouched video. Without it the
+    file starts with negative block times (Chromium: PIPELINE_ERROR_DECODE after a seek), or,
+    when the muxer shifts them away, every stream moves 7 ms off its original time.
+    AAC in MP4 needs nothing: its priming is an edit list. Requires the encoder at 48 kHz
+    (:func:`audio_rate_args`).
+    """
+    if container.audio_codec != "libopus":
+        return ()
+    # In the graph's time base, whatever it is (TB), rounded to a whole tick.
+    return (f"asetpts=PTS+round({OPUS_PRE_SKIP}/({OPUS_SAMPLE_RATE}*TB))",)
+
+
+def audio_rate_args(container: Container, sample_rate: int) -> list[str]:
+    """The audio encoder's sample rate (and for Opus its band) for ``sample_rate`` (pure).
+
+    AAC is encoded at ``sample_rate``. Opus codes 48 kHz inside whatever its input (RFC 7845:
+    decoders output 48 kHz) and is given 48 kHz, because ffmpeg 5.1's WebM muxer reads the
+    encoder's priming as 48 kHz samples for the track's CodecDelay: at 16 kHz it would store
+    2.2 ms instead of 6.5 ms, and readers would put the audio 4.3 ms late (see
+    :func:`encoder_timing_steps`). ``-cutoff`` keeps the coded band that of ``sample_rate``
+    (Opus' bandwidths: 4, 6, 8, 12, 20 kHz), as the encoder had at that rate.
+    """
+    if container.audio_codec != "libopus":
+        return ["-ar", str(sample_rate)]
+    band = max((b for b in OPUS_BANDS if b <= sample_rate // 2), default=OPUS_BANDS[0])
+    return ["-ar", str(OPUS_SAMPLE_RATE), "-cutoff", str(band)]

@@ -10,6 +10,12 @@ from worker.media.model import Recording
 
 # The Matroska/WebM muxer's time base (1/1000 s), whatever the input's.
 WEBM_TICKS_PER_SECOND = 1000
+# What the Opus encoder is given, whatever the output rate (see commands.audio_rate_args), and
+# its priming at that rate: libopus' lookahead for the "audio" application (6.5 ms), the
+# pre-skip in its header and the WebM track's CodecDelay (see commands.encoder_timing_steps).
+OPUS_SAMPLE_RATE = 48000
+OPUS_PRE_SKIP = 312
+OPUS_BANDS = (4000, 6000, 8000, 12000, 20000)  # libopus' -cutoff values (Hz)
 
 
 @dataclass(frozen=True)

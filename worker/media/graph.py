@@ -84,6 +84,7 @@ def build_audio_graph(
     connect_input: int = 1,
     recording_seek: int = 0,
     gains: loudness.LoudnessGains | None = None,
+    encoder_steps: tuple[str, ...] = (),
 ) -> str:
     """The ``-filter_complex`` graph whose ``[aout]`` is the merged audio (pure).
 
@@ -96,9 +97,12 @@ def build_audio_graph(
     ``[rec]`` cuts ``callEnd - recording_seek`` seconds instead of ``callEnd``.
 
     ``align`` ``auto`` is END alignment (on the call end the sync measured, already in
-    ``plan``). ``gains`` adds the loudness stage (:func:`loudness_steps`).
+    ``plan``). ``gains`` adds the loudness stage (:func:`loudness_steps`). ``encoder_steps``
+    end the graph (:func:`~worker.media.commands.encoder_timing_steps`: timestamps only, the
+    samples are unchanged).
     """
     connect_gain, recording_gain, output_steps = loudness_steps(gains)
+    output_steps += encoder_steps
     chains: list[str] = []
     labels: list[str] = []
     if plan.call_end_samples > 0:

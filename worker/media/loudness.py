@@ -15,8 +15,9 @@ integrated loudness to the target, and the merged audio passes a true-peak-safe 
 - A stretch with nothing above the R128 gates (silence) keeps its level (gain 0), and gains
   are bounded to +-:data:`MAX_GAIN_DB`.
 
-The argument builders, the parser and the gain rule are pure; :func:`measure_gains` runs the
-two measurements side by side with the allow-listed, time-limited runner.
+Everything here is pure (the argument builders, the parser, the gain rule, the filter steps);
+:func:`worker.media.measure.measure_gains` runs the two measurements side by side with the
+allow-listed, time-limited runner.
 """
 
 from __future__ import annotations
@@ -26,12 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
-import structlog
-
-from worker import ffmpeg
-
-log = structlog.get_logger(__name__)
+from worker import ffmpeg_inputs as ffmpeg
 
 MEASURE_SECONDS = 60.0
 MAX_GAIN_DB = 30.0
@@ -120,47 +116,3 @@ def limiter_step() -> str:
     """Peak limiter without delay (``latency=1``) and without auto-levelling (``level=0``)."""
     limit = 10 ** (LIMIT_DB / 20)
     return f"alimiter=limit={limit:.4f}:attack=5:release=50:level=0:latency=1"
-
-
-async def _integrated(stretch: Stretch, timeout: float) -> float | None:  # noqa: ASYNC109
-    if stretch.seconds <= 0:
-        return None
-    result = await ffmpeg.run(
-        build_measure_args(stretch), timeout=timeout, what=f"loudness of {stretch.path.name}"
-    )
-    return parse_integrated(result.stderr_tail)
-
-
-async def measure_gains(
-    connect: Stretch,
-    recording: Stretch | None,
-    target: float,
-    *,
-    timeout: float,  # noqa: ASYNC109 - per ffmpeg run, enforced by worker.ffmpeg.run
-) -> LoudnessGains:
-    """Measure both stretches side by side; the gains that bring each to ``target``."""
-    measured: dict[str, float | None] = {"connect": None, "recording": None}
-
-    async def one(name: str, stretch: Stretch) -> None:
-        measured[name] = await _integrated(stretch, timeout)
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(one, "connect", connect)
-        if recording is not None:
-            group.start_soon(one, "recording", recording)
-    gains = LoudnessGains(
-        target_lufs=target,
-        connect_db=gain_for(measured["connect"], target),
-        recording_db=gain_for(measured["recording"], target),
-        connect_lufs=measured["connect"],
-        recording_lufs=measured["recording"],
-    )
-    log.info(
-        "loudness_measured",
-        target=target,
-        connect_lufs=gains.connect_lufs,
-        recording_lufs=gains.recording_lufs,
-        connect_gain_db=round(gains.connect_db, 2),
-        recording_gain_db=round(gains.recording_db, 2),
-    )
-    return gains

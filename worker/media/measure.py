@@ -1,5 +1,7 @@
 """What the merge measures in the audio before it runs: the call end (sync) and loudness.
 
+The loudness measurement's rules are :mod:`worker.media.loudness` (pure); the runs are here.
+
 Both read short stretches next to the timestamp's call end (fast seeks), so their cost does
 not grow with the recording's length; they run side by side.
 """
@@ -7,11 +9,15 @@ not grow with the recording's length; they run side by side.
 from __future__ import annotations
 
 import anyio
+import structlog
 
+from worker import ffmpeg
 from worker.media import loudness, sync
 from worker.media.graph import connect_mix, mic_mix
 from worker.media.model import ConnectAudio, Recording
 from worker.media.plan import MergeOptions, MergePlan
+
+log = structlog.get_logger("worker.media.loudness")
 
 
 def sync_inputs(recording: Recording, connect: ConnectAudio, plan: MergePlan) -> sync.SyncInputs:
@@ -70,7 +76,7 @@ async def measure_audio(
     async def measure_loudness(target: float) -> None:
         nonlocal gains
         stretches = loudness_stretches(recording, connect, plan)
-        gains = await loudness.measure_gains(*stretches, target, timeout=timeout)
+        gains = await measure_gains(*stretches, target, timeout=timeout)
 
     async with anyio.create_task_group() as group:
         if options.align == "auto":
@@ -78,3 +84,49 @@ async def measure_audio(
         if options.loudness_target is not None:
             group.start_soon(measure_loudness, options.loudness_target)
     return synced, gains
+
+
+async def _integrated(stretch: loudness.Stretch, timeout: float) -> float | None:  # noqa: ASYNC109
+    if stretch.seconds <= 0:
+        return None
+    result = await ffmpeg.run(
+        loudness.build_measure_args(stretch),
+        timeout=timeout,
+        what=f"loudness of {stretch.path.name}",
+    )
+    return loudness.parse_integrated(result.stderr_tail)
+
+
+async def measure_gains(
+    connect: loudness.Stretch,
+    recording: loudness.Stretch | None,
+    target: float,
+    *,
+    timeout: float,  # noqa: ASYNC109 - per ffmpeg run, enforced by worker.ffmpeg.run
+) -> loudness.LoudnessGains:
+    """Measure both stretches side by side; the gains that bring each to ``target``."""
+    measured: dict[str, float | None] = {"connect": None, "recording": None}
+
+    async def one(name: str, stretch: loudness.Stretch) -> None:
+        measured[name] = await _integrated(stretch, timeout)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(one, "connect", connect)
+        if recording is not None:
+            group.start_soon(one, "recording", recording)
+    gains = loudness.LoudnessGains(
+        target_lufs=target,
+        connect_db=loudness.gain_for(measured["connect"], target),
+        recording_db=loudness.gain_for(measured["recording"], target),
+        connect_lufs=measured["connect"],
+        recording_lufs=measured["recording"],
+    )
+    log.info(
+        "loudness_measured",
+        target=target,
+        connect_lufs=gains.connect_lufs,
+        recording_lufs=gains.recording_lufs,
+        connect_gain_db=round(gains.connect_db, 2),
+        recording_gain_db=round(gains.recording_db, 2),
+    )
+    return gains
