@@ -554,11 +554,15 @@ def test_fix_the_cause_then_redrive_ends_done_without_duplicates(
                 Bucket=aws.input_bucket, Key=contact.input_key, Body=short.read_bytes()
             )
         moved = redrive()
-        assert moved.returncode == 0 and moved.stdout.startswith("moved 3 message(s)"), moved
+        assert moved.returncode == 0 and moved.stdout.splitlines()[-1].startswith(
+            "moved 3 message(s)"
+        ), moved
         wait_until(all_done, timeout=90, what="the redriven jobs DONE")
         wait_until(lambda: queue_depth(aws) == (0, 0), timeout=30, what="their messages deleted")
         again = redrive()
-        assert again.returncode == 0 and again.stdout.startswith("moved 0 message(s)"), again
+        assert again.returncode == 0 and again.stdout.splitlines()[-1].startswith(
+            "moved 0 message(s)"
+        ), again
         worker.signal(signal.SIGTERM)
         assert worker.wait(timeout=STOP_TIMEOUT_SECONDS) == 0, worker.tail()
     finally:
