@@ -18,7 +18,7 @@ PY_DIRS := $(wildcard worker tests bench)
         deploy deploy-dry-run pipeline-dry-run lock recordings
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 system-deps: ## ffmpeg, prometheus, chromium, firefox-esr, podman, node (tests, image test) from apt when root and missing
 	@./.ci/system-deps
