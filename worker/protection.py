@@ -23,6 +23,7 @@ import anyio
 import structlog
 
 from worker.errors import one_line
+from worker.limits import SHUTDOWN
 from worker.observability import TASK_PROTECTION
 
 log = structlog.get_logger(__name__)
@@ -38,7 +39,7 @@ MAX_EXPIRES_MINUTES: Final = 2880
 DEFAULT_RENEW_FRACTION: Final = 0.8
 # The agent is a local endpoint; anything slower than this is broken, and a job start must not
 # wait on it for long.
-DEFAULT_TIMEOUT_SECONDS: Final = 3.0
+DEFAULT_TIMEOUT_SECONDS: Final = SHUTDOWN.protection_off
 # After a failed call, try again this soon (capped by the renewal period).
 DEFAULT_RETRY_SECONDS: Final = 30.0
 

@@ -17,10 +17,10 @@ import structlog
 
 from worker import ffmpeg
 from worker.errors import MediaError
+from worker.limits import MAX_MEDIA_SECONDS
 from worker.media._parse import parse_float, parse_fraction, parse_int
 from worker.media.model import MediaInfo, ProbeHeader, StreamInfo
 from worker.media.timeline import (
-    MAX_PLAUSIBLE_DURATION,
     StreamSpan,
     Timeline,
     TimelineScan,
@@ -191,7 +191,7 @@ async def _read_timeline(header: ProbeHeader, timeout: float) -> Timeline:  # no
             timeline = None  # the header misled the seek: read every packet instead
     if timeline is None:
         timeline = await _scan(path, rates, scan_timeout, None)
-    if timeline is None or not 0 < timeline.duration <= MAX_PLAUSIBLE_DURATION:
+    if timeline is None or not 0 < timeline.duration <= MAX_MEDIA_SECONDS:
         FFMPEG_FAILURES.labels(reason="invalid_data").inc()
         raise MediaError(f"{path.name}: no readable packets")
     return timeline
