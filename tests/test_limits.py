@@ -12,7 +12,17 @@ from typing import Any
 import pytest
 
 from tests.infra_helpers import load_template
-from worker import config, consumer, delivery, job, limits, messages, protection, queue
+from worker import (
+    config,
+    consumer,
+    delivery,
+    job,
+    limits,
+    messages,
+    protection,
+    provisioning,
+    queue,
+)
 from worker.config import Settings, SettingsError
 from worker.limits import SHUTDOWN, ShutdownBudget
 from worker.media.plan import MergeOptions
@@ -127,3 +137,5 @@ def test_media_limits_have_one_home() -> None:
     assert MergeOptions().timeout_base_seconds == defaults.ffmpeg_timeout_base_seconds
     assert MergeOptions().timeout_per_media_second == defaults.ffmpeg_timeout_per_media_second
     assert config.SQS_MAX_VISIBILITY_SECONDS == limits.SQS_MAX_VISIBILITY_SECONDS
+    # The queue is created with the worker's default visibility.
+    assert defaults.visibility_timeout == provisioning.QUEUE_VISIBILITY_TIMEOUT_SECONDS

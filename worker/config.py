@@ -27,6 +27,8 @@ LogFormat = Literal["json", "console"]
 
 DEFAULT_METRICS_PORT = 9657
 DEFAULT_TABLE_NAME = "Recording"
+# VISIBILITY_TIMEOUT's default; provisioning creates the queue with the same.
+DEFAULT_VISIBILITY_TIMEOUT = 300
 
 DEFAULT_CONNECT_AUDIO_PREFIX = "connect/{instance}/CallRecordings/{yyyy}/{mm}/{dd}/{recording_id}"
 DEFAULT_INPUT_KEY = "{yyyy}/{mm}/{dd}/{agent_id}/{recording_id}.mp4"
@@ -65,7 +67,7 @@ class Settings:
     dlq_url: str | None = None
     table_name: str = DEFAULT_TABLE_NAME
     worker_concurrency: int = field(default_factory=lambda: available_cpus())
-    visibility_timeout: int = 300
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     shutdown_grace_seconds: float = 100.0
     metrics_port: int = DEFAULT_METRICS_PORT
     # All interfaces by default: Prometheus (or the ADOT sidecar) scrapes from outside.
