@@ -52,6 +52,8 @@ def test_the_worst_case_stop_with_the_default_grace_fits_fargates_stop_timeout()
         + SHUTDOWN.http_stop
     )
     assert busy == SHUTDOWN.busy(DEFAULT_GRACE) == 119.0
+    # A job that finished just before the grace ended settles instead (no longer).
+    assert DEFAULT_GRACE + SHUTDOWN.settle + SHUTDOWN.exit() <= busy
     # Idle: the receive in progress runs to its own timeout, what it brought is given back.
     idle = (
         limits.SQS_MAX_WAIT_SECONDS
@@ -83,6 +85,8 @@ def test_a_larger_part_shrinks_the_allowed_grace() -> None:
     slower = ShutdownBudget(give_back=10.0)
     assert slower.max_grace() == SHUTDOWN.max_grace() - 5.0
     assert slower.total(DEFAULT_GRACE) > slower.stop_timeout
+    # A slower settling counts too.
+    assert ShutdownBudget(settle=20.0).total(DEFAULT_GRACE) == 125.0
 
 
 def test_busy_poll_wait_is_half_the_grace_capped_at_the_long_poll() -> None:
@@ -106,6 +110,7 @@ def test_config_refuses_a_grace_that_breaks_the_budget_in_one_line() -> None:
 def test_each_part_is_the_bound_the_stop_path_uses() -> None:
     assert SHUTDOWN.release_lease == job.LEASE_RELEASE_TIMEOUT_SECONDS
     assert SHUTDOWN.give_back == delivery.RELEASE_TIMEOUT_SECONDS
+    assert SHUTDOWN.settle == delivery.SETTLE_TIMEOUT_SECONDS
     assert SHUTDOWN.receive_overrun == consumer.RECEIVE_OVERRUN_SECONDS
     assert SHUTDOWN.receive_finish == consumer.RECEIVE_FINISH_SECONDS
     assert SHUTDOWN.protection_off == protection.DEFAULT_TIMEOUT_SECONDS

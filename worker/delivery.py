@@ -79,7 +79,8 @@ VISIBILITY_LIMIT_MARGIN_SECONDS = 5.0
 # Upper bound of the shielded give-back (visibility 0); past it the message comes back by
 # itself when its visibility runs out. Its place in the stop's 120 s: worker.limits.SHUTDOWN.
 RELEASE_TIMEOUT_SECONDS = SHUTDOWN.give_back
-SETTLE_TIMEOUT_SECONDS = 20.0
+# Upper bound of the shielded settling of a finished job (a few AWS calls).
+SETTLE_TIMEOUT_SECONDS = SHUTDOWN.settle
 
 
 def _round(seconds: float) -> float:

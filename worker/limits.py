@@ -59,6 +59,10 @@ class ShutdownBudget:
     remove_scratch: float = 1.0
     # delivery.py / consumer.py: a message made visible again (ChangeMessageVisibility 0).
     give_back: float = 5.0
+    # delivery.py: carrying out a finished job's outcome (delete / dead-letter / retry, the
+    # row, shielded). A job that finishes just before the grace ends settles after it, in
+    # place of a cancelled job's clean-ups: no longer than those, so the sum holds either way.
+    settle: float = 14.0
     # protection.py: the ECS agent call turning scale-in protection off (its HTTP timeout).
     protection_off: float = 3.0
     # observability.py: aiohttp's shutdown timeout for a scrape in progress.
@@ -85,11 +89,16 @@ class ShutdownBudget:
         """After the last job: protection off, then the HTTP server."""
         return self.protection_off + self.http_stop
 
+    def after_grace(self) -> float:
+        """What a job may still take once the grace is over: a cancelled job's clean-ups, or
+        the settling of one that finished just before."""
+        return max(self.cancelled_job(), self.settle)
+
     def busy(self, grace: float) -> float:
         """Worst case with jobs in flight: the grace (or the receive in progress and the give
-        back of what it brought, when that is longer), the cancelled jobs' clean-ups, exit."""
+        back of what it brought, when that is longer), the jobs' last steps, exit."""
         receive = self.busy_poll_wait(grace) + self.receive_finish + self.give_back
-        return max(grace, receive) + self.cancelled_job() + self.exit()
+        return max(grace, receive) + self.after_grace() + self.exit()
 
     def idle(self) -> float:
         """Worst case with nothing in flight: the receive to its own timeout, its messages
@@ -102,7 +111,7 @@ class ShutdownBudget:
 
     def max_grace(self) -> float:
         """The largest grace whose :meth:`total` stays within the stop timeout."""
-        return self.stop_timeout - self.cancelled_job() - self.exit()
+        return self.stop_timeout - self.after_grace() - self.exit()
 
 
 SHUTDOWN: Final = ShutdownBudget()
