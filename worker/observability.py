@@ -33,6 +33,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from worker.limits import SHUTDOWN
 from worker.redaction import redact, redact_value
 
 # `_created` series (one per counter/histogram child) would be scraped as extra gauges in the
@@ -99,7 +100,7 @@ MEDIA_SECONDS = Counter(
 )
 PROCESSING_SPEED = Histogram(
     "komorebi_processing_speed_ratio",
-    "Media seconds merged per wall-clock second of the merge stage (higher is faster).",
+    "Media seconds merged per wall-clock second of the ffmpeg merge pass (higher is faster).",
     buckets=SPEED_BUCKETS,
     registry=REGISTRY,
 )
@@ -275,7 +276,8 @@ def record_done(sent_timestamp_ms: int | None, now: float) -> None:
 
 
 def record_merge(media_seconds: float, wall_seconds: float) -> None:
-    """Count merged media seconds and the processing speed (media s per merge wall s)."""
+    """Count merged media seconds and the processing speed: media seconds per wall second of
+    the ffmpeg merge pass (``MergeResult.merge_pass_seconds``)."""
     if media_seconds <= 0:
         return
     MEDIA_SECONDS.inc(media_seconds)
@@ -404,7 +406,10 @@ async def serve_http(
     # No access log: a scrape every few seconds would drown the job events. A short shutdown
     # timeout: a scrape in progress must not hold up the worker's exit.
     runner = web.AppRunner(
-        _build_app(health), access_log=None, handle_signals=False, shutdown_timeout=2.0
+        _build_app(health),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN.http_stop,
     )
     await runner.setup()
     try:

@@ -13,7 +13,6 @@ from typing import Any, Final
 import structlog
 
 from worker.aws import AWS_ERRORS, SQS, error_code, translate, translated
-from worker.config import SQS_MAX_VISIBILITY_SECONDS
 from worker.errors import (
     ConfigError,
     JobError,
@@ -23,14 +22,12 @@ from worker.errors import (
     describe,
     one_line,
 )
+from worker.limits import SQS_MAX_BATCH as SQS_MAX_BATCH
+from worker.limits import SQS_MAX_VISIBILITY_SECONDS
+from worker.limits import SQS_MAX_WAIT_SECONDS as SQS_MAX_WAIT_SECONDS
 
 log = structlog.get_logger(__name__)
 
-# SQS batch APIs (ReceiveMessage, SendMessageBatch, DeleteMessageBatch) take at most 10
-# (moto accepts more; AWS does not).
-SQS_MAX_BATCH: Final = 10
-# The longest long poll SQS allows.
-SQS_MAX_WAIT_SECONDS: Final = 20
 MAX_ERROR_MESSAGE_CHARS = 256
 # The smallest MaximumMessageSize a queue has by default (body + attributes count towards it);
 # newer queues allow 1 MiB, but the DLQ may be an older one.

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from worker.config import AlignMode, AudioSettings
+from worker.limits import FFMPEG_TIMEOUT_BASE_SECONDS, FFMPEG_TIMEOUT_PER_MEDIA_SECOND
 from worker.media.model import ConnectAudio, Recording
 
 # Past this call end the recording's audio after callEnd is read from a second, fast-seeked
@@ -35,8 +36,8 @@ class MergeOptions:
     align: AlignMode = "auto"
     audio: AudioSettings = field(default_factory=AudioSettings)
     loudness_target: float | None = None
-    timeout_base_seconds: float = 120.0
-    timeout_per_media_second: float = 1.0
+    timeout_base_seconds: float = FFMPEG_TIMEOUT_BASE_SECONDS
+    timeout_per_media_second: float = FFMPEG_TIMEOUT_PER_MEDIA_SECOND
 
     def media_timeout(self, duration: float) -> float:
         """The time limit of an ffmpeg run over ``duration`` seconds of media."""

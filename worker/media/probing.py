@@ -17,10 +17,10 @@ import structlog
 
 from worker import ffmpeg
 from worker.errors import MediaError
+from worker.limits import FFMPEG_TIMEOUT_BASE_SECONDS, MAX_MEDIA_SECONDS
 from worker.media._parse import parse_float, parse_fraction, parse_int
 from worker.media.model import MediaInfo, ProbeHeader, StreamInfo
 from worker.media.timeline import (
-    MAX_PLAUSIBLE_DURATION,
     StreamSpan,
     Timeline,
     TimelineScan,
@@ -116,7 +116,7 @@ def parse_probe_json(path: Path, text: str, size_bytes: int) -> ProbeHeader:
     )
 
 
-async def probe(path: Path, *, timeout: float = 60.0) -> MediaInfo:  # noqa: ASYNC109
+async def probe(path: Path, *, timeout: float = FFMPEG_TIMEOUT_BASE_SECONDS) -> MediaInfo:  # noqa: ASYNC109
     """Probe ``path`` with the allow-lists and read its :class:`Timeline` from its packets
     (all of them, or the head and tail of a long file with a believable header).
 
@@ -191,7 +191,7 @@ async def _read_timeline(header: ProbeHeader, timeout: float) -> Timeline:  # no
             timeline = None  # the header misled the seek: read every packet instead
     if timeline is None:
         timeline = await _scan(path, rates, scan_timeout, None)
-    if timeline is None or not 0 < timeline.duration <= MAX_PLAUSIBLE_DURATION:
+    if timeline is None or not 0 < timeline.duration <= MAX_MEDIA_SECONDS:
         FFMPEG_FAILURES.labels(reason="invalid_data").inc()
         raise MediaError(f"{path.name}: no readable packets")
     return timeline

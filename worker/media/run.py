@@ -71,6 +71,9 @@ class MergeResult:
     connect_audio_offset_seconds: float
     sync: sync.SyncResult = sync.TIMESTAMP_ONLY
     loudness: loudness.LoudnessGains | None = None
+    # Wall time of the ffmpeg merge pass alone (not the probes, sync, loudness, thumbnail or
+    # output check around it): what komorebi_processing_speed_ratio divides by.
+    merge_pass_seconds: float = 0.0
 
 
 class Progress:
@@ -140,10 +143,13 @@ async def merge(
         recording_audio_seek=recording_seek_seconds(plan) if recording.audio else 0,
     )
     started = time.monotonic()
-    written = await _write(request, recording, connect, plan, container, gains, on_progress)
+    written, pass_seconds = await _write(
+        request, recording, connect, plan, container, gains, on_progress
+    )
     log.info(
         "merge_done",
         seconds=round(time.monotonic() - started, 3),
+        merge_pass_seconds=round(pass_seconds, 3),
         output_duration=round(written.duration, 3),
         output_bytes=written.size_bytes,
     )
@@ -160,6 +166,7 @@ async def merge(
         connect_audio_offset_seconds=plan.offset,
         sync=synced,
         loudness=gains,
+        merge_pass_seconds=pass_seconds,
     )
 
 
@@ -206,8 +213,9 @@ async def _write(
     container: Container,
     gains: loudness.LoudnessGains | None,
     on_progress: ProgressCallback | None,
-) -> MediaInfo:
-    """Run the merge, probe and check the output, write the thumbnail; the output's probe.
+) -> tuple[MediaInfo, float]:
+    """Run the merge, probe and check the output, write the thumbnail; the output's probe
+    and the wall time of the ffmpeg merge pass.
 
     Never leaves a partial or rejected file where a caller might upload it.
     """
@@ -225,12 +233,14 @@ async def _write(
     progress = Progress(plan.duration, on_progress)
     try:
         chapters.write_text(chapters_metadata(plan))
+        started = time.monotonic()
         await ffmpeg.run(
             args,
             timeout=options.media_timeout(plan.duration),
             what="merge",
             on_stdout_line=progress.feed,
         )
+        pass_seconds = time.monotonic() - started
         written = await probe(request.output, timeout=options.timeout_base_seconds)
         try:
             check_output(written, recording, plan, container, progress.frames)
@@ -248,4 +258,4 @@ async def _write(
         raise
     finally:
         _remove(chapters)
-    return written
+    return written, pass_seconds

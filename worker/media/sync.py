@@ -45,6 +45,7 @@ import structlog
 
 from worker import ffmpeg
 from worker.errors import MediaError, MediaProcessKilled, MediaTimeout
+from worker.limits import FFMPEG_TIMEOUT_BASE_SECONDS
 from worker.observability import SYNC_OUTCOMES
 
 log = structlog.get_logger(__name__)
@@ -489,7 +490,11 @@ async def _decode(args: list[str], *, timeout: float, what: str) -> Signal:  # n
     return np.frombuffer(raw[:usable], dtype="<f4").astype(np.float32)
 
 
-async def measure(inputs: SyncInputs, *, timeout: float = 60.0) -> SyncResult:  # noqa: ASYNC109
+async def measure(
+    inputs: SyncInputs,
+    *,
+    timeout: float = FFMPEG_TIMEOUT_BASE_SECONDS,  # noqa: ASYNC109
+) -> SyncResult:
     """Measure the call end's offset from the audio; the timestamp when not confident.
 
     Never raises for bad audio: a decode that fails or times out is a fallback (the merge

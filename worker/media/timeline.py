@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from worker.limits import MAX_MEDIA_SECONDS
 from worker.media._parse import parse_float, parse_int
 
 # A header that claims fewer bits per second than this for the whole file is not believed
@@ -32,8 +33,6 @@ TRUNCATION_MIN_SHARE = 0.05
 INTERVAL_MIN_SECONDS = 120.0
 HEAD_SECONDS = 20.0
 TAIL_SECONDS = 30.0
-# Nothing we process is longer than a week (messages.MAX_CALL_END_SECONDS likewise).
-MAX_PLAUSIBLE_DURATION = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -174,7 +173,7 @@ class TimelineScan:
 
 def header_duration_plausible(duration: float | None, size_bytes: int) -> bool:
     """Whether a header duration can be believed for a file of ``size_bytes``."""
-    if duration is None or not 0 < duration <= MAX_PLAUSIBLE_DURATION:
+    if duration is None or not 0 < duration <= MAX_MEDIA_SECONDS:
         return False
     return size_bytes * 8 / duration >= MIN_PLAUSIBLE_BITRATE
 
