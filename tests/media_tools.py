@@ -287,6 +287,17 @@ def packet_times(path: Path, selector: str = "v:0") -> list[float]:
     return sorted(float(row) for row in rows if row != "N/A")
 
 
+def packet_durations(path: Path, selector: str = "v:0") -> list[tuple[float, float]]:
+    """``(pts, duration)`` of a stream's packets, in order of time, on the file's own clock
+    (duration 0 where the container has none)."""
+    rows = [row.split("x") for row in _ffprobe_csv(path, selector, "packet=pts_time,duration_time")]
+    return sorted(
+        (float(pts), 0.0 if duration == "N/A" else float(duration))
+        for pts, duration, *_ in rows
+        if pts != "N/A"
+    )
+
+
 def decode_times(path: Path, selector: str = "v:0") -> list[float | None]:
     """Decode times of a stream's packets in file order (None where ffmpeg has none)."""
     rows = _ffprobe_csv(path, selector, "packet=dts_time")
