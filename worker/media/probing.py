@@ -3,8 +3,9 @@
 :func:`probe` runs ffprobe through :mod:`worker.ffmpeg` (the allow-lists, the time limit, the
 kill on cancellation) twice: once for the format and streams (:func:`parse_probe_json`), once
 for the packets (:class:`~worker.media.timeline.TimelineScan`), all of them or, for a long
-file with a believable header, its head and tail. The argument builders and the parser are
-pure.
+file with a believable header, its head and tail (and, when these show no video past the
+head, the video's packets from further back: its last frame). The argument builders and the
+parser are pure.
 """
 
 from __future__ import annotations

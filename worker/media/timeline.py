@@ -9,7 +9,9 @@ the Komorebi recording).
 or without a header duration (MediaRecorder WebM has none): every packet, or for a long file
 with a believable header its first and last seconds (:func:`scan_intervals`); a header
 promising clearly more than the packets hold is a truncated file (:func:`looks_truncated`).
-Everything here is pure.
+When the head and tail show no video past the head, the video alone is read from further
+back (:func:`last_video_unseen`, :func:`read_back_starts`): the last frame, which the merge
+holds to the end, is known by its time on long files too. Everything here is pure.
 """
 
 from __future__ import annotations
@@ -32,10 +34,6 @@ TRUNCATION_MIN_SHARE = 0.05
 INTERVAL_MIN_SECONDS = 120.0
 HEAD_SECONDS = 20.0
 TAIL_SECONDS = 30.0
-# When the head and tail reads show no video past the head (a screen static for longer than
-# the tail, in a file whose seek does not go back to a keyframe), the video alone is read
-# from further back: TAIL_SECONDS, then twice, four times as far before the tail, down to the
-# head (see read_back_starts).
 # Nothing we process is longer than a week (messages.MAX_CALL_END_SECONDS likewise).
 MAX_PLAUSIBLE_DURATION = 7 * 24 * 3600.0
 
@@ -233,7 +231,9 @@ def last_video_unseen(timeline: Timeline, index: int) -> bool:
 
 
 def read_back_starts(tail_from: float, head_until: float) -> list[float]:
-    """Where the reads that look for the last video packet before the tail start (pure):
+    """Where the reads that look for the last video packet before the tail start (pure), when
+    the tail showed none (a screen static for longer than the tail, in a file whose seek did
+    not land on an earlier keyframe; ffmpeg's MP4 and WebM seeks normally do):
     :data:`TAIL_SECONDS`, twice, four times... further back than the tail, the last at the
     head's end. Each read goes to the end of the file, so the first that finds a video packet
     has found the last one; the doubling keeps their total within twice the last one's."""
