@@ -47,6 +47,12 @@ ENCODERS = {
     ),
 }
 
+# Where the video stops: before the tail (170-200 s), long before it, and inside the head
+# (the head and tail reads then show no video past the head: it is read from further back;
+# and, the tail read seeking back to a keyframe inside the head, they overlap, so a count of
+# the packets read is more than the file holds).
+CASES = [("mp4", 150.0), ("mp4", 60.0), ("webm", 150.0), ("webm", 60.0), ("webm", 10.0)]
+
 
 def long_recording(directory: Path, ext: str, video_stops: float) -> Path:
     """A ``LENGTH`` s recording whose video stops at ``video_stops``, its audio at the end."""
@@ -67,11 +73,7 @@ def long_recording(directory: Path, ext: str, video_stops: float) -> Path:
 @pytest.fixture(scope="module")
 def recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, float], Path]:
     directory = tmp_path_factory.mktemp("long")
-    return {
-        (ext, stop): long_recording(directory, ext, stop)
-        for ext in ENCODERS
-        for stop in (150.0, 60.0)
-    }
+    return {(ext, stop): long_recording(directory, ext, stop) for ext, stop in CASES}
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +81,7 @@ def connect_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tone_wav(tmp_path_factory.mktemp("connect") / "connect.wav", [(60.0, [440.0])])
 
 
-@pytest.mark.parametrize("ext", list(ENCODERS))
-@pytest.mark.parametrize("video_stops", [150.0, 60.0])
+@pytest.mark.parametrize(("ext", "video_stops"), CASES)
 def test_long_recording_holds_its_last_frame_to_the_end(
     recordings: dict[tuple[str, float], Path],
     connect_wav: Path,
