@@ -232,9 +232,10 @@ def output_info(
     )
 
 
-def test_output_check_takes_a_webm_video_end_from_its_track() -> None:
+def test_output_check_takes_the_video_end_from_its_track() -> None:
     rec = long_recording_info()
-    # WebM packets carry no held duration (the demuxer guesses one frame): the track's end.
+    # WebM packets carry no held duration (the demuxer guesses one frame): the track's end
+    # (without one, the packets').
     media.check_output(output_info(150.0, 200.0), rec, plan_of(rec), media.WEBM)
     with pytest.raises(OutputRejected, match=r"video ends at 150\.000"):
         media.check_output(output_info(150.0, 150.0), rec, plan_of(rec), media.WEBM)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from worker.errors import OutputRejected
-from worker.media.containers import MP4, Container
+from worker.media.containers import Container
 from worker.media.model import MediaInfo, Recording
 from worker.media.plan import MergePlan
 from worker.media.timeline import StreamSpan
@@ -30,13 +30,13 @@ def check_output(
     it must end at ``plan.duration``, its audio must run from 0 to there, and its video must
     hold every frame of the recording's, the first at its original time, the last held to
     the end (:func:`_check_ends`: on long files too, whose timelines come from the head and
-    the tail, which show each track's end; for WebM, whose packets have no durations, the
-    video track's end is its DURATION tag). Frames are counted in the output's packets or,
-    when a long output was read in intervals, taken from the merge's ffmpeg
-    (``frames_written``); not compared when the recording was read in intervals (its count
-    is unknown). The output's own origin is not used: the audio encoder's priming (Opus
-    pre-skip, 6.5 to 13 ms before 0) lies before it. Tolerance: one encoded audio frame (AAC
-    1024 samples, Opus 20 ms) plus :data:`CONTAINER_ROUNDING_SECONDS`.
+    the tail; the video track's end is the container's, MP4 start + duration, WebM its
+    DURATION tag). Frames are counted in the output's packets or, when a long output was
+    read in intervals, taken from the merge's ffmpeg (``frames_written``); not compared when
+    the recording was read in intervals (its count is unknown). The output's own origin is
+    not used: the audio encoder's priming (Opus pre-skip, 6.5 to 13 ms before 0) lies before
+    it. Tolerance: one encoded audio frame (AAC 1024 samples, Opus 20 ms) plus
+    :data:`CONTAINER_ROUNDING_SECONDS`.
     """
     name = output.path.name
     if output.video is None:
@@ -52,9 +52,11 @@ def check_output(
     if video is None or audio is None or source is None:
         raise OutputRejected(f"{name}: output has a stream without packets")
     held = holds_last_frame(recording, container)
-    if held and container is not MP4:
-        # WebM's packets do not say how long the last frame lasts: its track's end does.
-        video = replace(video, end=output.video.track_end or video.end)
+    if output.video.track_end is not None:
+        # Where the held frame ends, the container says, not the packets: WebM stores no frame
+        # durations, and ffmpeg 5.1's MP4 muxer writes a late-starting track's last sample
+        # shorter by the track's start, its header's end (start + duration) as set.
+        video = replace(video, end=output.video.track_end)
     _check_ends(name, output.timeline.end, video, audio, source, plan.duration, tolerance, held)
     if audio.start > tolerance:
         raise OutputRejected(f"{name}: audio starts {audio.start:.3f} s late")
