@@ -176,6 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("komorebi-worker: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``dlq list | head``): the commands' own cleanup (releasing
+        # held dead letters) has run; stop quietly instead of a traceback, and keep Python
+        # from failing again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("komorebi-worker: output closed; stopped", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
