@@ -622,11 +622,12 @@ def test_output_check_tolerance_is_one_audio_frame_and_rounding() -> None:
 def test_last_frame_is_held_to_the_end_of_the_timeline() -> None:
     plan = media.plan_merge(STATIC_END, connect(), 6.0, media.MergeOptions())
     args = media.hold_last_frame_args(STATIC_END, plan, media.WEBM)
-    # Packet 209 (the last, counted from 0) lasts until 11.974 s; no other packet changes;
-    # every frame decodes at its presentation time.
+    # Packet 209 (the last, counted from 0, at 6.986 s) lasts until 11.974 s; no other packet
+    # changes; every frame decodes at its presentation time.
     assert args == [
         "-bsf:v",
-        "setts=pts=PTS:dts=PTS:duration='if(eq(N\\,209)\\,11.974000/TB-PTS\\,DURATION)'",
+        "setts=pts=PTS:dts=PTS:duration="
+        "'if(eq(N\\,209)*gte(PTS\\,6.985500/TB)\\,11.974000/TB-PTS\\,DURATION)'",
     ]
     merge_args, _ = build(STATIC_END, connect(), 6.0)
     assert merge_args[merge_args.index("-bsf:v") - 2 : merge_args.index("-bsf:v")] == [
@@ -669,9 +670,11 @@ def test_webm_output_of_video_in_another_time_base_is_held_in_the_packets_unit()
     rec = chromium_mp4()
     plan = media.plan_merge(rec, connect(), 6.0, media.MergeOptions())
     (setts,) = value_after(media.hold_last_frame_args(rec, plan, media.WEBM), "-bsf:v")
+    in_ms = "lt(abs(PTS-6986)\\,abs(PTS-6.986000/TB))"
     assert setts == (
-        "setts=pts=PTS:dts=PTS:duration='if(eq(N\\,209)\\,"
-        "if(lt(abs(PTS-6986)\\,abs(PTS-6.986000/TB))\\,11974\\,11.974000/TB)-PTS"
+        "setts=pts=PTS:dts=PTS:duration='if(eq(N\\,209)*"
+        f"if({in_ms}\\,lte(abs(PTS-6986)\\,1)\\,gte(PTS\\,6.985500/TB))\\,"
+        f"if({in_ms}\\,11974\\,11.974000/TB)-PTS"
         "\\,DURATION)'"
     )
 

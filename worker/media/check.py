@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from worker.errors import OutputRejected
-from worker.media.containers import Container
+from worker.media.containers import MP4, Container
 from worker.media.model import MediaInfo, Recording
 from worker.media.plan import MergePlan
+from worker.media.timeline import StreamSpan
+from worker.media.video import holds_last_frame
 
 # Container timestamp rounding allowed on top of one audio frame in the output check:
 # WebM stores milliseconds, and the output's Opus packets start 6.5 ms early (pre-skip).
@@ -24,12 +28,15 @@ def check_output(
     Both files' :class:`Timeline` are measured the same way. The output is written on the
     recording's timeline (its t=0 is the recording's origin, its timestamps are not shifted):
     it must end at ``plan.duration``, its audio must run from 0 to there, and its video must
-    hold every frame of the recording's, the first at its original time. Frames are counted in
-    the output's packets or, when a long output was read in intervals, taken from the merge's
-    ffmpeg (``frames_written``); not compared when the recording was read in intervals. The
-    output's own origin is not used: the audio encoder's priming (Opus pre-skip, 6.5 to 13 ms
-    before 0) lies before it. Tolerance: one encoded audio frame (AAC 1024 samples, Opus 20
-    ms) plus :data:`CONTAINER_ROUNDING_SECONDS`.
+    hold every frame of the recording's, the first at its original time, the last held to
+    the end (:func:`_check_ends`: on long files too, whose timelines come from the head and
+    the tail, which show each track's end; for WebM, whose packets have no durations, the
+    video track's end is its DURATION tag). Frames are counted in the output's packets or,
+    when a long output was read in intervals, taken from the merge's ffmpeg
+    (``frames_written``); not compared when the recording was read in intervals (its count
+    is unknown). The output's own origin is not used: the audio encoder's priming (Opus
+    pre-skip, 6.5 to 13 ms before 0) lies before it. Tolerance: one encoded audio frame (AAC
+    1024 samples, Opus 20 ms) plus :data:`CONTAINER_ROUNDING_SECONDS`.
     """
     name = output.path.name
     if output.video is None:
@@ -44,12 +51,11 @@ def check_output(
     source = recording.timeline.relative(recording.video.index)
     if video is None or audio is None or source is None:
         raise OutputRejected(f"{name}: output has a stream without packets")
-    for what, end in (("output", output.timeline.end), ("audio", audio.end)):
-        if abs(end - plan.duration) > tolerance:
-            raise OutputRejected(
-                f"{name}: {what} ends at {end:.3f} s, the recording at {plan.duration:.3f} s "
-                f"(more than {tolerance:.3f} s apart)"
-            )
+    held = holds_last_frame(recording, container)
+    if held and container is not MP4:
+        # WebM's packets do not say how long the last frame lasts: its track's end does.
+        video = replace(video, end=output.video.track_end or video.end)
+    _check_ends(name, output.timeline.end, video, audio, source, plan.duration, tolerance, held)
     if audio.start > tolerance:
         raise OutputRejected(f"{name}: audio starts {audio.start:.3f} s late")
     # ffmpeg's count includes packets the demuxer marks discarded (it copies them too).
@@ -63,4 +69,29 @@ def check_output(
     if abs(video.start - source.start) > CONTAINER_ROUNDING_SECONDS:
         raise OutputRejected(
             f"{name}: video starts at {video.start:.3f} s, in the recording at {source.start:.3f} s"
+        )
+
+
+def _check_ends(
+    name: str,
+    end: float,
+    video: StreamSpan,
+    audio: StreamSpan,
+    source: StreamSpan,
+    duration: float,
+    tolerance: float,
+    held: bool,
+) -> None:
+    """The output, its audio and (when its last frame is held) its video end at ``duration``
+    within ``tolerance``; a video not held keeps the recording's last frame (``source``)."""
+    ends = [("output", end), ("audio", audio.end)] + ([("video", video.end)] if held else [])
+    for what, at in ends:
+        if abs(at - duration) > tolerance:
+            raise OutputRejected(
+                f"{name}: {what} ends at {at:.3f} s, the recording at {duration:.3f} s "
+                f"(more than {tolerance:.3f} s apart)"
+            )
+    if not held and abs(video.last - source.last) > CONTAINER_ROUNDING_SECONDS:
+        raise OutputRejected(
+            f"{name}: last frame at {video.last:.3f} s, in the recording at {source.last:.3f} s"
         )

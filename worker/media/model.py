@@ -32,6 +32,10 @@ class StreamInfo:
     height: int | None
     time_base: Fraction | None = None
     reorder_delay: int = 0  # ffprobe's has_b_frames: frames decoded before the first shown
+    # Where the container says the track ends, on the file's clock: MP4 start + duration,
+    # Matroska the track's DURATION tag (WebM stores no frame durations: its packets cannot
+    # tell how long the last frame lasts). None: not said.
+    track_end: float | None = None
 
 
 @dataclass(frozen=True)

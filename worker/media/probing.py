@@ -3,8 +3,9 @@
 :func:`probe` runs ffprobe through :mod:`worker.ffmpeg` (the allow-lists, the time limit, the
 kill on cancellation) twice: once for the format and streams (:func:`parse_probe_json`), once
 for the packets (:class:`~worker.media.timeline.TimelineScan`), all of them or, for a long
-file with a believable header, its head and tail. The argument builders and the parser are
-pure.
+file with a believable header, its head and tail (and, when these show no video past the
+head, the video's packets from further back: its last frame). The argument builders and the
+parser are pure.
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ import structlog
 
 from worker import ffmpeg
 from worker.errors import MediaError
-from worker.media._parse import parse_float, parse_fraction, parse_int
+from worker.media._parse import parse_clock, parse_float, parse_fraction, parse_int
 from worker.media.model import MediaInfo, ProbeHeader, StreamInfo
 from worker.media.timeline import (
+    HEAD_SECONDS,
     MAX_PLAUSIBLE_DURATION,
     StreamSpan,
     Timeline,
     TimelineScan,
     intervals_suffice,
+    last_video_unseen,
     looks_truncated,
+    read_back_starts,
     scan_intervals,
+    with_last_packet,
 )
 from worker.observability import FFMPEG_FAILURES
 
@@ -48,12 +53,15 @@ def build_probe_args(path: Path) -> list[str]:
     ]
 
 
-def build_timeline_args(path: Path, intervals: str | None = None) -> list[str]:
+def build_timeline_args(
+    path: Path, intervals: str | None = None, stream: int | None = None
+) -> list[str]:
     """ffprobe listing packets' stream, times, flags and skipped samples (pure).
 
     Demuxing only (no decoding): a pass over the file at disk speed, or over ``intervals``
-    (ffprobe's ``-read_intervals``, see :func:`~worker.media.timeline.scan_intervals`). One
-    line per packet, read by :class:`~worker.media.timeline.TimelineScan`.
+    (ffprobe's ``-read_intervals``, see :func:`~worker.media.timeline.scan_intervals`); only
+    stream ``stream`` when given (an MP4 demuxer then skips the others' data). One line per
+    packet, read by :class:`~worker.media.timeline.TimelineScan`.
     """
     return [
         ffmpeg.FFPROBE,
@@ -61,6 +69,7 @@ def build_timeline_args(path: Path, intervals: str | None = None) -> list[str]:
         "-v",
         "error",
         *(["-read_intervals", intervals] if intervals else []),
+        *(["-select_streams", str(stream)] if stream is not None else []),
         "-show_entries",
         "packet=stream_index,pts_time,dts_time,duration_time,flags"
         ":packet_side_data=skip_samples,discard_padding",
@@ -83,7 +92,15 @@ def _stream(raw: dict[str, Any]) -> StreamInfo:
         height=parse_int(raw.get("height")),
         time_base=parse_fraction(raw.get("time_base")),
         reorder_delay=parse_int(raw.get("has_b_frames")) or 0,
+        track_end=_track_end(raw),
     )
+
+
+def _track_end(raw: dict[str, Any]) -> float | None:
+    duration = parse_float(raw.get("duration"))
+    if duration is not None:
+        return (parse_float(raw.get("start_time")) or 0.0) + duration
+    return parse_clock((raw.get("tags") or {}).get("DURATION"))
 
 
 def parse_probe_json(path: Path, text: str, size_bytes: int) -> ProbeHeader:
@@ -189,6 +206,10 @@ async def _read_timeline(header: ProbeHeader, timeout: float) -> Timeline:  # no
         timeline = await _scan(path, rates, scan_timeout, intervals[0])
         if timeline is not None and not intervals_suffice(timeline, intervals[1], len(rates)):
             timeline = None  # the header misled the seek: read every packet instead
+        if timeline is not None and header.video is not None:
+            timeline = await _read_back_video(
+                path, header.video.index, timeline, intervals[1], scan_timeout
+            )
     if timeline is None:
         timeline = await _scan(path, rates, scan_timeout, None)
     if timeline is None or not 0 < timeline.duration <= MAX_PLAUSIBLE_DURATION:
@@ -197,15 +218,42 @@ async def _read_timeline(header: ProbeHeader, timeout: float) -> Timeline:  # no
     return timeline
 
 
+async def _read_back_video(
+    path: Path,
+    index: int,
+    timeline: Timeline,
+    tail_from: float,
+    timeout: float,  # noqa: ASYNC109
+) -> Timeline:
+    """``timeline`` with the last packet of its video (stream ``index``), read from further
+    back when the head and tail reads show none past the head
+    (:func:`~worker.media.timeline.last_video_unseen`).
+
+    Only the video stream's packets, from ever further back to the end of the file
+    (:func:`~worker.media.timeline.read_back_starts`); one scan's span at a time in memory.
+    """
+    if not last_video_unseen(timeline, index):
+        return timeline
+    for start in read_back_starts(tail_from, timeline.origin + HEAD_SECONDS):
+        found = await _scan(path, {index: None}, timeout, f"{start:.3f}%", stream=index)
+        span = found.stream(index) if found is not None else None
+        if span is not None:
+            log.info("last_frame_read_back", file=path.name, start=round(start, 3))
+            return with_last_packet(timeline, span)
+    return timeline
+
+
 async def _scan(
     path: Path,
     rates: dict[int, int | None],
     timeout: float,  # noqa: ASYNC109
     intervals: str | None,
+    *,
+    stream: int | None = None,
 ) -> Timeline | None:
     scanner = TimelineScan(rates)
     await ffmpeg.run(
-        build_timeline_args(path, intervals),
+        build_timeline_args(path, intervals, stream),
         timeout=timeout,
         what=f"packet scan of {path.name}",
         on_stdout_line=scanner.feed,
