@@ -313,8 +313,10 @@ async def merge(
     settings = deps.settings
     with stage("probe"):
         timeout = settings.ffmpeg_timeout_base_seconds
-        recording = await media.probe(recording_path, timeout=timeout)
-        connect = await media.probe(connect_path, timeout=timeout)
+        recording, probed = await media.probe_inputs(recording_path, connect_path, timeout=timeout)
+        if isinstance(probed, Exception):
+            raise probed
+        connect = probed
     checked = media.Recording.of(recording, name=f"recording {job.recording_id}")
     container = media.container_for(checked.video.codec_name)
     request = media.MergeRequest(
