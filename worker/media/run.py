@@ -282,20 +282,23 @@ async def _write(
     progress = Progress(plan.duration, on_progress)
     try:
         chapters.write_text(chapters_metadata(plan))
-        # The thumbnail is made while the merge runs (two processes); its error, if any, comes
-        # after the merge's and the check's, as when it was made last.
-        _, thumbnail_error = await side_by_side(
+        await ffmpeg.run(
+            args,
+            timeout=options.media_timeout(plan.duration),
+            what="merge",
+            on_stdout_line=progress.feed,
+        )
+        # The thumbnail is made while the output is probed (beside the merge's ffmpeg, its
+        # decoder would add its memory to the job's peak); its error, if any, comes after the
+        # probe's and the check's, as when it was made last.
+        written, thumbnail_error = await side_by_side(
             partial(
-                ffmpeg.run,
-                args,
-                timeout=options.media_timeout(plan.duration),
-                what="merge",
-                on_stdout_line=progress.feed,
+                probe,
+                request.output,
+                timeout=options.timeout_base_seconds,
+                expected_duration=plan.duration,
             ),
             partial(_thumbnail, recording, request.thumbnail, options.timeout_base_seconds),
-        )
-        written = await probe(
-            request.output, timeout=options.timeout_base_seconds, expected_duration=plan.duration
         )
         try:
             check_output(written, recording, plan, container, progress.frames)
