@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -732,9 +733,9 @@ def test_every_probe_of_a_merge_uses_the_configured_time_limit(
     real_probe = media.probe
     limits: dict[str, float] = {}
 
-    async def spy(path: Path, *, timeout: float = 60.0) -> media.MediaInfo:
+    async def spy(path: Path, *, timeout: float = 60.0, **how: Any) -> media.MediaInfo:
         limits[path.name] = timeout
-        return await real_probe(path, timeout=timeout)
+        return await real_probe(path, timeout=timeout, **how)
 
     monkeypatch.setattr(media_run, "probe", spy)
     request = media.MergeRequest(
@@ -746,5 +747,5 @@ def test_every_probe_of_a_merge_uses_the_configured_time_limit(
         options=media.MergeOptions(timeout_base_seconds=7.5),
     )
     anyio.run(media.merge, request)
-    assert limits.keys() >= {"recording.mp4", request.recording.name}
+    assert limits.keys() >= {"recording.mp4", request.recording.name, "connect-8k-mono-2s.wav"}
     assert set(limits.values()) == {7.5}, limits
