@@ -230,7 +230,7 @@ async def _read_in_one_run(
     header = _checked(parse_probe_json(path, reader.header_text(), size))
     rates = {s.index: s.sample_rate for s in (header.video, header.audio) if s is not None}
     if intervals is None:
-        if len(reader.packets) >= ONE_RUN_MAX_PACKETS:
+        if reader.packets >= ONE_RUN_MAX_PACKETS:
             return None
         timeline = reader.timeline(rates, complete=True)
     else:
