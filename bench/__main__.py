@@ -416,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     results["reproduce"] = [
         "make bench                      # everything (first run also generates bench/cache/)",
         "nice -n 19 .venv/bin/python -m bench --lengths 5,15 --skip-worker --skip-transfer",
+        ".venv/bin/python -m bench --only merge,floor --lengths 10,60 --kinds mp4,webm "
+        "--repeat 3 --skip-worker --skip-transfer --skip-sync   # issue 18's overhead",
         ".venv/bin/python -m bench.sync_bench   # only the call-end sync corpus",
         ".venv/bin/python -m bench.media_gen   # only (re)generate the cached media",
     ]
