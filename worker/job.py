@@ -84,10 +84,15 @@ async def probe_and_merge(inputs: MergeInputs, /) -> media.MergeResult:
     into ``inputs.workdir`` (the output, named for the recording's container, and the
     thumbnail)."""
     with stage("probe"):
-        timeout = inputs.options.timeout_base_seconds
-        recording = await media.probe(inputs.recording, timeout=timeout)
-        connect = await media.probe(inputs.connect_audio, timeout=timeout)
+        # Side by side; the recording's error first, the Connect audio's once the recording
+        # is known to be usable (permanent first).
+        recording, probed = await media.probe_inputs(
+            inputs.recording, inputs.connect_audio, timeout=inputs.options.timeout_base_seconds
+        )
     checked = media.Recording.of(recording, name=inputs.name)
+    if isinstance(probed, Exception):
+        raise probed
+    connect = probed
     container = media.container_for(checked.video.codec_name)
     request = media.MergeRequest(
         recording=inputs.recording,

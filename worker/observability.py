@@ -18,12 +18,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import anyio
 import anyio.abc
 import structlog
-from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -35,6 +34,10 @@ from prometheus_client.exposition import choose_encoder
 
 from worker.limits import SHUTDOWN
 from worker.redaction import redact, redact_value
+
+if TYPE_CHECKING:  # aiohttp is imported by the two functions that serve HTTP (start-up time:
+    # `komorebi-worker merge` and every module that counts a metric never serve it)
+    from aiohttp import web
 
 # `_created` series (one per counter/histogram child) would be scraped as extra gauges in the
 # text format and carry nothing an operator uses; the process start time covers resets.
@@ -369,6 +372,8 @@ class HealthState:
 
 
 def _build_app(health: HealthState) -> web.Application:
+    from aiohttp import web
+
     async def metrics(request: web.Request) -> web.Response:
         # Content negotiation: OpenMetrics for a Prometheus that asks for it, text otherwise.
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
@@ -401,6 +406,8 @@ async def serve_http(
     ``port = await group.start(serve_http, 0, health)``). On cancellation the listener is
     closed inside a shielded scope, so the port is free when this returns.
     """
+    from aiohttp import web
+
     from worker.errors import ConfigError
 
     # No access log: a scrape every few seconds would drown the job events. A short shutdown

@@ -123,7 +123,10 @@ class TimelineScan:
 
     def feed(self, line: str) -> None:
         """Take one output line (lines without a timed packet are ignored)."""
-        values = dict(part.split("=", 1) for part in line.split("|") if "=" in part)
+        self.feed_values(dict(part.split("=", 1) for part in line.split("|") if "=" in part))
+
+    def feed_values(self, values: dict[str, str]) -> None:
+        """Take one packet's fields (``stream_index``, ``pts_time``... as ffprobe prints them)."""
         index = parse_int(values.get("stream_index"))
         if index not in self._rates:
             return
