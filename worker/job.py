@@ -178,6 +178,7 @@ async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobRe
                         sync_method=merged.sync.method,
                         sync_offset_seconds=merged.sync.offset_seconds,
                         sync_confidence=merged.sync.confidence,
+                        sync_drift_ppm=merged.sync.drift_ppm,
                     ),
                 )
     except AlreadyDone:

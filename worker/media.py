@@ -44,7 +44,7 @@ from worker.errors import (
     OutputRejected,
     UnsupportedMedia,
 )
-from worker.observability import CALL_END_CLAMPS, FFMPEG_FAILURES
+from worker.observability import CALL_END_CLAMPS, CONNECT_SHORT, FFMPEG_FAILURES
 
 log = structlog.get_logger(__name__)
 
@@ -257,11 +257,17 @@ class MergePlan:
     total_samples: int
     call_end_samples: int
     offset_samples: int
+    # Where the Connect audio ends (issue 19): the call end, unless the sync found a Connect
+    # file that stopped before it (the recording's own audio from here on).
+    connect_end: float
+    connect_end_samples: int
+    # Recording seconds per Connect second (clock drift the sync measured; 1: none).
+    drift_ratio: float = 1.0
 
     @property
     def tail_samples(self) -> int:
-        """Samples of the recording's own audio after the call end."""
-        return self.total_samples - self.call_end_samples
+        """Samples of the recording's own audio after the Connect audio's end."""
+        return self.total_samples - self.connect_end_samples
 
 
 # --- pure core -------------------------------------------------------------------------------
@@ -278,12 +284,20 @@ def container_for(video_codec: str) -> Container:
 
 
 def plan_merge(
-    recording: MediaInfo, connect: MediaInfo, call_end: float, options: MergeOptions
+    recording: MediaInfo,
+    connect: MediaInfo,
+    call_end: float,
+    options: MergeOptions,
+    *,
+    connect_end: float | None = None,
+    drift_ratio: float = 1.0,
 ) -> MergePlan:
     """Clamp ``call_end`` to the recording and place the Connect audio (pure).
 
     The recording lasts its :class:`Timeline`'s duration (``MediaInfo.duration``): the output
-    audio is exactly that many samples, from the recording's origin.
+    audio is exactly that many samples, from the recording's origin. The Connect audio ends at
+    ``connect_end`` (default: the call end; never after it) and lasts its duration times
+    ``drift_ratio`` (issue 19).
     """
     if not math.isfinite(call_end) or call_end < 0:
         raise ValueError("call end must be a finite number >= 0")
@@ -293,7 +307,8 @@ def plan_merge(
     end = min(call_end, duration)
     total = round(duration * rate)
     end_samples = min(round(end * rate), total)
-    offset = end - connect.duration
+    connect_to = end if connect_end is None else max(0.0, min(connect_end, end))
+    offset = connect_to - connect.duration * drift_ratio
     return MergePlan(
         duration=duration,
         call_end=end,
@@ -305,7 +320,39 @@ def plan_merge(
         total_samples=total,
         call_end_samples=end_samples,
         offset_samples=round(offset * rate),
+        connect_end=connect_to,
+        connect_end_samples=min(round(connect_to * rate), total),
+        drift_ratio=drift_ratio,
     )
+
+
+def placed_plan(
+    recording: MediaInfo,
+    connect: MediaInfo,
+    plan: MergePlan,
+    synced: sync.SyncResult,
+    options: MergeOptions,
+) -> MergePlan:
+    """The plan after a confident sync (pure): the Connect audio ends where it was measured.
+
+    The +-5 s search measures the call end itself. The wide search measures where the Connect
+    file ends: after the timestamp, that is the call end (the timestamp was early); before it,
+    the file stopped early (or the timestamp is late: the audio cannot tell), so the call end
+    stays the timestamp's and the recording's own audio covers the rest.
+    """
+    connect_end = plan.call_end + synced.offset_seconds
+    call_end = plan.call_end
+    if synced.method == "waveform" or connect_end > plan.call_end:
+        call_end = connect_end
+    measured = plan_merge(
+        recording,
+        connect,
+        call_end,
+        options,
+        connect_end=connect_end,
+        drift_ratio=synced.drift_ratio,
+    )
+    return replace(measured, call_end_clamped=plan.call_end_clamped)
 
 
 def _layout(channels: int) -> str:
@@ -325,6 +372,25 @@ def _resample(plan: MergePlan) -> str:
     # a late start (audio at 0.040 s) or a gap becomes silence instead of shifting the audio,
     # so the original timestamps hold. Small timestamp jitter (below 0.1 s) is left alone.
     return f"aresample={plan.sample_rate}:async=1:first_pts=0"
+
+
+# Drift (issue 19): the Connect audio's timestamps are scaled by the drift ratio and aresample
+# follows them by soft compensation (resampling by at most max_soft_comp, 1000 ppm: above the
+# largest drift applied, far below an audible pitch change), correcting whenever the audio is
+# more than min_comp (0.5 ms) off its timestamps: within ~1 ms along an hour.
+DRIFT_MIN_COMP_SECONDS = 0.0005
+DRIFT_MAX_SOFT_COMP = 0.001
+
+
+def connect_resample_steps(plan: MergePlan) -> list[str]:
+    """The Connect chain's resampling: :func:`_resample`, or with the drift applied (pure)."""
+    if plan.drift_ratio == 1.0:
+        return [_resample(plan)]
+    return [
+        f"asetpts=PTS*{plan.drift_ratio:.9f}",
+        f"aresample={plan.sample_rate}:min_comp={DRIFT_MIN_COMP_SECONDS}"
+        f":max_soft_comp={DRIFT_MAX_SOFT_COMP}:first_pts=0",
+    ]
 
 
 def _connect_mix(in_channels: int | None, out_channels: int) -> list[str]:
@@ -355,9 +421,9 @@ def recording_seek_seconds(plan: MergePlan) -> int:
     A whole number of seconds, so that it is a whole number of samples at any integer sample
     rate (the ``[rec]`` chain's ``atrim`` counts samples from it) and ``-ss`` parses exactly.
     """
-    if plan.call_end <= SEEK_MIN_CALL_END_SECONDS or plan.tail_samples <= 0:
+    if plan.connect_end <= SEEK_MIN_CALL_END_SECONDS or plan.tail_samples <= 0:
         return 0
-    return max(0, math.floor(plan.call_end - SEEK_MARGIN_SECONDS))
+    return max(0, math.floor(plan.connect_end - SEEK_MARGIN_SECONDS))
 
 
 def build_audio_graph(
@@ -388,9 +454,10 @@ def build_audio_graph(
     chains: list[str] = []
     labels: list[str] = []
     norm = _normalize(plan)
-    cs = plan.call_end_samples
+    cs = plan.connect_end_samples
     if cs > 0:
-        steps = [*_connect_mix(connect_audio.channels, plan.channels), _resample(plan), norm]
+        steps = [*_connect_mix(connect_audio.channels, plan.channels)]
+        steps += [*connect_resample_steps(plan), norm]
         steps += connect_gain
         if align != "start":
             if plan.offset_samples < 0:  # Connect longer than callEnd: cut its head
@@ -1136,16 +1203,27 @@ async def merge(
             media_duration=round(plan.duration, 3),
         )
     synced, gains = await measure_audio(recording, connect, plan, options)
-    if synced.method == "waveform":
-        # The measured call end drives END alignment (whole samples, as the timestamp did).
-        measured = plan_merge(recording, connect, plan.call_end + synced.offset_seconds, options)
-        plan = replace(measured, call_end_clamped=plan.call_end_clamped)
+    if synced.measured:
+        # The measured placement drives END alignment (whole samples, as the timestamp did).
+        plan = placed_plan(recording, connect, plan, synced, options)
+        short = plan.call_end - plan.connect_end
+        if short > 0:
+            CONNECT_SHORT.labels(reason="early_stop").inc()
+            log.warning(
+                "connect_audio_short",
+                reason="early_stop",
+                call_end=round(plan.call_end, 3),
+                connect_end=round(plan.connect_end, 3),
+                missing_seconds=round(short, 3),
+            )
     log.info(
         "merge_plan",
         align=options.align,
         sync_method=synced.method,
         media_duration=round(plan.duration, 3),
         call_end=round(plan.call_end, 3),
+        connect_end=round(plan.connect_end, 3),
+        drift_ppm=round(synced.drift_ppm, 2),
         connect_duration=round(plan.connect_duration, 3),
         connect_audio_offset=round(plan.offset, 3),
         container=container.extension,
