@@ -18,6 +18,7 @@ Memory is one block plus the utterances, whatever the length.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from dataclasses import asdict, dataclass
@@ -122,7 +123,8 @@ def _render(
 
 def make_long_case(directory: Path, spec: LongSpec) -> LongCase:
     """Write (or reuse) the media of ``spec``."""
-    folder = directory / f"{spec.name}-{abs(hash(json.dumps(asdict(spec)))) % 10**8}"
+    key = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
+    folder = directory / f"{spec.name}-{key}"
     meta = folder / "case.json"
     ratio = 1 + spec.drift_ppm * 1e-6
     connect_duration = (spec.call_seconds - spec.early_stop) / ratio

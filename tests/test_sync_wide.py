@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.test_media_args import connect, recording
-from tests.test_sync import RATE, bursts, delayed
+from tests.test_sync import RATE, bursts, delayed, window
 from worker import drift, media, sync, sync_search
 from worker.sync_search import ENVELOPE_RATE, Candidate
 
@@ -149,6 +149,23 @@ def test_plan_stretch_places_an_inner_stretch_or_refuses() -> None:
     assert outside is None
 
 
+def test_one_recurring_loud_utterance_is_not_an_alignment() -> None:
+    """Most of the stretch's energy is one utterance (a recorded prompt) that the microphone
+    also holds, 2 s away from where the rest of the stretch would be: the energy halves both
+    fall inside it and agree, but the rest of the stretch matches nothing there."""
+    rng = np.random.default_rng(9)
+    prompt = bursts(8.0, seed=5) * 6.0
+    reference = bursts(24.0, seed=1)
+    reference[8 * RATE : 16 * RATE] += prompt
+    signal = bursts(31.0, seed=2) * 0.5  # another conversation...
+    at = int((5.5 + 8.0 + 2.0) * RATE)  # ...with the prompt 2 s off its place
+    signal[at : at + prompt.size] += prompt * 0.3
+    signal += (rng.standard_normal(signal.size) * 0.003).astype(np.float32)
+    result = sync.synchronise(reference, signal, window())
+    assert (result.method, result.reason) == ("timestamp", "low_confidence"), result
+    assert result.estimate_seconds == pytest.approx(2.0, abs=0.01)  # the prompt's place
+
+
 # --- drift -----------------------------------------------------------------------------------
 
 
@@ -188,7 +205,7 @@ def test_measurement_times() -> None:
     assert drift.measurement_times(0.5, 60.0, 30.0) == []  # too short to see drift
     assert drift.measurement_times(0.5, 200.0, 30.0) == [0.5]
     assert drift.measurement_times(0.5, 3600.0, 30.0) == [0.5, 0.5 + (3599.5 - 30.0) / 2]
-    assert drift.rough_ppm(_points(55.0, [10.0, 500.0])) == pytest.approx(55.0)
+    assert drift.slope(_points(55.0, [10.0, 500.0])) * 1e6 == pytest.approx(55.0)
 
 
 def test_stretch_lines_a_drifting_signal_up_again() -> None:

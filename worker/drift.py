@@ -66,11 +66,6 @@ def slope(points: list[Point]) -> float:
     return sum((p.connect_seconds - mean_t) * (p.placement - mean_p) for p in points) / spread
 
 
-def rough_ppm(points: list[Point]) -> float:
-    """The first pass's drift (ppm) through unconfirmed lags (pure)."""
-    return slope(points) * 1e6
-
-
 def fit(points: list[Point], anchor: Point) -> Drift:
     """The drift through ``points`` (the ``anchor``, the call end's measurement, among them).
 

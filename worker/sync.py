@@ -78,6 +78,10 @@ MIN_Z = 20.0
 MIN_HALF_Z = 10.0
 MAX_SIDE_PEAK_RATIO = 0.5
 MIN_CORRELATION = 0.15
+# The correlation must hold in every time third of the stretch that carries the agent's speech
+# (at least 1% of the loudest third's energy: -20 dB), not only over the whole (_weakest_part).
+PARTS = 3
+PART_MIN_ENERGY = 0.01
 AGREEMENT_SECONDS = 0.004  # the halves must agree with the whole within this (drift: 250 ppm)
 # Below this RMS (about -60 dBFS) a stretch is silence (or a muted microphone).
 SILENCE_RMS = 1e-3
@@ -471,8 +475,33 @@ def _coefficient(
         return 0.0
     aligned = signal[begin:end]
     part = ref[begin - lag : end - lag]
-    denominator = float(np.linalg.norm(part) * np.linalg.norm(aligned))
-    return float(np.dot(part, aligned)) / denominator if denominator > 0 else 0.0
+    return min(_pearson(part, aligned), _weakest_part(part, aligned))
+
+
+def _pearson(ours: npt.NDArray[np.float64], theirs: npt.NDArray[np.float64]) -> float:
+    denominator = float(np.linalg.norm(ours) * np.linalg.norm(theirs))
+    return float(np.dot(ours, theirs)) / denominator if denominator > 0 else 0.0
+
+
+def _weakest_part(ours: npt.NDArray[np.float64], theirs: npt.NDArray[np.float64]) -> float:
+    """The lowest correlation over the :data:`PARTS` equal time parts of the aligned stretch
+    that hold at least :data:`PART_MIN_ENERGY` of the loudest part's energy (issue 19).
+
+    A real alignment matches all along the stretch. A stretch whose energy is mostly one
+    utterance matches wherever that exact utterance recurs (a recorded prompt, replayed):
+    the energy halves may both fall inside it and agree, but the other parts of the stretch
+    then share nothing with the microphone.
+    """
+    parts = list(zip(np.array_split(ours, PARTS), np.array_split(theirs, PARTS), strict=True))
+    energies = [float(np.dot(part, part)) for part, _ in parts]
+    loudest = max(energies)
+    if loudest <= 0:
+        return 0.0
+    return min(
+        _pearson(part, heard)
+        for (part, heard), energy in zip(parts, energies, strict=True)
+        if energy >= PART_MIN_ENERGY * loudest
+    )
 
 
 def energy_midpoint(reference: Signal) -> int:
@@ -544,8 +573,9 @@ def synchronise(reference: Signal, signal: Signal, window: SyncWindow) -> SyncRe
     if not retry.measured:
         return result
     # The stretched reference starts where the plain one did and ends rate * length later.
+    # drift_ppm says by how much it was stretched (the caller may apply its own fit).
     end_shift = rate * reference.size / SYNC_RATE
-    return replace(retry, offset_seconds=retry.offset_seconds + end_shift)
+    return replace(retry, offset_seconds=retry.offset_seconds + end_shift, drift_ppm=rate * 1e6)
 
 
 def _synchronise(
@@ -723,7 +753,9 @@ def choose_wide(narrow: SyncResult, confident: list[SyncResult]) -> SyncResult:
         return SyncResult.timestamp(
             "wide_ambiguous", confidence=best.confidence, estimate=best.offset_seconds
         )
-    return SyncResult("waveform_wide", best.offset_seconds, best.confidence, "measured")
+    return SyncResult(
+        "waveform_wide", best.offset_seconds, best.confidence, "measured", drift_ppm=best.drift_ppm
+    )
 
 
 async def _wide(
@@ -797,24 +829,27 @@ async def _drift(
     """Measure the placement again near the start (and middle) of the overlap; stretch the
     Connect audio when the measurements show a plausible drift (:mod:`worker.drift`).
 
-    Two passes over the same decoded stretches: the lags alone (a drifting stretch smears the
-    correlation, but its peak stays in place) give a first drift; each Connect stretch,
-    stretched by it (:func:`worker.drift.stretch`), is then measured under the full rules, and
-    only confident measurements enter the fit.
+    Each stretch is measured under the full rules (:func:`synchronise`, which stretches a
+    drift-smeared stretch by the drift its halves show and measures it again); its offset is
+    its middle's. The call end's own measurement is the anchor.
     """
     placement = inputs.call_end + found.offset_seconds - inputs.connect_duration
     connect_from = max(0.0, -placement) + DECODE_MARGIN_SECONDS
     connect_to = min(inputs.connect_duration, inputs.recording_duration - placement)
     starts = drift.measurement_times(connect_from, connect_to, STRETCH_SECONDS)
     if not starts:
-        return found
-    end_start = inputs.connect_duration - end_length
-    stretches: list[tuple[float, SyncWindow, Signal, Signal]] = []
-    for start, length in [(end_start, end_length)] + [(t, STRETCH_SECONDS) for t in starts]:
+        return replace(found, drift_ppm=0.0)  # one stretch's own drift is too rough to apply
+    # The call end's stretch: its offset is where its middle lies (found's is its end's).
+    anchor = drift.Point(
+        inputs.connect_duration - end_length / 2,
+        placement - found.drift_ppm * 1e-6 * end_length / 2,
+    )
+    points = [anchor]
+    for start in starts:
         distance = inputs.connect_duration - start
         window = plan_stretch(
             connect_start=start,
-            length=length,
+            length=STRETCH_SECONDS,
             placement=placement,
             search=drift.MAX_DRIFT_PPM * 1e-6 * distance + DRIFT_SEARCH_MARGIN_SECONDS,
             recording_duration=inputs.recording_duration,
@@ -822,64 +857,32 @@ async def _drift(
         if window is None:
             continue
         decoded = await _decode_window(inputs, window, timeout=timeout)
-        if not isinstance(decoded, SyncResult):
-            stretches.append((start, window, *decoded))
-    if len(stretches) < 2 or stretches[0][0] != end_start:
-        return found
-    # First pass: the lags alone.
-    rough = [  # an unstretched stretch's lag is its middle's placement
-        drift.Point(
-            start + window.connect_seconds / 2,
-            placement + rough_offset(reference, signal, window),
-        )
-        for start, window, reference, signal in stretches
-    ]
-    first = drift.rough_ppm(rough)
-    if abs(first) > drift.MAX_DRIFT_PPM:
-        log.info("call_end_sync_drift", reason="implausible", fitted_ppm=round(first, 2))
-        return found
-    # Second pass: every stretch measured again under the rules, stretched by that drift.
-    ratio = 1.0 + first * 1e-6
-    points: list[drift.Point] = []
-    for start, window, reference, signal in stretches:
-        measured = synchronise(drift.stretch(reference, ratio), signal, window)
+        if isinstance(decoded, SyncResult):
+            continue
+        measured = synchronise(*decoded, window)
+        centre = measured.offset_seconds - measured.drift_ppm * 1e-6 * STRETCH_SECONDS / 2
         log.info(
             "call_end_sync_drift_point",
             connect_seconds=round(start, 3),
             method=measured.method,
             reason=measured.reason,
-            offset=round(measured.offset_seconds, 5),
+            offset=round(centre, 5),
             confidence=measured.confidence,
         )
         if measured.measured:
-            points.append(drift.Point(start, placement + measured.offset_seconds))
-    if not points or points[0].connect_seconds != end_start:
-        return found  # the call end's own stretch must be among them: it anchors the line
-    fitted = drift.fit(points, points[0])
+            points.append(drift.Point(start + STRETCH_SECONDS / 2, placement + centre))
+    fitted = drift.fit(points, anchor)
     log.info(
         "call_end_sync_drift",
         reason=fitted.reason,
-        first_ppm=round(first, 2),
         fitted_ppm=round(fitted.fitted_ppm, 2),
         points=len(points),
     )
     if fitted.reason != "applied":
-        return found
-    # The line through the end stretch's start, followed to the Connect file's very end.
+        return replace(found, drift_ppm=0.0)
+    # The line through the call end's stretch, followed to the Connect file's very end.
     end = fitted.placement + inputs.connect_duration * fitted.ratio
-    offset = end - inputs.call_end
-    return replace(found, offset_seconds=offset, drift_ppm=fitted.ppm)
-
-
-def rough_offset(reference: Signal, signal: Signal, window: SyncWindow) -> float:
-    """The best lag's offset in ``window``, confident or not (the drift's first pass)."""
-    found = estimate(
-        reference,
-        signal,
-        min_lag=window.zero_lag + window.min_offset,
-        max_lag=window.zero_lag + window.max_offset,
-    )
-    return found.whole.lag - window.zero_lag
+    return replace(found, offset_seconds=end - inputs.call_end, drift_ppm=fitted.ppm)
 
 
 async def _stream(
