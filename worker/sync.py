@@ -859,8 +859,9 @@ async def _drift(
         decoded = await _decode_window(inputs, window, timeout=timeout)
         if isinstance(decoded, SyncResult):
             continue
-        measured = synchronise(*decoded, window)
+        measured, shift = _drift_point(*decoded, window, anchor, placement, start)
         centre = measured.offset_seconds - measured.drift_ppm * 1e-6 * STRETCH_SECONDS / 2
+        centre += shift
         log.info(
             "call_end_sync_drift_point",
             connect_seconds=round(start, 3),
@@ -883,6 +884,34 @@ async def _drift(
     # The line through the call end's stretch, followed to the Connect file's very end.
     end = fitted.placement + inputs.connect_duration * fitted.ratio
     return replace(found, offset_seconds=end - inputs.call_end, drift_ppm=fitted.ppm)
+
+
+def _drift_point(
+    reference: Signal,
+    signal: Signal,
+    window: SyncWindow,
+    anchor: drift.Point,
+    placement: float,
+    start: float,
+) -> tuple[SyncResult, float]:
+    """One drift stretch under the full rules, and what to add to its offset for its middle.
+
+    When drift smeared it past the rules and its own halves were too noisy to tell, its
+    unconfirmed lag against the call end's stretch gives the drift over their distance (many
+    times the stretch's length: precise); stretched by it, it is measured once more.
+    """
+    measured = synchronise(reference, signal, window)
+    if measured.measured or measured.estimate_seconds is None:
+        return measured, 0.0
+    centre = start + STRETCH_SECONDS / 2
+    rate = (placement + measured.estimate_seconds - anchor.placement) / (
+        centre - anchor.connect_seconds
+    )
+    if not DRIFT_RETRY_MIN <= abs(rate) * 1e6 <= drift.MAX_DRIFT_PPM:
+        return measured, 0.0
+    retry = synchronise(drift.stretch(reference, 1.0 + rate), signal, window)
+    # Stretched about its start, the stretch's lag is its start's; its middle is later.
+    return retry, rate * STRETCH_SECONDS / 2
 
 
 async def _stream(
