@@ -385,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print("call-end sync on the speech corpus:", flush=True)
             results["sync"] = run_sync_bench(args.cache_dir / "speech")
+            from bench.sync_wide_bench import main as sync_wide_bench
+
+            # Issue 19: sync anywhere, drift, human speech (writes results/issue-19/).
+            print("sync anywhere and drift (issue 19):", flush=True)
+            sync_wide_bench([])
             if not args.skip_media:
                 from bench.sync_bench import measure_sync_cost
 
@@ -419,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         ".venv/bin/python -m bench --only merge,floor --lengths 10,60 --kinds mp4,webm "
         "--repeat 3 --skip-worker --skip-transfer --skip-sync   # issue 18's overhead",
         ".venv/bin/python -m bench.sync_bench   # only the call-end sync corpus",
+        ".venv/bin/python -m bench.sync_wide_bench [--only short,long,memory]   # issue 19",
         ".venv/bin/python -m bench.media_gen   # only (re)generate the cached media",
     ]
     md = report.write(results, args.results_dir)

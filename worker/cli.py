@@ -301,11 +301,12 @@ def _merge_audio_settings(args: argparse.Namespace) -> AudioSettings:
 def describe_sync(result: MergeResult) -> str:
     """One line on how the call end was placed (the values the worker stores on the row)."""
     synced = result.sync
-    if synced.method == "waveform":
+    if synced.measured:
         offset = round(synced.offset_seconds, 3) + 0.0  # no "-0.000"
+        drift = f", drift {synced.drift_ppm:+.1f} ppm" if synced.drift_ppm else ""
         return (
-            f"sync: waveform, call end {result.call_end_seconds:.3f} s (--call-end "
-            f"{offset:+.3f} s, confidence {synced.confidence:.1f})"
+            f"sync: {synced.method}, call end {result.call_end_seconds:.3f} s (--call-end "
+            f"{offset:+.3f} s, confidence {synced.confidence:.1f}{drift})"
         )
     return (
         f"sync: timestamp, call end {result.call_end_seconds:.3f} s "

@@ -314,6 +314,7 @@ def done_record(
         sync_method=merged.sync.method,
         sync_offset_seconds=merged.sync.offset_seconds,
         sync_confidence=merged.sync.confidence,
+        sync_drift_ppm=merged.sync.drift_ppm,
     )
 
 

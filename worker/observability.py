@@ -169,6 +169,19 @@ SYNC_OUTCOMES = Counter(
     ["method", "reason"],
     registry=REGISTRY,
 )
+SYNC_DRIFT_PPM = Histogram(
+    "komorebi_sync_drift_ppm",
+    "Clock drift applied to the Connect audio of measured placements (|ppm|, 0: none).",
+    buckets=(0.0, 5.0, 10.0, 20.0, 40.0, 60.0, 100.0, 150.0, 200.0, 300.0),
+    registry=REGISTRY,
+)
+CONNECT_SHORT = Counter(
+    "komorebi_connect_short_total",
+    "Connect recordings found covering less of the call than its end implies, by reason "
+    "(early_stop: the Connect audio ends before the call end).",
+    ["reason"],
+    registry=REGISTRY,
+)
 DUPLICATES = Counter(
     "komorebi_duplicates_total",
     "Messages acknowledged without work because the recording was already done.",

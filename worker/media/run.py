@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,10 +30,16 @@ from worker.media.commands import build_merge_args
 from worker.media.containers import Container, check_output_path
 from worker.media.measure import measure_audio
 from worker.media.model import ConnectAudio, MediaInfo, Recording
-from worker.media.plan import MergeOptions, MergePlan, plan_merge, recording_seek_seconds
+from worker.media.plan import (
+    MergeOptions,
+    MergePlan,
+    placed_plan,
+    plan_merge,
+    recording_seek_seconds,
+)
 from worker.media.probing import probe
 from worker.media.thumbnail import write_thumbnail
-from worker.observability import CALL_END_CLAMPS, FFMPEG_FAILURES
+from worker.observability import CALL_END_CLAMPS, CONNECT_SHORT, FFMPEG_FAILURES
 
 log = structlog.get_logger("worker.media")
 
@@ -141,6 +147,8 @@ async def merge(
         sync_method=synced.method,
         media_duration=round(plan.duration, 3),
         call_end=round(plan.call_end, 3),
+        connect_end=round(plan.connect_end, 3),
+        drift_ppm=round(synced.drift_ppm, 2),
         connect_duration=round(plan.connect_duration, 3),
         connect_audio_offset=round(plan.offset, 3),
         container=container.extension,
@@ -241,6 +249,25 @@ async def probe_inputs(
     return await side_by_side(partial(one, 0, recording), partial(one, 1, connect_audio))
 
 
+def measured_plan(
+    recording: Recording,
+    connect: ConnectAudio,
+    plan: MergePlan,
+    synced: sync.SyncResult,
+    options: MergeOptions,
+) -> MergePlan:
+    """The plan on a confident sync's placement (:func:`~worker.media.plan.placed_plan`)."""
+    return placed_plan(
+        recording,
+        connect,
+        plan,
+        options,
+        offset_seconds=synced.offset_seconds,
+        measures_call_end=synced.method == "waveform",
+        drift_ratio=synced.drift_ratio,
+    )
+
+
 async def _plan(
     request: MergeRequest, recording: Recording, connect: ConnectAudio
 ) -> tuple[MergePlan, sync.SyncResult, loudness.LoudnessGains | None]:
@@ -255,10 +282,19 @@ async def _plan(
             media_duration=round(plan.duration, 3),
         )
     synced, gains = await measure_audio(recording, connect, plan, options)
-    if synced.method == "waveform":
-        # The measured call end drives END alignment (whole samples, as the timestamp did).
-        measured = plan_merge(recording, connect, plan.call_end + synced.offset_seconds, options)
-        plan = replace(measured, call_end_clamped=plan.call_end_clamped)
+    if synced.measured:
+        # The measured placement drives END alignment (whole samples, as the timestamp did).
+        plan = measured_plan(recording, connect, plan, synced, options)
+        short = plan.call_end - plan.connect_end
+        if short > 0:
+            CONNECT_SHORT.labels(reason="early_stop").inc()
+            log.warning(
+                "connect_audio_short",
+                reason="early_stop",
+                call_end=round(plan.call_end, 3),
+                connect_end=round(plan.connect_end, 3),
+                missing_seconds=round(short, 3),
+            )
     return plan, synced, gains
 
 
