@@ -1,9 +1,10 @@
 """The floor: what any correct implementation must at least do.
 
 Remux the video with ``-c copy`` and encode the output's audio (the recording's audio track,
-which has the output's length) at this project's settings (mono, 16 kHz, 48 kbit/s AAC), in one
-ffmpeg run. The MP4 is written with ``+faststart`` because SPEC §5 requires it of any correct
-output; ``--no-faststart`` gives the bare remux+encode for comparison.
+which has the output's length) at this project's settings (mono, 16 kHz, 48 kbit/s AAC; Opus
+in a WebM output, for a VP8/VP9 recording), in one ffmpeg run. The MP4 is written with
+``+faststart`` because SPEC §5 requires it of any correct output; ``--no-faststart`` gives
+the bare remux+encode for comparison.
 
 Run as a subprocess by the bench:
 ``python -m bench.floor RECORDING OUTPUT [--no-faststart]``; prints one JSON line.
@@ -25,16 +26,18 @@ FFMPEG = ("ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y")
 def floor_command(
     recording: Path, output: Path, audio: AudioSettings, *, faststart: bool = True
 ) -> list[str]:
-    """The floor's ffmpeg command line. Pure."""
+    """The floor's ffmpeg command line (the codec by ``output``'s suffix, as the merge's). Pure."""
+    webm = output.suffix == ".webm"
     argv = [
         *FFMPEG,
         "-i", str(recording),
         "-map", "0:v:0", "-map", "0:a:0",
         "-c:v", "copy",
-        "-c:a", "aac", "-ac", str(audio.channels), "-ar", str(audio.sample_rate),
+        "-c:a", "libopus" if webm else "aac",
+        "-ac", str(audio.channels), "-ar", str(audio.sample_rate),
         "-b:a", audio.bitrate,
     ]  # fmt: skip
-    if faststart:
+    if faststart and not webm:
         argv += ["-movflags", "+faststart"]
     return [*argv, str(output)]
 

@@ -7,6 +7,11 @@ stream copy: a 60-minute file costs a few seconds of disk I/O instead of an hour
 The Connect WAV (pcm_s16le, 8 kHz, stereo: 440 Hz customer left, 660 Hz agent right) covers
 75% of the recording, the call ending at ``call_end = 0.75 * length``.
 
+The live WebM (``kind="webm"``) is what Chromium's MediaRecorder writes by default: VP8/Opus
+with no Cues and no Duration in its header. It is a real Chromium recording from ``tests/data``
+repeated with the concat demuxer and stream copy into the Matroska muxer's ``-live 1`` mode
+(which writes neither), so a 60-minute file also costs seconds.
+
 Everything is written under ``bench/cache/`` (gitignored) with a manifest keyed by the
 generation parameters, so a second run reuses the files.
 """
@@ -21,6 +26,9 @@ from pathlib import Path
 
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
 SEGMENT_SECONDS = 60
+# A real Chromium MediaRecorder WebM (VP8 + Opus, no Cues, no Duration) the live WebM repeats.
+WEBM_SOURCE = Path(__file__).resolve().parent.parent / "tests" / "data" / "chrome-vp8-opus-8s.webm"
+KINDS = ("mp4", "webm")
 CALL_FRACTION = 0.75
 # Bump when the generation recipe changes: cached files of another version are rebuilt.
 RECIPE_VERSION = 1
@@ -43,6 +51,12 @@ class BenchMedia:
     recording: Path
     connect_audio: Path
     call_end_seconds: float
+    kind: str = "mp4"  # "mp4" (x264/AAC, faststart) or "webm" (Chromium-style live WebM)
+
+    @property
+    def label(self) -> str:
+        """How reports name the case: "10 min", "60 min live WebM"."""
+        return f"{self.minutes} min" + (" live WebM" if self.kind == "webm" else "")
 
     @property
     def seconds(self) -> float:
@@ -112,6 +126,46 @@ def _recording(cache: Path, minutes: int, segment: Path) -> Path:
     return path
 
 
+def _live_webm(cache: Path, minutes: int) -> Path:
+    """``minutes`` of :data:`WEBM_SOURCE` repeated, muxed live: no Cues, no Duration."""
+    path = cache / f"recording-{minutes}min-live.webm"
+    if path.exists():
+        return path
+    source = cache / WEBM_SOURCE.name
+    if not source.exists():
+        source.write_bytes(WEBM_SOURCE.read_bytes())
+    seconds = _duration(source)
+    repeats = max(1, round(minutes * 60 / seconds))
+    listing = cache / f"recording-{minutes}min-live.txt"
+    listing.write_text("".join(f"file '{source.name}'\n" for _ in range(repeats)))
+    tmp = path.with_suffix(".part.webm")
+    _run(
+        [
+            *FFMPEG,
+            "-f", "concat", "-safe", "0", "-i", str(listing),
+            "-map", "0", "-c", "copy", "-f", "webm", "-live", "1", str(tmp),
+        ]
+    )  # fmt: skip
+    listing.unlink()
+    tmp.rename(path)
+    return path
+
+
+def _duration(path: Path) -> float:
+    """The media's length by its last packet (the live source has no header duration)."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "packet=pts_time,duration_time",
+         "-of", "csv=p=0", str(path)],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    ends = []
+    for line in out.splitlines():
+        pts, duration, *_ = [*line.split(","), ""]
+        if pts not in ("", "N/A"):
+            ends.append(float(pts) + (float(duration) if duration not in ("", "N/A") else 0.0))
+    return max(ends)
+
+
 def _connect_wav(cache: Path, minutes: int) -> Path:
     path = cache / f"connect-{minutes}min.wav"
     if not path.exists():
@@ -144,26 +198,35 @@ def _manifest_ok(cache: Path) -> bool:
         return False
 
 
-def ensure_media(minutes_list: list[int], cache: Path = CACHE_DIR) -> list[BenchMedia]:
-    """Return the benchmark media for each length, generating what is not cached yet."""
+def ensure_media(
+    minutes_list: list[int], cache: Path = CACHE_DIR, kinds: tuple[str, ...] = ("mp4",)
+) -> list[BenchMedia]:
+    """Return the benchmark media for each length and kind (:data:`KINDS`), generating what
+    is not cached yet."""
     cache.mkdir(parents=True, exist_ok=True)
     if not _manifest_ok(cache):
         # Different recipe (or first run): drop stale files of ours, keep anything else.
         for stale in cache.glob("*"):
-            if stale.suffix in {".mp4", ".wav", ".txt"}:
+            if stale.suffix in {".mp4", ".webm", ".wav", ".txt"}:
                 stale.unlink()
         (cache / "manifest.json").write_text(json.dumps(RECIPE))
-    segment = segment_file(cache)
     cases = []
-    for minutes in minutes_list:
-        cases.append(
-            BenchMedia(
-                minutes=minutes,
-                recording=_recording(cache, minutes, segment),
-                connect_audio=_connect_wav(cache, minutes),
-                call_end_seconds=minutes * 60 * CALL_FRACTION,
+    for kind in kinds:
+        for minutes in minutes_list:
+            recording = (
+                _recording(cache, minutes, segment_file(cache))
+                if kind == "mp4"
+                else _live_webm(cache, minutes)
             )
-        )
+            cases.append(
+                BenchMedia(
+                    minutes=minutes,
+                    recording=recording,
+                    connect_audio=_connect_wav(cache, minutes),
+                    call_end_seconds=minutes * 60 * CALL_FRACTION,
+                    kind=kind,
+                )
+            )
     return cases
 
 
@@ -204,7 +267,7 @@ def make_short_case(directory: Path, seconds: int = 3) -> BenchMedia:
 
 def main() -> None:
     """Generate the default cache (used by `python -m bench.media_gen`)."""
-    for case in ensure_media([5, 10, 15, 30, 60]):
+    for case in ensure_media([5, 10, 15, 30, 60]) + ensure_media([60], kinds=("webm",)):
         size = os.path.getsize(case.recording) / 2**20
         print(
             f"{case.minutes:>3} min: {case.recording.name} ({size:.0f} MiB), "

@@ -78,7 +78,7 @@ def media_rows(results: dict[str, Any]) -> list[str]:
     ]
     for case in results["media"]:
         runs = case["runs"]
-        lam, flo = runs["lambda"], runs["floor"]
+        lam, flo = runs.get("lambda"), runs.get("floor")
         label = case.get("label") or f"{case['minutes']} min"
         for name, run in runs.items():
             lines.append(
@@ -86,13 +86,16 @@ def media_rows(results: dict[str, Any]) -> list[str]:
                 f"| {run['wall_seconds']:.1f} | {run['cpu_seconds']:.1f} "
                 f"| {_mb(run['peak_rss_bytes'])} | {_mb(run['peak_scratch_bytes'])} "
                 f"| {run['scratch_ratio']:.3f} "
-                f"| {run['wall_seconds'] / lam['wall_seconds']:.2f}x "
-                f"| {run['wall_seconds'] / flo['wall_seconds']:.2f}x "
-                f"| {run['cpu_seconds'] / lam['cpu_seconds']:.2f}x "
-                f"| {run['cpu_seconds'] / flo['cpu_seconds']:.2f}x "
+                f"| {_ratio(run, lam, 'wall_seconds')} | {_ratio(run, flo, 'wall_seconds')} "
+                f"| {_ratio(run, lam, 'cpu_seconds')} | {_ratio(run, flo, 'cpu_seconds')} "
                 f"| {_pct(run.get('cpu_pressure'))} |"
             )
     return lines
+
+
+def _ratio(run: dict[str, Any], base: dict[str, Any] | None, key: str) -> str:
+    """``run[key] / base[key]`` as "1.23x"; "-" when ``base`` was not run."""
+    return "-" if base is None or not base[key] else f"{run[key] / base[key]:.2f}x"
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

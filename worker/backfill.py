@@ -83,9 +83,10 @@ class Window:
     def scan_bounds(self) -> tuple[str, str]:
         """String bounds for the Scan's filter (``>= lo AND < hi``), a day wider on each side
         so that offsets and both spellings of ``creationDate`` fall inside (pure)."""
-        low = (self.start - timedelta(days=1)).date().isoformat()
-        high = (self.end + timedelta(days=2)).date().isoformat()
-        return low, high
+        # Clamped to datetime's range: a window from 0001-01-01 or to 9999-12-30 is valid.
+        low = self.start - min(timedelta(days=1), self.start - datetime.min.replace(tzinfo=UTC))
+        high = self.end + min(timedelta(days=2), datetime.max.replace(tzinfo=UTC) - self.end)
+        return low.date().isoformat(), high.date().isoformat()
 
 
 def _moment(text: str, option: str) -> tuple[datetime, bool]:
@@ -108,6 +109,9 @@ def parse_window(start_text: str, end_text: str) -> Window:
     start, _ = _moment(start_text, "--from")
     end, whole_day = _moment(end_text, "--to")
     if whole_day:
+        if end.date() == date.max:
+            # ``--to 9999-12-31`` would end past datetime's range (an OverflowError).
+            raise ConfigError(f"--to {end_text.strip()[:40]!r}: date out of range")
         end += timedelta(days=1)
     if end <= start:
         raise ConfigError("--to must not be before --from")

@@ -176,6 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("komorebi-worker: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``dlq list | head``): the commands' own cleanup (releasing
+        # held dead letters) has run; stop quietly instead of a traceback, and keep Python
+        # from failing again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("komorebi-worker: output closed; stopped", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
@@ -294,11 +301,12 @@ def _merge_audio_settings(args: argparse.Namespace) -> AudioSettings:
 def describe_sync(result: MergeResult) -> str:
     """One line on how the call end was placed (the values the worker stores on the row)."""
     synced = result.sync
-    if synced.method == "waveform":
+    if synced.measured:
         offset = round(synced.offset_seconds, 3) + 0.0  # no "-0.000"
+        drift = f", drift {synced.drift_ppm:+.1f} ppm" if synced.drift_ppm else ""
         return (
-            f"sync: waveform, call end {result.call_end_seconds:.3f} s (--call-end "
-            f"{offset:+.3f} s, confidence {synced.confidence:.1f})"
+            f"sync: {synced.method}, call end {result.call_end_seconds:.3f} s (--call-end "
+            f"{offset:+.3f} s, confidence {synced.confidence:.1f}{drift})"
         )
     return (
         f"sync: timestamp, call end {result.call_end_seconds:.3f} s "

@@ -15,13 +15,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from worker.errors import SettingsError
+from worker.limits import (
+    FFMPEG_TIMEOUT_BASE_SECONDS,
+    FFMPEG_TIMEOUT_PER_MEDIA_SECOND,
+    SHUTDOWN,
+)
+from worker.limits import SQS_MAX_VISIBILITY_SECONDS as SQS_MAX_VISIBILITY_SECONDS
 
 AlignMode = Literal["auto", "end", "start"]
 LogFormat = Literal["json", "console"]
 
 DEFAULT_METRICS_PORT = 9657
 DEFAULT_TABLE_NAME = "Recording"
-SQS_MAX_VISIBILITY_SECONDS = 12 * 60 * 60
+# VISIBILITY_TIMEOUT's default; provisioning creates the queue with the same.
+DEFAULT_VISIBILITY_TIMEOUT = 300
 
 DEFAULT_CONNECT_AUDIO_PREFIX = "connect/{instance}/CallRecordings/{yyyy}/{mm}/{dd}/{recording_id}"
 DEFAULT_INPUT_KEY = "{yyyy}/{mm}/{dd}/{agent_id}/{recording_id}.mp4"
@@ -60,7 +67,7 @@ class Settings:
     dlq_url: str | None = None
     table_name: str = DEFAULT_TABLE_NAME
     worker_concurrency: int = field(default_factory=lambda: available_cpus())
-    visibility_timeout: int = 300
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     shutdown_grace_seconds: float = 100.0
     metrics_port: int = DEFAULT_METRICS_PORT
     # All interfaces by default: Prometheus (or the ADOT sidecar) scrapes from outside.
@@ -79,8 +86,8 @@ class Settings:
     # How often a task on ECS checks that it still belongs to the service's current
     # deployment (worker.deployment); a superseded task drains and exits.
     deployment_check_seconds: float = 60.0
-    ffmpeg_timeout_base_seconds: float = 120.0
-    ffmpeg_timeout_per_media_second: float = 1.0
+    ffmpeg_timeout_base_seconds: float = FFMPEG_TIMEOUT_BASE_SECONDS
+    ffmpeg_timeout_per_media_second: float = FFMPEG_TIMEOUT_PER_MEDIA_SECOND
     scratch_max_bytes: int | None = None
     s3_part_size_bytes: int = 16 * 1024 * 1024
     s3_max_concurrency: int = 8
@@ -326,6 +333,13 @@ def _parse(environ: Mapping[str, str], *, require_queue: bool) -> Settings:
         problems.append(
             f"VISIBILITY_TIMEOUT={visibility}: must be at most {SQS_MAX_VISIBILITY_SECONDS} "
             "(SQS limit)"
+        )
+    grace = in_force("shutdown_grace_seconds")
+    if grace > SHUTDOWN.max_grace():
+        problems.append(
+            f"SHUTDOWN_GRACE_SECONDS={grace:g}: must be at most {SHUTDOWN.max_grace():g} "
+            f"(the grace plus the shutdown's clean-ups must fit Fargate's "
+            f"{SHUTDOWN.stop_timeout:g} s stop timeout)"
         )
     if in_force("retry_backoff_base_seconds") > in_force("retry_backoff_max_seconds"):
         problems.append("RETRY_BACKOFF_BASE_SECONDS must not exceed RETRY_BACKOFF_MAX_SECONDS")

@@ -40,9 +40,11 @@ returns is made visible again at once (ChangeMessageVisibility 0), then the work
 The budget fits Fargate's 120 s stop timeout either way. An idle worker has no grace to spend:
 its poll ends within the long-poll wait (20 s) plus ``RECEIVE_OVERRUN_SECONDS`` (its own
 timeout), about 35 s at worst. A busy worker polls for at most half the grace period
-(``SHUTDOWN_GRACE_SECONDS`` 100 -> 50 s), so its poll is over before the grace ends and before
-the jobs still running are cancelled; the messages of cancelled jobs, given back after it, are
-visible at once; their clean-ups are bounded by ``RELEASE_TIMEOUT_SECONDS``.
+(``SHUTDOWN_GRACE_SECONDS`` 100 -> 20 s, the long poll's maximum), so its poll is over before
+the grace ends and before the jobs still running are cancelled; the messages of cancelled
+jobs, given back after it, are visible at once; their clean-ups are bounded. Every one of
+those bounds is a named part of :data:`worker.limits.SHUTDOWN`, whose ``total(grace)`` is the
+sum (119 s with the default grace); ``config`` refuses a grace that would not fit.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from worker.delivery import RELEASE_TIMEOUT_SECONDS, Delivery
 from worker.deployment import DeploymentWatcher
 from worker.errors import ConfigError, JobError, TransientError, first_error
 from worker.job import JobDeps, new_worker_id
+from worker.limits import SHUTDOWN, SQS_MAX_BATCH, SQS_MAX_WAIT_SECONDS
 from worker.observability import (
     HealthState,
     configure_logging,
@@ -72,7 +75,7 @@ from worker.observability import (
     set_slots,
 )
 from worker.protection import TaskProtector
-from worker.queue import SQS_MAX_BATCH, SQS_MAX_WAIT_SECONDS, JobQueue, ReceivedMessage
+from worker.queue import JobQueue, ReceivedMessage
 from worker.recordings import RecordingTable
 from worker.scratch import sweep_stale_scratch
 from worker.storage import ObjectStore
@@ -80,10 +83,10 @@ from worker.storage import ObjectStore
 log = structlog.get_logger(__name__)
 
 # How long a receive may run past its long-poll wait before the loop gives up on it.
-RECEIVE_OVERRUN_SECONDS = 15.0
+RECEIVE_OVERRUN_SECONDS = SHUTDOWN.receive_overrun
 # While stopping with jobs in flight, a receive in progress may run this long past its wait
 # (a short poll's round trip) before it is cancelled, even when the grace period is shorter.
-RECEIVE_FINISH_SECONDS = 1.0
+RECEIVE_FINISH_SECONDS = SHUTDOWN.receive_finish
 # While every slot is busy the loop still wakes this often, so /healthz sees it alive.
 IDLE_TICK_SECONDS = 5.0
 # Back-off of a failing ReceiveMessage (queue unreachable, throttled).
@@ -349,7 +352,7 @@ class Consumer:
         the module docstring)."""
         if self.state.in_flight == 0:
             return self._poll_wait
-        return max(0, min(self._poll_wait, int(self.settings.shutdown_grace_seconds / 2)))
+        return min(self._poll_wait, SHUTDOWN.busy_poll_wait(self.settings.shutdown_grace_seconds))
 
     async def _poll(self, jobs: anyio.abc.TaskGroup, *, once: bool) -> None:
         """The poll loop: receive only while a slot is free, at most the free slots."""

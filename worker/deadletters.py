@@ -196,7 +196,11 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     relative = _RELATIVE.fullmatch(value)
     if relative:
         seconds = float(relative["n"]) * _UNIT_SECONDS[relative["unit"].lower()]
-        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+        try:
+            return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+        except OverflowError:
+            # An age before year 1 (``99999999999w``): a typo, not a traceback.
+            raise ConfigError(f"--since {value[:40]!r}: age out of range") from None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:

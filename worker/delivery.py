@@ -42,6 +42,7 @@ from worker.errors import (
     first_error,
 )
 from worker.job import JobDeps, process_job
+from worker.limits import SHUTDOWN
 from worker.messages import JobMessage, parse_message, recording_id_of
 from worker.observability import (
     VISIBILITY_EXTENSIONS,
@@ -75,12 +76,11 @@ log = structlog.get_logger(__name__)
 DEADLINE_MARGIN_SECONDS = 120.0
 # Visibility asked for never reaches the 12-hour limit exactly (clock skew with SQS).
 VISIBILITY_LIMIT_MARGIN_SECONDS = 5.0
-# Upper bounds of the shielded clean-ups (a few AWS calls each); past them the message comes
-# back by itself when its visibility runs out, and the lease expires. After the shutdown grace
-# (100 s by default) Fargate kills at 120 s: kill ffmpeg (3 s) + release the lease (5 s) +
-# visibility 0 (5 s) + task protection off (3 s) + HTTP server (2 s) fit in the 20 s left.
-RELEASE_TIMEOUT_SECONDS = 5.0
-SETTLE_TIMEOUT_SECONDS = 20.0
+# Upper bound of the shielded give-back (visibility 0); past it the message comes back by
+# itself when its visibility runs out. Its place in the stop's 120 s: worker.limits.SHUTDOWN.
+RELEASE_TIMEOUT_SECONDS = SHUTDOWN.give_back
+# Upper bound of the shielded settling of a finished job (a few AWS calls).
+SETTLE_TIMEOUT_SECONDS = SHUTDOWN.settle
 
 
 def _round(seconds: float) -> float:

@@ -20,10 +20,16 @@ How the task knows (real AWS calls, all read-only):
 3. ``ecs:DescribeServices`` on that service, every check: the task definition of its
    ``PRIMARY`` deployment (the one ECS is rolling out or has rolled out) is compared with
    this task's (:func:`stale_reason`, pure). A circuit-breaker rollback makes the old task
-   definition PRIMARY again, so the old tasks then stay and the new ones drain.
+   definition PRIMARY again, so the old tasks that have not seen the new deployment stay
+   and the new ones drain. A drain is never undone: an old task that saw the new deployment
+   before the rollback finishes its jobs and exits 0, and ECS starts a task of the
+   rolled-back definition in its place (checked by a worker process, QA, issue 17).
 
 Errors of these calls are logged and retried at the next check, never fatal: the check is an
-optimisation of deployments, never a reason to stop processing. Off ECS (no
+optimisation of deployments, never a reason to stop processing. A failure that repeats (a
+task role without ``ecs:DescribeServices`` fails every check, every minute, for the task's
+whole life) is logged once per kind (:func:`failure_kind`) until a check succeeds
+(``deployment.check_recovered``) or fails another way, not once a minute per task. Off ECS (no
 ``ECS_CONTAINER_METADATA_URI_V4``, e.g. local runs) and for a task outside a service
 (``RunTask``) it does nothing.
 """
@@ -122,6 +128,14 @@ def stale_reason(identity: TaskIdentity, service: Mapping[str, Any] | None) -> s
     )
 
 
+def failure_kind(error: BaseException) -> str:
+    """What makes two failed checks "the same failure" for the log: an AWS error's code
+    (AccessDenied and Throttling are different kinds), else the exception's type."""
+    response = getattr(error, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, Mapping) else None
+    return str(code) if code else type(error).__name__
+
+
 class DeploymentWatcher:
     """Calls ``on_stale`` once when this task's deployment is superseded (module docstring)."""
 
@@ -142,6 +156,9 @@ class DeploymentWatcher:
         self._service: str | None = None
         # Set when the task turns out not to belong to a service: nothing to watch.
         self._off = False
+        # Checks failed in a row, and the kind of the last failure logged.
+        self.failures = 0
+        self._logged_kind: str | None = None
 
     @staticmethod
     def metadata_uri(environ: Mapping[str, str] | None = None) -> str | None:
@@ -165,10 +182,9 @@ class DeploymentWatcher:
             try:
                 reason = await self._check()
             except _CHECK_ERRORS as error:
-                log.warning(
-                    "deployment.check_failed",
-                    error=f"{type(error).__name__}: {one_line(str(error), _DETAIL_CHARS)}",
-                )
+                self._failed(error)
+            else:
+                self._succeeded()
             if self._off:
                 log.info("deployment.watch_off", reason="not a service task")
                 await anyio.sleep_forever()
@@ -183,6 +199,26 @@ class DeploymentWatcher:
                 return
             jitter = 1 + random.uniform(-JITTER_FRACTION, JITTER_FRACTION)  # noqa: S311
             await anyio.sleep(self._interval * jitter)
+
+    def _failed(self, error: BaseException) -> None:
+        """Log a failed check, once per kind in a row (module docstring)."""
+        self.failures += 1
+        kind = failure_kind(error)
+        if kind == self._logged_kind:
+            return
+        self._logged_kind = kind
+        log.warning(
+            "deployment.check_failed",
+            error=f"{type(error).__name__}: {one_line(str(error), _DETAIL_CHARS)}",
+            kind=kind,
+            note="logged once until the check succeeds or fails another way",
+        )
+
+    def _succeeded(self) -> None:
+        if self.failures:
+            log.info("deployment.check_recovered", after_failures=self.failures)
+        self.failures = 0
+        self._logged_kind = None
 
     async def _check(self) -> str | None:
         """Why this task is stale, or None (current, or not a service task: ``_off``)."""

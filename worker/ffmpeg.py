@@ -35,12 +35,12 @@ from worker.ffmpeg_inputs import FORMAT_WHITELIST as FORMAT_WHITELIST
 from worker.ffmpeg_inputs import PROTOCOL_WHITELIST as PROTOCOL_WHITELIST
 from worker.ffmpeg_inputs import file_url as file_url
 from worker.ffmpeg_inputs import input_args as input_args
+from worker.limits import SHUTDOWN
 from worker.observability import FFMPEG_FAILURES
 
 log = structlog.get_logger(__name__)
 
 STDERR_TAIL_LINES = 20
-_KILL_GRACE_SECONDS = 3.0
 
 
 @dataclass
@@ -228,7 +228,7 @@ async def _reap(process: Process) -> None:
                 process.kill()
             except ProcessLookupError:  # exited in the meantime
                 pass
-        with anyio.move_on_after(_KILL_GRACE_SECONDS):
+        with anyio.move_on_after(SHUTDOWN.kill_ffmpeg):
             await process.aclose()
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from worker.errors import (
     first_error,
 )
 from worker.keys import RecordingKeys, choose_connect_audio, keys_for
+from worker.limits import SHUTDOWN
 from worker.messages import JobMessage
 from worker.observability import record_merge, stage
 from worker.outcome import JobResult
@@ -68,8 +68,8 @@ from worker.scratch import job_directory
 log = structlog.get_logger(__name__)
 
 # Releasing a lease is one UpdateItem; if AWS does not answer within this, give up: the lease
-# expires by itself after VISIBILITY_TIMEOUT.
-LEASE_RELEASE_TIMEOUT_SECONDS = 5.0
+# expires by itself after VISIBILITY_TIMEOUT. (A part of the shutdown budget: worker.limits.)
+LEASE_RELEASE_TIMEOUT_SECONDS = SHUTDOWN.release_lease
 THUMBNAIL_CONTENT_TYPE = "image/png"
 THUMBNAIL_NAME = "thumbnail.png"
 
@@ -84,10 +84,15 @@ async def probe_and_merge(inputs: MergeInputs, /) -> media.MergeResult:
     into ``inputs.workdir`` (the output, named for the recording's container, and the
     thumbnail)."""
     with stage("probe"):
-        timeout = inputs.options.timeout_base_seconds
-        recording = await media.probe(inputs.recording, timeout=timeout)
-        connect = await media.probe(inputs.connect_audio, timeout=timeout)
+        # Side by side; the recording's error first, the Connect audio's once the recording
+        # is known to be usable (permanent first).
+        recording, probed = await media.probe_inputs(
+            inputs.recording, inputs.connect_audio, timeout=inputs.options.timeout_base_seconds
+        )
     checked = media.Recording.of(recording, name=inputs.name)
+    if isinstance(probed, Exception):
+        raise probed
+    connect = probed
     container = media.container_for(checked.video.codec_name)
     request = media.MergeRequest(
         recording=inputs.recording,
@@ -141,9 +146,7 @@ async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobRe
             # (2) + (3) download the Connect audio and the Komorebi recording, side by side
             inputs = await download_inputs(job, deps, keys.input_key, connect_key, workdir)
             # (4)-(7) split, cut, concatenate and mux: one ffmpeg run (SPEC §5)
-            started = time.monotonic()
             merged = await deps.merger(inputs)
-            merge_seconds = time.monotonic() - started
             # (8) upload the unified recording and its thumbnail, side by side
             output_key = await upload_outputs(deps, keys, merged, inputs.thumbnail)
             # (9) mark the row processed (this also drops the lease)
@@ -153,7 +156,9 @@ async def process_job(job: JobMessage, deps: JobDeps, *, scratch: Path) -> JobRe
     except AlreadyDone:
         # Another worker finished it after we read the row: acknowledged without work.
         return _acknowledged(job)
-    record_merge(merged.media_duration_seconds, merge_seconds)
+    # The speed of ffmpeg's merge pass itself: probes, sync, loudness, the thumbnail and the
+    # output check have their own stage timings.
+    record_merge(merged.media_duration_seconds, merged.merge_pass_seconds)
     return JobResult(job.recording_id, False, output_key, merged.media_duration_seconds)
 
 
@@ -309,6 +314,7 @@ def done_record(
         sync_method=merged.sync.method,
         sync_offset_seconds=merged.sync.offset_seconds,
         sync_confidence=merged.sync.confidence,
+        sync_drift_ppm=merged.sync.drift_ppm,
     )
 
 

@@ -9,14 +9,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.errors import InvalidMessage
+from worker.limits import MAX_MEDIA_SECONDS
 
 RECORDING_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 # S3 keys are at most 1024 bytes; anything near that is not a key someone meant.
 _MAX_KEY_LENGTH = 1024
 _CLOCK = re.compile(r"(?:(?P<h>\d+):)?(?P<m>\d{1,2}):(?P<s>\d{1,2}(?:\.\d+)?)", re.ASCII)
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-# Recordings longer than a week are not recordings; bounding keeps arithmetic and ffmpeg sane.
-MAX_CALL_END_SECONDS = 7 * 24 * 3600.0
+# A call end is on the recording's timeline: the media limit bounds it.
+MAX_CALL_END_SECONDS = MAX_MEDIA_SECONDS
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import anyio
 import anyio.abc
 import structlog
-from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -33,7 +32,12 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from worker.limits import SHUTDOWN
 from worker.redaction import redact, redact_value
+
+if TYPE_CHECKING:  # aiohttp is imported by the two functions that serve HTTP (start-up time:
+    # `komorebi-worker merge` and every module that counts a metric never serve it)
+    from aiohttp import web
 
 # `_created` series (one per counter/histogram child) would be scraped as extra gauges in the
 # text format and carry nothing an operator uses; the process start time covers resets.
@@ -99,7 +103,7 @@ MEDIA_SECONDS = Counter(
 )
 PROCESSING_SPEED = Histogram(
     "komorebi_processing_speed_ratio",
-    "Media seconds merged per wall-clock second of the merge stage (higher is faster).",
+    "Media seconds merged per wall-clock second of the ffmpeg merge pass (higher is faster).",
     buckets=SPEED_BUCKETS,
     registry=REGISTRY,
 )
@@ -163,6 +167,19 @@ SYNC_OUTCOMES = Counter(
     "Call-end syncs by method (waveform: measured from the audio, timestamp: the message's) "
     "and reason (measured, or why the timestamp was kept).",
     ["method", "reason"],
+    registry=REGISTRY,
+)
+SYNC_DRIFT_PPM = Histogram(
+    "komorebi_sync_drift_ppm",
+    "Clock drift applied to the Connect audio of measured placements (|ppm|, 0: none).",
+    buckets=(0.0, 5.0, 10.0, 20.0, 40.0, 60.0, 100.0, 150.0, 200.0, 300.0),
+    registry=REGISTRY,
+)
+CONNECT_SHORT = Counter(
+    "komorebi_connect_short_total",
+    "Connect recordings found covering less of the call than its end implies, by reason "
+    "(early_stop: the Connect audio ends before the call end).",
+    ["reason"],
     registry=REGISTRY,
 )
 DUPLICATES = Counter(
@@ -275,7 +292,8 @@ def record_done(sent_timestamp_ms: int | None, now: float) -> None:
 
 
 def record_merge(media_seconds: float, wall_seconds: float) -> None:
-    """Count merged media seconds and the processing speed (media s per merge wall s)."""
+    """Count merged media seconds and the processing speed: media seconds per wall second of
+    the ffmpeg merge pass (``MergeResult.merge_pass_seconds``)."""
     if media_seconds <= 0:
         return
     MEDIA_SECONDS.inc(media_seconds)
@@ -367,6 +385,8 @@ class HealthState:
 
 
 def _build_app(health: HealthState) -> web.Application:
+    from aiohttp import web
+
     async def metrics(request: web.Request) -> web.Response:
         # Content negotiation: OpenMetrics for a Prometheus that asks for it, text otherwise.
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
@@ -399,12 +419,17 @@ async def serve_http(
     ``port = await group.start(serve_http, 0, health)``). On cancellation the listener is
     closed inside a shielded scope, so the port is free when this returns.
     """
+    from aiohttp import web
+
     from worker.errors import ConfigError
 
     # No access log: a scrape every few seconds would drown the job events. A short shutdown
     # timeout: a scrape in progress must not hold up the worker's exit.
     runner = web.AppRunner(
-        _build_app(health), access_log=None, handle_signals=False, shutdown_timeout=2.0
+        _build_app(health),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN.http_stop,
     )
     await runner.setup()
     try:

@@ -23,6 +23,7 @@ import anyio
 import structlog
 
 from worker.errors import one_line
+from worker.limits import SHUTDOWN
 from worker.observability import TASK_PROTECTION
 
 log = structlog.get_logger(__name__)
@@ -38,7 +39,7 @@ MAX_EXPIRES_MINUTES: Final = 2880
 DEFAULT_RENEW_FRACTION: Final = 0.8
 # The agent is a local endpoint; anything slower than this is broken, and a job start must not
 # wait on it for long.
-DEFAULT_TIMEOUT_SECONDS: Final = 3.0
+DEFAULT_TIMEOUT_SECONDS: Final = SHUTDOWN.protection_off
 # After a failed call, try again this soon (capped by the renewal period).
 DEFAULT_RETRY_SECONDS: Final = 30.0
 
@@ -160,7 +161,11 @@ class TaskProtector:
                     else:
                         self._next_action = math.inf
         finally:
-            if self._protected:
+            # Not again when the agent failed moments ago (a disable at the last job's end
+            # that timed out): a second timeout would push the stop past its budget
+            # (worker.limits.SHUTDOWN counts one call), and a task that exits needs no
+            # protection off to stop.
+            if self._protected and anyio.current_time() >= self._retry_at:
                 # Shielded: we are usually here because of a cancellation, and leaving the
                 # task protected would block scale-in for up to N minutes.
                 with anyio.CancelScope(shield=True):

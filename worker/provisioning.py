@@ -11,12 +11,12 @@ from typing import Any, Final
 
 import boto3
 
-from worker.config import Settings
+from worker.config import DEFAULT_VISIBILITY_TIMEOUT, Settings
 from worker.queue import SQS_MAX_WAIT_SECONDS, RedrivePolicy
 
 # Main job queue. Visibility matches the worker's default VISIBILITY_TIMEOUT; the heartbeat
 # extends it while a job runs. Long polling (20 s) is also the queue default.
-QUEUE_VISIBILITY_TIMEOUT_SECONDS: Final = 300
+QUEUE_VISIBILITY_TIMEOUT_SECONDS: Final = DEFAULT_VISIBILITY_TIMEOUT
 QUEUE_MESSAGE_RETENTION_SECONDS: Final = 4 * 24 * 3600
 QUEUE_RECEIVE_WAIT_SECONDS: Final = SQS_MAX_WAIT_SECONDS
 # Transient failures (Connect audio not uploaded yet, throttling) get this many deliveries

@@ -13,7 +13,6 @@ from typing import Any, Final
 import structlog
 
 from worker.aws import AWS_ERRORS, SQS, error_code, translate, translated
-from worker.config import SQS_MAX_VISIBILITY_SECONDS
 from worker.errors import (
     ConfigError,
     JobError,
@@ -23,19 +22,20 @@ from worker.errors import (
     describe,
     one_line,
 )
+from worker.limits import SQS_MAX_BATCH as SQS_MAX_BATCH
+from worker.limits import SQS_MAX_VISIBILITY_SECONDS
+from worker.limits import SQS_MAX_WAIT_SECONDS as SQS_MAX_WAIT_SECONDS
 
 log = structlog.get_logger(__name__)
 
-# SQS batch APIs (ReceiveMessage, SendMessageBatch, DeleteMessageBatch) take at most 10
-# (moto accepts more; AWS does not).
-SQS_MAX_BATCH: Final = 10
-# The longest long poll SQS allows.
-SQS_MAX_WAIT_SECONDS: Final = 20
 MAX_ERROR_MESSAGE_CHARS = 256
 # The smallest MaximumMessageSize a queue has by default (body + attributes count towards it);
 # newer queues allow 1 MiB, but the DLQ may be an older one.
 SQS_MESSAGE_LIMIT = 262_144
 MAX_MESSAGE_ATTRIBUTES = 10  # SQS's limit per message
+# The most a SendMessageBatch may carry in total (every entry's body + attributes): 256 KiB
+# where the single-message limit is 256 KiB, 1 MiB on newer queues; the smaller one always works.
+SQS_BATCH_LIMIT = SQS_MESSAGE_LIMIT
 
 # Message attributes the worker adds when it dead-letters a message, least important first
 # (dropped in this order when the body leaves too little room). ``errorDetail`` only comes
@@ -194,12 +194,19 @@ def _attribute(value: str, data_type: str = "String") -> dict[str, str]:
     return {"DataType": data_type, "StringValue": sqs_safe(value)}
 
 
-def _attributes_size(attributes: dict[str, dict[str, str]]) -> int:
+def _attributes_size(attributes: Mapping[str, Mapping[str, Any]]) -> int:
     # How SQS counts attributes against the message size: name + type + value, in bytes.
-    return sum(
-        len(name.encode()) + len(a["DataType"].encode()) + len(a["StringValue"].encode())
-        for name, a in attributes.items()
-    )
+    total = 0
+    for name, value in attributes.items():
+        data = value.get("StringValue", value.get("BinaryValue", b""))
+        raw = data if isinstance(data, bytes) else str(data).encode("utf-8", "surrogatepass")
+        total += len(name.encode()) + len(str(value.get("DataType", "")).encode()) + len(raw)
+    return total
+
+
+def message_bytes(body: str, attributes: Mapping[str, Mapping[str, Any]] | None = None) -> int:
+    """What one message counts against SQS's size limits: body + attributes, in bytes."""
+    return len(body.encode("utf-8", "surrogatepass")) + _attributes_size(attributes or {})
 
 
 def fit_attributes(

@@ -98,6 +98,8 @@ class DoneRecord:
     sync_method: str = "timestamp"
     sync_offset_seconds: float = 0.0
     sync_confidence: float = 0.0
+    # Clock drift applied to the Connect audio (issue 19; ppm, 0: none).
+    sync_drift_ppm: float = 0.0
 
 
 def _number(value: float) -> dict[str, str]:
@@ -371,7 +373,7 @@ class RecordingTable:
                 "thumbnailKey = :thumb, processedAt = :at, mediaDurationSeconds = :duration, "
                 "callEndSeconds = :call_end, connectAudioOffsetSeconds = :offset, "
                 "syncMethod = :sync_method, syncOffsetSeconds = :sync_offset, "
-                "syncConfidence = :sync_confidence "
+                "syncConfidence = :sync_confidence, syncDriftPpm = :sync_drift "
                 "REMOVE leaseOwner, leaseExpiresAt, processingError"
             ),
             ConditionExpression="leaseOwner = :me",
@@ -388,6 +390,7 @@ class RecordingTable:
                 ":sync_method": _string(done.sync_method),
                 ":sync_offset": _number(round(done.sync_offset_seconds, 6)),
                 ":sync_confidence": _number(round(done.sync_confidence, 2)),
+                ":sync_drift": _number(round(done.sync_drift_ppm, 2)),
             },
         )
         if not ok:

@@ -36,7 +36,7 @@ from worker.deadletters import (
     parse_dead_letter,
 )
 from worker.errors import ConfigError
-from worker.queue import DLQ_ATTRIBUTE_NAMES, SQS_MAX_BATCH
+from worker.queue import DLQ_ATTRIBUTE_NAMES, SQS_BATCH_LIMIT, SQS_MAX_BATCH, message_bytes
 
 # Message attributes the worker adds when it dead-letters a message (worker/queue.py); a
 # redriven message goes back without them, like the original.
@@ -109,8 +109,11 @@ def redrive(
             if dry_run:
                 for _, info in picked:
                     report("would move", info)
-            elif picked:
-                _move(client, queue_url, source, picked, scan, result, report, delete_retry_seconds)
+            else:
+                for chunk in by_payload(picked):
+                    _move(
+                        client, queue_url, source, chunk, scan, result, report, delete_retry_seconds
+                    )
             if max_messages is not None and result.selected >= max_messages:
                 break
         result.complete = not scan.timed_out
@@ -187,6 +190,25 @@ def _hide(client: Any, source: str, handles: Mapping[str, str]) -> None:
                 client.change_message_visibility_batch(QueueUrl=source, Entries=entries)
         except Exception:  # noqa: BLE001, S110 - reported as not deleted all the same
             pass
+
+
+def by_payload(
+    picked: list[tuple[dict[str, Any], DeadLetterInfo]], limit: int = SQS_BATCH_LIMIT
+) -> list[list[tuple[dict[str, Any], DeadLetterInfo]]]:
+    """``picked`` in consecutive chunks whose re-sent payload (bodies + kept attributes) fits one
+    SendMessageBatch (pure). SQS refuses a whole batch over ``limit`` (BatchRequestTooLong), so
+    ten large dead letters would otherwise block every redrive; a message alone always goes."""
+    chunks: list[list[tuple[dict[str, Any], DeadLetterInfo]]] = []
+    size = 0
+    for pair in picked:
+        entry = send_entry("0", pair[0])
+        need = message_bytes(entry["MessageBody"], entry.get("MessageAttributes"))
+        if not chunks or size + need > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(pair)
+        size += need
+    return chunks
 
 
 def send_entry(entry_id: str, message: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,19 +15,24 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.capacity import report
 from bench.capacity.costmodel import RESULTS_PATH, SYNC_RESULTS_PATH, load_cost_model
 from bench.capacity.pricing import Prices
 from bench.capacity.search import Summary, busiest_hour_tasks, run, search_targets
 from bench.capacity.simulator import SimulationOptions
 from bench.capacity.template import TEMPLATE_PATH, TemplateError, load_scaling
-from bench.capacity.traffic import TrafficProfile, generate
+from bench.capacity.traffic import TrafficProfile, call_lengths, generate, minute_rates
 
 OUT_DIR = Path(__file__).resolve().parents[1] / "results" / "capacity"
 
 
 def _floats(text: str) -> list[float]:
-    return [float(item) for item in text.split(",") if item.strip()]
+    try:
+        return [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"{text[:40]!r}: comma-separated numbers expected") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -154,6 +159,49 @@ def _line(label: str, summary: Summary) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the scenarios, print a summary, write the results directory."""
     args = parser().parse_args(argv)
+    try:
+        # Bad traffic input (a negative count, min above max, 23 weights) is one line.
+        for _, contacts_per_day in _scenarios(args):
+            generate(_profile(args, contacts_per_day, _weights(args)), args.seed, np.zeros(1))
+            call_lengths(_profile(args, 0, None), 1, np.random.default_rng(0))
+            minute_rates(_profile(args, contacts_per_day, _weights(args)))
+    except ValueError as error:
+        print(f"capacity: {error}", file=sys.stderr)
+        return 2
+    return _run(args, argv)
+
+
+def _weights(args: argparse.Namespace) -> tuple[float, ...] | None:
+    return tuple(_floats(args.hourly_weights)) if args.hourly_weights else None
+
+
+def _scenarios(args: argparse.Namespace) -> list[tuple[str, float]]:
+    if args.contacts_per_day is not None:
+        return [(f"{args.contacts_per_day:g} contacts/day", args.contacts_per_day)]
+    agents = _floats(args.agents)
+    if not agents or min(agents) <= 0:
+        raise ValueError(f"--agents {args.agents[:40]!r}: positive numbers expected")
+    return [(f"{count:g} agents", count * args.contacts_per_agent) for count in agents]
+
+
+def _profile(
+    args: argparse.Namespace, contacts_per_day: float, weights: tuple[float, ...] | None
+) -> TrafficProfile:
+    return TrafficProfile(
+        contacts_per_day=contacts_per_day,
+        peak_factor=args.peak_factor,
+        peak_hour=args.peak_hour,
+        hourly_weights=weights,
+        length_median_minutes=args.length_median,
+        length_sigma=args.length_sigma,
+        length_min_minutes=args.length_min,
+        length_max_minutes=args.length_max,
+        upload_delay_min_seconds=args.upload_delay_min,
+        upload_delay_max_seconds=args.upload_delay_max,
+    )
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     started = time.monotonic()
     try:
         config = load_scaling(args.template, args.params, _overrides(args.set))
@@ -178,14 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         max_scale_in_fraction=args.max_scale_in_fraction,
         seed=args.seed,
     )
-    weights = tuple(_floats(args.hourly_weights)) if args.hourly_weights else None
-    if args.contacts_per_day is not None:
-        scenarios = [(f"{args.contacts_per_day:g} contacts/day", args.contacts_per_day)]
-    else:
-        scenarios = [
-            (f"{agents:g} agents", agents * args.contacts_per_agent)
-            for agents in _floats(args.agents)
-        ]
+    weights = _weights(args)
+    scenarios = _scenarios(args)
     targets = _floats(args.search_targets) or [config.backlog_target]
     document: dict[str, Any] = {
         "command": "python -m bench.capacity "
@@ -198,18 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, searched = [], []
     args.out.mkdir(parents=True, exist_ok=True)
     for label, contacts_per_day in scenarios:
-        profile = TrafficProfile(
-            contacts_per_day=contacts_per_day,
-            peak_factor=args.peak_factor,
-            peak_hour=args.peak_hour,
-            hourly_weights=weights,
-            length_median_minutes=args.length_median,
-            length_sigma=args.length_sigma,
-            length_min_minutes=args.length_min,
-            length_max_minutes=args.length_max,
-            upload_delay_min_seconds=args.upload_delay_min,
-            upload_delay_max_seconds=args.upload_delay_max,
-        )
+        profile = _profile(args, contacts_per_day, weights)
         contacts = generate(profile, args.seed)
         ideal = busiest_hour_tasks(config, cost, contacts) / args.cpu_speed
         print(f"{label}: {len(contacts)} messages, the busiest hour's work fills "

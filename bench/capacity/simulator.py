@@ -20,15 +20,17 @@ One heap of timed events; nothing advances second by second. What is modelled, a
   replacement when the task has stopped.
 - **CloudWatch and Application Auto Scaling**: 1-minute datapoints (time-weighted averages and
   maxima of visible messages and running tasks), seen ``metric_delay_minutes`` late. Target
-  tracking on ``visible / running``: its high alarm needs 3 datapoints above the target, its
-  low alarm 15 below 90 % of it; while in alarm, Application Auto Scaling sets the desired
-  count to ``ceil(current x metric / target)`` each minute, within ``[MinTasks, MaxTasks]``.
-  Scale-out during the scale-out cooldown counts the capacity the cooldown's activity added
-  (computed from the capacity before it); scale-in waits for the scale-in cooldown and for
-  the scale-out cooldown; with no running task the ratio has no data. The step policy from
-  zero: its alarm (``IF(FILL(tasks, 0) == 0, visible, 0) > threshold``, the template's periods)
-  adds the matching step's tasks, then waits its cooldown. Target tracking does nothing at a
-  desired count of zero (``0 x anything``).
+  tracking on ``(visible + not visible) / running`` (the template's metric; not visible = jobs
+  in flight + messages hidden by a retry backoff or a killed task's unexpired visibility
+  timeout) or on ``visible / running`` (the earlier template's): its high alarm needs 3
+  datapoints above the target, its low alarm 15 below 90 % of it; while in alarm, Application
+  Auto Scaling sets the desired count to ``ceil(current x metric / target)`` each minute,
+  within ``[MinTasks, MaxTasks]``. Scale-out during the scale-out cooldown counts the capacity
+  the cooldown's activity added (computed from the capacity before it); scale-in waits for the
+  scale-in cooldown and for the scale-out cooldown; with no running task the ratio has no
+  data. The step policy from zero: its alarm (``IF(FILL(tasks, 0) == 0, visible, 0) >
+  threshold``, the template's periods) adds the matching step's tasks, then waits its
+  cooldown. Target tracking does nothing at a desired count of zero (``0 x anything``).
 - **Capacity providers**: the service's base on FARGATE, then tasks split by the weights.
 
 The day's messages are all sent within 24 hours; the run goes on until every message is done
@@ -546,6 +548,9 @@ class Simulation:
                 "visible_max": visible_max,
                 "running": running,
                 "running_max": running_max,
+                # SQS's ApproximateNumberOfMessagesNotVisible: every message in the system
+                # that is not visible, i.e. in flight or hidden by a retry backoff.
+                "not_visible": in_system - visible,
             }
         )
         line = self.timeline
@@ -565,8 +570,12 @@ class Simulation:
     def _target_tracking(self, now: float, points: list[dict[str, float]]) -> None:
         target = self.config.backlog_target
 
+        in_flight = self.config.backlog_counts_in_flight
+        counted = ("visible", "not_visible") if in_flight else ("visible",)
+
         def ratio(point: dict[str, float]) -> float | None:
-            return point["visible"] / point["running"] if point["running"] > 0 else None
+            backlog = sum(point[name] for name in counted)
+            return backlog / point["running"] if point["running"] > 0 else None
 
         recent = [ratio(p) for p in points[-LOW_DATAPOINTS:]]
         latest = recent[-1]

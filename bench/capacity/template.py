@@ -8,7 +8,8 @@ deploy stage's own code), so a typo or an out-of-range value fails here as it wo
 deployment.
 
 What the simulator cannot model is refused rather than guessed: a target-tracking metric
-other than ``visible / tasks``, a step policy that is not ``ChangeInCapacity``.
+other than ``(visible + in flight) / tasks`` or ``visible / tasks``, a step policy that is not
+``ChangeInCapacity``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ SCALING_PARAMETERS = (
     "MaxTasks",
     "BacklogPerTaskTarget",
     "FargateSpotWeight",
+)
+
+
+VISIBLE_AND_IN_FLIGHT = (
+    "ApproximateNumberOfMessagesVisible",
+    "ApproximateNumberOfMessagesNotVisible",
 )
 
 
@@ -83,6 +90,9 @@ class ScalingConfig:
     max_tasks: int
     # Target tracking (AWS::ApplicationAutoScaling::ScalingPolicy, TargetTrackingScaling).
     backlog_target: float
+    # Whether the metric's numerator counts the messages not visible (in flight or hidden by
+    # a retry backoff) besides the visible ones.
+    backlog_counts_in_flight: bool
     scale_out_cooldown: float
     scale_in_cooldown: float
     disable_scale_in: bool
@@ -193,18 +203,29 @@ def _target_tracking(resources: Mapping[str, Any], params: Mapping[str, str]) ->
     config = policies[0]["TargetTrackingScalingPolicyConfiguration"]
     queries = {q["Id"]: q for q in config["CustomizedMetricSpecification"]["Metrics"]}
     returned = [q for q in queries.values() if q.get("ReturnData", True)]
-    # The model computes exactly this metric: visible messages / running tasks, 1-min averages.
+    # The model computes exactly these metrics: (visible + not visible) / running tasks, or
+    # visible / running tasks; 1-minute averages.
     expression = returned[0].get("Expression", "").replace(" ", "") if len(returned) == 1 else ""
     numerator, _, denominator = expression.partition("/")
-    names = (_metric_name(queries.get(numerator, {})), _metric_name(queries.get(denominator, {})))
-    if names != ("ApproximateNumberOfMessagesVisible", "RunningTaskCount"):
+    terms = numerator.removeprefix("(").removesuffix(")").split("+")
+    names = (
+        tuple(_metric_name(queries.get(term, {})) for term in terms),
+        _metric_name(queries.get(denominator, {})),
+    )
+    counts = {
+        (("ApproximateNumberOfMessagesVisible",), "RunningTaskCount"): False,
+        (VISIBLE_AND_IN_FLIGHT, "RunningTaskCount"): True,
+        ((VISIBLE_AND_IN_FLIGHT[1], VISIBLE_AND_IN_FLIGHT[0]), "RunningTaskCount"): True,
+    }
+    if names not in counts:
         raise TemplateError(
             f"target tracking on {expression or 'a predefined metric'!r} {names}: the simulator "
-            "models visible messages / running tasks only"
+            "models (visible + in flight) / running tasks and visible / running tasks only"
         )
     disable = _resolve(config.get("DisableScaleIn", False), params)
     return {
         "backlog_target": _number(config["TargetValue"], params, "TargetValue"),
+        "backlog_counts_in_flight": counts[names],
         # Application Auto Scaling's defaults for ECS when a cooldown is not set: 300 s.
         "scale_out_cooldown": _number(config.get("ScaleOutCooldown", 300), params, "cooldown"),
         "scale_in_cooldown": _number(config.get("ScaleInCooldown", 300), params, "cooldown"),

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
 MINUTES_PER_DAY = 24 * 60
+# Below this share of the lognormal inside [min, max], lengths are drawn by inverse CDF.
+MIN_ACCEPTANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,26 @@ def minute_rates(profile: TrafficProfile) -> np.ndarray:
 
 def call_lengths(profile: TrafficProfile, count: int, rng: np.random.Generator) -> np.ndarray:
     """``count`` media lengths in minutes: the truncated lognormal."""
-    if profile.length_min_minutes > profile.length_max_minutes:
-        raise ValueError("length min above max")
+    low, high = profile.length_min_minutes, profile.length_max_minutes
+    if not 0 < low <= high:
+        raise ValueError("call lengths: need 0 < --length-min <= --length-max")
+    if profile.length_median_minutes <= 0 or profile.length_sigma < 0:
+        raise ValueError("call lengths: need --length-median > 0 and --length-sigma >= 0")
     mu = math.log(profile.length_median_minutes)
+    if profile.length_sigma == 0:
+        # Every call the same length (``--length-sigma 0``): rejection would never end when
+        # the median lies outside [min, max] or float rounding puts exp(log m) just past max.
+        return np.full(count, min(max(profile.length_median_minutes, low), high))
+    normal = NormalDist(mu, profile.length_sigma)
+    lower, upper = normal.cdf(math.log(low)), normal.cdf(math.log(high))
+    if upper - lower < MIN_ACCEPTANCE:
+        # A window in the far tail (all 60-minute calls with a 12-minute median): rejection
+        # would draw for hours; sample the truncated distribution by its inverse CDF instead.
+        tiny = np.finfo(float).tiny
+        quantiles = np.clip(rng.uniform(lower, upper, size=count), tiny, 1 - 1e-16)
+        logs = np.array([normal.inv_cdf(float(q)) for q in quantiles])
+        inverse: np.ndarray = np.clip(np.exp(logs), low, high)
+        return inverse
     out = np.empty(0)
     while len(out) < count:
         draw = rng.lognormal(mu, profile.length_sigma, size=max(16, 2 * (count - len(out))))
@@ -108,7 +128,11 @@ def call_lengths(profile: TrafficProfile, count: int, rng: np.random.Generator) 
 
 def generate(profile: TrafficProfile, seed: int, rates: np.ndarray | None = None) -> Contacts:
     """One day's contacts; ``rates`` (per-minute expected messages) overrides the curve
-    (the steady loads of the tests)."""
+    (the steady loads of the tests). ValueError (one line) for a profile that cannot be."""
+    if profile.contacts_per_day < 0:
+        raise ValueError("contacts per day must not be negative")
+    if not 0 <= profile.upload_delay_min_seconds <= profile.upload_delay_max_seconds:
+        raise ValueError("upload delay: need 0 <= --upload-delay-min <= --upload-delay-max")
     rng = np.random.default_rng(seed)
     per_minute = minute_rates(profile) if rates is None else rates
     counts = rng.poisson(per_minute)

@@ -170,10 +170,40 @@ async def test_errors_are_logged_and_retried_never_fatal(fake: FakeEcs, ecs: Any
     reasons: list[str] = []
     broken = DeploymentWatcher(fake.base_url + "/nowhere", ecs, 0.02, reasons.append)
     with capture_logs() as logs:
-        await _watch(broken, lambda: len(fake.calls) == 0 and len(logs) >= 3)
+        await _watch(broken, lambda: broken.failures >= 3)
     failed = [e for e in logs if e["event"] == "deployment.check_failed"]
-    assert len(failed) >= 3 and "404" in failed[0]["error"]
+    # Retried every check, logged once (the same failure: tests/test_qa_deployment.py).
+    assert len(failed) == 1 and "404" in failed[0]["error"]
     assert reasons == [] and fake.of("DescribeServices") == []
+
+
+@pytest.mark.anyio
+async def test_a_failure_that_repeats_is_logged_once_per_kind(fake: FakeEcs, ecs: Any) -> None:
+    # Each check fails at its first ECS call: denied 5 times, a ClientException
+    # twice (codes the SDK does not retry), denied again, then the calls work.
+    fake.ecs_errors = ["AccessDeniedException"] * 5 + ["ClientException"] * 2
+    fake.ecs_errors += ["AccessDeniedException"]
+    reasons: list[str] = []
+    watcher = DeploymentWatcher(fake.metadata_uri, ecs, 0.01, reasons.append)
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        await _watch(watcher, lambda: not fake.ecs_errors and watcher.failures == 0)
+        fake.deploy(2)
+        await _watch(watcher, lambda: bool(reasons))
+    events = [(e["event"], e.get("kind")) for e in logs if e["event"].startswith("deployment.")]
+    assert events == [
+        ("deployment.watching", None),
+        ("deployment.check_failed", "AccessDeniedException"),
+        ("deployment.check_failed", "ClientException"),
+        ("deployment.check_failed", "AccessDeniedException"),
+        ("deployment.check_recovered", None),
+        ("deployment.superseded", None),
+    ]
+    assert [e["after_failures"] for e in logs if e["event"] == "deployment.check_recovered"] == [8]
+    # Every failed check was retried (each one failed at DescribeTasks, the first call), then
+    # the service name was read once and the deployment seen.
+    assert len(fake.of("DescribeTasks")) == 9 and len(reasons) == 1
 
 
 @pytest.mark.anyio

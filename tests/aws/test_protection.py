@@ -198,6 +198,20 @@ async def test_cancelled_run_disables_protection(agent: FakeAgent) -> None:
     assert agent.bodies() == [ENABLE, DISABLE]
 
 
+async def test_a_disable_that_just_failed_is_not_repeated_on_exit(agent: FakeAgent) -> None:
+    """The stop's budget counts one agent call (worker.limits.SHUTDOWN.protection_off): a
+    disable that failed at the last job's end is not tried again while the worker exits."""
+    protector = TaskProtector(agent.uri, 5, retry_seconds=60)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(protector.run)
+        await protector.job_started()
+        agent.status = 500
+        await protector.job_finished()  # the disable fails
+        assert protector.protected
+        tg.cancel_scope.cancel()
+    assert agent.bodies() == [ENABLE, DISABLE]
+
+
 async def test_no_agent_uri_means_no_requests(agent: FakeAgent) -> None:
     protector = TaskProtector.from_env(5, {"SOMETHING_ELSE": agent.uri})
     assert not protector.active

@@ -207,6 +207,7 @@ async def test_mark_done_sets_exactly_the_spec_attributes(db: Db) -> None:
         sync_method="waveform",
         sync_offset_seconds=0.4375,
         sync_confidence=312.46,
+        sync_drift_ppm=-81.37,
     )
     await db.table.mark_done(RID, "worker-a", done)
 
@@ -222,6 +223,7 @@ async def test_mark_done_sets_exactly_the_spec_attributes(db: Db) -> None:
         "syncMethod": {"S": "waveform"},
         "syncOffsetSeconds": {"N": "0.4375"},
         "syncConfidence": {"N": "312.46"},
+        "syncDriftPpm": {"N": "-81.37"},
     }
     for name, value in written.items():
         if "N" in value:

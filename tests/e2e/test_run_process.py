@@ -210,10 +210,10 @@ def test_second_signal_stops_at_once_and_still_releases(
 ) -> None:
     contact = seed_contact(aws, recording=short_recording)
     message_id = send_job(aws, contact.recording_id, 3)
-    # A grace period far longer than the test may wait: only the second signal ends it.
+    # A grace period longer than the test may wait: only the second signal ends it.
     # One slot: no long poll is outstanding while the job runs (a second signal cancels
     # everything, an outstanding poll included, and SQS may hand that orphan the message).
-    env = worker_env(aws, scratch, SHUTDOWN_GRACE_SECONDS="600", WORKER_CONCURRENCY="1")
+    env = worker_env(aws, scratch, SHUTDOWN_GRACE_SECONDS="100", WORKER_CONCURRENCY="1")
     worker = workers(env, readrate=0.25)
     worker.wait_for_event("merge_plan")
     worker.signal(signal.SIGTERM)

@@ -49,6 +49,13 @@ class Call:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class AwsError:
+    """An ECS API error answer (HTTP 400, the JSON protocol's ``__type``)."""
+
+    code: str
+
+
 @dataclass
 class FakeEcs:
     """State of the fake: the running task's revision and the service's deployments."""
@@ -57,6 +64,8 @@ class FakeEcs:
     group: str = f"service:{SERVICE}"
     deployments: list[dict[str, Any]] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
+    # AWS error codes the next ECS API calls answer with (HTTP 400), one per call, in order.
+    ecs_errors: list[str] = field(default_factory=list)
     base_url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -120,6 +129,8 @@ class FakeEcs:
             if method == "POST" and target.startswith(_TARGET):
                 action = target[len(_TARGET) :]
                 self.calls.append(Call(time.time(), action, body))
+                if self.ecs_errors:
+                    return AwsError(self.ecs_errors.pop(0))
                 if action == "DescribeTasks":
                     return self._describe_tasks(body)
                 if action == "DescribeServices":
@@ -191,8 +202,13 @@ def serve_fake_ecs(fake: FakeEcs | None = None) -> Iterator[FakeEcs]:
                 body = {}
             target = self.headers.get("X-Amz-Target", "")
             result = state.answer(self.command, self.path, target, body)
-            data = json.dumps(result if result is not None else {"message": "not found"}).encode()
-            self.send_response(200 if result is not None else 404)
+            status = 200
+            if isinstance(result, AwsError):
+                status, result = 400, {"__type": result.code, "message": f"fake {result.code}"}
+            elif result is None:
+                status, result = 404, {"message": "not found"}
+            data = json.dumps(result).encode()
+            self.send_response(status)
             self.send_header("Content-Type", "application/x-amz-json-1.1")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

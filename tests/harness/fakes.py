@@ -213,6 +213,7 @@ class FakeTable(Faked):
             syncMethod=done.sync_method,
             syncOffsetSeconds=round(done.sync_offset_seconds, 6),
             syncConfidence=round(done.sync_confidence, 2),
+            syncDriftPpm=round(done.sync_drift_ppm, 2),
         )
 
     async def mark_failed(

@@ -292,6 +292,17 @@ def packet_times(path: Path, selector: str = "v:0") -> list[float]:
     return sorted(float(row) for row in rows if row != "N/A")
 
 
+def packet_durations(path: Path, selector: str = "v:0") -> list[tuple[float, float]]:
+    """``(pts, duration)`` of a stream's packets, in order of time, on the file's own clock
+    (duration 0 where the container has none)."""
+    rows = [row.split("x") for row in _ffprobe_csv(path, selector, "packet=pts_time,duration_time")]
+    return sorted(
+        (float(pts), 0.0 if duration == "N/A" else float(duration))
+        for pts, duration, *_ in rows
+        if pts != "N/A"
+    )
+
+
 def decode_times(path: Path, selector: str = "v:0") -> list[float | None]:
     """Decode times of a stream's packets in file order (None where ffmpeg has none)."""
     rows = _ffprobe_csv(path, selector, "packet=dts_time")
@@ -338,14 +349,19 @@ def make_recording(
     size: str = "160x120",
     fps: int = 15,
     video_args: Sequence[str] = (),
+    video_duration: float | None = None,
+    audio_args: Sequence[str] = ("-ac", "2"),
 ) -> Path:
     """A small screen-recording-like file: testsrc2 video + a sine tone (or no audio).
 
     ``audio_delay`` starts the audio that many seconds after the video (like MediaRecorder);
     ``audio_duration`` ends it early (a microphone muted or unplugged mid-recording);
-    ``video_args`` replace the encoder's speed options (e.g. to get B-frames).
+    ``video_duration`` ends the video early (a screen static from then on: no more frames);
+    ``video_args`` replace the encoder's speed options (e.g. to get B-frames);
+    ``audio_args`` the audio encoder's channels and rate options.
     """
-    args = [*FFMPEG, "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={duration}"]
+    frames = f"testsrc2=size={size}:rate={fps}:duration={video_duration or duration}"
+    args = [*FFMPEG, "-f", "lavfi", "-i", frames]
     if audio_codec is not None:
         if audio_delay:
             args += ["-itsoffset", str(audio_delay)]
@@ -358,7 +374,7 @@ def make_recording(
         ]
     args += ["-map", "0:v"]
     if audio_codec is not None:
-        args += ["-map", "1:a", "-c:a", audio_codec, "-ac", "2"]
+        args += ["-map", "1:a", "-c:a", audio_codec, *audio_args]
     args += ["-c:v", video_codec, "-pix_fmt", "yuv420p"]
     if video_args:
         args += list(video_args)

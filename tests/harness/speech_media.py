@@ -132,7 +132,10 @@ class Conversation:
 
 
 def conversation(script: int, voices: int, *, seed: int, min_seconds: float) -> Conversation:
-    """Turns of agent and customer (agent first) with natural gaps, looped to ``min_seconds``."""
+    """Turns of agent and customer (agent first) with natural gaps, looped to ``min_seconds``
+    (``voices`` -1: real human voices, :func:`human_conversation`)."""
+    if voices < 0:
+        return human_conversation(seed=seed + script, min_seconds=min_seconds, swap=voices < -1)
     rng = np.random.default_rng(seed)
     agent_lines, customer_lines = SCRIPTS[script % len(SCRIPTS)]
     agent_voice, customer_voice = VOICES[voices % len(VOICES)]
@@ -205,11 +208,18 @@ class SpeechCase:
     connect_duration: float
     duration: float
     must_fall_back: bool  # no usable microphone: only the timestamp may be used
+    early_stop: float = 0.0  # the Connect file ends this long before the call end
+    drift_ppm: float = 0.0  # recording seconds per Connect second, minus 1, in ppm
+
+    @property
+    def true_connect_end(self) -> float:
+        """Where the Connect audio truly ends on the recording's timeline."""
+        return self.true_call_end - self.early_stop
 
     @property
     def true_placement(self) -> float:
-        """Recording time of the Connect file's t=0 (END alignment on the true call end)."""
-        return self.true_call_end - self.connect_duration
+        """Recording time of the Connect file's t=0."""
+        return self.true_connect_end - self.connect_duration * (1 + self.drift_ppm * 1e-6)
 
 
 @dataclass(frozen=True)
@@ -218,7 +228,7 @@ class CaseSpec:
 
     name: str
     script: int = 0
-    voices: int = 0
+    voices: int = 0  # espeak-ng voice pair; -1: real human voices (human_conversation)
     call_seconds: float = 30.0
     connect_start: float = 3.0  # recording time where the Connect audio starts (may be < 0)
     acw_seconds: float = 8.0
@@ -228,6 +238,9 @@ class CaseSpec:
     noise_db: float = -50.0
     connect_gain_db: float = -12.0
     seed: int = 1
+    early_stop: float = 0.0  # StopContactRecording this long before the call end (s)
+    drift_ppm: float = 0.0  # the Connect clock's error against the recording's (ppm)
+    suspended: tuple[float, float] | None = None  # a paused span (call seconds): silence
 
     @property
     def must_fall_back(self) -> bool:
@@ -235,9 +248,30 @@ class CaseSpec:
         return self.mic != "speech"
 
 
+def drifted(track: Audio, ppm: float) -> Audio:
+    """``track`` as a clock ``ppm`` too slow records it: ``1 + ppm`` recording seconds per
+    file second, so the file is shorter by ``ppm`` (linear interpolation at 48 kHz)."""
+    if not ppm:
+        return track
+    ratio = 1 + ppm * 1e-6
+    positions = np.arange(int(track.size / ratio)) * ratio
+    return np.interp(positions, np.arange(track.size), track).astype(np.float32)
+
+
 def _connect_wav(path: Path, talk: Conversation, spec: CaseSpec, samples: int) -> None:
-    """8 kHz stereo (customer left, agent right), telephony band, mu-law round trip."""
-    stereo = np.stack([talk.customer[:samples], talk.agent[:samples]], axis=1)
+    """8 kHz stereo (customer left, agent right), telephony band, mu-law round trip; the
+    suspended span silent, the tail after an early stop cut, the clock drifted."""
+    customer, agent = talk.customer[:samples].copy(), talk.agent[:samples].copy()
+    if spec.suspended is not None:
+        lo, hi = (round(t * RATE) for t in spec.suspended)
+        customer[lo:hi] = 0
+        agent[lo:hi] = 0
+    keep = samples - round(spec.early_stop * RATE)
+    customer, agent = (
+        drifted(customer[:keep], spec.drift_ppm),
+        drifted(agent[:keep], spec.drift_ppm),
+    )
+    stereo = np.stack([customer, agent], axis=1)
     stereo = (stereo * _db(spec.connect_gain_db)).astype("<f4")
     with tempfile.TemporaryDirectory() as tmp:
         mulaw = Path(tmp) / "mulaw.wav"
@@ -256,7 +290,8 @@ def _mic(spec: CaseSpec, talk: Conversation, total: int, call_end: int, start: i
     if spec.mic in ("speech", "other"):
         source = talk
         if spec.mic == "other":  # another call: the same agent voice, other words and times
-            source = conversation(spec.script + 1, spec.voices, seed=spec.seed + 7,
+            voices = -2 if spec.voices < 0 else spec.voices  # human: other people
+            source = conversation(spec.script + 1, voices, seed=spec.seed + 7,
                                   min_seconds=spec.call_seconds)  # fmt: skip
         voice = source.agent
         # Agent track sample i is at recording sample start + i.
@@ -301,6 +336,8 @@ def make_speech_case(directory: Path, spec: CaseSpec) -> SpeechCase:
     else:
         mic = _mic(spec, talk, total, start + connect_samples, start)
     _connect_wav(connect, talk, spec, connect_samples)
+    ratio = 1 + spec.drift_ppm * 1e-6
+    connect_seconds = (connect_samples - round(spec.early_stop * RATE)) / RATE / ratio
     recording = folder / ("recording.webm" if spec.container == "webm" else "recording.mp4")
     _recording(recording, mic if spec.mic != "none" else None, duration, spec.container)
     np.save(folder / "mic.npy", mic.astype(np.float16))  # what was written, for the checks
@@ -312,6 +349,8 @@ def make_speech_case(directory: Path, spec: CaseSpec) -> SpeechCase:
         connect_duration=connect_seconds,
         duration=duration,
         must_fall_back=spec.must_fall_back,
+        early_stop=spec.early_stop,
+        drift_ppm=spec.drift_ppm,
     )
     meta_path.write_text(json.dumps({**asdict(case), "recording": str(recording),
                                      "connect": str(connect)}))  # fmt: skip
@@ -372,7 +411,7 @@ def message_call_end(true_call_end: float, error: float) -> float:
     return float(max(0, int(true_call_end + error)))
 
 
-# --- measuring the output (independent of worker.sync: plain FFT cross-correlation) ----------
+# --- measuring the output (independent of worker.media.sync: plain FFT cross-correlation) ---------
 
 
 def _locate(reference: Audio, signal: Audio) -> float:
@@ -435,3 +474,108 @@ def alignment_error(output: Path, case: SpeechCase, call_end_used: float) -> flo
     conn = connect_placement(output, case.connect, call_end_used)
     mic = microphone_placement(output, case, call_end_used)
     return conn - mic - case.true_placement
+
+
+def alignment_errors(
+    output: Path,
+    case: SpeechCase,
+    connect_end_used: float,
+    connect_times: Sequence[float],
+    *,
+    seconds: float = 10.0,
+) -> list[float]:
+    """How far the Connect audio is from where it belongs (s) at each of ``connect_times``
+    (Connect file seconds: start, middle, end of the call), measured in ``output`` by content.
+
+    The microphone's placement in the output (the recording's own audio after
+    ``connect_end_used``) is the reference, so container shifts cancel; each Connect stretch
+    is located within +-1 s of where the true placement (and drift) puts it.
+    """
+    from tests.harness.media_tools import decode_pcm
+
+    rate = 16000
+    out = decode_pcm(output, rate=rate)[:, 0]
+    conn = decode_pcm(case.connect, rate=rate)[:, 0]
+    mic = microphone_placement(output, case, connect_end_used)
+    ratio = 1 + case.drift_ppm * 1e-6
+    errors = []
+    for at in connect_times:
+        reference = conn[int(at * rate) : int((at + seconds) * rate)]
+        # A located stretch reports its middle's lag: expect its start where the middle says.
+        expected = case.true_placement + (at + seconds / 2) * ratio - seconds / 2 + mic
+        first = max(0, int((expected - 1.0) * rate))
+        segment = out[first : int((expected + seconds + 1.0) * rate)]
+        errors.append(_locate(reference, segment) / rate + first / rate - expected)
+    return errors
+
+
+# --- real human speech (issue 19) ------------------------------------------------------------
+
+# Recordings of people speaking that Debian packages (.ci/system-deps installs both):
+# pocketsphinx-testdata (BSD-2; its LibriVox excerpts are public domain): a woman reading
+# Austen, a man reading card numbers, short commands; alsa-utils: a man naming channels.
+HUMAN_SOURCES = {
+    "agent": [
+        "/usr/share/pocketsphinx/test/data/librivox/*.wav",
+        "/usr/share/pocketsphinx/test/data/cards/*.wav",
+    ],
+    "customer": [
+        "/usr/share/sounds/alsa/[FRS]*_*.wav",
+        "/usr/share/pocketsphinx/test/data/*.raw",
+        "/usr/share/pocketsphinx/test/data/tidigits/*.raw",
+    ],
+}
+
+
+def human_utterances(role: str, rate: int = RATE) -> list[Audio]:
+    """The packaged recordings of ``role``'s voices, each trimmed of silence at its ends,
+    at ``rate`` (empty when the packages are missing)."""
+    import glob
+
+    found: list[Audio] = []
+    for pattern in HUMAN_SOURCES[role]:
+        for name in sorted(glob.glob(pattern)):
+            raw = ["-f", "s16le", "-ar", "16000", "-ac", "1"] if name.endswith(".raw") else []
+            pcm = _run([*FFMPEG, *raw, "-i", name, "-ar", str(rate), "-ac", "1", "-f", "f32le",
+                        "-"])  # fmt: skip
+            audio = np.frombuffer(pcm, dtype="<f4").astype(np.float32)
+            loud = np.flatnonzero(np.abs(audio) > 0.02 * float(np.abs(audio).max(initial=1e-9)))
+            if loud.size:
+                audio = audio[loud[0] : loud[-1] + 1]
+                found.append((audio * (0.3 / (np.abs(audio).max() + 1e-9))).astype(np.float32))
+    return found
+
+
+def human_conversation(*, seed: int, min_seconds: float, swap: bool = False) -> Conversation:
+    """Turns of real voices (:func:`human_utterances`) in a seeded random order with random
+    gaps, so no stretch of the call repeats another although the utterances do. ``swap``: the
+    customers' voices speak the agent's part (another call, other people)."""
+    rng = np.random.default_rng(seed)
+    pools = {role: human_utterances(role) for role in ("agent", "customer")}
+    if swap:
+        pools = {"agent": pools["customer"], "customer": pools["agent"]}
+    if not all(pools.values()):
+        raise AssertionError("real speech missing: install pocketsphinx-testdata alsa-utils")
+    agent_parts: list[Audio] = []
+    customer_parts: list[Audio] = []
+    length = 0
+    turn = 0
+    while length < min_seconds * RATE:
+        role = "agent" if turn % 2 == 0 else "customer"
+        lines = [
+            pools[role][int(rng.integers(len(pools[role])))] for _ in range(rng.integers(1, 3))
+        ]
+        speech = np.concatenate(
+            [
+                np.concatenate([line, np.zeros(int(rng.uniform(0.1, 0.4) * RATE), np.float32)])
+                for line in lines
+            ]
+        )
+        voiced = np.concatenate([speech, np.zeros(int(rng.uniform(0.25, 0.9) * RATE), np.float32)])
+        silent = np.zeros(voiced.size, np.float32)
+        agent_parts.append(voiced if role == "agent" else silent)
+        customer_parts.append(silent if role == "agent" else voiced)
+        length += voiced.size
+        turn += 1
+    acw = np.concatenate([pools["agent"][int(rng.integers(len(pools["agent"])))] for _ in range(3)])
+    return Conversation(np.concatenate(agent_parts), np.concatenate(customer_parts), acw)

@@ -8,11 +8,13 @@ window (FFT band energy), with 50 ms guards at the boundaries.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -115,6 +117,51 @@ def test_webm_without_header_duration_uses_packets(data_dir: Path) -> None:
     assert info.duration > stream_end(data_dir / CHROME_VP8_OPUS, "v:0") + 0.02
     assert info.video is not None and info.video.codec_name == "vp8"
     assert info.audio is not None and info.audio.start_time == pytest.approx(0.040)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["chrome-avc1-opus-8s.mp4", CHROME_VP8_OPUS, "connect-8k-stereo-5s.wav"],
+)
+def test_one_run_probe_reads_what_two_runs_read(data_dir: Path, name: str) -> None:
+    """Format, streams and packets from one ffprobe run (issue 18): the same header and the
+    same timeline, to the packet (Opus skip samples in MP4 included), as the two-run read."""
+    path = data_dir / name
+    two = anyio.run(media.probe, path)
+    one = anyio.run(functools.partial(media.probe, path, one_run=True))
+    expected = anyio.run(functools.partial(media.probe, path, expected_duration=two.duration))
+    for info in (one, expected):
+        assert (info.format_name, info.video, info.audio) == (two.format_name, two.video, two.audio)
+        assert (info.header_duration, info.start_time) == (two.header_duration, two.start_time)
+        assert info.timeline == two.timeline
+
+
+def test_side_by_side_errors_come_in_turn() -> None:
+    """The first call's error is raised (the second cancelled); the second's is handed back."""
+    cancelled: list[bool] = []
+
+    async def fail() -> int:
+        raise MediaError("first")
+
+    async def slow() -> int:
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            cancelled.append(True)
+            raise
+        return 2
+
+    async def second_fails() -> int:
+        raise NoAudioStream("second")
+
+    async def one() -> int:
+        return 1
+
+    with pytest.raises(MediaError, match="first"):
+        anyio.run(media_run.side_by_side, fail, slow)
+    assert cancelled == [True]
+    first, second = anyio.run(media_run.side_by_side, one, second_fails)
+    assert first == 1 and isinstance(second, NoAudioStream)
 
 
 def test_connect_longer_than_call_end_head_is_cut(
@@ -522,9 +569,9 @@ def test_every_probe_of_a_merge_uses_the_configured_time_limit(
     real_probe = media.probe
     limits: dict[str, float] = {}
 
-    async def spy(path: Path, *, timeout: float = 60.0) -> media.MediaInfo:
+    async def spy(path: Path, *, timeout: float = 60.0, **how: Any) -> media.MediaInfo:
         limits[path.name] = timeout
-        return await real_probe(path, timeout=timeout)
+        return await real_probe(path, timeout=timeout, **how)
 
     monkeypatch.setattr(media_run, "probe", spy)
     request = media.MergeRequest(
@@ -536,5 +583,5 @@ def test_every_probe_of_a_merge_uses_the_configured_time_limit(
         options=media.MergeOptions(timeout_base_seconds=7.5),
     )
     anyio.run(media.merge, request)
-    assert limits.keys() >= {"recording.mp4", request.recording.name}
+    assert limits.keys() >= {"recording.mp4", request.recording.name, "connect-8k-mono-2s.wav"}
     assert set(limits.values()) == {7.5}, limits

@@ -15,16 +15,20 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from tests.harness.media_tools import decode_pcm
 from tests.harness.speech_media import (
     CaseSpec,
     SpeechCase,
     alignment_error,
+    alignment_errors,
     connect_placement,
     make_speech_case,
     merge_case,
     message_call_end,
+    microphone_placement,
 )
 from worker import media
 from worker.observability import SYNC_OUTCOMES
@@ -43,6 +47,9 @@ FALLBACK = {
     "other-conversation": CaseSpec("other-conversation", mic="other", script=1, voices=1,
                                    container="mp4-aac", call_seconds=24),
     "music": CaseSpec("music", mic="tones", call_seconds=20),
+    # Issue 19: other people's conversation (real voices), searched over the whole recording.
+    "other-people": CaseSpec("other-people", mic="other", voices=-1, call_seconds=40,
+                             container="mp4"),
     "looped-music-on-hold": CaseSpec("looped-music-on-hold", mic="looped_tones",
                                      container="mp4", call_seconds=36),
 }  # fmt: skip
@@ -126,6 +133,11 @@ def test_audio_without_this_call_falls_back_to_the_timestamp(speech_dir: Path, n
         "low_confidence",
         "ambiguous",
         "halves_disagree",
+        # Not confident near the timestamp, nor anywhere else (issue 19's wide search).
+        "wide_low_confidence",
+        "wide_silent_recording",
+        "wide_halves_disagree",
+        "wide_ambiguous",
     }
     # Placed exactly where the timestamp says (END alignment), checked in the output.
     assert result.call_end_seconds == call_end
@@ -232,13 +244,84 @@ def test_merge_command_prints_the_sync_result(
 
 
 @pytest.mark.parametrize("timestamp_error", [-8.0, 7.0])
-def test_a_timestamp_beyond_the_search_window_keeps_the_timestamp(
+def test_a_timestamp_beyond_the_search_window_is_found_by_the_wide_search(
     speech_dir: Path, timestamp_error: float
 ) -> None:
-    """The true call end outside +-5 s of the timestamp is never looked for: no guess."""
+    """The true call end outside +-5 s of the timestamp (issue 19): the wide search finds it.
+    A timestamp 8 s early moves the call end to the Connect end; one 7 s late keeps it (the
+    audio cannot tell a late timestamp from an early stop) and the recording's own audio
+    covers the 7 s after the Connect end."""
     spec = SPEECH["mp4-aac-noisy"]
     case = _case(speech_dir, spec)
     call_end = message_call_end(case.true_call_end, timestamp_error)
     _, result = merged(speech_dir, spec, call_end)
-    assert (result.sync.method, result.sync.reason) == ("timestamp", "low_confidence")
+    assert (result.sync.method, result.sync.reason) == ("waveform_wide", "measured")
+    assert abs(result.sync.offset_seconds - (case.true_call_end - call_end)) < 0.02
+    connect_end = max(call_end, case.true_call_end)
+    assert result.call_end_seconds == pytest.approx(connect_end, abs=0.02)
+    (error,) = alignment_errors(
+        result.output, case, case.true_call_end, [case.connect_duration - 12]
+    )
+    assert abs(error) <= MAX_ERROR_SECONDS
+
+
+# Issue 19, real human voices (voices=-1: tests/speech_media.py human_conversation): a Connect
+# file stopped 8 s before the call end, with a suspended (silent) span.
+EARLY_STOP = CaseSpec(
+    "early-stop",
+    voices=-1,
+    container="webm",
+    call_seconds=40,
+    early_stop=8.0,
+    suspended=(14.0, 19.0),
+    connect_start=2.0,
+)
+# 100 ppm of clock drift over a 95 s call: 9.5 ms at the start when END-aligned.
+DRIFT = CaseSpec("drift", voices=-1, seed=2, container="mp4", call_seconds=95,
+                 drift_ppm=100.0, connect_start=1.5)  # fmt: skip
+
+
+def test_a_connect_file_stopped_early_is_placed_where_it_was_recorded(speech_dir: Path) -> None:
+    """Found by the wide search; the Connect audio where it was recorded (start and end within
+    20 ms), the recording's own audio after it, the suspended span silent, the shortfall
+    counted; the call end stays the message's."""
+    from worker.observability import CONNECT_SHORT
+
+    case = _case(speech_dir, EARLY_STOP)
+    call_end = message_call_end(case.true_call_end, 0.0)
+    before = CONNECT_SHORT.labels(reason="early_stop")._value.get()
+    _, result = merged(speech_dir, EARLY_STOP, call_end)
+    assert (result.sync.method, result.sync.reason) == ("waveform_wide", "measured")
     assert result.call_end_seconds == call_end
+    connect_end = result.connect_audio_offset_seconds + case.connect_duration
+    assert connect_end == pytest.approx(case.true_connect_end, abs=0.02)
+    errors = alignment_errors(result.output, case, case.true_connect_end, [0.5, 20.0])
+    assert max(abs(e) for e in errors) <= MAX_ERROR_SECONDS, errors
+    # After the Connect end: the microphone (the rest of the call), found there by content
+    # (within the container's own shift of the whole file, see microphone_placement).
+    assert abs(microphone_placement(result.output, case, case.true_connect_end)) < 0.030
+    assert CONNECT_SHORT.labels(reason="early_stop")._value.get() == before + 1
+    # The suspended span stays silence (the microphone heard the agent then: never used).
+    out = decode_pcm(result.output, rate=16000)[:, 0]
+    mic = np.load(case.recording.parent / "mic.npy").astype(np.float32)[::3]
+    paused = slice(int((2.0 + 14.3) * 16000), int((2.0 + 18.7) * 16000))
+    assert _rms(mic[paused]) > 30 * _rms(out[paused])
+    talking = slice(int((2.0 + 1) * 16000), int((2.0 + 13) * 16000))
+    assert _rms(out[talking]) > 30 * _rms(out[paused])
+
+
+def _rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+
+
+def test_clock_drift_is_followed_along_the_whole_call(speech_dir: Path) -> None:
+    """100 ppm: measured near both ends, the Connect audio resampled in the graph: within 3 ms
+    at the start, middle and end (END alignment alone is 9.5 ms off at the start)."""
+    case = _case(speech_dir, DRIFT)
+    call_end = message_call_end(case.true_call_end, 1.3)
+    _, result = merged(speech_dir, DRIFT, call_end)
+    assert (result.sync.method, result.sync.reason) == ("waveform", "measured")
+    assert result.sync.drift_ppm == pytest.approx(100.0, abs=10.0)
+    times = [1.0, case.connect_duration / 2, case.connect_duration - 11.0]
+    errors = alignment_errors(result.output, case, result.call_end_seconds, times)
+    assert max(abs(e) for e in errors) <= 0.003, errors

@@ -195,3 +195,45 @@ def test_search_finds_the_smallest_max_tasks_that_meets_the_slo() -> None:
     assert best is not None and best.slo_met
     one_less = config.with_parameters(max_tasks=best.config.max_tasks - 1)
     assert not run(one_less, cost, contacts, QUIET, prices, 8).slo_met  # type: ignore[arg-type]
+
+
+def test_counting_in_flight_work_stops_the_busy_task_oscillation() -> None:
+    """Issue 17: on ``visible / tasks`` the metric falls to 0 once busy tasks drain the queue,
+    target tracking scales in while every slot works, the backlog builds and it scales out
+    again: MinTasks to MaxTasks and back. Counting the messages not visible as well
+    (``(visible + inflight) / tasks``, the template's metric) keeps the service near the size
+    the work needs."""
+    config = load_scaling(overrides={"MinTasks": "1", "MaxTasks": "40"})
+    assert config.backlog_counts_in_flight  # the template's metric
+    contacts = steady(20, 6 * 60)
+    cost = load_cost_model()
+    fixed = simulate(config, cost, contacts, QUIET)  # type: ignore[arg-type]
+    before = simulate(config.with_parameters(backlog_counts_in_flight=False), cost, contacts, QUIET)  # type: ignore[arg-type]
+    window = slice(60, 5 * 60)  # the steady part, after the ramp-up, before the drain
+
+    def busy_task_hours(line: dict[str, list[float]]) -> float:
+        return sum(line["busy_slots"][window]) / config.worker_concurrency / 60
+
+    def task_hours(line: dict[str, list[float]]) -> float:
+        return sum(line["running"][window]) / 60
+
+    assert fixed.unfinished == 0 and fixed.dead_lettered == 0
+    # Not 1.3x: the messages hidden by a retry backoff (Connect's audio not there yet) are
+    # counted too, and their number is noisy (docs/capacity.md).
+    assert task_hours(fixed.timeline) <= 2 * busy_task_hours(fixed.timeline)
+    assert max(fixed.timeline["desired"][window]) <= config.max_tasks / 2
+    # The old metric on the same load swings between the bounds and pays for it.
+    swings = before.timeline["desired"][window]
+    assert (min(swings), max(swings)) == (config.min_tasks, config.max_tasks)
+    assert task_hours(before.timeline) > 3 * busy_task_hours(before.timeline)
+
+
+def test_refuses_a_target_tracking_metric_it_cannot_model(tmp_path: Path) -> None:
+    edited = tmp_path / "template.yaml"
+    text = TEMPLATE_PATH.read_text()
+    assert "Expression: (visible + inflight) / tasks" in text
+    edited.write_text(text.replace("(visible + inflight) / tasks", "inflight / tasks"))
+    with pytest.raises(TemplateError, match="inflight/tasks"):
+        load_scaling(edited)
+    edited.write_text(text.replace("(visible + inflight) / tasks", "visible / tasks"))
+    assert not load_scaling(edited).backlog_counts_in_flight

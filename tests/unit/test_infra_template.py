@@ -166,9 +166,13 @@ def test_backlog_per_task_target_tracking(template: dict[str, Any]) -> None:
     assert metrics["visible"]["MetricStat"]["Metric"]["MetricName"] == (
         "ApproximateNumberOfMessagesVisible"
     )
+    # Busy slots count: in flight = not visible (issue 17, docs/capacity.md).
+    assert metrics["inflight"]["MetricStat"]["Metric"]["MetricName"] == (
+        "ApproximateNumberOfMessagesNotVisible"
+    )
     assert metrics["tasks"]["MetricStat"]["Metric"]["MetricName"] == "RunningTaskCount"
     returned = [m for m in metrics.values() if m.get("ReturnData", True)]
-    assert [m["Expression"] for m in returned] == ["visible / tasks"]
+    assert [m["Expression"] for m in returned] == ["(visible + inflight) / tasks"]
     target = resource(template, "ScalableTarget")
     assert target["MinCapacity"] == {"Ref": "MinTasks"}
     assert target["MaxCapacity"] == {"Ref": "MaxTasks"}

@@ -132,7 +132,7 @@ def stages(logs: list[dict[str, Any]]) -> list[str]:
 
 
 async def test_success_uploads_both_outputs_and_marks_the_row_done(unit: Unit) -> None:
-    unit.merger.sync = SyncResult("waveform", 0.1234567, 9.876, "measured")
+    unit.merger.sync = SyncResult("waveform", 0.1234567, 9.876, "measured", drift_ppm=-41.2371)
     with capture_logs(processors=[merge_contextvars]) as logs:
         result = await unit.run(call_end=5.0)
     assert result == JobResult(RID, False, OUTPUT_KEY, 12.5)
@@ -170,6 +170,7 @@ async def test_success_uploads_both_outputs_and_marks_the_row_done(unit: Unit) -
         "syncMethod": "waveform",
         "syncOffsetSeconds": 0.123457,
         "syncConfidence": 9.88,
+        "syncDriftPpm": -41.24,
     }
     assert unit.job_directories() == []
     assert stages(logs) == STAGES

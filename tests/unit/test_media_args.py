@@ -8,49 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.media_models import connect, recording, stream
 from worker import media
 from worker.config import AudioSettings
 from worker.errors import MediaError, NoAudioStream, NoVideoStream, OutputRejected, UnsupportedMedia
 from worker.ffmpeg import FORMAT_WHITELIST, PROTOCOL_WHITELIST, StderrTail, classify
 from worker.media import run as media_run
-
-
-def stream(index: int, kind: str, codec: str, *, channels: int | None = None) -> media.StreamInfo:
-    return media.StreamInfo(
-        index=index,
-        codec_type=kind,
-        codec_name=codec,
-        start_time=0.0,
-        duration=None,
-        sample_rate=48000 if kind == "audio" else None,
-        channels=channels,
-        width=640 if kind == "video" else None,
-        height=360 if kind == "video" else None,
-    )
-
-
-def recording(
-    codec: str = "vp8", *, audio: bool = True, duration: float = 8.0, audio_channels: int = 2
-) -> media.Recording:
-    """A recording whose video and audio both run from 0 to ``duration`` (30 fps)."""
-    frames = round(duration * 30)
-    spans = [media.StreamSpan(0, 0.0, duration, (frames - 1) / 30, frames)]
-    if audio:
-        spans.append(media.StreamSpan(1, 0.0, duration, duration - 0.02, round(duration * 50)))
-    return media.Recording(
-        path=Path("/in/rec.webm"),
-        video=stream(0, "video", codec),
-        audio=stream(1, "audio", "opus", channels=audio_channels) if audio else None,
-        timeline=media.Timeline(tuple(spans)),
-    )
-
-
-def connect(duration: float = 5.0, channels: int = 2) -> media.ConnectAudio:
-    return media.ConnectAudio(
-        path=Path("/in/connect.wav"),
-        audio=stream(0, "audio", "pcm_s16le", channels=channels),
-        duration=duration,
-    )
 
 
 def build(
@@ -657,11 +620,12 @@ def test_output_check_tolerance_is_one_audio_frame_and_rounding() -> None:
 def test_last_frame_is_held_to_the_end_of_the_timeline() -> None:
     plan = media.plan_merge(STATIC_END, connect(), 6.0, media.MergeOptions())
     args = media.hold_last_frame_args(STATIC_END, plan, media.WEBM)
-    # Packet 209 (the last, counted from 0) lasts until 11.974 s; no other packet changes;
-    # every frame decodes at its presentation time.
+    # Packet 209 (the last, counted from 0, at 6.986 s) lasts until 11.974 s; no other packet
+    # changes; every frame decodes at its presentation time.
     assert args == [
         "-bsf:v",
-        "setts=pts=PTS:dts=PTS:duration='if(eq(N\\,209)\\,11.974000/TB-PTS\\,DURATION)'",
+        "setts=pts=PTS:dts=PTS:duration="
+        "'if(eq(N\\,209)*gte(PTS\\,6.985500/TB)\\,11.974000/TB-PTS\\,DURATION)'",
     ]
     merge_args, _ = build(STATIC_END, connect(), 6.0)
     assert merge_args[merge_args.index("-bsf:v") - 2 : merge_args.index("-bsf:v")] == [
@@ -704,9 +668,11 @@ def test_webm_output_of_video_in_another_time_base_is_held_in_the_packets_unit()
     rec = chromium_mp4()
     plan = media.plan_merge(rec, connect(), 6.0, media.MergeOptions())
     (setts,) = value_after(media.hold_last_frame_args(rec, plan, media.WEBM), "-bsf:v")
+    in_ms = "lt(abs(PTS-6986)\\,abs(PTS-6.986000/TB))"
     assert setts == (
-        "setts=pts=PTS:dts=PTS:duration='if(eq(N\\,209)\\,"
-        "if(lt(abs(PTS-6986)\\,abs(PTS-6.986000/TB))\\,11974\\,11.974000/TB)-PTS"
+        "setts=pts=PTS:dts=PTS:duration='if(eq(N\\,209)*"
+        f"if({in_ms}\\,lte(abs(PTS-6986)\\,1)\\,gte(PTS\\,6.985500/TB))\\,"
+        f"if({in_ms}\\,11974\\,11.974000/TB)-PTS"
         "\\,DURATION)'"
     )
 

@@ -46,7 +46,7 @@ from worker.media.measure import measure_audio, sync_inputs
 from worker.media.model import ConnectAudio, MediaInfo, ProbeHeader, Recording, StreamInfo
 from worker.media.plan import MergeOptions, MergePlan, plan_merge, recording_seek_seconds
 from worker.media.probing import build_probe_args, build_timeline_args, parse_probe_json, probe
-from worker.media.run import MergeRequest, MergeResult, ProgressCallback, merge
+from worker.media.run import MergeRequest, MergeResult, ProgressCallback, merge, probe_inputs
 from worker.media.thumbnail import build_thumbnail_args, thumbnail_time
 from worker.media.timeline import (
     StreamSpan,
@@ -98,6 +98,7 @@ __all__ = [
     "parse_probe_json",
     "plan_merge",
     "probe",
+    "probe_inputs",
     "recording_seek_seconds",
     "scan_intervals",
     "sync_inputs",

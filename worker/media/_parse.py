@@ -31,3 +31,15 @@ def parse_int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def parse_clock(value: Any) -> float | None:
+    """Seconds from a ``H:MM:SS.fffffffff`` clock (Matroska's DURATION tag), or None."""
+    parts = str(value).split(":") if value is not None else []
+    if len(parts) != 3:
+        return None
+    hours, minutes = parse_int(parts[0]), parse_int(parts[1])
+    seconds = parse_float(parts[2])
+    if hours is None or minutes is None or seconds is None:
+        return None
+    return hours * 3600 + minutes * 60 + seconds

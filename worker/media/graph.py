@@ -1,7 +1,8 @@
 """The merge's audio: the ``-filter_complex`` graph whose ``[aout]`` is the output (pure).
 
-The Connect audio covers [0, callEnd) (END alignment: placed so that it ends at the call end),
-the recording's own microphone covers [callEnd, duration); both are brought to one format,
+The Connect audio covers [0, connectEnd) (END alignment: placed so that it ends at the call end,
+or where the sync found a Connect file that stopped early), the recording's own microphone
+covers [connectEnd, duration); both are brought to one format,
 cut and padded to whole samples, then concatenated, so ``[aout]`` has exactly the plan's
 sample count.
 """
@@ -32,6 +33,25 @@ def _resample(plan: MergePlan) -> str:
     # a late start (audio at 0.040 s) or a gap becomes silence instead of shifting the audio,
     # so the original timestamps hold. Small timestamp jitter (below 0.1 s) is left alone.
     return f"aresample={plan.sample_rate}:async=1:first_pts=0"
+
+
+# Drift (issue 19): the Connect audio's timestamps are scaled by the drift ratio and aresample
+# follows them by soft compensation (resampling by at most max_soft_comp, 1000 ppm: above the
+# largest drift applied, far below an audible pitch change), correcting whenever the audio is
+# more than min_comp (0.5 ms) off its timestamps: within ~1 ms along an hour.
+DRIFT_MIN_COMP_SECONDS = 0.0005
+DRIFT_MAX_SOFT_COMP = 0.001
+
+
+def connect_resample_steps(plan: MergePlan) -> list[str]:
+    """The Connect chain's resampling: :func:`_resample`, or with the drift applied (pure)."""
+    if plan.drift_ratio == 1.0:
+        return [_resample(plan)]
+    return [
+        f"asetpts=PTS*{plan.drift_ratio:.9f}",
+        f"aresample={plan.sample_rate}:min_comp={DRIFT_MIN_COMP_SECONDS}"
+        f":max_soft_comp={DRIFT_MAX_SOFT_COMP}:first_pts=0",
+    ]
 
 
 def connect_mix(in_channels: int | None, out_channels: int) -> list[str]:
@@ -105,7 +125,7 @@ def build_audio_graph(
     output_steps += encoder_steps
     chains: list[str] = []
     labels: list[str] = []
-    if plan.call_end_samples > 0:
+    if plan.connect_end_samples > 0:
         source = f"[{connect_input}:{connect_audio.index}]"
         steps = _connect_steps(plan, align, connect_audio, connect_gain)
         chains.append(source + ",".join(steps) + "[conn]")
@@ -132,16 +152,21 @@ def build_audio_graph(
 def _connect_steps(
     plan: MergePlan, align: AlignMode, connect_audio: StreamInfo, gain: list[str]
 ) -> list[str]:
-    """The ``[conn]`` chain: the Connect audio, exactly ``callEnd`` long, END-aligned."""
-    cs = plan.call_end_samples
-    steps = [*connect_mix(connect_audio.channels, plan.channels), _resample(plan), _normalize(plan)]
+    """The ``[conn]`` chain: the Connect audio, exactly up to its end, END-aligned there.
+
+    Its end is the call end unless the sync found a Connect file that stopped early
+    (``plan.connect_end``); a measured clock drift resamples it (:func:`connect_resample_steps`).
+    """
+    cs = plan.connect_end_samples
+    steps = [*connect_mix(connect_audio.channels, plan.channels)]
+    steps += [*connect_resample_steps(plan), _normalize(plan)]
     steps += gain
     if align != "start":
         if plan.offset_samples < 0:  # Connect longer than callEnd: cut its head
             steps += [f"atrim=start_sample={-plan.offset_samples}", "asetpts=PTS-STARTPTS"]
         elif plan.offset_samples > 0:  # shorter: silence before it
             steps.append(f"adelay=delays={plan.offset_samples}S:all=1")
-    # Exactly callEnd long: pad a short Connect with silence, cut a long one.
+    # Exactly connect_end long: pad a short Connect with silence, cut a long one.
     steps += [f"apad=whole_len={cs}", f"atrim=end_sample={cs}"]
     return steps
 
@@ -149,11 +174,12 @@ def _connect_steps(
 def _microphone_chains(
     plan: MergePlan, source: str, audio: StreamInfo, seek: int, gain: list[str]
 ) -> list[str]:
-    """The ``[rec]`` chains: the microphone from the call end on, exactly the tail long."""
+    """The ``[rec]`` chains: the microphone from the Connect audio's end on, exactly the tail
+    long."""
     tail = plan.tail_samples
     # first_pts=0 pads from the input's t=0 (the seek point when seeked), so a late
     # start or a gap stays silence at its original place (see _resample).
-    skip = plan.call_end_samples - seek * plan.sample_rate
+    skip = plan.connect_end_samples - seek * plan.sample_rate
     if skip < 0:
         raise ValueError("recording_seek is past the call end")
     norm = _normalize(plan)

@@ -32,6 +32,10 @@ class StreamInfo:
     height: int | None
     time_base: Fraction | None = None
     reorder_delay: int = 0  # ffprobe's has_b_frames: frames decoded before the first shown
+    # Where the container says the track ends, on the file's clock: MP4 start + duration,
+    # Matroska the track's DURATION tag (the end of a held last frame: WebM stores no frame
+    # durations, see worker.media.check). None: not said.
+    track_end: float | None = None
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ t=0 and where ``callEnd`` is measured from), in seconds and in output audio samp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from worker.config import AlignMode, AudioSettings
+from worker.limits import FFMPEG_TIMEOUT_BASE_SECONDS, FFMPEG_TIMEOUT_PER_MEDIA_SECOND
 from worker.media.model import ConnectAudio, Recording
 
 # Past this call end the recording's audio after callEnd is read from a second, fast-seeked
@@ -35,8 +36,8 @@ class MergeOptions:
     align: AlignMode = "auto"
     audio: AudioSettings = field(default_factory=AudioSettings)
     loudness_target: float | None = None
-    timeout_base_seconds: float = 120.0
-    timeout_per_media_second: float = 1.0
+    timeout_base_seconds: float = FFMPEG_TIMEOUT_BASE_SECONDS
+    timeout_per_media_second: float = FFMPEG_TIMEOUT_PER_MEDIA_SECOND
 
     def media_timeout(self, duration: float) -> float:
         """The time limit of an ffmpeg run over ``duration`` seconds of media."""
@@ -57,20 +58,34 @@ class MergePlan:
     total_samples: int
     call_end_samples: int
     offset_samples: int
+    # Where the Connect audio ends (issue 19): the call end, unless the sync found a Connect
+    # file that stopped before it (the recording's own audio from here on).
+    connect_end: float
+    connect_end_samples: int
+    # Recording seconds per Connect second (clock drift the sync measured; 1: none).
+    drift_ratio: float = 1.0
 
     @property
     def tail_samples(self) -> int:
-        """Samples of the recording's own audio after the call end."""
-        return self.total_samples - self.call_end_samples
+        """Samples of the recording's own audio after the Connect audio's end."""
+        return self.total_samples - self.connect_end_samples
 
 
 def plan_merge(
-    recording: Recording, connect: ConnectAudio, call_end: float, options: MergeOptions
+    recording: Recording,
+    connect: ConnectAudio,
+    call_end: float,
+    options: MergeOptions,
+    *,
+    connect_end: float | None = None,
+    drift_ratio: float = 1.0,
 ) -> MergePlan:
     """Clamp ``call_end`` to the recording and place the Connect audio (pure).
 
     The recording lasts its :class:`Timeline`'s duration (``Recording.duration``): the output
-    audio is exactly that many samples, from the recording's origin.
+    audio is exactly that many samples, from the recording's origin. The Connect audio ends at
+    ``connect_end`` (default: the call end; never after it) and lasts its duration times
+    ``drift_ratio`` (issue 19).
     """
     if not math.isfinite(call_end) or call_end < 0:
         raise ValueError("call end must be a finite number >= 0")
@@ -80,7 +95,8 @@ def plan_merge(
     end = min(call_end, duration)
     total = round(duration * rate)
     end_samples = min(round(end * rate), total)
-    offset = end - connect.duration
+    connect_to = end if connect_end is None else max(0.0, min(connect_end, end))
+    offset = connect_to - connect.duration * drift_ratio
     return MergePlan(
         duration=duration,
         call_end=end,
@@ -92,7 +108,44 @@ def plan_merge(
         total_samples=total,
         call_end_samples=end_samples,
         offset_samples=round(offset * rate),
+        connect_end=connect_to,
+        connect_end_samples=min(round(connect_to * rate), total),
+        drift_ratio=drift_ratio,
     )
+
+
+def placed_plan(
+    recording: Recording,
+    connect: ConnectAudio,
+    plan: MergePlan,
+    options: MergeOptions,
+    *,
+    offset_seconds: float,
+    measures_call_end: bool,
+    drift_ratio: float = 1.0,
+) -> MergePlan:
+    """The plan after a confident sync (pure): the Connect audio ends where it was measured.
+
+    ``offset_seconds`` is the sync's measured minus timestamp. The +-5 s search
+    (``measures_call_end``) measures the call end itself. The wide search measures where the
+    Connect file ends: after the timestamp, that is the call end (the timestamp was early);
+    before it, the file stopped early (or the timestamp is late: the audio cannot tell), so the
+    call end stays the timestamp's and the recording's own audio covers the rest. (Plain
+    numbers rather than the sync's result: this core module never imports the sync adapter.)
+    """
+    connect_end = plan.call_end + offset_seconds
+    call_end = plan.call_end
+    if measures_call_end or connect_end > plan.call_end:
+        call_end = connect_end
+    measured = plan_merge(
+        recording,
+        connect,
+        call_end,
+        options,
+        connect_end=connect_end,
+        drift_ratio=drift_ratio,
+    )
+    return replace(measured, call_end_clamped=plan.call_end_clamped)
 
 
 def recording_seek_seconds(plan: MergePlan) -> int:
@@ -101,6 +154,6 @@ def recording_seek_seconds(plan: MergePlan) -> int:
     A whole number of seconds, so that it is a whole number of samples at any integer sample
     rate (the ``[rec]`` chain's ``atrim`` counts samples from it) and ``-ss`` parses exactly.
     """
-    if plan.call_end <= SEEK_MIN_CALL_END_SECONDS or plan.tail_samples <= 0:
+    if plan.connect_end <= SEEK_MIN_CALL_END_SECONDS or plan.tail_samples <= 0:
         return 0
-    return max(0, math.floor(plan.call_end - SEEK_MARGIN_SECONDS))
+    return max(0, math.floor(plan.connect_end - SEEK_MARGIN_SECONDS))

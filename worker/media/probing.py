@@ -1,10 +1,12 @@
 """Probing a file: ffprobe's header, then the :class:`Timeline` of its packets.
 
 :func:`probe` runs ffprobe through :mod:`worker.ffmpeg` (the allow-lists, the time limit, the
-kill on cancellation) twice: once for the format and streams (:func:`parse_probe_json`), once
-for the packets (:class:`~worker.media.timeline.TimelineScan`), all of them or, for a long
-file with a believable header, its head and tail. The argument builders and the parser are
-pure.
+kill on cancellation). When the caller knows what to read (``expected_duration``: the merge's
+output; ``one_run``: the Connect audio), format, streams and packets come from one run
+(:func:`build_one_run_args`, :class:`~worker.media.onerun.OneRunReader`); otherwise twice:
+once for the format and streams (:func:`parse_probe_json`), once for the packets
+(:class:`~worker.media.timeline.TimelineScan`), all of them or, for a long file with a
+believable header, its head and tail. The argument builders and the parsers are pure.
 """
 
 from __future__ import annotations
@@ -17,20 +19,34 @@ import structlog
 
 from worker import ffmpeg
 from worker.errors import MediaError
-from worker.media._parse import parse_float, parse_fraction, parse_int
+from worker.limits import FFMPEG_TIMEOUT_BASE_SECONDS, MAX_MEDIA_SECONDS
+from worker.media._parse import parse_clock, parse_float, parse_fraction, parse_int
 from worker.media.model import MediaInfo, ProbeHeader, StreamInfo
+from worker.media.onerun import OneRunReader
 from worker.media.timeline import (
-    MAX_PLAUSIBLE_DURATION,
+    HEAD_SECONDS,
     StreamSpan,
     Timeline,
     TimelineScan,
     intervals_suffice,
+    last_video_unseen,
     looks_truncated,
+    read_back_starts,
     scan_intervals,
+    with_last_packet,
 )
 from worker.observability import FFMPEG_FAILURES
 
 log = structlog.get_logger("worker.media")
+
+PACKET_ENTRIES = (
+    "packet=stream_index,pts_time,dts_time,duration_time,flags"
+    ":packet_side_data=skip_samples,discard_padding"
+)
+# A one-run probe holds the packets it read until the header (printed after them) is parsed:
+# at most this many (every packet of a 45-minute Connect WAV is about 21,000); a file with
+# more is read in two runs instead.
+ONE_RUN_MAX_PACKETS = 100_000
 
 
 def build_probe_args(path: Path) -> list[str]:
@@ -48,12 +64,15 @@ def build_probe_args(path: Path) -> list[str]:
     ]
 
 
-def build_timeline_args(path: Path, intervals: str | None = None) -> list[str]:
+def build_timeline_args(
+    path: Path, intervals: str | None = None, stream: int | None = None
+) -> list[str]:
     """ffprobe listing packets' stream, times, flags and skipped samples (pure).
 
     Demuxing only (no decoding): a pass over the file at disk speed, or over ``intervals``
-    (ffprobe's ``-read_intervals``, see :func:`~worker.media.timeline.scan_intervals`). One
-    line per packet, read by :class:`~worker.media.timeline.TimelineScan`.
+    (ffprobe's ``-read_intervals``, see :func:`~worker.media.timeline.scan_intervals`); only
+    stream ``stream`` when given (an MP4 demuxer then skips the others' data). One line per
+    packet, read by :class:`~worker.media.timeline.TimelineScan`.
     """
     return [
         ffmpeg.FFPROBE,
@@ -61,11 +80,32 @@ def build_timeline_args(path: Path, intervals: str | None = None) -> list[str]:
         "-v",
         "error",
         *(["-read_intervals", intervals] if intervals else []),
+        *(["-select_streams", str(stream)] if stream is not None else []),
         "-show_entries",
-        "packet=stream_index,pts_time,dts_time,duration_time,flags"
-        ":packet_side_data=skip_samples,discard_padding",
+        PACKET_ENTRIES,
         "-of",
         "compact=p=0",
+        *ffmpeg.input_args(path),
+    ]
+
+
+def build_one_run_args(path: Path, intervals: str | None) -> list[str]:
+    """ffprobe of format, streams and packets in one run (pure): the packets of ``intervals``
+    or the first :data:`ONE_RUN_MAX_PACKETS`, as compact JSON (one packet a line), read by
+    :class:`~worker.media.onerun.OneRunReader`."""
+    return [
+        ffmpeg.FFPROBE,
+        "-hide_banner",
+        "-v",
+        "error",
+        "-read_intervals",
+        intervals or f"%+#{ONE_RUN_MAX_PACKETS}",
+        "-show_format",
+        "-show_streams",
+        "-show_entries",
+        PACKET_ENTRIES,
+        "-of",
+        "json=c=1",
         *ffmpeg.input_args(path),
     ]
 
@@ -83,7 +123,15 @@ def _stream(raw: dict[str, Any]) -> StreamInfo:
         height=parse_int(raw.get("height")),
         time_base=parse_fraction(raw.get("time_base")),
         reorder_delay=parse_int(raw.get("has_b_frames")) or 0,
+        track_end=_track_end(raw),
     )
+
+
+def _track_end(raw: dict[str, Any]) -> float | None:
+    duration = parse_float(raw.get("duration"))
+    if duration is not None:
+        return (parse_float(raw.get("start_time")) or 0.0) + duration
+    return parse_clock((raw.get("tags") or {}).get("DURATION"))
 
 
 def parse_probe_json(path: Path, text: str, size_bytes: int) -> ProbeHeader:
@@ -116,16 +164,32 @@ def parse_probe_json(path: Path, text: str, size_bytes: int) -> ProbeHeader:
     )
 
 
-async def probe(path: Path, *, timeout: float = 60.0) -> MediaInfo:  # noqa: ASYNC109
+async def probe(
+    path: Path,
+    *,
+    timeout: float = FFMPEG_TIMEOUT_BASE_SECONDS,  # noqa: ASYNC109
+    expected_duration: float | None = None,
+    one_run: bool = False,
+) -> MediaInfo:
     """Probe ``path`` with the allow-lists and read its :class:`Timeline` from its packets
     (all of them, or the head and tail of a long file with a believable header).
+
+    In one ffprobe run when the caller knows what to read: the head and tail (or every packet)
+    of a file of ``expected_duration`` (the merge's output), or with ``one_run`` every packet
+    (the Connect audio); a file that then turns out otherwise is read in two runs, as without.
 
     Raises :class:`MediaError` (or a subclass) for files ffprobe refuses or cannot read,
     :class:`worker.errors.MediaTimeout` past ``timeout``.
     """
     path = Path(path)
-    header = await _read_header(path, timeout)
-    timeline = await _read_timeline(header, timeout)
+    read = None
+    if one_run or expected_duration is not None:
+        read = await _read_in_one_run(path, timeout, expected_duration)
+    if read is None:
+        header = await _read_header(path, timeout)
+        timeline = await _read_timeline(header, timeout)
+    else:
+        header, timeline = read
     if looks_truncated(header.duration, timeline.duration, header.size_bytes):
         FFMPEG_FAILURES.labels(reason="truncated").inc()
         raise MediaError(
@@ -147,12 +211,47 @@ async def probe(path: Path, *, timeout: float = 60.0) -> MediaInfo:  # noqa: ASY
     return info
 
 
+async def _read_in_one_run(
+    path: Path,
+    timeout: float,  # noqa: ASYNC109
+    expected_duration: float | None,
+) -> tuple[ProbeHeader, Timeline] | None:
+    """Header and timeline from one ffprobe run; None when the file needs the two-run read
+    (a header that calls for other intervals, too many packets, intervals that fell short)."""
+    size = _size(path)
+    intervals = None if expected_duration is None else scan_intervals(expected_duration, size)
+    reader = OneRunReader()
+    await ffmpeg.run(
+        build_one_run_args(path, intervals[0] if intervals else None),
+        timeout=timeout + size / 20e6,  # a demux pass over the file, as the packet scan's
+        what=f"probe of {path.name}",
+        on_stdout_line=reader.feed,
+    )
+    header = _checked(parse_probe_json(path, reader.header_text(), size))
+    rates = {s.index: s.sample_rate for s in (header.video, header.audio) if s is not None}
+    if intervals is None:
+        if reader.packets >= ONE_RUN_MAX_PACKETS:
+            return None
+        timeline = reader.timeline(rates, complete=True)
+    else:
+        timeline = reader.timeline(rates, complete=False)
+        wanted = scan_intervals(header.duration, size)
+        if wanted is None or timeline is None:
+            return None
+        if not intervals_suffice(timeline, intervals[1], len(rates)):
+            return None
+        if header.video is not None:
+            timeline = await _read_back_video(
+                path, header.video.index, timeline, intervals[1], timeout + size / 20e6
+            )
+    if timeline is None or not 0 < timeline.duration <= MAX_MEDIA_SECONDS:
+        return None
+    return header, timeline
+
+
 async def _read_header(path: Path, timeout: float) -> ProbeHeader:  # noqa: ASYNC109
     """ffprobe's format and streams of a non-empty file with a video or an audio stream."""
     size = _size(path)
-    if size == 0:
-        FFMPEG_FAILURES.labels(reason="invalid_data").inc()
-        raise MediaError(f"{path.name} is empty (0 bytes)")
     lines: list[str] = []
     await ffmpeg.run(
         build_probe_args(path),
@@ -160,19 +259,26 @@ async def _read_header(path: Path, timeout: float) -> ProbeHeader:  # noqa: ASYN
         what=f"probe of {path.name}",
         on_stdout_line=lines.append,
     )
-    header = parse_probe_json(path, "\n".join(lines), size)
+    return _checked(parse_probe_json(path, "\n".join(lines), size))
+
+
+def _checked(header: ProbeHeader) -> ProbeHeader:
     if header.video is None and header.audio is None:
         FFMPEG_FAILURES.labels(reason="no_streams").inc()
-        raise MediaError(f"{path.name} has neither video nor audio")
+        raise MediaError(f"{header.path.name} has neither video nor audio")
     return header
 
 
 def _size(path: Path) -> int:
-    # A local stat: fast enough not to need a worker thread.
+    """The size of a non-empty file (a local stat: fast enough not to need a worker thread)."""
     try:
-        return path.stat().st_size
+        size = path.stat().st_size
     except OSError as error:
         raise MediaError(f"{path.name}: cannot read ({error.strerror})") from None
+    if size == 0:
+        FFMPEG_FAILURES.labels(reason="invalid_data").inc()
+        raise MediaError(f"{path.name} is empty (0 bytes)")
+    return size
 
 
 async def _read_timeline(header: ProbeHeader, timeout: float) -> Timeline:  # noqa: ASYNC109
@@ -189,11 +295,40 @@ async def _read_timeline(header: ProbeHeader, timeout: float) -> Timeline:  # no
         timeline = await _scan(path, rates, scan_timeout, intervals[0])
         if timeline is not None and not intervals_suffice(timeline, intervals[1], len(rates)):
             timeline = None  # the header misled the seek: read every packet instead
+        if timeline is not None and header.video is not None:
+            timeline = await _read_back_video(
+                path, header.video.index, timeline, intervals[1], scan_timeout
+            )
     if timeline is None:
         timeline = await _scan(path, rates, scan_timeout, None)
-    if timeline is None or not 0 < timeline.duration <= MAX_PLAUSIBLE_DURATION:
+    if timeline is None or not 0 < timeline.duration <= MAX_MEDIA_SECONDS:
         FFMPEG_FAILURES.labels(reason="invalid_data").inc()
         raise MediaError(f"{path.name}: no readable packets")
+    return timeline
+
+
+async def _read_back_video(
+    path: Path,
+    index: int,
+    timeline: Timeline,
+    tail_from: float,
+    timeout: float,  # noqa: ASYNC109
+) -> Timeline:
+    """``timeline`` with the last packet of its video (stream ``index``), read from further
+    back when the head and tail reads show none past the head
+    (:func:`~worker.media.timeline.last_video_unseen`).
+
+    Only the video stream's packets, from ever further back to the end of the file
+    (:func:`~worker.media.timeline.read_back_starts`); one scan's span at a time in memory.
+    """
+    if not last_video_unseen(timeline, index):
+        return timeline
+    for start in read_back_starts(tail_from, timeline.origin + HEAD_SECONDS):
+        found = await _scan(path, {index: None}, timeout, f"{start:.3f}%", stream=index)
+        span = found.stream(index) if found is not None else None
+        if span is not None:
+            log.info("last_frame_read_back", file=path.name, start=round(start, 3))
+            return with_last_packet(timeline, span)
     return timeline
 
 
@@ -202,10 +337,12 @@ async def _scan(
     rates: dict[int, int | None],
     timeout: float,  # noqa: ASYNC109
     intervals: str | None,
+    *,
+    stream: int | None = None,
 ) -> Timeline | None:
     scanner = TimelineScan(rates)
     await ffmpeg.run(
-        build_timeline_args(path, intervals),
+        build_timeline_args(path, intervals, stream),
         timeout=timeout,
         what=f"packet scan of {path.name}",
         on_stdout_line=scanner.feed,

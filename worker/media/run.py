@@ -11,10 +11,13 @@ output and rejects it when its duration or streams are wrong. Every process is r
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
+import anyio
 import structlog
 
 from worker import ffmpeg
@@ -27,14 +30,22 @@ from worker.media.commands import build_merge_args
 from worker.media.containers import Container, check_output_path
 from worker.media.measure import measure_audio
 from worker.media.model import ConnectAudio, MediaInfo, Recording
-from worker.media.plan import MergeOptions, MergePlan, plan_merge, recording_seek_seconds
+from worker.media.plan import (
+    MergeOptions,
+    MergePlan,
+    placed_plan,
+    plan_merge,
+    recording_seek_seconds,
+)
 from worker.media.probing import probe
 from worker.media.thumbnail import write_thumbnail
-from worker.observability import CALL_END_CLAMPS, FFMPEG_FAILURES
+from worker.observability import CALL_END_CLAMPS, CONNECT_SHORT, FFMPEG_FAILURES
 
 log = structlog.get_logger("worker.media")
 
 ProgressCallback = Callable[[float], None]
+A = TypeVar("A")
+B = TypeVar("B")
 
 PROGRESS_LOG_INTERVAL_SECONDS = 30.0
 
@@ -71,6 +82,9 @@ class MergeResult:
     connect_audio_offset_seconds: float
     sync: sync.SyncResult = sync.TIMESTAMP_ONLY
     loudness: loudness.LoudnessGains | None = None
+    # Wall time of the ffmpeg merge pass alone (not the probes, sync, loudness, thumbnail or
+    # output check around it): what komorebi_processing_speed_ratio divides by.
+    merge_pass_seconds: float = 0.0
 
 
 class Progress:
@@ -133,6 +147,8 @@ async def merge(
         sync_method=synced.method,
         media_duration=round(plan.duration, 3),
         call_end=round(plan.call_end, 3),
+        connect_end=round(plan.connect_end, 3),
+        drift_ppm=round(synced.drift_ppm, 2),
         connect_duration=round(plan.connect_duration, 3),
         connect_audio_offset=round(plan.offset, 3),
         container=container.extension,
@@ -140,10 +156,13 @@ async def merge(
         recording_audio_seek=recording_seek_seconds(plan) if recording.audio else 0,
     )
     started = time.monotonic()
-    written = await _write(request, recording, connect, plan, container, gains, on_progress)
+    written, pass_seconds = await _write(
+        request, recording, connect, plan, container, gains, on_progress
+    )
     log.info(
         "merge_done",
         seconds=round(time.monotonic() - started, 3),
+        merge_pass_seconds=round(pass_seconds, 3),
         output_duration=round(written.duration, 3),
         output_bytes=written.size_bytes,
     )
@@ -160,21 +179,93 @@ async def merge(
         connect_audio_offset_seconds=plan.offset,
         sync=synced,
         loudness=gains,
+        merge_pass_seconds=pass_seconds,
     )
 
 
 async def _inputs(request: MergeRequest) -> tuple[Recording, Container, ConnectAudio]:
     """Both inputs probed (unless given) and validated, once; the output's container."""
     timeout = request.options.timeout_base_seconds
-    info = request.recording_info or await probe(request.recording, timeout=timeout)
+    given = (request.recording_info, request.connect_info)
+    info, connect_info = (
+        (given[0], given[1])
+        if given[0] is not None and given[1] is not None
+        else await probe_inputs(
+            request.recording, request.connect_audio, timeout=timeout, given=given
+        )
+    )
     recording = Recording.of(info, name=request.recording.name)
     container = check_output_path(recording, request.output)
-    connect_info = request.connect_info or await probe(request.connect_audio, timeout=timeout)
+    if isinstance(connect_info, Exception):
+        raise connect_info  # after the recording's own errors, as when probed in turn
     connect = ConnectAudio.of(connect_info, name=request.connect_audio.name)
     outputs = {request.output.absolute(), *(p.absolute() for p in [request.thumbnail] if p)}
     if outputs & {request.recording.absolute(), request.connect_audio.absolute()}:
         raise MediaError("an output path is also an input path")
     return recording, container, connect
+
+
+async def side_by_side(
+    first: Callable[[], Awaitable[A]], second: Callable[[], Awaitable[B]]
+) -> tuple[A, B | Exception]:
+    """Run ``first`` and ``second`` at once (each at most one process at a time, so a job never
+    runs more than two). ``first``'s error is raised and ``second`` cancelled; ``second``'s is
+    returned, for the caller to raise when its turn comes, so a job fails with the error it
+    would have met running them in turn. Cancellation cancels both (and kills their
+    processes, :mod:`worker.ffmpeg`)."""
+    results: list[Any] = [None, None]
+
+    async def run(slot: int, call: Callable[[], Awaitable[Any]], scope: anyio.CancelScope) -> None:
+        try:
+            results[slot] = await call()
+        except Exception as error:  # noqa: BLE001 - handed back or raised below
+            results[slot] = error
+            if slot == 0:
+                scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run, 0, first, group.cancel_scope)
+        group.start_soon(run, 1, second, group.cancel_scope)
+    if isinstance(results[0], Exception):
+        raise results[0]
+    return results[0], results[1]
+
+
+async def probe_inputs(
+    recording: Path,
+    connect_audio: Path,
+    *,
+    timeout: float,  # noqa: ASYNC109
+    given: tuple[MediaInfo | None, MediaInfo | None] = (None, None),
+) -> tuple[MediaInfo, MediaInfo | Exception]:
+    """Both inputs probed side by side (:func:`side_by_side`; the Connect audio in one run),
+    those not ``given``. The recording's error is raised; the Connect audio's is returned, for
+    the caller to raise after it has validated the recording."""
+
+    async def one(slot: int, path: Path) -> MediaInfo:
+        known = given[slot]
+        return known if known is not None else await probe(path, timeout=timeout, one_run=slot == 1)
+
+    return await side_by_side(partial(one, 0, recording), partial(one, 1, connect_audio))
+
+
+def measured_plan(
+    recording: Recording,
+    connect: ConnectAudio,
+    plan: MergePlan,
+    synced: sync.SyncResult,
+    options: MergeOptions,
+) -> MergePlan:
+    """The plan on a confident sync's placement (:func:`~worker.media.plan.placed_plan`)."""
+    return placed_plan(
+        recording,
+        connect,
+        plan,
+        options,
+        offset_seconds=synced.offset_seconds,
+        measures_call_end=synced.method == "waveform",
+        drift_ratio=synced.drift_ratio,
+    )
 
 
 async def _plan(
@@ -191,10 +282,19 @@ async def _plan(
             media_duration=round(plan.duration, 3),
         )
     synced, gains = await measure_audio(recording, connect, plan, options)
-    if synced.method == "waveform":
-        # The measured call end drives END alignment (whole samples, as the timestamp did).
-        measured = plan_merge(recording, connect, plan.call_end + synced.offset_seconds, options)
-        plan = replace(measured, call_end_clamped=plan.call_end_clamped)
+    if synced.measured:
+        # The measured placement drives END alignment (whole samples, as the timestamp did).
+        plan = measured_plan(recording, connect, plan, synced, options)
+        short = plan.call_end - plan.connect_end
+        if short > 0:
+            CONNECT_SHORT.labels(reason="early_stop").inc()
+            log.warning(
+                "connect_audio_short",
+                reason="early_stop",
+                call_end=round(plan.call_end, 3),
+                connect_end=round(plan.connect_end, 3),
+                missing_seconds=round(short, 3),
+            )
     return plan, synced, gains
 
 
@@ -206,8 +306,9 @@ async def _write(
     container: Container,
     gains: loudness.LoudnessGains | None,
     on_progress: ProgressCallback | None,
-) -> MediaInfo:
-    """Run the merge, probe and check the output, write the thumbnail; the output's probe.
+) -> tuple[MediaInfo, float]:
+    """Run the merge, probe and check the output, write the thumbnail; the output's probe
+    and the wall time of the ffmpeg merge pass.
 
     Never leaves a partial or rejected file where a caller might upload it.
     """
@@ -225,22 +326,25 @@ async def _write(
     progress = Progress(plan.duration, on_progress)
     try:
         chapters.write_text(chapters_metadata(plan))
+        started = time.monotonic()
         await ffmpeg.run(
             args,
             timeout=options.media_timeout(plan.duration),
             what="merge",
             on_stdout_line=progress.feed,
         )
-        written = await probe(request.output, timeout=options.timeout_base_seconds)
+        pass_seconds = time.monotonic() - started
+        written = await probe(
+            request.output, timeout=options.timeout_base_seconds, expected_duration=plan.duration
+        )
         try:
             check_output(written, recording, plan, container, progress.frames)
         except OutputRejected:
             FFMPEG_FAILURES.labels(reason="output_rejected").inc()
             raise
-        if request.thumbnail is not None:
-            await write_thumbnail(
-                recording, request.thumbnail, timeout=options.timeout_base_seconds
-            )
+        # Made last, on its own: beside the merge's ffmpeg or the output's probe its decoder
+        # added 40-50 MB to the job's peak memory (bench, issue 18) to save about 0.3 s.
+        await _thumbnail(recording, request.thumbnail, options.timeout_base_seconds)
     except BaseException:
         # (Synchronous, so a cancellation cannot interrupt it.)
         _remove(request.output)
@@ -248,4 +352,9 @@ async def _write(
         raise
     finally:
         _remove(chapters)
-    return written
+    return written, pass_seconds
+
+
+async def _thumbnail(recording: Recording, thumbnail: Path | None, timeout: float) -> None:  # noqa: ASYNC109
+    if thumbnail is not None:
+        await write_thumbnail(recording, thumbnail, timeout=timeout)

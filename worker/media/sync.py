@@ -34,7 +34,8 @@ pure; :func:`measure` runs the two decodes (the allow-listed, time-limited runne
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -45,12 +46,16 @@ import structlog
 
 from worker import ffmpeg
 from worker.errors import MediaError, MediaProcessKilled, MediaTimeout
-from worker.observability import SYNC_OUTCOMES
+from worker.limits import FFMPEG_TIMEOUT_BASE_SECONDS
+from worker.media import drift, sync_search
+from worker.observability import CONNECT_SHORT, SYNC_DRIFT_PPM, SYNC_OUTCOMES
 
 log = structlog.get_logger(__name__)
 
 Signal = npt.NDArray[np.float32]
-SyncMethod = Literal["waveform", "timestamp"]
+# waveform: found +-SEARCH_SECONDS around the timestamp; waveform_wide: found by the wide
+# search (anywhere the Connect audio can lie in the recording); timestamp: not confident.
+SyncMethod = Literal["waveform", "waveform_wide", "timestamp"]
 
 SYNC_RATE = 8000  # Connect's rate: nothing above 4 kHz is common to both signals
 STRETCH_SECONDS = 30.0  # Connect audio correlated, ending at its end
@@ -75,6 +80,10 @@ MIN_Z = 20.0
 MIN_HALF_Z = 10.0
 MAX_SIDE_PEAK_RATIO = 0.5
 MIN_CORRELATION = 0.15
+# The correlation must hold in every time third of the stretch that carries the agent's speech
+# (at least 1% of the loudest third's energy: -20 dB), not only over the whole (_weakest_part).
+PARTS = 3
+PART_MIN_ENERGY = 0.01
 AGREEMENT_SECONDS = 0.004  # the halves must agree with the whole within this (drift: 250 ppm)
 # Below this RMS (about -60 dBFS) a stretch is silence (or a muted microphone).
 SILENCE_RMS = 1e-3
@@ -87,6 +96,18 @@ PAUSE_DB = 25.0
 MIN_PAUSE_FRACTION = 0.05
 DECODE_MARGIN_SECONDS = 0.5  # decoded beyond the search window at both ends
 MAX_DECODE_BYTES = 64 << 20  # a bound on what a decode may return (well above 60 s at 8 kHz)
+# The wide search (issue 19) runs when the +-SEARCH_SECONDS search was not confident for one
+# of these reasons (the microphone near the timestamp held something else, or nothing: an
+# early stop leaves the rest of the call, or a silent After Call Work, there).
+WIDE_REASONS = frozenset({"low_confidence", "halves_disagree", "out_of_range", "silent_recording"})
+WIDE_FINE_SECONDS = 1.0  # the fine pass's +- around each coarse candidate
+WIDE_RIVAL_SCORE = 0.6  # candidates scoring below this share of the best are not measured
+WIDE_DISTINCT_SECONDS = 0.020  # two confident candidates further apart: ambiguous
+# The whole-recording decode of the wide search: its time limit grows with the recording.
+WIDE_TIMEOUT_PER_MEDIA_SECOND = 0.25
+DRIFT_RETRY_REASONS = frozenset({"low_confidence", "halves_disagree"})
+DRIFT_RETRY_MIN = 20.0  # ppm: below, a drift does not smear a stretch enough to matter
+DRIFT_SEARCH_MARGIN_SECONDS = 0.050  # besides MAX_DRIFT_PPM over the distance from the end
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -108,6 +129,19 @@ class SyncResult:
     confidence: float
     reason: str
     estimate_seconds: float | None = None
+    # Clock drift applied to the Connect audio (ppm, recording seconds per Connect second - 1;
+    # 0: none): the Connect end stays at the measured call end, the rest is stretched.
+    drift_ppm: float = 0.0
+
+    @property
+    def measured(self) -> bool:
+        """A confident placement (by either search)."""
+        return self.method != "timestamp"
+
+    @property
+    def drift_ratio(self) -> float:
+        """Recording seconds per Connect second."""
+        return 1.0 + self.drift_ppm * 1e-6
 
     @classmethod
     def timestamp(
@@ -134,6 +168,10 @@ FALLBACK_REASONS = (
 )
 # Every outcome exists from the first scrape (at 0), so rates and ratios work at once.
 SYNC_OUTCOMES.labels(method="waveform", reason="measured")
+SYNC_OUTCOMES.labels(method="waveform_wide", reason="measured")
+for _reason in ("ambiguous", *WIDE_REASONS):
+    SYNC_OUTCOMES.labels(method="timestamp", reason=f"wide_{_reason}")
+CONNECT_SHORT.labels(reason="early_stop")
 for _reason in FALLBACK_REASONS:
     SYNC_OUTCOMES.labels(method="timestamp", reason=_reason)
 
@@ -187,28 +225,36 @@ class Estimate:
     # whole's lag: how much of the two waveforms is really the same (a whitened peak can be
     # sharp on signals that share nothing, e.g. two unrelated tones).
     correlation: float = 1.0
+    # Where the halves' middles lie in the reference (seconds): their lags' difference over
+    # their distance is the drift inside the stretch.
+    half_centres: tuple[float, float] = (0.0, 0.0)
 
 
 # --- planning (pure) -------------------------------------------------------------------------
 
 
 def plan_window(
-    *, call_end: float, recording_duration: float, connect_duration: float
+    *,
+    call_end: float,
+    recording_duration: float,
+    connect_duration: float,
+    search: float = SEARCH_SECONDS,
 ) -> SyncWindow | str:
     """The stretches to correlate, or the fallback reason when there is too little audio.
 
     The Connect stretch is its last :data:`STRETCH_SECONDS` (fewer for a short call); at zero
     offset it lies on the recording at ``[call_end - length, call_end]``. The microphone is
-    decoded over that stretch widened by the search window, clamped to the recording.
+    decoded over that stretch widened by the search window (+-``search``), clamped to the
+    recording.
     """
-    length = min(STRETCH_SECONDS, connect_duration, call_end + SEARCH_SECONDS)
+    length = min(STRETCH_SECONDS, connect_duration, call_end + search)
     if length < MIN_STRETCH_SECONDS:
         return "too_short"
     connect_start = connect_duration - length
     placement = call_end - connect_duration  # recording time of the Connect file's t=0
-    begin = max(0.0, call_end - length - SEARCH_SECONDS - DECODE_MARGIN_SECONDS)
+    begin = max(0.0, call_end - length - search - DECODE_MARGIN_SECONDS)
     seek = math.floor(begin)
-    end = min(recording_duration, call_end + SEARCH_SECONDS + DECODE_MARGIN_SECONDS)
+    end = min(recording_duration, call_end + search + DECODE_MARGIN_SECONDS)
     if end - seek < MIN_STRETCH_SECONDS:
         return "too_short"
     # The measured call end stays inside the recording (END alignment cannot place beyond).
@@ -218,8 +264,35 @@ def plan_window(
         recording_seek=seek,
         recording_seconds=end - seek,
         zero_lag=connect_start + placement - seek,
-        min_offset=max(-SEARCH_SECONDS, -call_end),
-        max_offset=min(SEARCH_SECONDS, recording_duration - call_end),
+        min_offset=max(-search, -call_end),
+        max_offset=min(search, recording_duration - call_end),
+    )
+
+
+def plan_stretch(
+    *,
+    connect_start: float,
+    length: float,
+    placement: float,
+    search: float,
+    recording_duration: float,
+) -> SyncWindow | None:
+    """A window for the Connect stretch ``[connect_start, +length]`` expected at recording
+    time ``placement + connect_start`` (+-``search``), for the drift measurements; None when
+    the stretch and its search do not lie inside the recording (pure)."""
+    at = placement + connect_start
+    if at - search < 0 or at + length + search > recording_duration:
+        return None
+    seek = math.floor(max(0.0, at - search - DECODE_MARGIN_SECONDS))
+    end = min(recording_duration, at + length + search + DECODE_MARGIN_SECONDS)
+    return SyncWindow(
+        connect_start=connect_start,
+        connect_seconds=length,
+        recording_seek=seek,
+        recording_seconds=end - seek,
+        zero_lag=at - seek,
+        min_offset=-search,
+        max_offset=search,
     )
 
 
@@ -239,19 +312,19 @@ def build_decode_args(
     channels: int | None,
     agent: bool,
     seek: float,
-    seconds: float,
+    seconds: float | None,
+    band: bool = False,
 ) -> list[str]:
-    """ffmpeg decoding ``seconds`` from ``seek`` of one audio stream to 8 kHz mono float32 on
-    stdout (pure). ``-ss`` before ``-i`` is a fast container seek; ``first_pts=0`` makes sample
-    0 the seek point (a late start or a gap becomes silence, as in the merge)."""
-    samples = round(seconds * SYNC_RATE)
-    chain = ",".join(
-        [
-            _pick(channels, agent=agent),
-            f"aresample={SYNC_RATE}:async=1:first_pts=0",
-            f"atrim=end_sample={samples}",
-        ]
-    )
+    """ffmpeg decoding ``seconds`` (None: to the end) from ``seek`` of one audio stream to
+    8 kHz mono float32 on stdout (pure). ``-ss`` before ``-i`` is a fast container seek;
+    ``first_pts=0`` makes sample 0 the seek point (a late start or a gap becomes silence, as
+    in the merge). ``band`` band-limits to :data:`BAND_HZ` (the wide search's envelopes)."""
+    steps = [_pick(channels, agent=agent), f"aresample={SYNC_RATE}:async=1:first_pts=0"]
+    if band:
+        steps += [f"highpass=f={BAND_HZ[0]:g}", f"lowpass=f={BAND_HZ[1]:g}"]
+    if seconds is not None:
+        steps.append(f"atrim=end_sample={round(seconds * SYNC_RATE)}")
+    chain = ",".join(steps)
     args = [ffmpeg.FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error"]
     if seek > 0:
         args += ["-ss", f"{seek:.6f}"]
@@ -383,7 +456,8 @@ def estimate(
         halves.append(Peak(found.lag - start / rate, found.z, found.side_peak_ratio))
     first, second = halves
     coefficient = _coefficient(spectrum, reference, size, round(whole.lag * rate), rate)
-    return Estimate(whole, (first, second), coefficient)
+    centres = ((begin + half) / 2 / rate, (half + end) / 2 / rate)
+    return Estimate(whole, (first, second), coefficient, centres)
 
 
 def _coefficient(
@@ -403,8 +477,33 @@ def _coefficient(
         return 0.0
     aligned = signal[begin:end]
     part = ref[begin - lag : end - lag]
-    denominator = float(np.linalg.norm(part) * np.linalg.norm(aligned))
-    return float(np.dot(part, aligned)) / denominator if denominator > 0 else 0.0
+    return min(_pearson(part, aligned), _weakest_part(part, aligned))
+
+
+def _pearson(ours: npt.NDArray[np.float64], theirs: npt.NDArray[np.float64]) -> float:
+    denominator = float(np.linalg.norm(ours) * np.linalg.norm(theirs))
+    return float(np.dot(ours, theirs)) / denominator if denominator > 0 else 0.0
+
+
+def _weakest_part(ours: npt.NDArray[np.float64], theirs: npt.NDArray[np.float64]) -> float:
+    """The lowest correlation over the :data:`PARTS` equal time parts of the aligned stretch
+    that hold at least :data:`PART_MIN_ENERGY` of the loudest part's energy (issue 19).
+
+    A real alignment matches all along the stretch. A stretch whose energy is mostly one
+    utterance matches wherever that exact utterance recurs (a recorded prompt, replayed):
+    the energy halves may both fall inside it and agree, but the other parts of the stretch
+    then share nothing with the microphone.
+    """
+    parts = list(zip(np.array_split(ours, PARTS), np.array_split(theirs, PARTS), strict=True))
+    energies = [float(np.dot(part, part)) for part, _ in parts]
+    loudest = max(energies)
+    if loudest <= 0:
+        return 0.0
+    return min(
+        _pearson(part, heard)
+        for (part, heard), energy in zip(parts, energies, strict=True)
+        if energy >= PART_MIN_ENERGY * loudest
+    )
 
 
 def energy_midpoint(reference: Signal) -> int:
@@ -454,20 +553,49 @@ def pause_fraction(reference: Signal, rate: int = SYNC_RATE) -> float:
 
 
 def synchronise(reference: Signal, signal: Signal, window: SyncWindow) -> SyncResult:
-    """The whole pure decision on two decoded stretches (see :func:`measure`)."""
+    """The whole pure decision on two decoded stretches (see :func:`measure`).
+
+    A stretch drifting against the microphone (issue 19: 100 ppm is 3 ms over 30 s) smears
+    its correlation, which can fail the rules although the peak is in place. Then the halves'
+    lags tell the drift inside the stretch; when that is a plausible clock error, the Connect
+    stretch is stretched by it (:func:`worker.media.drift.stretch`) and measured once more under the
+    same rules. The offset is still the stretch's end's.
+    """
+    result, found = _synchronise(reference, signal, window)
+    if found is None or result.measured or result.reason not in DRIFT_RETRY_REASONS:
+        return result
+    first, second = found.halves
+    distance = found.half_centres[1] - found.half_centres[0]
+    if min(first.z, second.z) < MIN_HALF_Z or distance <= 0:
+        return result
+    rate = (second.lag - first.lag) / distance
+    if not DRIFT_RETRY_MIN <= abs(rate) * 1e6 <= drift.MAX_DRIFT_PPM:
+        return result
+    retry, _ = _synchronise(drift.stretch(reference, 1.0 + rate), signal, window)
+    if not retry.measured:
+        return result
+    # The stretched reference starts where the plain one did and ends rate * length later.
+    # drift_ppm says by how much it was stretched (the caller may apply its own fit).
+    end_shift = rate * reference.size / SYNC_RATE
+    return replace(retry, offset_seconds=retry.offset_seconds + end_shift, drift_ppm=rate * 1e6)
+
+
+def _synchronise(
+    reference: Signal, signal: Signal, window: SyncWindow
+) -> tuple[SyncResult, Estimate | None]:
     if _rms(reference) < SILENCE_RMS:
-        return SyncResult.timestamp("silent_connect")
+        return SyncResult.timestamp("silent_connect"), None
     if _rms(signal) < SILENCE_RMS:
-        return SyncResult.timestamp("silent_recording")
+        return SyncResult.timestamp("silent_recording"), None
     if pause_fraction(reference) < MIN_PAUSE_FRACTION:
-        return SyncResult.timestamp("no_pauses")
+        return SyncResult.timestamp("no_pauses"), None
     found = estimate(
         reference,
         signal,
         min_lag=window.zero_lag + window.min_offset,
         max_lag=window.zero_lag + window.max_offset,
     )
-    return decide(found, window.zero_lag, window)
+    return decide(found, window.zero_lag, window), found
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -489,14 +617,27 @@ async def _decode(args: list[str], *, timeout: float, what: str) -> Signal:  # n
     return np.frombuffer(raw[:usable], dtype="<f4").astype(np.float32)
 
 
-async def measure(inputs: SyncInputs, *, timeout: float = 60.0) -> SyncResult:  # noqa: ASYNC109
-    """Measure the call end's offset from the audio; the timestamp when not confident.
+async def measure(
+    inputs: SyncInputs,
+    *,
+    timeout: float = FFMPEG_TIMEOUT_BASE_SECONDS,  # noqa: ASYNC109
+) -> SyncResult:
+    """Measure the call end's offset (and the clock drift) from the audio; the timestamp when
+    not confident.
+
+    First the +-:data:`SEARCH_SECONDS` search around the timestamp; when it is not confident
+    for one of :data:`WIDE_REASONS`, the wide search over the whole recording
+    (:mod:`worker.media.sync_search`, then the same fine pass around its candidates). A confident
+    placement is then measured again near the start of the overlap (and its middle on long
+    calls) for the drift (:mod:`worker.media.drift`).
 
     Never raises for bad audio: a decode that fails or times out is a fallback (the merge
-    itself then reports what is wrong with the file). Cancellation kills both decodes.
+    itself then reports what is wrong with the file). Cancellation kills every decode.
     """
     result = await _measure(inputs, timeout=timeout)
     SYNC_OUTCOMES.labels(method=result.method, reason=result.reason).inc()
+    if result.measured:
+        SYNC_DRIFT_PPM.observe(abs(result.drift_ppm))
     log.info(
         "call_end_sync",
         method=result.method,
@@ -504,6 +645,7 @@ async def measure(inputs: SyncInputs, *, timeout: float = 60.0) -> SyncResult:  
         offset=round(result.offset_seconds, 4),
         confidence=result.confidence,
         estimate=None if result.estimate_seconds is None else round(result.estimate_seconds, 4),
+        drift_ppm=round(result.drift_ppm, 2),
         call_end=round(inputs.call_end, 3),
     )
     return result
@@ -519,21 +661,37 @@ async def _measure(inputs: SyncInputs, *, timeout: float) -> SyncResult:  # noqa
     )
     if isinstance(window, str):
         return SyncResult.timestamp(window)
-    connect_args = build_decode_args(
-        inputs.connect,
-        inputs.connect_audio_index,
-        channels=inputs.connect_audio_channels,
-        agent=True,
-        seek=window.connect_start,
-        seconds=window.connect_seconds,
-    )
-    recording_args = build_decode_args(
-        inputs.recording,
-        inputs.recording_audio_index,
-        channels=inputs.recording_audio_channels,
-        agent=False,
-        seek=window.recording_seek,
-        seconds=window.recording_seconds,
+    found = await _measure_window(inputs, window, timeout=timeout)
+    if found.method == "timestamp" and found.reason in WIDE_REASONS:
+        found = await _wide(inputs, window, found, timeout=timeout)
+    if not found.measured:
+        return found
+    return await _drift(inputs, found, window.connect_seconds, timeout=timeout)
+
+
+async def _measure_window(
+    inputs: SyncInputs,
+    window: SyncWindow,
+    *,
+    timeout: float,  # noqa: ASYNC109
+) -> SyncResult:
+    """Decode one window's two stretches side by side and decide on them."""
+    decoded = await _decode_window(inputs, window, timeout=timeout)
+    if isinstance(decoded, SyncResult):
+        return decoded
+    return synchronise(*decoded, window)
+
+
+async def _decode_window(
+    inputs: SyncInputs,
+    window: SyncWindow,
+    *,
+    timeout: float,  # noqa: ASYNC109
+) -> tuple[Signal, Signal] | SyncResult:
+    """The window's Connect and microphone stretches, or the fallback when they cannot be had."""
+    connect_args = _connect_args(inputs, window, band=False)
+    recording_args = _recording_args(
+        inputs, seek=window.recording_seek, seconds=window.recording_seconds, band=False
     )
     decoded: dict[str, Signal] = {}
 
@@ -553,4 +711,226 @@ async def _measure(inputs: SyncInputs, *, timeout: float) -> SyncResult:  # noqa
     reference, signal = decoded["Connect audio"], decoded["recording audio"]
     if reference.size < MIN_STRETCH_SECONDS * SYNC_RATE:
         return SyncResult.timestamp("too_short")
-    return synchronise(reference, signal, window)
+    return reference, signal
+
+
+def _connect_args(inputs: SyncInputs, window: SyncWindow, *, band: bool) -> list[str]:
+    """The decode of the window's Connect stretch (the agent channel)."""
+    return build_decode_args(
+        inputs.connect,
+        inputs.connect_audio_index,
+        channels=inputs.connect_audio_channels,
+        agent=True,
+        seek=window.connect_start,
+        seconds=window.connect_seconds,
+        band=band,
+    )
+
+
+def _recording_args(
+    inputs: SyncInputs, *, seek: float, seconds: float | None, band: bool
+) -> list[str]:
+    """The decode of the microphone from ``seek`` (``seconds`` None: to the end)."""
+    assert inputs.recording_audio_index is not None
+    return build_decode_args(
+        inputs.recording,
+        inputs.recording_audio_index,
+        channels=inputs.recording_audio_channels,
+        agent=False,
+        seek=seek,
+        seconds=seconds,
+        band=band,
+    )
+
+
+# --- the wide search (issue 19) ---------------------------------------------------------------
+
+
+def choose_wide(narrow: SyncResult, confident: list[SyncResult]) -> SyncResult:
+    """The wide search's answer from its candidates' fine passes (pure): the one confident
+    placement, else the timestamp (``wide_<narrow reason>`` when none was confident,
+    ``wide_ambiguous`` when two distinct places were)."""
+    if not confident:
+        return SyncResult.timestamp(
+            f"wide_{narrow.reason}", confidence=narrow.confidence, estimate=narrow.estimate_seconds
+        )
+    best = max(confident, key=lambda r: r.confidence)
+    if any(abs(r.offset_seconds - best.offset_seconds) > WIDE_DISTINCT_SECONDS for r in confident):
+        return SyncResult.timestamp(
+            "wide_ambiguous", confidence=best.confidence, estimate=best.offset_seconds
+        )
+    return SyncResult(
+        "waveform_wide", best.offset_seconds, best.confidence, "measured", drift_ppm=best.drift_ppm
+    )
+
+
+async def _wide(
+    inputs: SyncInputs,
+    window: SyncWindow,
+    narrow: SyncResult,
+    *,
+    timeout: float,  # noqa: ASYNC109
+) -> SyncResult:
+    """Coarse envelope search over the whole recording, then the fine pass around each
+    candidate (see :mod:`worker.media.sync_search`)."""
+    length = window.connect_seconds
+    reference_args = _connect_args(inputs, window, band=True)
+    recording_args = _recording_args(inputs, seek=0, seconds=None, band=True)
+    wide_timeout = timeout + WIDE_TIMEOUT_PER_MEDIA_SECOND * inputs.recording_duration
+    try:
+        reference = await _decode(reference_args, timeout=timeout, what="wide sync reference")
+        search = sync_search.EnvelopeSearch(
+            sync_search.envelope(reference),
+            # The reference (the Connect file's end) must end inside the recording, and
+            # overlap it by a usable stretch when it starts before it.
+            min_lag_seconds=min(0.0, MIN_STRETCH_SECONDS - length),
+            max_lag_seconds=inputs.recording_duration - length,
+        )
+        await _stream(recording_args, search.feed, timeout=wide_timeout, what="wide sync decode")
+    except (MediaError, MediaTimeout, MediaProcessKilled) as error:
+        log.warning("call_end_sync_wide_decode_failed", error=str(error))
+        return SyncResult.timestamp("decode_failed")
+    confident: list[SyncResult] = []
+    for candidate in sync_search.worth_measuring(search.finish(), WIDE_RIVAL_SCORE):
+        connect_end = candidate.seconds + length  # where the Connect file ends, by this one
+        fine = plan_window(
+            call_end=connect_end,
+            recording_duration=inputs.recording_duration,
+            connect_duration=inputs.connect_duration,
+            search=WIDE_FINE_SECONDS,
+        )
+        if isinstance(fine, str):
+            continue
+        found = await _measure_window(inputs, fine, timeout=timeout)
+        log.info(
+            "call_end_sync_wide_candidate",
+            at=round(connect_end, 3),
+            score=round(candidate.score, 3),
+            method=found.method,
+            reason=found.reason,
+            confidence=found.confidence,
+        )
+        if found.measured:
+            offset = connect_end + found.offset_seconds - inputs.call_end
+            confident.append(replace(found, offset_seconds=offset))
+    return choose_wide(narrow, confident)
+
+
+# --- drift (issue 19) ------------------------------------------------------------------------
+
+
+async def _drift(
+    inputs: SyncInputs,
+    found: SyncResult,
+    end_length: float,
+    *,
+    timeout: float,  # noqa: ASYNC109
+) -> SyncResult:
+    """Measure the placement again near the start (and middle) of the overlap; stretch the
+    Connect audio when the measurements show a plausible drift (:mod:`worker.media.drift`).
+
+    Each stretch is measured under the full rules (:func:`synchronise`, which stretches a
+    drift-smeared stretch by the drift its halves show and measures it again); its offset is
+    its middle's. The call end's own measurement is the anchor.
+    """
+    placement = inputs.call_end + found.offset_seconds - inputs.connect_duration
+    connect_from = max(0.0, -placement) + DECODE_MARGIN_SECONDS
+    connect_to = min(inputs.connect_duration, inputs.recording_duration - placement)
+    starts = drift.measurement_times(connect_from, connect_to, STRETCH_SECONDS)
+    if not starts:
+        return replace(found, drift_ppm=0.0)  # one stretch's own drift is too rough to apply
+    # The call end's stretch: its offset is where its middle lies (found's is its end's).
+    anchor = drift.Point(
+        inputs.connect_duration - end_length / 2,
+        placement - found.drift_ppm * 1e-6 * end_length / 2,
+    )
+    points = [anchor]
+    for start in starts:
+        distance = inputs.connect_duration - start
+        window = plan_stretch(
+            connect_start=start,
+            length=STRETCH_SECONDS,
+            placement=placement,
+            search=drift.MAX_DRIFT_PPM * 1e-6 * distance + DRIFT_SEARCH_MARGIN_SECONDS,
+            recording_duration=inputs.recording_duration,
+        )
+        if window is None:
+            continue
+        decoded = await _decode_window(inputs, window, timeout=timeout)
+        if isinstance(decoded, SyncResult):
+            continue
+        measured, shift = _drift_point(*decoded, window, anchor, placement, start)
+        centre = measured.offset_seconds - measured.drift_ppm * 1e-6 * STRETCH_SECONDS / 2
+        centre += shift
+        log.info(
+            "call_end_sync_drift_point",
+            connect_seconds=round(start, 3),
+            method=measured.method,
+            reason=measured.reason,
+            offset=round(centre, 5),
+            confidence=measured.confidence,
+        )
+        if measured.measured:
+            points.append(drift.Point(start + STRETCH_SECONDS / 2, placement + centre))
+    fitted = drift.fit(points, anchor)
+    log.info(
+        "call_end_sync_drift",
+        reason=fitted.reason,
+        fitted_ppm=round(fitted.fitted_ppm, 2),
+        points=len(points),
+    )
+    if fitted.reason != "applied":
+        return replace(found, drift_ppm=0.0)
+    # The line through the call end's stretch, followed to the Connect file's very end.
+    end = fitted.placement + inputs.connect_duration * fitted.ratio
+    return replace(found, offset_seconds=end - inputs.call_end, drift_ppm=fitted.ppm)
+
+
+def _drift_point(
+    reference: Signal,
+    signal: Signal,
+    window: SyncWindow,
+    anchor: drift.Point,
+    placement: float,
+    start: float,
+) -> tuple[SyncResult, float]:
+    """One drift stretch under the full rules, and what to add to its offset for its middle.
+
+    When drift smeared it past the rules and its own halves were too noisy to tell, its
+    unconfirmed lag against the call end's stretch gives the drift over their distance (many
+    times the stretch's length: precise); stretched by it, it is measured once more.
+    """
+    measured = synchronise(reference, signal, window)
+    if measured.measured or measured.estimate_seconds is None:
+        return measured, 0.0
+    centre = start + STRETCH_SECONDS / 2
+    rate = (placement + measured.estimate_seconds - anchor.placement) / (
+        centre - anchor.connect_seconds
+    )
+    if not DRIFT_RETRY_MIN <= abs(rate) * 1e6 <= drift.MAX_DRIFT_PPM:
+        return measured, 0.0
+    retry = synchronise(drift.stretch(reference, 1.0 + rate), signal, window)
+    # Stretched about its start, the stretch's lag is its start's; its middle is later.
+    return retry, rate * STRETCH_SECONDS / 2
+
+
+async def _stream(
+    args: list[str],
+    sink: Callable[[Signal], None],
+    *,
+    timeout: float,  # noqa: ASYNC109
+    what: str,
+) -> None:
+    """Run a decode to float32 on stdout, handing ``sink`` whole samples as they come (the
+    caller keeps what it needs: bounded memory whatever the length)."""
+    rest = b""
+
+    def chunk(data: bytes) -> None:
+        nonlocal rest
+        raw = rest + data
+        usable = len(raw) - len(raw) % 4
+        rest = raw[usable:]
+        if usable:
+            sink(np.frombuffer(raw[:usable], dtype="<f4").astype(np.float32))
+
+    await ffmpeg.run(args, timeout=timeout, what=what, on_stdout_bytes=chunk)

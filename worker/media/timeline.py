@@ -9,13 +9,16 @@ the Komorebi recording).
 or without a header duration (MediaRecorder WebM has none): every packet, or for a long file
 with a believable header its first and last seconds (:func:`scan_intervals`); a header
 promising clearly more than the packets hold is a truncated file (:func:`looks_truncated`).
-Everything here is pure.
+When the head and tail show no video past the head, the video alone is read from further
+back (:func:`last_video_unseen`, :func:`read_back_starts`): the last frame, which the merge
+holds to the end, is known by its time on long files too. Everything here is pure.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from worker.limits import MAX_MEDIA_SECONDS
 from worker.media._parse import parse_float, parse_int
 
 # A header that claims fewer bits per second than this for the whole file is not believed
@@ -32,8 +35,6 @@ TRUNCATION_MIN_SHARE = 0.05
 INTERVAL_MIN_SECONDS = 120.0
 HEAD_SECONDS = 20.0
 TAIL_SECONDS = 30.0
-# Nothing we process is longer than a week (messages.MAX_CALL_END_SECONDS likewise).
-MAX_PLAUSIBLE_DURATION = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,10 @@ class TimelineScan:
 
     def feed(self, line: str) -> None:
         """Take one output line (lines without a timed packet are ignored)."""
-        values = dict(part.split("=", 1) for part in line.split("|") if "=" in part)
+        self.feed_values(dict(part.split("=", 1) for part in line.split("|") if "=" in part))
+
+    def feed_values(self, values: dict[str, str]) -> None:
+        """Take one packet's fields (``stream_index``, ``pts_time``... as ffprobe prints them)."""
         index = parse_int(values.get("stream_index"))
         if index not in self._rates:
             return
@@ -174,7 +178,7 @@ class TimelineScan:
 
 def header_duration_plausible(duration: float | None, size_bytes: int) -> bool:
     """Whether a header duration can be believed for a file of ``size_bytes``."""
-    if duration is None or not 0 < duration <= MAX_PLAUSIBLE_DURATION:
+    if duration is None or not 0 < duration <= MAX_MEDIA_SECONDS:
         return False
     return size_bytes * 8 / duration >= MIN_PLAUSIBLE_BITRATE
 
@@ -217,3 +221,39 @@ def intervals_suffice(timeline: Timeline, tail_from: float, streams: int) -> boo
         and all(span.start < tail_from for span in timeline.streams)
         and timeline.end >= tail_from
     )
+
+
+def last_video_unseen(timeline: Timeline, index: int) -> bool:
+    """Whether the head and tail reads may have missed stream ``index``'s last packet (pure):
+    none of its packets lies past the head (the head read shows only its first
+    :data:`HEAD_SECONDS`; the tail read, to the end of the file, shows every packet after
+    where its seek landed, so one video packet there means the last one was read too)."""
+    span = timeline.stream(index)
+    return span is not None and span.last < timeline.origin + HEAD_SECONDS
+
+
+def read_back_starts(tail_from: float, head_until: float) -> list[float]:
+    """Where the reads that look for the last video packet before the tail start (pure), when
+    the tail showed none (a screen static for longer than the tail, in a file whose seek did
+    not land on an earlier keyframe; ffmpeg's MP4 and WebM seeks normally do):
+    :data:`TAIL_SECONDS`, twice, four times... further back than the tail, the last at the
+    head's end. Each read goes to the end of the file, so the first that finds a video packet
+    has found the last one; the doubling keeps their total within twice the last one's."""
+    starts: list[float] = []
+    back = TAIL_SECONDS
+    while tail_from - back > head_until:
+        starts.append(tail_from - back)
+        back *= 2
+    return [*starts, head_until]
+
+
+def with_last_packet(timeline: Timeline, found: StreamSpan) -> Timeline:
+    """``timeline`` with the last packet a read further back found for one stream (pure): its
+    end and last frame; its packet count stays that of the head and the tail (partial)."""
+    spans = tuple(
+        replace(span, end=max(span.end, found.end), last=max(span.last, found.last))
+        if span.index == found.index
+        else span
+        for span in timeline.streams
+    )
+    return replace(timeline, streams=spans)

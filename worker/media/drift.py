@@ -1,0 +1,130 @@
+"""Clock drift between the Connect audio and the recording (issue 19), pure.
+
+The browser's audio clock and Amazon Connect's differ by tens of ppm: END alignment is exact
+at the call end and off by ``drift * duration`` at the start (80 ppm over an hour: 290 ms).
+The sync measures the Connect audio's placement at several points of the overlap (each a
+confident fine-pass measurement); this module fits the line through them and says whether, and
+by how much, to stretch the Connect audio.
+
+A placement ``p(t)`` is the recording time of the Connect file's t=0 as measured by a stretch
+centred at Connect time ``t``; with a drift ``k`` (the Connect clock runs ``1 + k`` times too
+fast against the recording's) the measurements lie on ``p(t) = p0 + k t``, and the Connect
+audio belongs at recording time ``p0 + t (1 + k)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+MAX_DRIFT_PPM = 300.0  # a plausible clock error (crystals: tens of ppm); never apply more
+# Placements this close are one placement (measurement noise is ~0.1 ms on speech).
+MIN_DISAGREEMENT_SECONDS = 0.002
+FIT_TOLERANCE_SECONDS = 0.004  # every point must lie this close to the fitted line
+MIN_SPAN_SECONDS = 60.0  # points closer than this in Connect time cannot tell drift
+MIDDLE_FROM_SECONDS = 600.0  # overlaps this long also get a middle measurement
+SINC_TAPS = 16  # the windowed-sinc interpolator of :func:`stretch` (flat to ~0.8 Nyquist)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One confident measurement: Connect time of the stretch's centre, measured placement."""
+
+    connect_seconds: float
+    placement: float
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The decision: ``ppm`` to apply (0: none), ``reason`` (``none``, ``applied``,
+    ``implausible``, ``inconsistent``, ``too_few``), the fitted ppm for the logs, and the
+    placement line's value at Connect time 0."""
+
+    ppm: float
+    reason: str
+    fitted_ppm: float
+    placement: float
+
+    @property
+    def ratio(self) -> float:
+        """Recording seconds per Connect second."""
+        return 1.0 + self.ppm * 1e-6
+
+
+def slope(points: list[Point]) -> float:
+    """Least-squares slope of placement over Connect time (pure; 0 for fewer than two)."""
+    count = len(points)
+    if count < 2:
+        return 0.0
+    mean_t = sum(p.connect_seconds for p in points) / count
+    mean_p = sum(p.placement for p in points) / count
+    spread = sum((p.connect_seconds - mean_t) ** 2 for p in points)
+    if spread <= 0:
+        return 0.0
+    return sum((p.connect_seconds - mean_t) * (p.placement - mean_p) for p in points) / spread
+
+
+def fit(points: list[Point], anchor: Point) -> Drift:
+    """The drift through ``points`` (the ``anchor``, the call end's measurement, among them).
+
+    Least squares over all points; applied only when two or more points span
+    :data:`MIN_SPAN_SECONDS`, disagree by more than :data:`MIN_DISAGREEMENT_SECONDS`, all lie
+    within :data:`FIT_TOLERANCE_SECONDS` of the line and the slope is a plausible clock error.
+    The applied line passes through the anchor, so the call end stays where it was measured.
+    """
+    times = [p.connect_seconds for p in points]
+    if len(points) < 2 or max(times) - min(times) < MIN_SPAN_SECONDS:
+        return Drift(0.0, "too_few", 0.0, anchor.placement)
+    rate = slope(points)
+    fitted = rate * 1e6
+    placements = [p.placement for p in points]
+    if max(placements) - min(placements) <= MIN_DISAGREEMENT_SECONDS:
+        return Drift(0.0, "none", fitted, anchor.placement)
+    start = anchor.placement - rate * anchor.connect_seconds
+    if any(abs(start + rate * p.connect_seconds - p.placement) > FIT_TOLERANCE_SECONDS
+           for p in points):  # fmt: skip
+        return Drift(0.0, "inconsistent", fitted, anchor.placement)
+    if abs(fitted) > MAX_DRIFT_PPM:
+        return Drift(0.0, "implausible", fitted, anchor.placement)
+    return Drift(fitted, "applied", fitted, start)
+
+
+def measurement_times(connect_from: float, connect_to: float, stretch: float) -> list[float]:
+    """Connect times (stretch starts) to measure besides the call end's: near the start of
+    the overlap, and its middle for long overlaps (pure). ``[connect_from, connect_to]`` is
+    the part of the Connect file that lies inside the recording."""
+    span = connect_to - connect_from
+    if span - stretch < MIN_SPAN_SECONDS:
+        return []
+    times = [connect_from]
+    if span >= MIDDLE_FROM_SECONDS:
+        times.append(connect_from + (span - stretch) / 2)
+    return times
+
+
+def stretch(signal: npt.NDArray[np.float32], ratio: float) -> npt.NDArray[np.float32]:
+    """``signal`` played ``ratio`` times slower (``out[j] = signal(j / ratio)``), by
+    windowed-sinc interpolation (pure).
+
+    A 30 s stretch of speech drifting by 100 ppm slides 3 ms against the microphone from its
+    first second to its last: at telephone frequencies that is many periods, and the
+    correlation smears (z and the correlation coefficient fall). Stretched by the drift, the
+    Connect stretch lines up with the microphone over its whole length again.
+    """
+    size = signal.size
+    count = int(size * ratio)
+    position = np.arange(count, dtype=np.float64) / ratio
+    base = np.floor(position).astype(np.int64)
+    frac = position - base
+    source = signal.astype(np.float64)
+    out = np.zeros(count, np.float64)
+    half = SINC_TAPS // 2
+    for tap in range(-half + 1, half + 1):
+        index = base + tap
+        valid = (index >= 0) & (index < size)
+        distance = frac - tap
+        weight = np.sinc(distance) * (0.5 + 0.5 * np.cos(np.pi * distance / half))
+        out[valid] += source[index[valid]] * weight[valid]
+    return out.astype(np.float32)
