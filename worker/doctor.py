@@ -130,41 +130,16 @@ def _encrypted(attributes: Mapping[str, Any]) -> bool:
 def check_queues(settings: Settings, facts: QueueFacts) -> list[Check]:
     """Queue and DLQ exist; the redrive policy targets the DLQ; visibility, retention and
     maxReceiveCount are consistent; SSE (warn)."""
-    checks: list[Check] = []
     if not facts.queue.ok:
         return [Check("FAIL", "queue", f"{facts.queue_url}: {facts.queue.error}")]
     queue: Mapping[str, Any] = facts.queue.value
-    checks.append(Check("ok", "queue", f"{facts.queue_url} exists"))
-    checks.append(_sse("queue", queue))
-    visibility = _int(queue, "VisibilityTimeout")
-    if visibility == settings.visibility_timeout:
-        checks.append(Check("ok", "queue.visibility", f"{visibility} s = VISIBILITY_TIMEOUT"))
-    else:
-        checks.append(
-            Check(
-                "warn",
-                "queue.visibility",
-                f"queue default {visibility} s, VISIBILITY_TIMEOUT {settings.visibility_timeout}"
-                " s (the worker asks for its own on every receive; other consumers do not)",
-            )
-        )
-    policy_text = queue.get("RedrivePolicy")
-    policy: dict[str, Any] | None = None
-    if policy_text:
-        try:
-            policy = json.loads(policy_text)
-        except ValueError:
-            checks.append(Check("FAIL", "queue.redrive", "RedrivePolicy is not valid JSON"))
-    if policy is None and not policy_text:
-        status: Status = "warn" if settings.dlq_url else "FAIL"
-        checks.append(
-            Check(
-                status,
-                "queue.redrive",
-                "no RedrivePolicy: transient failures retry until the retention period ends"
-                + ("" if settings.dlq_url else "; and DLQ_URL is not set: no DLQ at all"),
-            )
-        )
+    checks = [
+        Check("ok", "queue", f"{facts.queue_url} exists"),
+        _sse("queue", queue),
+        _visibility_check(settings, queue),
+    ]
+    policy, policy_checks = _redrive_policy(settings, queue)
+    checks += policy_checks
     if not facts.dlq.ok:
         checks.append(Check("FAIL", "dlq", f"{facts.dlq_url or '?'}: {facts.dlq.error}"))
         return checks
@@ -173,23 +148,58 @@ def check_queues(settings: Settings, facts: QueueFacts) -> list[Check]:
     checks.append(_sse("dlq", dlq))
     if policy is not None:
         checks += _redrive_checks(policy, dlq)
+    return checks + _retention_checks(queue, dlq)
+
+
+def _visibility_check(settings: Settings, queue: Mapping[str, Any]) -> Check:
+    visibility = _int(queue, "VisibilityTimeout")
+    if visibility == settings.visibility_timeout:
+        return Check("ok", "queue.visibility", f"{visibility} s = VISIBILITY_TIMEOUT")
+    return Check(
+        "warn",
+        "queue.visibility",
+        f"queue default {visibility} s, VISIBILITY_TIMEOUT {settings.visibility_timeout}"
+        " s (the worker asks for its own on every receive; other consumers do not)",
+    )
+
+
+def _redrive_policy(
+    settings: Settings, queue: Mapping[str, Any]
+) -> tuple[dict[str, Any] | None, list[Check]]:
+    """The queue's parsed RedrivePolicy (None when absent or malformed) and what is wrong
+    with it here (the DLQ side is checked by :func:`_redrive_checks`)."""
+    policy_text = queue.get("RedrivePolicy")
+    if policy_text:
+        try:
+            return json.loads(policy_text), []
+        except ValueError:
+            return None, [Check("FAIL", "queue.redrive", "RedrivePolicy is not valid JSON")]
+    status: Status = "warn" if settings.dlq_url else "FAIL"
+    return None, [
+        Check(
+            status,
+            "queue.redrive",
+            "no RedrivePolicy: transient failures retry until the retention period ends"
+            + ("" if settings.dlq_url else "; and DLQ_URL is not set: no DLQ at all"),
+        )
+    ]
+
+
+def _retention_checks(queue: Mapping[str, Any], dlq: Mapping[str, Any]) -> list[Check]:
     queue_retention = _int(queue, "MessageRetentionPeriod")
     dlq_retention = _int(dlq, "MessageRetentionPeriod")
-    if queue_retention is not None and dlq_retention is not None:
-        if dlq_retention > queue_retention:
-            checks.append(
-                Check("ok", "dlq.retention", f"{dlq_retention} s > queue's {queue_retention} s")
-            )
-        else:
-            checks.append(
-                Check(
-                    "FAIL",
-                    "dlq.retention",
-                    f"{dlq_retention} s <= queue's {queue_retention} s: a dead letter expires by "
-                    "its first send time, so it can vanish from the DLQ soon after it arrives",
-                )
-            )
-    return checks
+    if queue_retention is None or dlq_retention is None:
+        return []
+    if dlq_retention > queue_retention:
+        return [Check("ok", "dlq.retention", f"{dlq_retention} s > queue's {queue_retention} s")]
+    return [
+        Check(
+            "FAIL",
+            "dlq.retention",
+            f"{dlq_retention} s <= queue's {queue_retention} s: a dead letter expires by "
+            "its first send time, so it can vanish from the DLQ soon after it arrives",
+        )
+    ]
 
 
 def _redrive_checks(policy: Mapping[str, Any], dlq: Mapping[str, Any]) -> list[Check]:

@@ -52,7 +52,7 @@ class ShutdownBudget:
 
     # ffmpeg.py: after SIGKILL, how long the runner waits to reap the process.
     kill_ffmpeg: float = 3.0
-    # job.py: the lease's release (one UpdateItem, shielded), past it the lease expires.
+    # lease.py: the lease's release (one UpdateItem, shielded), past it the lease expires.
     release_lease: float = 5.0
     # job.py: removing a job's scratch directory (rmtree in a worker thread, shielded). Not a
     # timeout, an allowance: a job's few files on local disk go in well under a second.
@@ -71,7 +71,7 @@ class ShutdownBudget:
     # before the loop gives up on it.
     receive_wait: float = float(SQS_MAX_WAIT_SECONDS)
     receive_overrun: float = 15.0
-    # consumer.py: while stopping with jobs in flight, a receive in progress may run this long
+    # shutdown.py: while stopping with jobs in flight, a receive in progress may run this long
     # past its wait (a short poll's round trip) before it is cancelled.
     receive_finish: float = 1.0
     stop_timeout: float = FARGATE_STOP_TIMEOUT_SECONDS

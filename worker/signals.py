@@ -55,7 +55,7 @@ class StopSignals:
 
 
 # The process's one instance: installed by ``worker.cli``'s run command, taken by
-# ``worker.consumer.run_service``.
+# ``worker.service.run_service``.
 PROCESS: Final = StopSignals()
 
 

@@ -231,8 +231,8 @@ async def test_off_ecs_the_watcher_does_nothing() -> None:
 
 @pytest.mark.anyio
 async def test_a_signal_during_a_deployment_drain_bounds_it_by_the_grace() -> None:
-    from worker.consumer import StopState
     from worker.observability import HealthState
+    from worker.shutdown import StopState
 
     state = StopState(HealthState(), grace_seconds=100)
     state.start()

@@ -356,7 +356,7 @@ class FakeMerger:
 
 
 class FakeQueue:
-    """The job queue as :class:`worker.delivery.Settler` uses it: what it was told to do."""
+    """The job queue as :class:`worker.settlement.Settler` uses it: what it was told to do."""
 
     def __init__(self, max_receive_count: int | None = 5) -> None:
         self.max_receive_count = max_receive_count

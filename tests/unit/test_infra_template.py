@@ -321,11 +321,11 @@ def test_job_failure_alarm_rolls_back_deployments(template: dict[str, Any]) -> N
     }
     assert metrics == set(filters)
     # The patterns name the worker's real log events and reason codes.
-    delivery = (ROOT / "worker" / "delivery.py").read_text()
+    settlement = (ROOT / "worker" / "settlement.py").read_text()
     errors = (ROOT / "worker" / "errors.py").read_text()
     for pattern in filters.values():
         for event in re.findall(r'\$\.event = "([^"]+)"', pattern):
-            assert f'"{event}"' in delivery, event
+            assert f'"{event}"' in settlement, event
         for reason in re.findall(r'\$\.reason != "([^"]+)"', pattern):
             assert f'reason = "{reason}"' in errors, reason
     assert "job.dead_lettered" in filters["JobFailures"]

@@ -16,12 +16,13 @@ from worker import (
     config,
     consumer,
     delivery,
-    job,
+    lease,
     limits,
     messages,
     protection,
     provisioning,
     queue,
+    shutdown,
 )
 from worker.config import Settings, SettingsError
 from worker.limits import SHUTDOWN, ShutdownBudget
@@ -108,11 +109,11 @@ def test_config_refuses_a_grace_that_breaks_the_budget_in_one_line() -> None:
 
 
 def test_each_part_is_the_bound_the_stop_path_uses() -> None:
-    assert SHUTDOWN.release_lease == job.LEASE_RELEASE_TIMEOUT_SECONDS
+    assert SHUTDOWN.release_lease == lease.LEASE_RELEASE_TIMEOUT_SECONDS
     assert SHUTDOWN.give_back == delivery.RELEASE_TIMEOUT_SECONDS
     assert SHUTDOWN.settle == delivery.SETTLE_TIMEOUT_SECONDS
     assert SHUTDOWN.receive_overrun == consumer.RECEIVE_OVERRUN_SECONDS
-    assert SHUTDOWN.receive_finish == consumer.RECEIVE_FINISH_SECONDS
+    assert SHUTDOWN.receive_finish == shutdown.RECEIVE_FINISH_SECONDS
     assert SHUTDOWN.protection_off == protection.DEFAULT_TIMEOUT_SECONDS
     assert SHUTDOWN.receive_wait == queue.SQS_MAX_WAIT_SECONDS == limits.SQS_MAX_WAIT_SECONDS
 
