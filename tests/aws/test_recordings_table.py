@@ -14,6 +14,7 @@ import pytest
 from tests.harness.fixtures_aws import AwsEnv, create_table
 from worker.aws import AwsClients
 from worker.errors import (
+    AlreadyDone,
     InvalidRow,
     LeaseHeld,
     RowNotFound,
@@ -23,7 +24,6 @@ from worker.recordings import (
     STATUS_DONE,
     STATUS_FAILED,
     STATUS_PROCESSING,
-    AlreadyDone,
     DoneRecord,
     RecordingTable,
 )
