@@ -65,7 +65,7 @@ class ShutdownBudget:
     settle: float = 14.0
     # protection.py: the ECS agent call turning scale-in protection off (its HTTP timeout).
     protection_off: float = 3.0
-    # observability.py: aiohttp's shutdown timeout for a scrape in progress.
+    # observability/server.py: aiohttp's shutdown timeout for a scrape in progress.
     http_stop: float = 2.0
     # consumer.py: the idle long poll's wait, and how long a receive may run past its wait
     # before the loop gives up on it.

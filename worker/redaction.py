@@ -1,6 +1,6 @@
 """Keeping credentials out of text: presigned URLs, access keys, secrets, receipt handles (pure).
 
-Used by the log pipeline (:mod:`worker.observability`) on every string, and on the texts that
+Used by the log pipeline (:mod:`worker.observability.logs`) on every string, and on the texts that
 reach a row or a dead-letter reason (:mod:`worker.outcome`, :mod:`worker.aws`).
 """
 

@@ -38,8 +38,8 @@ from worker.deadletters import (
 from worker.errors import ConfigError
 from worker.queue import DLQ_ATTRIBUTE_NAMES, SQS_BATCH_LIMIT, SQS_MAX_BATCH, message_bytes
 
-# Message attributes the worker adds when it dead-letters a message (worker/queue.py); a
-# redriven message goes back without them, like the original.
+# Message attributes the worker adds when it dead-letters a message
+# (worker/queue/attributes.py); a redriven message goes back without them, like the original.
 DEAD_LETTER_ATTRIBUTES: Final = frozenset(DLQ_ATTRIBUTE_NAMES)
 # Attempts at deleting a sent message's DLQ copy, and the pause before each retry.
 DELETE_ATTEMPTS: Final = 3

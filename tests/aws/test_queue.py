@@ -14,14 +14,18 @@ import pytest
 
 from tests.harness.fixtures_aws import AwsEnv
 from worker.aws import AwsClients
-from worker.errors import ConfigError, InvalidMessage, MediaError
+from worker.errors import (
+    ConfigError,
+    InvalidMessage,
+    MediaError,
+    ReceiptHandleInvalid,
+    VisibilityLimitReached,
+)
 from worker.outcome import escaped
 from worker.provisioning import QUEUE_ATTRIBUTES
 from worker.queue import (
     JobQueue,
-    ReceiptHandleInvalid,
     ReceivedMessage,
-    VisibilityLimitReached,
     fit_attributes,
 )
 
@@ -338,23 +342,23 @@ def _client_error(code: str, message: str, query_code: str | None = None) -> Exc
 
 @pytest.mark.parametrize("name", sorted(_DELIVERY_GONE))
 def test_every_wording_of_a_lost_delivery_is_recognised(name: str) -> None:
-    from worker.queue import _is_receipt_error
+    from worker.queue.codes import is_receipt_error
 
-    assert _is_receipt_error(_client_error(*_DELIVERY_GONE[name]))
+    assert is_receipt_error(_client_error(*_DELIVERY_GONE[name]))
 
 
 @pytest.mark.parametrize("name", sorted(_NOT_DELIVERY_GONE))
 def test_other_errors_are_not_mistaken_for_a_lost_delivery(name: str) -> None:
-    from worker.queue import _is_receipt_error
+    from worker.queue.codes import is_receipt_error
 
-    assert not _is_receipt_error(_client_error(*_NOT_DELIVERY_GONE[name]))
+    assert not is_receipt_error(_client_error(*_NOT_DELIVERY_GONE[name]))
 
 
 def test_the_query_protocol_code_counts_too() -> None:
-    from worker.queue import _is_receipt_error
+    from worker.queue.codes import is_receipt_error
 
     json_code = _client_error("SomethingNew", "whatever", "ReceiptHandleIsInvalid")
-    assert _is_receipt_error(json_code)
+    assert is_receipt_error(json_code)
 
 
 @pytest.mark.backends("moto", "localstack")

@@ -14,6 +14,7 @@ import pytest
 from tests.harness.fixtures_aws import AwsEnv, create_table
 from worker.aws import AwsClients
 from worker.errors import (
+    AlreadyDone,
     InvalidRow,
     LeaseHeld,
     RowNotFound,
@@ -23,7 +24,6 @@ from worker.recordings import (
     STATUS_DONE,
     STATUS_FAILED,
     STATUS_PROCESSING,
-    AlreadyDone,
     DoneRecord,
     RecordingTable,
 )
@@ -329,7 +329,7 @@ async def test_release_lease(db: Db) -> None:
     [
         ({"isProcessed": {"BOOL": True}, "videoKey": {"S": "k/recording.webm"}}, STATUS_DONE),
         ({"isProcessed": {"N": "1"}, "videoKey": {"S": "k/recording.mp4"}}, STATUS_DONE),
-        # Every spelling _read_bool accepts (older writers; _true_like keeps their type).
+        # Every spelling read_bool accepts (older writers; true_like keeps their type).
         ({"isProcessed": {"S": "true"}, "videoKey": {"S": "k/recording.mp4"}}, STATUS_DONE),
         ({"isProcessed": {"S": " TRUE "}, "videoKey": {"S": "k/recording.mp4"}}, STATUS_DONE),
         ({"isProcessed": {"N": "2"}, "videoKey": {"S": "k/recording.mp4"}}, STATUS_DONE),

@@ -18,11 +18,10 @@ import pytest
 
 from tests.harness.fixtures_aws import AwsEnv
 from tests.harness.worker_harness import mounted_tmpfs
-from worker import storage
 from worker.aws import AwsClients
-from worker.errors import AwsUnavailable, ScratchFull
+from worker.errors import AwsUnavailable, ObjectChanged, ObjectNotFound, ScratchFull
 from worker.observability import BYTES_TRANSFERRED
-from worker.storage import MIB, ObjectChanged, ObjectNotFound, ObjectStore
+from worker.storage import MIB, ObjectStore, downloads
 
 pytestmark = pytest.mark.anyio
 # Transfers that must also work on LocalStack's S3, which (unlike moto) verifies each part's
@@ -379,7 +378,7 @@ async def test_retried_downloads_count_their_bytes_once(
     monkeypatch: pytest.MonkeyPatch,
     size: int,
 ) -> None:
-    monkeypatch.setattr(storage, "WRITE_CHUNK", 256 * 1024)  # counted as it is written
+    monkeypatch.setattr(downloads, "WRITE_CHUNK", 256 * 1024)  # counted as it is written
     payload = os.urandom(size)
     s3env.boto.put_object(Bucket=s3env.bucket, Key="flaky", Body=payload)
     flaky = _FirstAttemptBreaks(clients.s3, chunks=6)

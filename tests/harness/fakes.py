@@ -34,6 +34,7 @@ from worker.errors import (
     TooLargeForScratch,
     one_line,
 )
+from worker.keys import ObjectSummary
 from worker.media import MP4, Container, MergeResult
 from worker.media.sync import TIMESTAMP_ONLY, SyncResult
 from worker.protocols import MergeInputs
@@ -48,7 +49,6 @@ from worker.recordings import (
     RecordingRow,
     parse_creation_date,
 )
-from worker.storage import ObjectSummary
 
 INPUT_BUCKET = "unit-input"
 CONNECT_BUCKET = "unit-connect"

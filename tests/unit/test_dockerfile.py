@@ -173,6 +173,21 @@ def test_runtime_lock_has_every_project_dependency() -> None:
         assert re.sub(r"[-_.]+", "-", name).lower() in runtime, requirement
 
 
+def test_every_worker_package_is_installed() -> None:
+    """The image installs the worker with `pip install .` (not editable): a package of
+    worker/ missing from [tool.setuptools] packages would be left out of the image."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "worker").rglob("__init__.py")
+    }
+    assert found == listed
+
+
 # Modules that the image does not need to import: `komorebi-worker dev` runs the embedded
 # AWS emulator (moto), a development tool kept out of the production image.
 DEV_ONLY_MODULES = {"devenv.py"}
@@ -194,7 +209,8 @@ def test_worker_imports_are_runtime_dependencies() -> None:
     runtime = set(pins(ROOT / "requirements-runtime.lock"))
     distributions = importlib.metadata.packages_distributions()
     missing = {}
-    for path in sorted((ROOT / "worker").glob("*.py")):
+    # Every module, the packages' too (worker/media/, worker/storage/, ...).
+    for path in sorted((ROOT / "worker").rglob("*.py")):
         if path.name in DEV_ONLY_MODULES:
             continue
         for module in module_level_imports(path):
@@ -202,12 +218,12 @@ def test_worker_imports_are_runtime_dependencies() -> None:
                 continue
             dists = {re.sub(r"[-_.]+", "-", d).lower() for d in distributions.get(module, [])}
             if not dists & runtime:
-                missing[f"{path.name}: {module}"] = sorted(dists)
+                missing[f"{path.relative_to(ROOT)}: {module}"] = sorted(dists)
     assert not missing, f"not in requirements-runtime.lock (add to pyproject): {missing}"
 
 
 def test_cli_does_not_import_dev_only_modules_at_start() -> None:
-    for path in (ROOT / "worker").glob("*.py"):
+    for path in (ROOT / "worker").rglob("*.py"):
         if path.name in DEV_ONLY_MODULES:
             continue
         imported = ast.parse(path.read_text()).body

@@ -29,10 +29,10 @@ from worker.observability import (
     record_job,
     record_merge,
     record_receive,
-    redact,
     seconds_since_sent,
     set_slots,
 )
+from worker.redaction import redact
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "infra" / "prometheus"

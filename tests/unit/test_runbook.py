@@ -60,9 +60,9 @@ def test_every_section_names_an_alarm_an_alert_or_the_logs() -> None:
 
 
 def test_logs_insights_queries_use_the_fields_the_worker_writes() -> None:
-    """The queries filter on the structlog fields job_context binds (worker/observability.py)."""
+    """The queries filter on the fields job_context binds (worker/observability/logs.py)."""
     logs = sections()["Following one recording through the logs"]
-    source = (ROOT / "worker" / "observability.py").read_text()
+    source = (ROOT / "worker" / "observability" / "logs.py").read_text()
     for field in ("recording_id", "message_id", "receive_count"):
         assert f'"{field}"' in source, f"the worker no longer binds {field}"
     assert 'filter recording_id = "<recording id>"' in logs
