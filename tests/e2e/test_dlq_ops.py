@@ -174,6 +174,31 @@ def test_dlq_list_command_prints_json_lines_and_counts(backend_world: AwsEnv) ->
     assert "  redrive_policy: 3" in text.stdout
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dlq", "list", "--reason", "media_invalidd"],
+        ["redrive", "--reason", "media_invalid", "--reason", "retries_exhausted:nope"],
+        ["redrive", "--reason", "nope", "--dry-run"],
+    ],
+)
+def test_an_unknown_reason_is_a_usage_error_and_touches_nothing(
+    world: AwsEnv, argv: list[str]
+) -> None:
+    # The real console script: exit 2, one line naming the known reasons; nothing moved.
+    queue_url, dlq_url = fresh_queues(world)
+    sqs = world.client("sqs")
+    letters = mixed_letters(6)
+    seed(sqs, dlq_url, letters)
+    result = run_cli(*argv, env={**world.env, "QUEUE_URL": queue_url, "DLQ_URL": dlq_url})
+    line = assert_one_line_error(result, 2)
+    assert ": unknown (known: " in line and "retries_exhausted" in line, line
+    assert "media_invalid, media_no_audio" in line, line
+    assert result.stdout == ""
+    assert drain(sqs, queue_url) == []
+    assert len(drain(sqs, dlq_url)) == len(letters)
+
+
 def test_dlq_list_without_permission_is_one_line(
     world: AwsEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -182,7 +207,7 @@ def test_dlq_list_without_permission_is_one_line(
     monkeypatch.setenv("DLQ_URL", dlq_url)
     denying = Denying(world.client("sqs"), "receive_message")
     monkeypatch.setattr(admin, "sqs_client", lambda: denying)
-    for argv in (["dlq", "list"], ["redrive", "--reason", "x"]):
+    for argv in (["dlq", "list"], ["redrive", "--reason", "media_invalid"]):
         assert cli.main(argv) == 1
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1, lines

@@ -134,7 +134,7 @@ def test_retries_are_bounded(
     hs.World(aws).put_row("bounded-1")
 
     async def main() -> None:
-        async with worker_aws.open_clients(settings) as clients:  # type: ignore[arg-type]
+        async with worker_aws.open_clients(settings) as clients:
             table = RecordingTable(clients.dynamodb, aws.table_name)
             proxy.set_plan(FaultPlan(reset=1.0, services=frozenset({"dynamodb"})))
             with pytest.raises(AwsUnavailable) as caught:
@@ -158,7 +158,7 @@ def test_black_hole_times_out_and_is_retried(
     world.put_recording("blackhole-1", b"r" * 100_000)
 
     async def main() -> None:
-        async with worker_aws.open_clients(settings) as clients:  # type: ignore[arg-type]
+        async with worker_aws.open_clients(settings) as clients:
             table = RecordingTable(clients.dynamodb, aws.table_name)
             store = ObjectStore(clients.s3)
             proxy.set_plan(FaultPlan(drop=1.0, max_faults=1, services=frozenset({"dynamodb"})))
@@ -185,7 +185,7 @@ def test_download_survives_cut_responses(
     world.put_recording("cut-1", payload)
 
     async def main() -> None:
-        async with worker_aws.open_clients(settings) as clients:  # type: ignore[arg-type]
+        async with worker_aws.open_clients(settings) as clients:
             store = ObjectStore(clients.s3)
             proxy.set_plan(FaultPlan(cut=1.0, max_faults=2, services=frozenset({"s3"})))
             await store.download(aws.input_bucket, world.input_key("cut-1"), tmp_path / "c.bin")
@@ -226,6 +226,18 @@ def small_media_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
         "recording": hs.make_recording(folder / "r.mp4", 2.0),
         "connect": hs.make_connect_wav(folder / "c.wav", SMALL_CONTACT["connect_seconds"]),
     }
+
+
+def _assert_output_holds_the_contact(
+    world: hs.World, recording_id: str, small_media_files: dict[str, Path], folder: Path
+) -> None:
+    """The DONE row's output, by content: every frame of the small recording, the call's
+    tones, then the recording's own tone (not the container header's duration)."""
+    row = world.rows()[recording_id]
+    assert row["isProcessed"] is True and not row.get("leaseOwner")
+    local = world.download_output(str(row["videoKey"]), folder / f"{recording_id}.mp4")
+    problems = unified_output_problems(local, small_media_files["recording"], **SMALL_CONTACT)
+    assert problems == [], (recording_id, problems)
 
 
 @pytest.fixture(scope="module")
@@ -274,14 +286,8 @@ def test_jobs_finish_under_transient_faults(
             print("faults injected:", json.dumps(faults))
     finally:
         assert worker.stop() == 0
-    rows = world.rows()
     for rid in ids:
-        row = rows[rid]
-        assert row["isProcessed"] is True and not row.get("leaseOwner")
-        local = world.download_output(str(row["videoKey"]), tmp_path / f"{rid}.mp4")
-        assert hs.probe_file(local).audio_codec == "aac"
-        # By content: every frame of the recording, the call's tones, then the ACW's tone.
-        assert unified_output_problems(local, small_media_files["recording"], **SMALL_CONTACT) == []
+        _assert_output_holds_the_contact(world, rid, small_media_files, tmp_path)
     assert queue_depth(world.aws, aws.dlq_url) == (0, 0)
     by_service = faults["faults_by_service"]
     assert isinstance(by_service, dict)
@@ -305,6 +311,7 @@ def test_full_scratch_fails_cleanly(
     how: str,
     aws: AwsEnv,
     small_media: dict[str, bytes],
+    small_media_files: dict[str, Path],
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
@@ -349,10 +356,15 @@ def test_full_scratch_fails_cleanly(
     assert not row.get("leaseOwner")
     assert list(Path(scratch).iterdir()) == [], "the failed job left files in SCRATCH_DIR"
     assert [key for key in world.output_keys() if "/too-big/" in key] == []
+    _assert_output_holds_the_contact(world, "fits-after", small_media_files, tmp_path)
 
 
 def test_worker_survives_a_total_outage(
-    aws: AwsEnv, proxy: FaultProxy, small_media: dict[str, bytes], tmp_path: Path
+    aws: AwsEnv,
+    proxy: FaultProxy,
+    small_media: dict[str, bytes],
+    small_media_files: dict[str, Path],
+    tmp_path: Path,
 ) -> None:
     """Every request to every service reset for a while: the worker keeps polling (one line
     per failed poll, no crash), and once the emulator is reachable again the job finishes."""
@@ -396,3 +408,4 @@ def test_worker_survives_a_total_outage(
     assert failed_polls, "a failed poll must be logged"
     assert all("\n" not in str(e.get("error", "")) for e in failed_polls)
     assert "Traceback" not in log_path.read_text()
+    _assert_output_holds_the_contact(world, "after-outage", small_media_files, tmp_path)

@@ -13,7 +13,10 @@ Outcomes:
 - ``exhausted``: transient — retried with backoff, then dead-lettered by the worker itself on
   the last receive (reason ``retries_exhausted``, the transient reason as ``errorDetail``),
   the row FAILED;
-- ``done``: processed — row DONE, output probed (duration, audio stream).
+- ``done``: processed — row DONE, the output checked by what it holds (every decoded frame of
+  the recording, the call's tones before the call end, the recording's tone after it:
+  :func:`tests.harness.media_tools.unified_output_problems`), and its header's duration the
+  real one (not the hours a hostile header claimed).
 """
 
 from __future__ import annotations
@@ -29,13 +32,20 @@ import pytest
 
 from tests.harness import hostile_support as hs
 from tests.harness.fixtures_aws import CONNECT_ALIAS, provision_world
-from tests.harness.media_tools import band_share, decode_pcm
+from tests.harness.media_tools import unified_output_problems
 from tests.harness.polling import wait_until
 from tests.harness.worker_harness import WorkerProcess, queue_depth
 
 MAX_RECEIVE_COUNT = 3
 CALL_END = 1.0
 RECORDING_SECONDS = 2.0
+RECORDING_TONE = 1000
+CONNECT_SECONDS = 1.5
+CONNECT_TONES = (440, 660)  # the newest Connect recording's (customer, agent)
+OLD_CONNECT_TONE = 300  # an older Connect recording of the same contact: must not be used
+# What a ``done`` case's output must hold the frames of: the valid file its recording is (or
+# was derived from), by the media key.
+REFERENCES = {"valid_mp4": "rec.mp4", "hours_mp4": "rec.mp4", "hours_webm": "rec.webm"}
 
 
 @dataclass(frozen=True)
@@ -232,13 +242,17 @@ CANARY = Case("canary_after_hostile", "message", "done", expected_duration=2.0)
 
 def build_media(folder: Path, trap_port: int) -> dict[str, bytes]:
     """Every file the cases refer to, by name."""
-    rec = hs.make_recording(folder / "rec.mp4", RECORDING_SECONDS).read_bytes()
-    webm = hs.make_webm(folder / "rec.webm", RECORDING_SECONDS).read_bytes()
+    rec = hs.make_recording(folder / "rec.mp4", RECORDING_SECONDS, RECORDING_TONE).read_bytes()
+    webm = hs.make_webm(folder / "rec.webm", RECORDING_SECONDS, RECORDING_TONE).read_bytes()
     url = f"http://127.0.0.1:{trap_port}/segment"
     return {
         "valid_mp4": rec,
-        "connect_wav": hs.make_connect_wav(folder / "c.wav", 1.5, 440, 660).read_bytes(),
-        "connect_old": hs.make_connect_wav(folder / "old.wav", 1.5, 300, 300).read_bytes(),
+        "connect_wav": hs.make_connect_wav(
+            folder / "c.wav", CONNECT_SECONDS, *CONNECT_TONES
+        ).read_bytes(),
+        "connect_old": hs.make_connect_wav(
+            folder / "old.wav", CONNECT_SECONDS, OLD_CONNECT_TONE, OLD_CONNECT_TONE
+        ).read_bytes(),
         "zero": b"",
         "trunc_mp4": hs.truncate_before_moov(rec),
         "trunc_webm": (hs.FIXTURES / "chrome-vp8-opus-8s.webm").read_bytes()[:1500],
@@ -295,6 +309,7 @@ class CorpusRun:
     trap_connections: int
     scratch_left: list[str]
     outputs_dir: Path
+    media_dir: Path  # the valid recordings the hostile ones derive from (REFERENCES)
     healthy_at_end: bool
     canary_done: bool
 
@@ -376,6 +391,7 @@ def hostile_run(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
         trap_connections=trap.connections,
         scratch_left=sorted(str(p.relative_to(scratch)) for p in scratch.rglob("*")),
         outputs_dir=outputs_dir,
+        media_dir=folder,
         healthy_at_end=healthy,
         canary_done=canary_done,
     )
@@ -449,15 +465,26 @@ def check_case(run: CorpusRun, case: Case) -> None:
         video_key = str(row["videoKey"])
         assert video_key in run.output_keys
         local = run.world.download_output(video_key, run.outputs_dir / f"{case.name}.bin")
-        probed = hs.probe_file(local)
-        assert probed.audio_codec is not None and probed.video_codec is not None
-        assert case.expected_duration is not None
-        assert abs(probed.duration - case.expected_duration) < 0.15, (case.name, probed)
-        content = local.read_bytes()
-        assert b"root:x:0:0" not in content and hs.SECRET_KEY.encode() not in content
-        if case.name == "connect_several_newest":
-            # Before the call end: the newest Connect recording (440/660 Hz), not the old one.
-            pcm = decode_pcm(local, rate=16000)[: int(16000 * (CALL_END - 0.1)), 0]
-            newest = band_share(pcm, 16000, 440, width=40) + band_share(pcm, 16000, 660, width=40)
-            oldest = band_share(pcm, 16000, 300, width=40)
-            assert newest > 0.5 and oldest < 0.05, (newest, oldest)
+        _check_output(run, case, local)
+
+
+def _check_output(run: CorpusRun, case: Case, local: Path) -> None:
+    """A ``done`` case's output: by content (frames and tones), its header's duration real,
+    nothing of a local file or the credentials inside."""
+    assert case.recording in REFERENCES and case.connect[-1] == "connect_wav", case
+    # Before the call end: the newest Connect recording's tones (CONNECT_TONES), not the old
+    # one's (connect_several_newest); after it, the recording's own tone.
+    problems = unified_output_problems(
+        local,
+        run.media_dir / REFERENCES[case.recording],
+        call_end=CALL_END,
+        connect_seconds=CONNECT_SECONDS,
+        connect_tones=CONNECT_TONES,
+        recording_tone=RECORDING_TONE,
+    )
+    assert problems == [], (case.name, problems)
+    probed = hs.probe_file(local)
+    assert case.expected_duration is not None
+    assert abs(probed.duration - case.expected_duration) < 0.15, (case.name, probed)
+    content = local.read_bytes()
+    assert b"root:x:0:0" not in content and hs.SECRET_KEY.encode() not in content
