@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +18,8 @@ import pytest
 from tests.harness.cli import assert_one_line_error, run_cli
 from tests.harness.fixtures_aws import AwsEnv
 from tests.harness.fixtures_dlq import FAILED_AT, Denying, drain, fresh_queues, mixed_letters, seed
+from tests.harness.polling import wait_until
+from tests.harness.worker_harness import queue_depth
 from worker import admin, cli
 from worker.deadletters import (
     REDRIVE_POLICY_REASON,
@@ -335,7 +336,12 @@ def test_redrive_killed_between_send_and_delete_loses_nothing(backend_world: Aws
         check=False,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    time.sleep(3)  # the killed scan's 2 s hold lapses: its held DLQ messages come back
+    # The killed scan's 2 s hold lapses: its held DLQ messages come back.
+    wait_until(
+        lambda: queue_depth(backend_world, dlq_url)[1] == 0,
+        timeout=30,
+        what="the killed scan's held DLQ messages visible again",
+    )
     in_queue = [m["Body"] for m in drain(sqs, queue_url)]
     in_dlq = [m["Body"] for m in drain(sqs, dlq_url)]
     everything = sorted(letter.body for letter in letters)

@@ -32,7 +32,6 @@ from botocore.exceptions import (
 from tests.harness import hostile_support as hs
 from tests.harness.faultproxy import FaultPlan, FaultProxy, RequestInfo, classify
 from tests.harness.fixtures_aws import AwsEnv
-from tests.harness.media_tools import unified_output_problems
 from tests.harness.polling import wait_until
 from tests.harness.worker_harness import WorkerProcess, mounted_tmpfs, queue_depth
 from worker import aws as worker_aws
@@ -209,22 +208,13 @@ def _seed_valid(world: hs.World, media: dict[str, bytes], recording_id: str) -> 
     return json.dumps({"recordingID": recording_id, "callEndingTimestamp": "00:00:01"})
 
 
-# What the small contact's output must hold (hostile_support's generators' tones).
-SMALL_CONTACT = {
-    "call_end": 1.0,
-    "connect_seconds": 1.5,
-    "connect_tones": (440, 660),
-    "recording_tone": 1000,
-}
-
-
 @pytest.fixture(scope="module")
 def small_media_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 2 s recording (1 kHz) and a 1.5 s Connect WAV (440 Hz left, 660 Hz right)."""
     folder = tmp_path_factory.mktemp("fault-media")
     return {
-        "recording": hs.make_recording(folder / "r.mp4", 2.0),
-        "connect": hs.make_connect_wav(folder / "c.wav", SMALL_CONTACT["connect_seconds"]),
+        "recording": hs.make_recording(folder / "r.mp4"),
+        "connect": hs.make_connect_wav(folder / "c.wav"),
     }
 
 
@@ -236,7 +226,7 @@ def _assert_output_holds_the_contact(
     row = world.rows()[recording_id]
     assert row["isProcessed"] is True and not row.get("leaseOwner")
     local = world.download_output(str(row["videoKey"]), folder / f"{recording_id}.mp4")
-    problems = unified_output_problems(local, small_media_files["recording"], **SMALL_CONTACT)
+    problems = hs.small_contact_problems(local, small_media_files["recording"])
     assert problems == [], (recording_id, problems)
 
 
@@ -383,7 +373,7 @@ def test_worker_survives_a_total_outage(
     try:
 
         def count(event: str) -> int:
-            return sum(e.get("event") == event for e in hs.log_events(log_path))
+            return worker.count(event)
 
         wait_until(lambda: count("worker.ready") > 0, timeout=30, what="the worker ready")
         proxy.set_plan(FaultPlan(reset=1.0))
@@ -403,7 +393,7 @@ def test_worker_survives_a_total_outage(
         )
     finally:
         assert worker.stop() == 0
-    events = list(hs.log_events(log_path))
+    events = worker.events()
     failed_polls = [e for e in events if e.get("event") == "poll.failed"]
     assert failed_polls, "a failed poll must be logged"
     assert all("\n" not in str(e.get("error", "")) for e in failed_polls)

@@ -15,7 +15,7 @@ Outcomes:
   the row FAILED;
 - ``done``: processed — row DONE, the output checked by what it holds (every decoded frame of
   the recording, the call's tones before the call end, the recording's tone after it:
-  :func:`tests.harness.media_tools.unified_output_problems`), and its header's duration the
+  :func:`tests.harness.hostile_support.small_contact_problems`), and its header's duration the
   real one (not the hours a hostile header claimed).
 """
 
@@ -32,16 +32,12 @@ import pytest
 
 from tests.harness import hostile_support as hs
 from tests.harness.fixtures_aws import CONNECT_ALIAS, provision_world
-from tests.harness.media_tools import unified_output_problems
 from tests.harness.polling import wait_until
-from tests.harness.worker_harness import WorkerProcess, queue_depth
+from tests.harness.worker_harness import WorkerProcess, json_events, queue_depth
 
 MAX_RECEIVE_COUNT = 3
-CALL_END = 1.0
-RECORDING_SECONDS = 2.0
-RECORDING_TONE = 1000
-CONNECT_SECONDS = 1.5
-CONNECT_TONES = (440, 660)  # the newest Connect recording's (customer, agent)
+CALL_END = hs.SMALL_CALL_END
+RECORDING_SECONDS = hs.SMALL_RECORDING_SECONDS
 OLD_CONNECT_TONE = 300  # an older Connect recording of the same contact: must not be used
 # What a ``done`` case's output must hold the frames of: the valid file its recording is (or
 # was derived from), by the media key.
@@ -242,16 +238,14 @@ CANARY = Case("canary_after_hostile", "message", "done", expected_duration=2.0)
 
 def build_media(folder: Path, trap_port: int) -> dict[str, bytes]:
     """Every file the cases refer to, by name."""
-    rec = hs.make_recording(folder / "rec.mp4", RECORDING_SECONDS, RECORDING_TONE).read_bytes()
-    webm = hs.make_webm(folder / "rec.webm", RECORDING_SECONDS, RECORDING_TONE).read_bytes()
+    rec = hs.make_recording(folder / "rec.mp4").read_bytes()
+    webm = hs.make_webm(folder / "rec.webm").read_bytes()
     url = f"http://127.0.0.1:{trap_port}/segment"
     return {
         "valid_mp4": rec,
-        "connect_wav": hs.make_connect_wav(
-            folder / "c.wav", CONNECT_SECONDS, *CONNECT_TONES
-        ).read_bytes(),
+        "connect_wav": hs.make_connect_wav(folder / "c.wav").read_bytes(),
         "connect_old": hs.make_connect_wav(
-            folder / "old.wav", CONNECT_SECONDS, OLD_CONNECT_TONE, OLD_CONNECT_TONE
+            folder / "old.wav", left=OLD_CONNECT_TONE, right=OLD_CONNECT_TONE
         ).read_bytes(),
         "zero": b"",
         "trunc_mp4": hs.truncate_before_moov(rec),
@@ -385,7 +379,7 @@ def hostile_run(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
         rows=world.rows(),
         output_keys=world.output_keys(),
         log_path=log_path,
-        events=list(hs.log_events(log_path)),
+        events=json_events(log_path.read_text(errors="replace"), other_lines=True),
         metrics=metrics,
         exit_code=exit_code,
         trap_connections=trap.connections,
@@ -472,16 +466,9 @@ def _check_output(run: CorpusRun, case: Case, local: Path) -> None:
     """A ``done`` case's output: by content (frames and tones), its header's duration real,
     nothing of a local file or the credentials inside."""
     assert case.recording in REFERENCES and case.connect[-1] == "connect_wav", case
-    # Before the call end: the newest Connect recording's tones (CONNECT_TONES), not the old
-    # one's (connect_several_newest); after it, the recording's own tone.
-    problems = unified_output_problems(
-        local,
-        run.media_dir / REFERENCES[case.recording],
-        call_end=CALL_END,
-        connect_seconds=CONNECT_SECONDS,
-        connect_tones=CONNECT_TONES,
-        recording_tone=RECORDING_TONE,
-    )
+    # Before the call end: the newest Connect recording's tones, not the old one's
+    # (connect_several_newest); after it, the recording's own tone.
+    problems = hs.small_contact_problems(local, run.media_dir / REFERENCES[case.recording])
     assert problems == [], (case.name, problems)
     probed = hs.probe_file(local)
     assert case.expected_duration is not None

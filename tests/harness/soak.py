@@ -52,7 +52,7 @@ from tests.harness.faultproxy import FaultPlan, FaultProxy
 from tests.harness.fixtures_aws import provision_world
 from tests.harness.media_tools import unified_output_problems
 from tests.harness.ports import free_port
-from tests.harness.worker_harness import WorkerProcess, queue_depth
+from tests.harness.worker_harness import WorkerProcess, json_events, queue_depth
 
 # Every valid job's Connect recording: CONNECT_SECONDS of these tones (customer, agent).
 CONNECT_SECONDS = 1.5
@@ -336,7 +336,7 @@ def _verify(world: hs.World, jobs: list[Job], slots: list[_Slot], report: SoakRe
     retries: Counter[str] = Counter()
     for slot in slots:
         for log in slot.logs:
-            for event in hs.log_events(log):
+            for event in json_events(log.read_text(errors="replace"), other_lines=True):
                 name = event.get("event")
                 if name == "job.duplicate":
                     report.duplicates_acknowledged += 1

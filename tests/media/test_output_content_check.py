@@ -1,9 +1,11 @@
 """The end-to-end runs' output check can fail (issue 18 item 7).
 
 The hostile corpus, the fault-injection run and the soak judge every merged output with
-:func:`tests.harness.media_tools.unified_output_problems` (decoded frames and tones) instead of
-the container's header duration. Here a real merge passes it, and outputs that are wrong in
-what they hold - while their header still gives the right duration - do not.
+:func:`tests.harness.media_tools.unified_output_problems` (decoded frames and tones; for their
+small contact :func:`tests.harness.hostile_support.small_contact_problems`) instead of the
+container's header duration. Here a real merge of the small contact passes it, and outputs
+that are wrong in what they hold - while their header still gives the right duration - do
+not.
 """
 
 from __future__ import annotations
@@ -14,15 +16,8 @@ import anyio
 import pytest
 
 from tests.harness import hostile_support as hs
-from tests.harness.media_tools import ffmpeg, probe_duration, unified_output_problems
+from tests.harness.media_tools import ffmpeg, probe_duration
 from worker.media import MergeRequest, merge
-
-CONTACT = {
-    "call_end": 1.0,
-    "connect_seconds": 1.5,
-    "connect_tones": (440, 660),
-    "recording_tone": 1000,
-}
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +25,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 2 s recording (1 kHz), the call's Connect WAV (440/660 Hz), another call (300 Hz)."""
     folder = tmp_path_factory.mktemp("content-check")
     return {
-        "recording": hs.make_recording(folder / "rec.mp4", 2.0),
-        "connect": hs.make_connect_wav(folder / "c.wav", 1.5, 440, 660),
-        "other_call": hs.make_connect_wav(folder / "o.wav", 1.5, 300, 300),
+        "recording": hs.make_recording(folder / "rec.mp4"),
+        "connect": hs.make_connect_wav(folder / "c.wav"),
+        "other_call": hs.make_connect_wav(folder / "o.wav", left=300, right=300),
     }
 
 
@@ -40,7 +35,7 @@ def _merge(inputs: dict[str, Path], connect: Path, output: Path) -> Path:
     request = MergeRequest(
         recording=inputs["recording"],
         connect_audio=connect,
-        call_end_seconds=CONTACT["call_end"],
+        call_end_seconds=hs.SMALL_CALL_END,
         output=output,
         thumbnail=output.with_suffix(".png"),
     )
@@ -56,7 +51,7 @@ def merged(inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _problems(output: Path, inputs: dict[str, Path]) -> list[str]:
-    return unified_output_problems(output, inputs["recording"], **CONTACT)
+    return hs.small_contact_problems(output, inputs["recording"])
 
 
 def test_a_real_merge_passes(merged: Path, inputs: dict[str, Path]) -> None:
