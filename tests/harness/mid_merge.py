@@ -86,7 +86,11 @@ def assert_given_back(aws: AwsEnv, stopped: StoppedMidMerge, scratch: Path) -> d
     the queue's own 300 s visibility) and left visible, the lease released, the scratch
     directory empty, no ffmpeg left. Returns the row."""
     wait_until(lambda: queue_depth(aws)[0] == 1, timeout=5, what="the message visible again")
-    assert [m["MessageId"] for m in receive_now(aws, hide=0)] == [stopped.message_id]
+    messages = receive_now(aws)
+    assert [m["MessageId"] for m in messages] == [stopped.message_id]
+    aws.client("sqs").change_message_visibility(
+        QueueUrl=aws.queue_url, ReceiptHandle=messages[0]["ReceiptHandle"], VisibilityTimeout=0
+    )
     row = get_row(aws, stopped.contact.recording_id)
     assert "leaseOwner" not in row, row
     assert list(scratch.iterdir()) == []
