@@ -211,11 +211,7 @@ def _seed_valid(world: hs.World, media: dict[str, bytes], recording_id: str) -> 
 @pytest.fixture(scope="module")
 def small_media_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 2 s recording (1 kHz) and a 1.5 s Connect WAV (440 Hz left, 660 Hz right)."""
-    folder = tmp_path_factory.mktemp("fault-media")
-    return {
-        "recording": hs.make_recording(folder / "r.mp4"),
-        "connect": hs.make_connect_wav(folder / "c.wav"),
-    }
+    return hs.make_small_contact(tmp_path_factory.mktemp("fault-media"))
 
 
 def _assert_output_holds_the_contact(

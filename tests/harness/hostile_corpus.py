@@ -36,7 +36,6 @@ from tests.harness.polling import wait_until
 from tests.harness.worker_harness import WorkerProcess, json_events, queue_depth
 
 MAX_RECEIVE_COUNT = 3
-CALL_END = hs.SMALL_CALL_END
 RECORDING_SECONDS = hs.SMALL_RECORDING_SECONDS
 OLD_CONNECT_TONE = 300  # an older Connect recording of the same contact: must not be used
 # What a ``done`` case's output must hold the frames of: the valid file its recording is (or

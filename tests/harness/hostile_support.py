@@ -7,8 +7,9 @@
   reads back queue, DLQ, table and output bucket;
 - :func:`hostile_env`: the worker environment of these runs (the process is
   :class:`tests.harness.worker_harness.WorkerProcess`);
-- checks: probing outputs (tone energy: :mod:`tests.harness.media_tools`), leak scanning
-  (local file content, credentials, URLs, signatures).
+- checks: the small contact's output by content (:func:`small_contact_problems`: decoded
+  frames and tones, :mod:`tests.harness.media_tools`), leak scanning (local file content,
+  credentials, URLs, signatures).
 """
 
 from __future__ import annotations
@@ -91,6 +92,14 @@ def make_connect_wav(
 ) -> Path:
     """A Connect-shaped WAV: pcm_s16le, 8000 Hz, customer left, agent right."""
     return media_tools.make_tone_wav(path, [(seconds, [left, right])])
+
+
+def make_small_contact(folder: Path) -> dict[str, Path]:
+    """The small contact's files in ``folder``: ``recording`` (MP4) and ``connect`` (WAV)."""
+    return {
+        "recording": make_recording(folder / "small.mp4"),
+        "connect": make_connect_wav(folder / "small.wav"),
+    }
 
 
 def make_audio_only(path: Path, seconds: float = 2.0) -> Path:

@@ -54,9 +54,6 @@ from tests.harness.media_tools import unified_output_problems
 from tests.harness.ports import free_port
 from tests.harness.worker_harness import WorkerProcess, json_events, queue_depth
 
-# Every valid job's Connect recording: CONNECT_SECONDS of these tones (customer, agent).
-CONNECT_SECONDS = 1.5
-CONNECT_TONES = (440, 660)
 SOAK_FAULTS = FaultPlan(
     reset=0.03, delay=0.03, cut=0.01, drop=0.005, delay_seconds=0.3, drop_hold_seconds=3.0
 )
@@ -192,9 +189,7 @@ def _media(folder: Path) -> dict[str, Recording]:
 def _seed(world: hs.World, config: SoakConfig, folder: Path) -> list[Job]:
     rng = random.Random(config.seed)
     media = _media(folder)
-    connect = hs.make_connect_wav(
-        folder / "connect.wav", CONNECT_SECONDS, *CONNECT_TONES
-    ).read_bytes()
+    connect = hs.make_connect_wav(folder / "connect.wav").read_bytes()  # the small contact's
     png = hs.make_png(folder / "i.png").read_bytes()
     poison_count = max(1, round(config.messages * config.poison_share))
     poison_at = set(rng.sample(range(config.messages), poison_count))
@@ -272,8 +267,8 @@ def _probe_output(world: hs.World, job: Job, key: str, folder: Path) -> str | No
             local,
             job.recording.path,
             call_end=job.call_end,
-            connect_seconds=CONNECT_SECONDS,
-            connect_tones=CONNECT_TONES,
+            connect_seconds=hs.SMALL_CONNECT_SECONDS,
+            connect_tones=hs.SMALL_CONNECT_TONES,
             recording_tone=job.recording.tone,
         )
     except Exception as error:

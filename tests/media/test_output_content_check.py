@@ -24,11 +24,8 @@ from worker.media import MergeRequest, merge
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 2 s recording (1 kHz), the call's Connect WAV (440/660 Hz), another call (300 Hz)."""
     folder = tmp_path_factory.mktemp("content-check")
-    return {
-        "recording": hs.make_recording(folder / "rec.mp4"),
-        "connect": hs.make_connect_wav(folder / "c.wav"),
-        "other_call": hs.make_connect_wav(folder / "o.wav", left=300, right=300),
-    }
+    other_call = hs.make_connect_wav(folder / "o.wav", left=300, right=300)
+    return {**hs.make_small_contact(folder), "other_call": other_call}
 
 
 def _merge(inputs: dict[str, Path], connect: Path, output: Path) -> Path:
