@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from worker.admin import aws_errors
-from worker.errors import ConfigError, one_line
+from worker.errors import ConfigError, JobError, one_line
 from worker.queue import (
     ATTR_ERROR_CLASS,
     ATTR_ERROR_DETAIL,
@@ -43,6 +43,8 @@ from worker.queue import (
 # The reason shown for a dead letter without the worker's attributes: SQS's own redrive
 # policy moved it (no worker could settle it), or its body left no room for any attribute.
 REDRIVE_POLICY_REASON: Final = "redrive_policy"
+# Reasons raised as an override of their error class's own (a unit test finds them all).
+OVERRIDE_REASONS: Final = ("media_not_allowed", "aws_access_denied", "aws_resource_missing")
 # How long the scan hides what it has read: long enough for a scan of tens of thousands of
 # messages; the scan stops before it (SCAN_DEADLINE_SECONDS) and releases everything.
 SCAN_HOLD_SECONDS: Final = 300
@@ -210,6 +212,16 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def known_reasons() -> frozenset[str]:
+    """Every ``errorReason`` / ``errorDetail`` a dead letter can carry (its job error's)."""
+    found, pending = {REDRIVE_POLICY_REASON, *OVERRIDE_REASONS}, JobError.__subclasses__()
+    while pending:
+        error_class = pending.pop()
+        found.add(error_class.reason)
+        pending += error_class.__subclasses__()
+    return frozenset(found)
+
+
 @dataclass(frozen=True)
 class Selection:
     """Which dead letters an operator asked for: any of ``reasons`` (``reason`` or
@@ -227,7 +239,12 @@ class Selection:
         recording_ids: Sequence[str] | None = None,
         since: datetime | None = None,
     ) -> Selection:
-        """From command-line lists (None or empty: no restriction)."""
+        """From command-line lists (None/empty: no restriction); an unknown reason: ConfigError."""
+        known = known_reasons()
+        for reason in reasons or ():
+            if not set(reason.split(":", 1)) <= known:
+                names = ", ".join(sorted(known))
+                raise ConfigError(f"--reason {printable(reason, 60)!r}: unknown (known: {names})")
         return cls(frozenset(reasons or ()), frozenset(recording_ids or ()), since)
 
     def matches(self, info: DeadLetterInfo) -> bool:
@@ -246,7 +263,7 @@ class DlqScan:
     """Reads every DLQ message once, holding what it read until :meth:`release` (see the
     module docstring). Use as a context manager: everything still held is released on exit.
 
-    ``consumed`` marks a message deleted (by ``redrive``), so it is not released.
+    ``keep_hidden`` marks a message deleted (by ``redrive``), so it is not released.
     """
 
     sqs: Any
@@ -299,12 +316,8 @@ class DlqScan:
                 if stale >= SCAN_STALE_RECEIVES:
                     return
 
-    def consumed(self, message_id: str) -> None:
-        """``message_id`` was deleted: nothing to release."""
-        self.held.pop(message_id, None)
-
     def keep_hidden(self, message_id: str) -> None:
-        """Leave ``message_id`` hidden (its visibility was set on purpose): not released."""
+        """Do not release ``message_id``: deleted (by ``redrive``) or hidden on purpose."""
         self.held.pop(message_id, None)
 
     def release(self) -> None:

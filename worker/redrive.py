@@ -144,13 +144,12 @@ def _move(
     undeleted = _delete(client, source, handles, retry_seconds)
     for message, info in sent:
         message_id = message["MessageId"]
+        scan.keep_hidden(message_id)  # deleted, or hidden on purpose just below
         if message_id in undeleted:
             result.not_deleted.append(message_id)
-            scan.keep_hidden(message_id)
             report("not deleted", info)
         else:
             result.moved += 1
-            scan.consumed(message_id)
             report("moved", info)
     _hide(client, source, {mid: undeleted[mid] for mid in undeleted})
 

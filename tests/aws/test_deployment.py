@@ -150,13 +150,8 @@ async def test_the_watcher_reports_a_new_deployment_once(fake: FakeEcs, ecs: Any
     await _watch(watcher, lambda: len(fake.of("DescribeServices")) >= 3)
     assert reasons == []  # current: nothing happens
     fake.deploy(2)
-    async with anyio.create_task_group() as group:
-        group.start_soon(watcher.run)
-        with anyio.fail_after(10):
-            while not reasons:
-                await anyio.sleep(0.01)
-        await anyio.sleep(0.2)  # run() returned after reporting: no second report
-        group.cancel_scope.cancel()
+    with anyio.fail_after(10):
+        await watcher.run()  # returns once it has reported: no second report
     assert reasons == [f"the service's PRIMARY deployment ecs-svc/{2:019d} runs {FAMILY}:2; "
                        f"this task runs {FAMILY}:1"]  # fmt: skip
     # The service name is read once, the metadata once.
@@ -212,8 +207,11 @@ async def test_a_task_outside_a_service_is_not_watched(fake: FakeEcs, ecs: Any) 
     fake.deploy(2)
     reasons: list[str] = []
     watcher = DeploymentWatcher(fake.metadata_uri, ecs, 0.02, reasons.append)
-    await _watch(watcher, lambda: len(fake.of("DescribeTasks")) >= 1)
-    await anyio.sleep(0.1)
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        # Its first check ends in "not a service task": no more checks from then on.
+        await _watch(watcher, lambda: any(e["event"] == "deployment.watch_off" for e in logs))
     assert reasons == [] and fake.of("DescribeServices") == []
     assert len(fake.of("DescribeTasks")) == 1
 

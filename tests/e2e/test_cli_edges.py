@@ -11,28 +11,10 @@ import boto3
 
 from tests.harness.cli import assert_one_line_error, run_cli
 from tests.harness.fixtures_aws import AwsEnv, aws_base_env
+from tests.harness.fixtures_dlq import drain
 from tests.harness.ports import free_port
 from tests.harness.worker_harness import queue_depth
 from worker.redrive import DEAD_LETTER_ATTRIBUTES
-
-
-def drain(sqs: Any, queue_url: str, expected: int) -> list[dict[str, Any]]:
-    """Receive (and delete) messages until ``expected`` arrived or the queue looks empty."""
-    messages: list[dict[str, Any]] = []
-    while len(messages) < expected:
-        batch = sqs.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=1,
-            MessageAttributeNames=["All"],
-        ).get("Messages", [])
-        if not batch:
-            break
-        for message in batch:
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-        messages.extend(batch)
-    return messages
-
 
 # --- provision -------------------------------------------------------------------------------
 
@@ -108,7 +90,7 @@ def test_enqueue_sends_the_lambda_message(aws: AwsEnv) -> None:
     )
     assert result.returncode == 0, result.stderr
     message_id = result.stdout.strip()
-    [message] = drain(aws.client("sqs"), aws.queue_url, 1)
+    [message] = drain(aws.client("sqs"), aws.queue_url)
     assert message["MessageId"] == message_id
     assert json.loads(message["Body"]) == {
         "recordingID": "7165d412-7fe0-4fb6-81ae-68b135a26f7c",
@@ -120,7 +102,7 @@ def test_enqueue_sends_the_lambda_message(aws: AwsEnv) -> None:
 def test_enqueue_accepts_plain_seconds(aws: AwsEnv) -> None:
     result = run_cli("enqueue", "rec_1", "14", env=aws.env)
     assert result.returncode == 0, result.stderr
-    [message] = drain(aws.client("sqs"), aws.queue_url, 1)
+    [message] = drain(aws.client("sqs"), aws.queue_url)
     assert json.loads(message["Body"]) == {
         "recordingID": "rec_1",
         "callEndingTimestamp": "00:00:14",
@@ -191,7 +173,7 @@ def test_redrive_moves_everything_back_with_original_bodies(aws: AwsEnv) -> None
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1].startswith("moved 13 message(s)")
     assert sum(queue_depth(aws, aws.dlq_url)) == 0
-    moved = drain(sqs, aws.queue_url, 13)
+    moved = drain(sqs, aws.queue_url)
     assert sorted(message["Body"] for message in moved) == sorted(bodies)
     for message in moved:
         attributes = message.get("MessageAttributes", {})
@@ -205,7 +187,7 @@ def test_redrive_max_messages(aws: AwsEnv) -> None:
     result = run_cli("redrive", "--max-messages", "3", env=aws.env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1].startswith("moved 3 message(s)")
-    assert len(drain(sqs, aws.queue_url, 5)) == 3
+    assert len(drain(sqs, aws.queue_url)) == 3
 
 
 def test_redrive_empty_dlq_moves_nothing(aws: AwsEnv) -> None:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +18,8 @@ import pytest
 from tests.harness.cli import assert_one_line_error, run_cli
 from tests.harness.fixtures_aws import AwsEnv
 from tests.harness.fixtures_dlq import FAILED_AT, Denying, drain, fresh_queues, mixed_letters, seed
+from tests.harness.polling import wait_until
+from tests.harness.worker_harness import queue_depth
 from worker import admin, cli
 from worker.deadletters import (
     REDRIVE_POLICY_REASON,
@@ -174,6 +175,31 @@ def test_dlq_list_command_prints_json_lines_and_counts(backend_world: AwsEnv) ->
     assert "  redrive_policy: 3" in text.stdout
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dlq", "list", "--reason", "media_invalidd"],
+        ["redrive", "--reason", "media_invalid", "--reason", "retries_exhausted:nope"],
+        ["redrive", "--reason", "nope", "--dry-run"],
+    ],
+)
+def test_an_unknown_reason_is_a_usage_error_and_touches_nothing(
+    world: AwsEnv, argv: list[str]
+) -> None:
+    # The real console script: exit 2, one line naming the known reasons; nothing moved.
+    queue_url, dlq_url = fresh_queues(world)
+    sqs = world.client("sqs")
+    letters = mixed_letters(6)
+    seed(sqs, dlq_url, letters)
+    result = run_cli(*argv, env={**world.env, "QUEUE_URL": queue_url, "DLQ_URL": dlq_url})
+    line = assert_one_line_error(result, 2)
+    assert ": unknown (known: " in line and "retries_exhausted" in line, line
+    assert "media_invalid, media_no_audio" in line, line
+    assert result.stdout == ""
+    assert drain(sqs, queue_url) == []
+    assert len(drain(sqs, dlq_url)) == len(letters)
+
+
 def test_dlq_list_without_permission_is_one_line(
     world: AwsEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -182,7 +208,7 @@ def test_dlq_list_without_permission_is_one_line(
     monkeypatch.setenv("DLQ_URL", dlq_url)
     denying = Denying(world.client("sqs"), "receive_message")
     monkeypatch.setattr(admin, "sqs_client", lambda: denying)
-    for argv in (["dlq", "list"], ["redrive", "--reason", "x"]):
+    for argv in (["dlq", "list"], ["redrive", "--reason", "media_invalid"]):
         assert cli.main(argv) == 1
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1, lines
@@ -310,7 +336,12 @@ def test_redrive_killed_between_send_and_delete_loses_nothing(backend_world: Aws
         check=False,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    time.sleep(3)  # the killed scan's 2 s hold lapses: its held DLQ messages come back
+    # The killed scan's 2 s hold lapses: its held DLQ messages come back.
+    wait_until(
+        lambda: queue_depth(backend_world, dlq_url)[1] == 0,
+        timeout=30,
+        what="the killed scan's held DLQ messages visible again",
+    )
     in_queue = [m["Body"] for m in drain(sqs, queue_url)]
     in_dlq = [m["Body"] for m in drain(sqs, dlq_url)]
     everything = sorted(letter.body for letter in letters)

@@ -32,7 +32,6 @@ from botocore.exceptions import (
 from tests.harness import hostile_support as hs
 from tests.harness.faultproxy import FaultPlan, FaultProxy, RequestInfo, classify
 from tests.harness.fixtures_aws import AwsEnv
-from tests.harness.media_tools import unified_output_problems
 from tests.harness.polling import wait_until
 from tests.harness.worker_harness import WorkerProcess, mounted_tmpfs, queue_depth
 from worker import aws as worker_aws
@@ -134,7 +133,7 @@ def test_retries_are_bounded(
     hs.World(aws).put_row("bounded-1")
 
     async def main() -> None:
-        async with worker_aws.open_clients(settings) as clients:  # type: ignore[arg-type]
+        async with worker_aws.open_clients(settings) as clients:
             table = RecordingTable(clients.dynamodb, aws.table_name)
             proxy.set_plan(FaultPlan(reset=1.0, services=frozenset({"dynamodb"})))
             with pytest.raises(AwsUnavailable) as caught:
@@ -158,7 +157,7 @@ def test_black_hole_times_out_and_is_retried(
     world.put_recording("blackhole-1", b"r" * 100_000)
 
     async def main() -> None:
-        async with worker_aws.open_clients(settings) as clients:  # type: ignore[arg-type]
+        async with worker_aws.open_clients(settings) as clients:
             table = RecordingTable(clients.dynamodb, aws.table_name)
             store = ObjectStore(clients.s3)
             proxy.set_plan(FaultPlan(drop=1.0, max_faults=1, services=frozenset({"dynamodb"})))
@@ -185,7 +184,7 @@ def test_download_survives_cut_responses(
     world.put_recording("cut-1", payload)
 
     async def main() -> None:
-        async with worker_aws.open_clients(settings) as clients:  # type: ignore[arg-type]
+        async with worker_aws.open_clients(settings) as clients:
             store = ObjectStore(clients.s3)
             proxy.set_plan(FaultPlan(cut=1.0, max_faults=2, services=frozenset({"s3"})))
             await store.download(aws.input_bucket, world.input_key("cut-1"), tmp_path / "c.bin")
@@ -209,23 +208,22 @@ def _seed_valid(world: hs.World, media: dict[str, bytes], recording_id: str) -> 
     return json.dumps({"recordingID": recording_id, "callEndingTimestamp": "00:00:01"})
 
 
-# What the small contact's output must hold (hostile_support's generators' tones).
-SMALL_CONTACT = {
-    "call_end": 1.0,
-    "connect_seconds": 1.5,
-    "connect_tones": (440, 660),
-    "recording_tone": 1000,
-}
-
-
 @pytest.fixture(scope="module")
 def small_media_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 2 s recording (1 kHz) and a 1.5 s Connect WAV (440 Hz left, 660 Hz right)."""
-    folder = tmp_path_factory.mktemp("fault-media")
-    return {
-        "recording": hs.make_recording(folder / "r.mp4", 2.0),
-        "connect": hs.make_connect_wav(folder / "c.wav", SMALL_CONTACT["connect_seconds"]),
-    }
+    return hs.make_small_contact(tmp_path_factory.mktemp("fault-media"))
+
+
+def _assert_output_holds_the_contact(
+    world: hs.World, recording_id: str, small_media_files: dict[str, Path], folder: Path
+) -> None:
+    """The DONE row's output, by content: every frame of the small recording, the call's
+    tones, then the recording's own tone (not the container header's duration)."""
+    row = world.rows()[recording_id]
+    assert row["isProcessed"] is True and not row.get("leaseOwner")
+    local = world.download_output(str(row["videoKey"]), folder / f"{recording_id}.mp4")
+    problems = hs.small_contact_problems(local, small_media_files["recording"])
+    assert problems == [], (recording_id, problems)
 
 
 @pytest.fixture(scope="module")
@@ -274,14 +272,8 @@ def test_jobs_finish_under_transient_faults(
             print("faults injected:", json.dumps(faults))
     finally:
         assert worker.stop() == 0
-    rows = world.rows()
     for rid in ids:
-        row = rows[rid]
-        assert row["isProcessed"] is True and not row.get("leaseOwner")
-        local = world.download_output(str(row["videoKey"]), tmp_path / f"{rid}.mp4")
-        assert hs.probe_file(local).audio_codec == "aac"
-        # By content: every frame of the recording, the call's tones, then the ACW's tone.
-        assert unified_output_problems(local, small_media_files["recording"], **SMALL_CONTACT) == []
+        _assert_output_holds_the_contact(world, rid, small_media_files, tmp_path)
     assert queue_depth(world.aws, aws.dlq_url) == (0, 0)
     by_service = faults["faults_by_service"]
     assert isinstance(by_service, dict)
@@ -305,6 +297,7 @@ def test_full_scratch_fails_cleanly(
     how: str,
     aws: AwsEnv,
     small_media: dict[str, bytes],
+    small_media_files: dict[str, Path],
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
@@ -349,10 +342,15 @@ def test_full_scratch_fails_cleanly(
     assert not row.get("leaseOwner")
     assert list(Path(scratch).iterdir()) == [], "the failed job left files in SCRATCH_DIR"
     assert [key for key in world.output_keys() if "/too-big/" in key] == []
+    _assert_output_holds_the_contact(world, "fits-after", small_media_files, tmp_path)
 
 
 def test_worker_survives_a_total_outage(
-    aws: AwsEnv, proxy: FaultProxy, small_media: dict[str, bytes], tmp_path: Path
+    aws: AwsEnv,
+    proxy: FaultProxy,
+    small_media: dict[str, bytes],
+    small_media_files: dict[str, Path],
+    tmp_path: Path,
 ) -> None:
     """Every request to every service reset for a while: the worker keeps polling (one line
     per failed poll, no crash), and once the emulator is reachable again the job finishes."""
@@ -371,7 +369,7 @@ def test_worker_survives_a_total_outage(
     try:
 
         def count(event: str) -> int:
-            return sum(e.get("event") == event for e in hs.log_events(log_path))
+            return worker.count(event)
 
         wait_until(lambda: count("worker.ready") > 0, timeout=30, what="the worker ready")
         proxy.set_plan(FaultPlan(reset=1.0))
@@ -391,8 +389,9 @@ def test_worker_survives_a_total_outage(
         )
     finally:
         assert worker.stop() == 0
-    events = list(hs.log_events(log_path))
+    events = worker.events()
     failed_polls = [e for e in events if e.get("event") == "poll.failed"]
     assert failed_polls, "a failed poll must be logged"
     assert all("\n" not in str(e.get("error", "")) for e in failed_polls)
     assert "Traceback" not in log_path.read_text()
+    _assert_output_holds_the_contact(world, "after-outage", small_media_files, tmp_path)

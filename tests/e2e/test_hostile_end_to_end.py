@@ -15,7 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.harness import hostile_support as hs
-from tests.harness.hostile_corpus import CASES, MAX_RECEIVE_COUNT, CorpusRun
+from tests.harness.hostile_corpus import CANARY, CASES, MAX_RECEIVE_COUNT, CorpusRun, check_case
 from worker import aws as worker_aws
 from worker.config import Settings
 from worker.redaction import redact
@@ -24,8 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_worker_still_serves_after_the_corpus(hostile_run: CorpusRun) -> None:
-    """A valid job sent after every hostile one succeeded; /healthz ok; SIGTERM exits 0."""
+    """A valid job sent after every hostile one succeeded (its output checked by content);
+    /healthz ok; SIGTERM exits 0."""
     assert hostile_run.canary_done, "the valid job after the hostile ones did not finish"
+    check_case(hostile_run, CANARY)
     assert hostile_run.healthy_at_end
     assert hostile_run.exit_code == 0
 

@@ -10,10 +10,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.harness.fixtures_aws import AwsEnv
+from tests.harness.mid_merge import assert_given_back, ffmpeg_children_using, sigterm_mid_merge
 from tests.harness.polling import wait_until
 from tests.harness.ports import free_port
 from tests.harness.worker_harness import (
@@ -57,15 +57,6 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for worker in started:
         worker.stop()
-
-
-def _ffmpeg_children_using(folder: Path) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["name", "cmdline"]):
-        cmdline = " ".join(process.info.get("cmdline") or [])
-        if (process.info.get("name") or "").startswith("ff") and str(folder) in cmdline:
-            found.append(process)
-    return found
 
 
 def _wait_for_line(process: subprocess.Popen[str], needle: str, *, timeout: float) -> None:
@@ -132,37 +123,21 @@ def test_sigterm_mid_job_releases_the_message_and_exits_0(
     scratch: Path,
     short_recording: Path,
     workers: Callable[..., WorkerProcess],
+    tmp_path: Path,
 ) -> None:
-    contact = seed_contact(aws, recording=short_recording)
-    message_id = send_job(aws, contact.recording_id, 3)
-    # ffmpeg reads the recording at a quarter of real time: the merge takes ~16 s.
-    # Grace 2 s: polls made while the job runs wait up to 1 s, and the one in progress at
-    # SIGTERM is left to finish, so no orphaned poll can swallow the released message.
+    # Grace 2 s, shorter than the ~16 s merge: polls made while the job runs wait up to 1 s,
+    # and the one in progress at SIGTERM is left to finish, so no orphaned poll can swallow
+    # the released message.
     env = worker_env(aws, scratch, SHUTDOWN_GRACE_SECONDS="2")
-    first = workers(env, readrate=0.25)
-    first.wait_for_event("worker.ready")
-    first.wait_for_event("merge_plan")  # ffmpeg is about to start
-    wait_until(lambda: bool(_ffmpeg_children_using(scratch)), what="ffmpeg running")
-    first.signal(signal.SIGTERM)
-    assert first.wait(timeout=STOP_TIMEOUT_SECONDS) == 0, first.tail()
-    assert first.count("job.released") == 1
-    assert first.count("worker.grace_expired") == 1
-
-    # Visible again at once (the queue's own visibility timeout is 300 s).
-    messages = receive_now(aws)
-    assert [m["MessageId"] for m in messages] == [message_id]
-    aws.client("sqs").change_message_visibility(
-        QueueUrl=aws.queue_url, ReceiptHandle=messages[0]["ReceiptHandle"], VisibilityTimeout=0
-    )
-    row = get_row(aws, contact.recording_id)
-    assert "leaseOwner" not in row and row.get("processingStatus") is None
-    assert list(scratch.iterdir()) == []
-    assert _ffmpeg_children_using(scratch) == []
+    stopped = sigterm_mid_merge(aws, short_recording, env, tmp_path / "first.log")
+    assert stopped.worker.count("worker.grace_expired") == 1
+    row = assert_given_back(aws, stopped, scratch)
+    assert row.get("processingStatus") is None
 
     # A second worker completes it.
     second = workers(worker_env(aws, scratch))
     wait_until(
-        lambda: get_row(aws, contact.recording_id).get("processingStatus") == "DONE",
+        lambda: get_row(aws, stopped.contact.recording_id).get("processingStatus") == "DONE",
         timeout=60,
         what="the second worker to finish the job",
     )
@@ -173,33 +148,16 @@ def test_sigterm_mid_job_releases_the_message_and_exits_0(
 
 
 def test_zero_grace_gives_the_message_back_at_once(
-    aws: AwsEnv,
-    scratch: Path,
-    short_recording: Path,
-    workers: Callable[..., WorkerProcess],
+    aws: AwsEnv, scratch: Path, short_recording: Path, tmp_path: Path
 ) -> None:
     # SHUTDOWN_GRACE_SECONDS=0: "give everything back at once". Accepted at start-up; SIGTERM
-    # mid-job cancels the job at once, releases lease and message, and exits 0.
-    import time
-
-    contact = seed_contact(aws, recording=short_recording)
-    message_id = send_job(aws, contact.recording_id, 3)
-    worker = workers(worker_env(aws, scratch, SHUTDOWN_GRACE_SECONDS="0"), readrate=0.25)
-    worker.wait_for_event("worker.ready")
-    worker.wait_for_event("merge_plan")
-    wait_until(lambda: bool(_ffmpeg_children_using(scratch)), what="ffmpeg running")
-    signalled = time.monotonic()
-    worker.signal(signal.SIGTERM)
-    assert worker.wait(timeout=STOP_TIMEOUT_SECONDS) == 0, worker.tail()
-    assert time.monotonic() - signalled < 10, "a zero grace must not wait for anything"
-    assert worker.count("job.released") == 1
-    # Visible again within seconds (the queue's own visibility timeout is 300 s).
-    wait_until(lambda: queue_depth(aws)[0] == 1, timeout=5, what="the message visible again")
-    assert [m["MessageId"] for m in receive_now(aws)] == [message_id]
-    row = get_row(aws, contact.recording_id)
-    assert "leaseOwner" not in row and row.get("processingStatus") is None
-    assert list(scratch.iterdir()) == []
-    assert _ffmpeg_children_using(scratch) == []
+    # mid-job cancels the job at once (released, not finished: the merge would take ~16 s;
+    # the exit deadline is only a failure bound), releases lease and message, and exits 0.
+    env = worker_env(aws, scratch, SHUTDOWN_GRACE_SECONDS="0")
+    stopped = sigterm_mid_merge(aws, short_recording, env, tmp_path / "worker.log")
+    assert stopped.worker.count("job.succeeded") == 0
+    row = assert_given_back(aws, stopped, scratch)
+    assert row.get("processingStatus") is None
 
 
 def test_second_signal_stops_at_once_and_still_releases(
@@ -223,7 +181,7 @@ def test_second_signal_stops_at_once_and_still_releases(
     assert worker.count("job.released") == 1
     assert [m["MessageId"] for m in receive_now(aws)] == [message_id]
     assert "leaseOwner" not in get_row(aws, contact.recording_id)
-    assert _ffmpeg_children_using(scratch) == []
+    assert ffmpeg_children_using(scratch) == []
 
 
 def test_two_processes_process_six_messages_exactly_once(
@@ -262,8 +220,8 @@ def test_sigterm_while_aws_does_not_answer_exits_at_once(aws: AwsEnv, tmp_path: 
     # The start-up check hangs on an endpoint that accepts and never answers (60 s read
     # timeout, several attempts): a stop must not wait for it.
     import socket
-    import time
 
+    hung_requests: list[socket.socket] = []
     with socket.socket() as black_hole:
         black_hole.bind(("127.0.0.1", 0))
         black_hole.listen(16)
@@ -287,10 +245,14 @@ def test_sigterm_while_aws_does_not_answer_exits_at_once(aws: AwsEnv, tmp_path: 
             # Signals are handled once "worker.starting" is logged; the first GetQueueAttributes
             # is then about to hang (a fixed sleep raced a slow start on a loaded machine).
             _wait_for_line(process, "worker.starting", timeout=30)
-            time.sleep(1)  # well inside the first hung GetQueueAttributes
+            black_hole.settimeout(30)
+            hung, _ = black_hole.accept()  # the first GetQueueAttributes is under way
+            hung_requests.append(hung)
             process.send_signal(signal.SIGTERM)
             # Without the cancellation this takes the SDK's read timeout (60 s) or more.
             assert process.wait(timeout=20) == 0
         finally:
+            for hung in hung_requests:
+                hung.close()
             process.kill()
             process.wait()

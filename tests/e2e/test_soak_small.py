@@ -10,8 +10,9 @@ from tests.harness.soak import SoakConfig, format_report, run_soak
 
 
 def test_small_soak_loses_nothing(tmp_path: Path) -> None:
-    """Every valid job DONE with a probed output, poison in the DLQ with its reason, queue
-    empty, no lease left, both workers exit 0 — despite faults, a SIGKILL and a SIGTERM."""
+    """Every valid job DONE with an output that holds its recording's frames and its call's
+    tones, poison in the DLQ with its reason, queue empty, no lease left, both workers exit 0
+    — despite faults, a SIGKILL and a SIGTERM."""
     config = SoakConfig(
         messages=40,
         workers=2,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.faultproxy import FaultProxy
 from tests.harness.fixtures_aws import AwsEnv
 from tests.harness.polling import wait_until
 from tests.harness.worker_harness import (
@@ -98,9 +99,17 @@ def test_a_message_sent_during_or_after_an_idle_stop_reaches_another_worker(
     workers: Callable[[dict[str, str]], WorkerProcess],
     send_after: float,
 ) -> None:
-    worker = workers(worker_env(aws, tmp_path))
-    worker.wait_for_event("worker.ready", timeout=60)
-    time.sleep(1.0)  # its first long poll (20 s) is open at the queue
+    # The worker talks to SQS through a (fault-free) proxy that shows when its first long
+    # poll (20 s) is open at the queue.
+    with FaultProxy(aws.url("sqs")) as proxy:
+        env = worker_env(aws, tmp_path, AWS_ENDPOINT_URL_SQS=proxy.endpoint)
+        worker = workers(env)
+        worker.wait_for_event("worker.ready", timeout=60)
+        wait_until(lambda: proxy.seen("sqs", "ReceiveMessage") > 0, what="the first long poll")
+        _stop_and_hand_over(aws, worker, send_after)
+
+
+def _stop_and_hand_over(aws: AwsEnv, worker: WorkerProcess, send_after: float) -> None:
     sent: dict[str, float] = {}
     worker.signal(signal.SIGTERM)
     time.sleep(send_after)

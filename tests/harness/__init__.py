@@ -7,7 +7,8 @@
   ``speech_media``: the speech corpus.
 - ``worker_harness``: contacts and jobs seeded on a world, queue inspection (``queue_depth``),
   the one ``worker_env`` and ``WorkerProcess``, an in-process consumer; ``polling``: the one
-  ``wait_until`` (and its async ``eventually``); ``logs``: captured JSON logs.
+  ``wait_until`` (and its async ``eventually``); ``logs``: captured JSON logs;
+  ``mid_merge``: a worker process SIGTERMed while it merges, and what it must give back.
 - ``hostile_support``, ``hostile_corpus`` (a pytest plugin), ``faultproxy``, ``soak``
   (``python -m tests.harness.soak``, ``make soak``): the hostile-input, fault and soak runs.
 - ``http_server``: a range-serving HTTP server (browser tests); ``infra_helpers``: the

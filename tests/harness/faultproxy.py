@@ -115,6 +115,8 @@ class FaultProxy:
         self.counts: collections.Counter[str] = collections.Counter()
         self.by_service: collections.Counter[tuple[str, str]] = collections.Counter()
         self.requests: collections.Counter[str] = collections.Counter()
+        # Requests by (service, operation): a test can wait for one to be under way.
+        self.operations: collections.Counter[tuple[str, str]] = collections.Counter()
         self.connections = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
@@ -142,6 +144,11 @@ class FaultProxy:
         """Change the faults for the requests that follow (e.g. none while seeding data)."""
         with self._lock:
             self.plan = plan
+
+    def seen(self, service: str, operation: str) -> int:
+        """How many ``operation`` requests to ``service`` have started through the proxy."""
+        with self._lock:
+            return self.operations[(service, operation)]
 
     def summary(self) -> dict[str, object]:
         """Counts for reports: faults by mode and by (service, mode), requests by service."""
@@ -198,6 +205,7 @@ class FaultProxy:
     def _decide(self, info: RequestInfo) -> str | None:
         with self._lock:
             self.requests[info.service] += 1
+            self.operations[(info.service, info.operation)] += 1
             plan = self.plan
             roll = self._random.random()
             if info.service not in plan.services or info.operation in plan.spared_operations:

@@ -102,10 +102,13 @@ class AwsEnv:
         """``moto`` or ``localstack`` (LocalStack + dynalite)."""
         return self.endpoints.backend if self.endpoints else "moto"
 
+    def url(self, service: str) -> str:
+        """The endpoint of ``service`` (sqs, s3 or dynamodb) on the emulator."""
+        return self.endpoints.url(service) if self.endpoints else self.endpoint
+
     def client(self, service: str) -> Any:
         """A boto3 client for ``service`` on the emulator."""
-        url = self.endpoints.url(service) if self.endpoints else self.endpoint
-        return self.session.client(service, endpoint_url=url)
+        return self.session.client(service, endpoint_url=self.url(service))
 
     def settings(self, **overrides: str) -> Settings:
         """Worker settings for this world (environment overrides as strings)."""

@@ -7,8 +7,9 @@
   reads back queue, DLQ, table and output bucket;
 - :func:`hostile_env`: the worker environment of these runs (the process is
   :class:`tests.harness.worker_harness.WorkerProcess`);
-- checks: probing outputs (tone energy: :mod:`tests.harness.media_tools`), leak scanning
-  (local file content, credentials, URLs, signatures).
+- checks: the small contact's output by content (:func:`small_contact_problems`: decoded
+  frames and tones, :mod:`tests.harness.media_tools`), leak scanning (local file content,
+  credentials, URLs, signatures).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,11 +42,24 @@ _URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 CREATION_DATE = "2026-11-27 10:00:00"
 AGENT = "agent-7"
 
+# The small contact of the hostile, fault and soak runs: a 2 s recording with a 1 kHz tone and
+# a 1.5 s Connect WAV (440 Hz customer, 660 Hz agent) whose call ends 1 s into the recording.
+SMALL_RECORDING_SECONDS = 2.0
+SMALL_RECORDING_TONE = 1000
+SMALL_CONNECT_SECONDS = 1.5
+SMALL_CONNECT_TONES = (440, 660)
+SMALL_CALL_END = 1.0
+
 
 # --- media makers ----------------------------------------------------------------------------
 
 
-def make_recording(path: Path, seconds: float = 2.0, tone: int = 1000, audio: bool = True) -> Path:
+def make_recording(
+    path: Path,
+    seconds: float = SMALL_RECORDING_SECONDS,
+    tone: int = SMALL_RECORDING_TONE,
+    audio: bool = True,
+) -> Path:
     """A tiny H.264 (+AAC tone) MP4 with moov at the end (like a non-faststart writer)."""
     return media_tools.make_recording(
         path,
@@ -57,7 +71,9 @@ def make_recording(path: Path, seconds: float = 2.0, tone: int = 1000, audio: bo
     )
 
 
-def make_webm(path: Path, seconds: float = 2.0, tone: int = 1000) -> Path:
+def make_webm(
+    path: Path, seconds: float = SMALL_RECORDING_SECONDS, tone: int = SMALL_RECORDING_TONE
+) -> Path:
     """A tiny VP8 + Opus WebM (ffmpeg writes a Duration element in its header)."""
     media_tools.ffmpeg(
         "-f", "lavfi", "-i", f"testsrc=size=160x120:rate=10:d={seconds}",
@@ -68,9 +84,22 @@ def make_webm(path: Path, seconds: float = 2.0, tone: int = 1000) -> Path:
     return path
 
 
-def make_connect_wav(path: Path, seconds: float = 1.5, left: int = 440, right: int = 660) -> Path:
+def make_connect_wav(
+    path: Path,
+    seconds: float = SMALL_CONNECT_SECONDS,
+    left: int = SMALL_CONNECT_TONES[0],
+    right: int = SMALL_CONNECT_TONES[1],
+) -> Path:
     """A Connect-shaped WAV: pcm_s16le, 8000 Hz, customer left, agent right."""
     return media_tools.make_tone_wav(path, [(seconds, [left, right])])
+
+
+def make_small_contact(folder: Path) -> dict[str, Path]:
+    """The small contact's files in ``folder``: ``recording`` (MP4) and ``connect`` (WAV)."""
+    return {
+        "recording": make_recording(folder / "small.mp4"),
+        "connect": make_connect_wav(folder / "small.wav"),
+    }
 
 
 def make_audio_only(path: Path, seconds: float = 2.0) -> Path:
@@ -175,6 +204,20 @@ def probe_file(path: Path) -> Probed:
     for stream in data.get("streams", []):  # type: ignore[attr-defined]
         codecs.setdefault(stream.get("codec_type", ""), stream.get("codec_name", ""))
     return Probed(media_tools.probe_duration(path), codecs.get("video"), codecs.get("audio"))
+
+
+def small_contact_problems(output: Path, recording: Path) -> list[str]:
+    """:func:`~tests.harness.media_tools.unified_output_problems` for the small contact:
+    what is wrong with ``output`` as the merge of ``recording`` (or a file with its frames and
+    tone) with the small Connect WAV, its call ending at :data:`SMALL_CALL_END`."""
+    return media_tools.unified_output_problems(
+        output,
+        recording,
+        call_end=SMALL_CALL_END,
+        connect_seconds=SMALL_CONNECT_SECONDS,
+        connect_tones=SMALL_CONNECT_TONES,
+        recording_tone=SMALL_RECORDING_TONE,
+    )
 
 
 # --- leak scanning ---------------------------------------------------------------------------
@@ -366,16 +409,3 @@ def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) 
             continue
         total += float(value)
     return total
-
-
-def log_events(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSON log events in a worker log (non-JSON lines are returned as {'raw': line})."""
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            yield {"raw": line}
-            continue
-        yield event if isinstance(event, dict) else {"raw": line}

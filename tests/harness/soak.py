@@ -17,7 +17,9 @@ What it does:
    (10) kills (idle ones too once the work is done), then every ``--kill-every-later`` (20);
    once, one is SIGTERMed while it has a job in flight (it must exit 0) and restarted;
 5. when everything has settled, stops the workers and checks: every valid recording DONE with
-   a valid output (probed: duration, audio and video streams), every poison message in the
+   an output that holds what it must (every decoded frame of its recording, the call's tones
+   before the call end, the recording's own tone after it:
+   :func:`tests.harness.media_tools.unified_output_problems`), every poison message in the
    DLQ with its reason, no message in flight, no lease left; counts duplicates (from the
    workers' logs), faults injected, kills, elapsed time.
 
@@ -48,8 +50,9 @@ from moto.server import ThreadedMotoServer
 from tests.harness import hostile_support as hs
 from tests.harness.faultproxy import FaultPlan, FaultProxy
 from tests.harness.fixtures_aws import provision_world
+from tests.harness.media_tools import unified_output_problems
 from tests.harness.ports import free_port
-from tests.harness.worker_harness import WorkerProcess, queue_depth
+from tests.harness.worker_harness import WorkerProcess, json_events, queue_depth
 
 SOAK_FAULTS = FaultPlan(
     reset=0.03, delay=0.03, cut=0.01, drop=0.005, delay_seconds=0.3, drop_hold_seconds=3.0
@@ -125,13 +128,22 @@ class SoakReport:
 
 
 @dataclass(frozen=True)
+class Recording:
+    """A tiny valid recording (reused under many IDs) and the tone its audio carries."""
+
+    path: Path
+    tone: int
+
+
+@dataclass(frozen=True)
 class Job:
     """One seeded message."""
 
     recording_id: str
     body: str
     poison: str | None  # POISON_KINDS key
-    expected_duration: float | None
+    recording: Recording | None = None  # valid jobs: what the output must hold
+    call_end: float = 0.0
 
 
 class _Slot:
@@ -165,19 +177,19 @@ class _Slot:
         return self.process
 
 
-def _media(folder: Path) -> dict[str, tuple[bytes, float]]:
-    """Tiny valid recordings (reused under many IDs), with their durations."""
+def _media(folder: Path) -> dict[str, Recording]:
+    """Tiny valid recordings (reused under many IDs), each with its own tone."""
     return {
-        "mp4_2s": (hs.make_recording(folder / "a.mp4", 2.0, 1000).read_bytes(), 2.0),
-        "mp4_3s": (hs.make_recording(folder / "b.mp4", 3.0, 1200).read_bytes(), 3.0),
-        "webm_2s": (hs.make_webm(folder / "c.webm", 2.0, 900).read_bytes(), 2.0),
+        "mp4_2s": Recording(hs.make_recording(folder / "a.mp4", 2.0, 1000), 1000),
+        "mp4_3s": Recording(hs.make_recording(folder / "b.mp4", 3.0, 1200), 1200),
+        "webm_2s": Recording(hs.make_webm(folder / "c.webm", 2.0, 900), 900),
     }
 
 
 def _seed(world: hs.World, config: SoakConfig, folder: Path) -> list[Job]:
     rng = random.Random(config.seed)
     media = _media(folder)
-    connect = hs.make_connect_wav(folder / "connect.wav", 1.5).read_bytes()
+    connect = hs.make_connect_wav(folder / "connect.wav").read_bytes()  # the small contact's
     png = hs.make_png(folder / "i.png").read_bytes()
     poison_count = max(1, round(config.messages * config.poison_share))
     poison_at = set(rng.sample(range(config.messages), poison_count))
@@ -196,14 +208,13 @@ def _seed(world: hs.World, config: SoakConfig, folder: Path) -> list[Job]:
             data = png if kind == "image" else hs.hls_playlist("file:///etc/passwd")
             world.put_recording(rid, data)
             world.put_connect(rid, connect)
-            jobs.append(Job(rid, body, kind, None))
+            jobs.append(Job(rid, body, kind))
             continue
-        name = rng.choice(sorted(media))
-        data, duration = media[name]
+        recording = media[rng.choice(sorted(media))]
         world.put_row(rid)
-        world.put_recording(rid, data)
+        world.put_recording(rid, recording.path.read_bytes())
         world.put_connect(rid, connect)
-        jobs.append(Job(rid, body, None, duration))
+        jobs.append(Job(rid, body, None, recording, call_end))
     return jobs
 
 
@@ -247,22 +258,25 @@ def _sigterm_mid_job(slot: _Slot, report: SoakReport, say: Any) -> None:
 
 
 def _probe_output(world: hs.World, job: Job, key: str, folder: Path) -> str | None:
+    """What is wrong with a valid job's output, by what it holds (None: nothing)."""
+    assert job.recording is not None
     local = folder / f"{job.recording_id}{Path(key).suffix}"
     try:
         world.download_output(key, local)
-        probed = hs.probe_file(local)
+        problems = unified_output_problems(
+            local,
+            job.recording.path,
+            call_end=job.call_end,
+            connect_seconds=hs.SMALL_CONNECT_SECONDS,
+            connect_tones=hs.SMALL_CONNECT_TONES,
+            recording_tone=job.recording.tone,
+        )
     except Exception as error:
-        return f"{job.recording_id}: output unreadable: {type(error).__name__}"
+        return f"{job.recording_id}: output unreadable: {type(error).__name__}: {error}"[:300]
     finally:
         local.unlink(missing_ok=True)
-    assert job.expected_duration is not None
-    if abs(probed.duration - job.expected_duration) > 0.15:
-        return (
-            f"{job.recording_id}: output lasts {probed.duration:.3f} s, "
-            f"expected {job.expected_duration}"
-        )
-    if probed.audio_codec is None or probed.video_codec is None:
-        return f"{job.recording_id}: output lacks audio or video ({probed})"
+    if problems:
+        return f"{job.recording_id}: output does not hold its call: {problems[:3]}"
     return None
 
 
@@ -317,7 +331,7 @@ def _verify(world: hs.World, jobs: list[Job], slots: list[_Slot], report: SoakRe
     retries: Counter[str] = Counter()
     for slot in slots:
         for log in slot.logs:
-            for event in hs.log_events(log):
+            for event in json_events(log.read_text(errors="replace"), other_lines=True):
                 name = event.get("event")
                 if name == "job.duplicate":
                     report.duplicates_acknowledged += 1
@@ -449,7 +463,7 @@ def format_report(report: SoakReport) -> str:
     lines = [
         f"messages          {report.messages} ({report.valid} valid, {report.poison} poison)",
         f"done              {report.done} / {report.valid}, "
-        f"outputs probed valid {report.outputs_valid}",
+        f"outputs valid by content {report.outputs_valid}",
         f"lost              {report.lost}",
         f"DLQ               {report.dlq} ({report.poison_in_dlq_with_reason} poison with the "
         f"expected reason, {report.unexpected_dlq} unexpected) {report.dlq_by_reason}",

@@ -323,16 +323,20 @@ def slow_merge(readrate: float) -> Callable[..., list[str]]:
 # --- worker processes ------------------------------------------------------------------------
 
 
-def json_events(text: str) -> list[dict[str, Any]]:
-    """The JSON log events (one object per line) in a worker's output; other lines skipped."""
+def json_events(text: str, *, other_lines: bool = False) -> list[dict[str, Any]]:
+    """The JSON log events (one object per line) in a worker's output. Any other non-blank
+    line is skipped, or with ``other_lines`` kept as ``{"raw": line}`` (for a test that
+    wants none: the worker must write JSON only)."""
     events = []
     for line in text.splitlines():
         try:
             event = json.loads(line)
         except ValueError:
-            continue
+            event = None
         if isinstance(event, dict):
             events.append(event)
+        elif other_lines and line.strip():
+            events.append({"raw": line})
     return events
 
 
