@@ -28,7 +28,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from worker.admin import aws_errors
-from worker.errors import ConfigError, JobError, one_line
+from worker.dlq_reasons import REDRIVE_POLICY_REASON, known_reasons
+from worker.errors import ConfigError, one_line
 from worker.queue import (
     ATTR_ERROR_CLASS,
     ATTR_ERROR_DETAIL,
@@ -40,11 +41,6 @@ from worker.queue import (
     SQS_MAX_BATCH,
 )
 
-# The reason shown for a dead letter without the worker's attributes: SQS's own redrive
-# policy moved it (no worker could settle it), or its body left no room for any attribute.
-REDRIVE_POLICY_REASON: Final = "redrive_policy"
-# Reasons raised as an override of their error class's own (a unit test finds them all).
-OVERRIDE_REASONS: Final = ("media_not_allowed", "aws_access_denied", "aws_resource_missing")
 # How long the scan hides what it has read: long enough for a scan of tens of thousands of
 # messages; the scan stops before it (SCAN_DEADLINE_SECONDS) and releases everything.
 SCAN_HOLD_SECONDS: Final = 300
@@ -210,16 +206,6 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
             f"--since {value[:40]!r}: must be an ISO 8601 date/time or an age like 6h, 2d"
         ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def known_reasons() -> frozenset[str]:
-    """Every ``errorReason`` / ``errorDetail`` a dead letter can carry (its job error's)."""
-    found, pending = {REDRIVE_POLICY_REASON, *OVERRIDE_REASONS}, JobError.__subclasses__()
-    while pending:
-        error_class = pending.pop()
-        found.add(error_class.reason)
-        pending += error_class.__subclasses__()
-    return frozenset(found)
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ from tests.harness.polling import wait_until
 from tests.harness.worker_harness import queue_depth
 from worker import admin, cli
 from worker.deadletters import (
-    REDRIVE_POLICY_REASON,
     DeadLetterInfo,
     Selection,
     list_dead_letters,
     parse_dead_letter,
     parse_since,
 )
+from worker.dlq_reasons import REDRIVE_POLICY_REASON
 from worker.errors import ConfigError
 from worker.redrive import redrive
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from worker import errors
-from worker.deadletters import REDRIVE_POLICY_REASON, Selection, known_reasons
+from worker.deadletters import Selection
+from worker.dlq_reasons import REDRIVE_POLICY_REASON, known_reasons
 from worker.errors import ConfigError, JobError
 
 WORKER = Path(errors.__file__).resolve().parent
