@@ -17,7 +17,12 @@ from worker.media.containers import (
 )
 from worker.media.graph import build_audio_graph
 from worker.media.model import ConnectAudio, Recording
-from worker.media.plan import MergeOptions, MergePlan, recording_seek_seconds
+from worker.media.plan import (
+    MergeOptions,
+    MergePlan,
+    recording_head_seconds,
+    recording_seek_seconds,
+)
 from worker.media.video import hold_last_frame_args, timeline_offset_args
 
 
@@ -45,9 +50,14 @@ def build_merge_args(
     """
     container = container_for(recording.video.codec_name)
     # Input 0: the recording (video, stream-copied; its audio when not seeked). Input 1: the
-    # Connect audio. Input 2, only when seeking: the recording again, fast-seeked (``-ss``
+    # Connect audio. Next, only when seeking: the recording again, fast-seeked (``-ss``
     # before ``-i``: a container seek, nothing decoded before it), feeding only ``[rec]``.
-    seek = recording_seek_seconds(plan) if recording.audio is not None else 0
+    # Next, only when the microphone plays before the Connect audio: the recording again,
+    # read only for its first seconds (``-t`` before ``-i``), feeding only ``[head]``.
+    has_audio = recording.audio is not None
+    seek = recording_seek_seconds(plan) if has_audio else 0
+    head = recording_head_seconds(plan) if has_audio else 0
+    head_input = 2 + bool(seek)
     graph = build_audio_graph(
         plan,
         align=options.align,
@@ -56,6 +66,7 @@ def build_merge_args(
         recording_input=2 if seek else 0,
         connect_input=1,
         recording_seek=seek,
+        head_input=head_input if head else None,
         gains=gains,
         encoder_steps=encoder_timing_steps(container),
     )
@@ -67,6 +78,8 @@ def build_merge_args(
     args += ffmpeg.input_args(connect.path)
     if seek:
         args += ["-ss", str(seek), *origin, *ffmpeg.input_args(recording.path)]
+    if head:
+        args += ["-t", str(head), *origin, *ffmpeg.input_args(recording.path)]
     if chapters is not None:
         args += chapters_input_args(chapters)
     args += ["-filter_complex", graph]
@@ -74,7 +87,8 @@ def build_merge_args(
     args += ["-c:v", "copy", *hold_last_frame_args(recording, plan, container)]
     args += ["-c:a", container.audio_codec, "-b:a", options.audio.bitrate]
     args += [*audio_rate_args(container, plan.sample_rate), "-ac", str(plan.channels)]
-    args += ["-map_chapters", str(3 if seek else 2) if chapters is not None else "-1"]
+    chapters_input = head_input + bool(head)
+    args += ["-map_chapters", str(chapters_input) if chapters is not None else "-1"]
     args += ["-dn", "-sn"]
     if container is MP4:
         args += ["-movflags", "+faststart"]
