@@ -40,7 +40,8 @@ def _placed(
 
 def _segments(graph: str) -> dict[str, str]:
     """Each output label of the graph's chains -> its chain."""
-    return {m.group(1): chain for chain in graph.split(";") if (m := re.search(r"\[(\w+)\]$", chain))}
+    found = (re.search(r"\[(\w+)\]$", chain) for chain in graph.split(";"))
+    return {m.group(1): m.string for m in found if m}
 
 
 def _length(chain: str) -> int:
