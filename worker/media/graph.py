@@ -155,15 +155,19 @@ def build_audio_graph(
         mic = _Mic("rec", skip, plan.tail_samples)
         chains += _own_audio(plan, mic, recording_audio, recording_input, recording_gain)
         labels.append("[rec]")
+    chains.append(_join(labels, output_steps))
+    return ";".join(chains)
+
+
+def _join(labels: list[str], output_steps: list[str]) -> str:
+    """The chain joining the segments ``labels`` in order into ``[aout]``."""
     if len(labels) > 1:
         join = [f"concat=n={len(labels)}:v=0:a=1", *output_steps]
-        chains.append("".join(labels) + ",".join(join) + "[aout]")
-    elif labels:
+        return "".join(labels) + ",".join(join) + "[aout]"
+    if labels:
         # A single segment: rename its label (anull is a no-op pass-through).
-        chains.append(labels[0] + ",".join(["anull", *output_steps]) + "[aout]")
-    else:
-        raise MediaError("recording has no duration")
-    return ";".join(chains)
+        return labels[0] + ",".join(["anull", *output_steps]) + "[aout]"
+    raise MediaError("recording has no duration")
 
 
 def _connect_steps(
