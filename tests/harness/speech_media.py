@@ -241,6 +241,9 @@ class CaseSpec:
     early_stop: float = 0.0  # StopContactRecording this long before the call end (s)
     drift_ppm: float = 0.0  # the Connect clock's error against the recording's (ppm)
     suspended: tuple[float, float] | None = None  # a paused span (call seconds): silence
+    # The Connect file starts this long after the call did (a contact flow that starts
+    # recording late): the microphone has the call from connect_start - late_start on.
+    late_start: float = 0.0
 
     @property
     def must_fall_back(self) -> bool:
@@ -260,16 +263,17 @@ def drifted(track: Audio, ppm: float) -> Audio:
 
 def _connect_wav(path: Path, talk: Conversation, spec: CaseSpec, samples: int) -> None:
     """8 kHz stereo (customer left, agent right), telephony band, mu-law round trip; the
-    suspended span silent, the tail after an early stop cut, the clock drifted."""
+    suspended span silent, the head before a late start and the tail after an early stop
+    cut, the clock drifted."""
     customer, agent = talk.customer[:samples].copy(), talk.agent[:samples].copy()
     if spec.suspended is not None:
         lo, hi = (round(t * RATE) for t in spec.suspended)
         customer[lo:hi] = 0
         agent[lo:hi] = 0
-    keep = samples - round(spec.early_stop * RATE)
+    first, keep = round(spec.late_start * RATE), samples - round(spec.early_stop * RATE)
     customer, agent = (
-        drifted(customer[:keep], spec.drift_ppm),
-        drifted(agent[:keep], spec.drift_ppm),
+        drifted(customer[first:keep], spec.drift_ppm),
+        drifted(agent[first:keep], spec.drift_ppm),
     )
     stereo = np.stack([customer, agent], axis=1)
     stereo = (stereo * _db(spec.connect_gain_db)).astype("<f4")
@@ -310,7 +314,10 @@ def _mic(spec: CaseSpec, talk: Conversation, total: int, call_end: int, start: i
 
 def make_speech_case(directory: Path, spec: CaseSpec) -> SpeechCase:
     """Write (or reuse from ``directory``) the media of ``spec``."""
-    key = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
+    fields = asdict(spec)
+    if not spec.late_start:  # the cache keys of the cases from before late_start
+        del fields["late_start"]
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     folder = directory / f"{spec.name}-{key}"
     meta_path = folder / "case.json"
     if meta_path.exists():
@@ -322,10 +329,11 @@ def make_speech_case(directory: Path, spec: CaseSpec) -> SpeechCase:
     connect_samples = int(spec.call_seconds * RATE)
     connect = folder / "connect.wav"
     connect_seconds = connect_samples / RATE
-    true_call_end = spec.connect_start + connect_seconds
+    call_start = spec.connect_start - spec.late_start
+    true_call_end = call_start + connect_seconds
     duration = true_call_end + spec.acw_seconds
     total = round(duration * RATE)
-    start = round(spec.connect_start * RATE)
+    start = round(call_start * RATE)
     if spec.mic == "looped_tones":
         # A 2-second tune looping through the whole recording (a speaker in the room) and on
         # the agent's line: every 2 s shift matches equally well, no true answer to find.
@@ -337,7 +345,8 @@ def make_speech_case(directory: Path, spec: CaseSpec) -> SpeechCase:
         mic = _mic(spec, talk, total, start + connect_samples, start)
     _connect_wav(connect, talk, spec, connect_samples)
     ratio = 1 + spec.drift_ppm * 1e-6
-    connect_seconds = (connect_samples - round(spec.early_stop * RATE)) / RATE / ratio
+    cut = round(spec.early_stop * RATE) + round(spec.late_start * RATE)
+    connect_seconds = (connect_samples - cut) / RATE / ratio
     recording = folder / ("recording.webm" if spec.container == "webm" else "recording.mp4")
     _recording(recording, mic if spec.mic != "none" else None, duration, spec.container)
     np.save(folder / "mic.npy", mic.astype(np.float16))  # what was written, for the checks
@@ -438,13 +447,18 @@ def microphone_placement(output: Path, case: SpeechCase, call_end_used: float) -
     shift a whole file (WebM stores Opus' pre-skip as a negative start), so alignment is
     judged between the two sources *in the output*, never against assumed timestamps.
     """
+    first = call_end_used + 0.3
+    return microphone_placement_in(output, case, first, min(case.duration - 0.3, first + 6.0))
+
+
+def microphone_placement_in(output: Path, case: SpeechCase, first: float, last: float) -> float:
+    """Where the microphone's sample 0 lies in ``output``'s audio (s), by the microphone's
+    stretch [``first``, ``last``) (recording seconds) located within +-0.5 s in the output."""
     from tests.harness.media_tools import decode_pcm
 
     rate = 16000
     written = np.load(case.recording.parent / "mic.npy").astype(np.float32)[:: RATE // rate]
     out = decode_pcm(output, rate=rate)[:, 0]
-    first = call_end_used + 0.3
-    last = min(case.duration - 0.3, first + 6.0)
     reference = written[int(first * rate) : int(last * rate)]
     segment = out[int((first - 0.5) * rate) : int((last + 0.5) * rate)]
     return (_locate(reference, segment) / rate + first - 0.5) - first

@@ -29,6 +29,7 @@ from tests.harness.speech_media import (
     merge_case,
     message_call_end,
     microphone_placement,
+    microphone_placement_in,
 )
 from worker import media
 from worker.observability import SYNC_OUTCOMES
@@ -308,6 +309,67 @@ def test_a_connect_file_stopped_early_is_placed_where_it_was_recorded(speech_dir
     assert _rms(mic[paused]) > 30 * _rms(out[paused])
     talking = slice(int((2.0 + 1) * 16000), int((2.0 + 13) * 16000))
     assert _rms(out[talking]) > 30 * _rms(out[paused])
+
+
+# Issue 19, a late start (real human voices): the call starts 2 s into the recording, the
+# Connect file 10 s later (a contact flow that starts recording late), paused 22-27 s into
+# the call. The microphone alone heard the agent's first 10 s.
+LATE_START = CaseSpec(
+    "late-start",
+    voices=-1,
+    seed=3,
+    container="mp4",
+    call_seconds=40,
+    late_start=10.0,
+    connect_start=12.0,
+    suspended=(22.0, 27.0),
+)
+
+
+def test_before_a_late_connect_start_the_microphone_plays(speech_dir: Path) -> None:
+    """A measured placement: the recording's own audio before the Connect file's first sample
+    (found there by content, at its own timing), the Connect audio where it was recorded, the
+    suspended span silent, nothing counted as short (the call's start is unknown)."""
+    from worker.observability import CONNECT_SHORT
+
+    case = _case(speech_dir, LATE_START)
+    call_end = message_call_end(case.true_call_end, 0.0)
+    before = CONNECT_SHORT.labels(reason="early_stop")._value.get()
+    _, result = merged(speech_dir, LATE_START, call_end)
+    assert result.sync.measured
+    assert result.connect_audio_offset_seconds == pytest.approx(12.0, abs=0.02)
+    errors = alignment_errors(result.output, case, result.call_end_seconds, [0.5, 15.0])
+    assert max(abs(e) for e in errors) <= MAX_ERROR_SECONDS, errors
+    # Before the Connect audio: the microphone (the agent's first words, only it heard them),
+    # at the same place in the output as the microphone after the call.
+    tail = microphone_placement(result.output, case, result.call_end_seconds)
+    assert abs(microphone_placement_in(result.output, case, 3.0, 11.5) - tail) < 0.002
+    out = decode_pcm(result.output, rate=16000)[:, 0]
+    mic = np.load(case.recording.parent / "mic.npy").astype(np.float32)[::3]
+    talking = slice(3 * 16000, int(11.7 * 16000))
+    assert _rms(out[talking]) > 0.5 * _rms(mic[talking])
+    # The suspended span (call seconds 22-27: recording 24-29) stays silence.
+    paused = slice(int(24.3 * 16000), int(28.7 * 16000))
+    assert _rms(mic[paused]) > 30 * _rms(out[paused])
+    assert CONNECT_SHORT.labels(reason="early_stop")._value.get() == before
+
+
+def test_with_the_timestamp_alone_silence_stays_before_the_connect_audio(
+    speech_dir: Path,
+) -> None:
+    """END alignment on the timestamp (not measured): SPEC §5's silence before the Connect
+    audio, never the microphone (a misplaced Connect file would double the call)."""
+    case = _case(speech_dir, LATE_START)
+    call_end = message_call_end(case.true_call_end, 0.0)
+    result = merge_case(case, call_end, speech_dir / "out-late-start-end.mp4", align="end")
+    assert result.sync.method == "timestamp"
+    out = decode_pcm(result.output, rate=16000)[:, 0]
+    mic = np.load(case.recording.parent / "mic.npy").astype(np.float32)[::3]
+    talking = slice(3 * 16000, int(11.7 * 16000))
+    assert _rms(mic[talking]) > 30 * _rms(out[talking])
+    # The microphone still plays after the call end.
+    acw = slice(int((call_end + 0.5) * 16000), int((case.duration - 0.3) * 16000))
+    assert _rms(out[acw]) > 0.5 * _rms(mic[acw])
 
 
 def _rms(samples: np.ndarray) -> float:

@@ -750,10 +750,10 @@ def test_error_details_keep_file_names_not_directories() -> None:
 
 
 def chains(graph: str) -> list[str]:
-    """The graph's chains as [conn], [rec], join: the recording's audio chain is shown with the
-    label the silence overlay gives it (its own output is [mic], laid over [quiet])."""
-    kept = [c for c in graph.split(";") if "[quiet]" not in c]
-    return [c.replace("[mic]", "[rec]") for c in kept]
+    """The graph's chains as [head], [conn], [rec], join: a microphone chain is shown with the
+    label the silence overlay gives it (its own output is [recmic], laid over [recquiet])."""
+    kept = [c for c in graph.split(";") if "quiet]" not in c]
+    return [c.replace("[recmic]", "[rec]").replace("[headmic]", "[head]") for c in kept]
 
 
 def test_recording_audio_is_laid_over_exact_length_silence() -> None:
@@ -763,10 +763,13 @@ def test_recording_audio_is_laid_over_exact_length_silence() -> None:
     graph = graph_of(args)
     tail = plan.tail_samples
     assert (
-        f"anullsrc=r=16000:cl=mono,aformat=sample_fmts=fltp:sample_rates=16000:channel_layouts=mono,atrim=end_sample={tail}[quiet]"
+        f"anullsrc=r=16000:cl=mono,aformat=sample_fmts=fltp:sample_rates=16000:channel_layouts=mono,atrim=end_sample={tail}[recquiet]"
         in graph
     )
-    assert "[quiet][mic]amix=inputs=2:duration=first:dropout_transition=0:normalize=0[rec]" in graph
+    assert (
+        "[recquiet][recmic]amix=inputs=2:duration=first:dropout_transition=0:normalize=0[rec]"
+        in graph
+    )
 
 
 @pytest.mark.parametrize(

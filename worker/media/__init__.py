@@ -44,7 +44,13 @@ from worker.media.containers import (
 from worker.media.graph import build_audio_graph, loudness_steps
 from worker.media.measure import measure_audio, sync_inputs
 from worker.media.model import ConnectAudio, MediaInfo, ProbeHeader, Recording, StreamInfo
-from worker.media.plan import MergeOptions, MergePlan, plan_merge, recording_seek_seconds
+from worker.media.plan import (
+    MergeOptions,
+    MergePlan,
+    plan_merge,
+    recording_head_seconds,
+    recording_seek_seconds,
+)
 from worker.media.probing import build_probe_args, build_timeline_args, parse_probe_json, probe
 from worker.media.run import MergeRequest, MergeResult, ProgressCallback, merge, probe_inputs
 from worker.media.thumbnail import build_thumbnail_args, thumbnail_time
@@ -99,6 +105,7 @@ __all__ = [
     "plan_merge",
     "probe",
     "probe_inputs",
+    "recording_head_seconds",
     "recording_seek_seconds",
     "scan_intervals",
     "sync_inputs",

@@ -17,7 +17,12 @@ from worker.media.containers import (
 )
 from worker.media.graph import build_audio_graph
 from worker.media.model import ConnectAudio, Recording
-from worker.media.plan import MergeOptions, MergePlan, recording_seek_seconds
+from worker.media.plan import (
+    MergeOptions,
+    MergePlan,
+    recording_head_seconds,
+    recording_seek_seconds,
+)
 from worker.media.video import hold_last_frame_args, timeline_offset_args
 
 
@@ -44,10 +49,10 @@ def build_merge_args(
     copied). ``gains``: the loudness stage (:func:`~worker.media.graph.loudness_steps`).
     """
     container = container_for(recording.video.codec_name)
-    # Input 0: the recording (video, stream-copied; its audio when not seeked). Input 1: the
-    # Connect audio. Input 2, only when seeking: the recording again, fast-seeked (``-ss``
-    # before ``-i``: a container seek, nothing decoded before it), feeding only ``[rec]``.
-    seek = recording_seek_seconds(plan) if recording.audio is not None else 0
+    has_audio = recording.audio is not None
+    seek = recording_seek_seconds(plan) if has_audio else 0
+    head = recording_head_seconds(plan) if has_audio else 0
+    head_input = 2 + bool(seek)  # inputs: see _input_args
     graph = build_audio_graph(
         plan,
         align=options.align,
@@ -56,25 +61,20 @@ def build_merge_args(
         recording_input=2 if seek else 0,
         connect_input=1,
         recording_seek=seek,
+        head_input=head_input if head else None,
         gains=gains,
         encoder_steps=encoder_timing_steps(container),
     )
     args = base_args()
     if progress:
         args += ["-nostats", "-progress", "pipe:1", "-stats_period", "1"]
-    origin = timeline_offset_args(recording)
-    args += [*origin, *ffmpeg.input_args(recording.path)]
-    args += ffmpeg.input_args(connect.path)
-    if seek:
-        args += ["-ss", str(seek), *origin, *ffmpeg.input_args(recording.path)]
-    if chapters is not None:
-        args += chapters_input_args(chapters)
+    args += _input_args(recording, connect, seek=seek, head=head, chapters=chapters)
     args += ["-filter_complex", graph]
     args += ["-map", f"0:{recording.video.index}", "-map", "[aout]"]
     args += ["-c:v", "copy", *hold_last_frame_args(recording, plan, container)]
     args += ["-c:a", container.audio_codec, "-b:a", options.audio.bitrate]
     args += [*audio_rate_args(container, plan.sample_rate), "-ac", str(plan.channels)]
-    args += ["-map_chapters", str(3 if seek else 2) if chapters is not None else "-1"]
+    args += ["-map_chapters", str(head_input + bool(head)) if chapters is not None else "-1"]
     args += ["-dn", "-sn"]
     if container is MP4:
         args += ["-movflags", "+faststart"]
@@ -85,6 +85,30 @@ def build_merge_args(
         # is shifted; should one, every stream moves alike (and the output check sees it).
         args += ["-avoid_negative_ts", "make_non_negative"]
     args += ["-f", container.muxer, "-y", ffmpeg.file_url(output)]
+    return args
+
+
+def _input_args(
+    recording: Recording, connect: ConnectAudio, *, seek: int, head: int, chapters: Path | None
+) -> list[str]:
+    """The merge's inputs, in order (pure).
+
+    Input 0: the recording (video, stream-copied; its audio when not seeked). Input 1: the
+    Connect audio. Next, only when ``seek``: the recording again, fast-seeked (``-ss`` before
+    ``-i``: a container seek, nothing decoded before it), feeding only ``[rec]``. Next, only
+    when ``head`` (the microphone plays before the Connect audio): the recording again, read
+    for its first ``head`` seconds only (``-t`` before ``-i``), feeding only ``[head]``.
+    Last, ``chapters``.
+    """
+    origin = timeline_offset_args(recording)
+    args = [*origin, *ffmpeg.input_args(recording.path)]
+    args += ffmpeg.input_args(connect.path)
+    if seek:
+        args += ["-ss", str(seek), *origin, *ffmpeg.input_args(recording.path)]
+    if head:
+        args += ["-t", str(head), *origin, *ffmpeg.input_args(recording.path)]
+    if chapters is not None:
+        args += chapters_input_args(chapters)
     return args
 
 

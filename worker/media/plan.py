@@ -64,11 +64,20 @@ class MergePlan:
     connect_end_samples: int
     # Recording seconds per Connect second (clock drift the sync measured; 1: none).
     drift_ratio: float = 1.0
+    # Samples of the recording's own audio before the Connect audio's first sample (issue 19:
+    # a measured placement only, see placed_plan). 0: the output starts with the Connect
+    # segment, SPEC §5's silence before its audio.
+    head_samples: int = 0
 
     @property
     def tail_samples(self) -> int:
         """Samples of the recording's own audio after the Connect audio's end."""
         return self.total_samples - self.connect_end_samples
+
+    @property
+    def connect_samples(self) -> int:
+        """Samples of the Connect segment: [head_samples, connect_end_samples)."""
+        return self.connect_end_samples - self.head_samples
 
 
 def plan_merge(
@@ -124,7 +133,7 @@ def placed_plan(
     measures_call_end: bool,
     drift_ratio: float = 1.0,
 ) -> MergePlan:
-    """The plan after a confident sync (pure): the Connect audio ends where it was measured.
+    """The plan after a confident sync (pure): the Connect audio where it was measured.
 
     ``offset_seconds`` is the sync's measured minus timestamp. The +-5 s search
     (``measures_call_end``) measures the call end itself. The wide search measures where the
@@ -132,6 +141,18 @@ def placed_plan(
     before it, the file stopped early (or the timestamp is late: the audio cannot tell), so the
     call end stays the timestamp's and the recording's own audio covers the rest. (Plain
     numbers rather than the sync's result: this core module never imports the sync adapter.)
+
+    Where the output has no Connect audio, the recording's own audio plays (issue 19, "Sync
+    anywhere"): after the Connect file's last sample (above) and, END-aligned, before its first
+    (``head_samples``): a Connect file that starts late in the call (a contact flow that starts
+    recording late), or simply a recording begun before the call (the agent idle, or the
+    seconds before the agent answered). The audio cannot tell those apart (the call's start
+    is not in the media nor in the message), so the whole span before the Connect audio is the
+    microphone's and no late start is counted. Only a measured placement does this: with the
+    timestamp alone the placement may be wrong, and the microphone beside a misplaced Connect
+    file would play the call twice (SPEC §5's silence stays, :func:`plan_merge`). A span
+    suspended (``SuspendContactRecording``) is silence inside the Connect file, so it stays
+    silence: the microphone is never used inside the Connect file's span.
     """
     connect_end = plan.call_end + offset_seconds
     call_end = plan.call_end
@@ -145,7 +166,10 @@ def placed_plan(
         connect_end=connect_end,
         drift_ratio=drift_ratio,
     )
-    return replace(measured, call_end_clamped=plan.call_end_clamped)
+    head = 0
+    if options.align != "start":  # START alignment places the Connect audio at 0 (no head)
+        head = min(max(0, measured.offset_samples), measured.connect_end_samples)
+    return replace(measured, call_end_clamped=plan.call_end_clamped, head_samples=head)
 
 
 def recording_seek_seconds(plan: MergePlan) -> int:
@@ -157,3 +181,17 @@ def recording_seek_seconds(plan: MergePlan) -> int:
     if plan.connect_end <= SEEK_MIN_CALL_END_SECONDS or plan.tail_samples <= 0:
         return 0
     return max(0, math.floor(plan.connect_end - SEEK_MARGIN_SECONDS))
+
+
+def recording_head_seconds(plan: MergePlan) -> int:
+    """How much of the recording (whole seconds, from its start) the microphone before the
+    Connect audio reads (0: none) (pure).
+
+    The head is read from the recording opened once more with ``-t`` (an input of its own
+    whose reading stops there), so that a recording seeked for the tail is not decoded whole
+    for its first seconds. :data:`SEEK_MARGIN_SECONDS` past the head: room for the cut at a
+    whole sample, whatever the container's packet boundaries.
+    """
+    if plan.head_samples <= 0:
+        return 0
+    return math.ceil(plan.head_samples / plan.sample_rate + SEEK_MARGIN_SECONDS)

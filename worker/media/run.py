@@ -271,7 +271,14 @@ def measured_plan(
 async def _plan(
     request: MergeRequest, recording: Recording, connect: ConnectAudio
 ) -> tuple[MergePlan, sync.SyncResult, loudness.LoudnessGains | None]:
-    """The timestamp's plan, then the one on the call end the sync measured (if it did)."""
+    """The timestamp's plan, then the one on the call end the sync measured (if it did).
+
+    A measured Connect file that ends before the call end is counted and logged
+    (``early_stop``). One that starts late is not: the call's start is in neither the media
+    nor the message, so it cannot be told from a recording begun before the call; the
+    microphone plays before the Connect audio either way (``plan.head_samples``,
+    :func:`~worker.media.plan.placed_plan`).
+    """
     options = request.options
     plan = plan_merge(recording, connect, request.call_end_seconds, options)
     if plan.call_end_clamped:
