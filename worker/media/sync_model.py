@@ -68,6 +68,11 @@ WIDE_RIVAL_SCORE = 0.6  # candidates scoring below this share of the best are no
 WIDE_DISTINCT_SECONDS = 0.020  # two confident candidates further apart: ambiguous
 # The whole-recording decode of the wide search: its time limit grows with the recording.
 WIDE_TIMEOUT_PER_MEDIA_SECOND = 0.25
+# The whole-recording decode runs as this many processes side by side (at most two per job:
+# the host runs several jobs) when the recording is at least this long; shorter ones are
+# cheap, and a process more costs more than it saves.
+WIDE_PARTS = 2
+WIDE_SPLIT_FROM_SECONDS = 600.0
 DRIFT_RETRY_REASONS = frozenset({"low_confidence", "halves_disagree"})
 DRIFT_RETRY_MIN = 20.0  # ppm: below, a drift does not smear a stretch enough to matter
 DRIFT_SEARCH_MARGIN_SECONDS = 0.050  # besides MAX_DRIFT_PPM over the distance from the end

@@ -85,6 +85,20 @@ def merge_candidates(
     return chosen
 
 
+def merge_parts(parts: list[tuple[float, list[Candidate]]]) -> list[Candidate]:
+    """The candidates of searches over consecutive parts of one signal, as ``(where the part
+    starts in the signal, seconds; its candidates)``: moved onto the signal's timeline and
+    merged (the best :data:`CANDIDATES`, distinct places), as one search over the whole
+    would have kept them (pure)."""
+    merged: list[Candidate] = []
+    for start, candidates in parts:
+        moved = [Candidate(c.seconds + start, c.score) for c in candidates]
+        merged = merge_candidates(
+            merged, moved, count=CANDIDATES, separation=CANDIDATE_SEPARATION_SECONDS
+        )
+    return merged
+
+
 def worth_measuring(candidates: list[Candidate], rival_share: float) -> list[Candidate]:
     """The candidates the fine pass measures (pure), best first.
 
