@@ -56,7 +56,8 @@ async def measure_window(
     decoded = await decode_window(inputs, window, timeout=timeout)
     if isinstance(decoded, SyncResult):
         return decoded
-    return synchronise(*decoded, window)
+    # Off the event loop (a second of numpy on a long stretch): other jobs' I/O goes on.
+    return await anyio.to_thread.run_sync(synchronise, *decoded, window)
 
 
 async def decode_window(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import anyio
 import structlog
 
 from worker.media import drift
@@ -51,11 +52,20 @@ async def measure_drift(
         inputs.connect_duration - end_length / 2,
         placement - found.drift_ppm * 1e-6 * end_length / 2,
     )
-    points = [anchor]
-    for start in starts:
-        point = await _measure_point(inputs, start, anchor, placement, timeout=timeout)
-        if point is not None:
-            points.append(point)
+    # The points are measured side by side, but one window's two decodes at a time (a job
+    # runs at most two processes): one point's estimate overlaps the next one's decodes.
+    limiter = anyio.CapacityLimiter(1)
+    measured: dict[float, drift.Point | None] = {}
+
+    async def measure(start: float) -> None:
+        measured[start] = await _measure_point(
+            inputs, start, anchor, placement, limiter=limiter, timeout=timeout
+        )
+
+    async with anyio.create_task_group() as group:
+        for start in starts:
+            group.start_soon(measure, start)
+    points = [anchor, *(p for p in (measured[s] for s in starts) if p is not None)]
     fitted = drift.fit(points, anchor)
     log.info(
         "call_end_sync_drift",
@@ -76,6 +86,7 @@ async def _measure_point(
     anchor: drift.Point,
     placement: float,
     *,
+    limiter: anyio.CapacityLimiter,
     timeout: float,  # noqa: ASYNC109
 ) -> drift.Point | None:
     """The placement measured by the stretch starting at Connect time ``start`` (searched as
@@ -91,10 +102,14 @@ async def _measure_point(
     )
     if window is None:
         return None
-    decoded = await decode_window(inputs, window, timeout=timeout)
+    async with limiter:
+        decoded = await decode_window(inputs, window, timeout=timeout)
     if isinstance(decoded, SyncResult):
         return None
-    measured, shift = drift_point(*decoded, window, anchor, placement, start)
+    # numpy's FFTs release the GIL: off the event loop, beside the next decodes.
+    measured, shift = await anyio.to_thread.run_sync(
+        drift_point, *decoded, window, anchor, placement, start
+    )
     centre = measured.offset_seconds - measured.drift_ppm * 1e-6 * STRETCH_SECONDS / 2
     centre += shift
     log.info(
