@@ -195,13 +195,18 @@ import resource, sys, time, anyio
 from pathlib import Path
 from worker import media
 from worker.media import sync
-recording, connect, call_end = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+recording, connect, minutes = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 async def main():
-    rec = media.Recording.of(await media.probe(recording))
+    # An audio-only recording (a Recording needs video): the sync's inputs made directly.
     conn = media.ConnectAudio.of(await media.probe(connect))
-    plan = media.plan_merge(rec, conn, call_end, media.MergeOptions())
+    inputs = sync.SyncInputs(
+        recording=recording, recording_audio_index=0, recording_audio_channels=1,
+        recording_duration=minutes * 60.0, connect=connect,
+        connect_audio_index=conn.audio.index, connect_audio_channels=conn.audio.channels,
+        connect_duration=conn.duration, call_end=minutes * 60.0 - 30.0,
+    )
     started = time.perf_counter()
-    result = await sync.measure(media.sync_inputs(rec, conn, plan))
+    result = await sync.measure(inputs)
     print(result.method, result.reason, round(time.perf_counter() - started, 2))
 anyio.run(main)
 self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -234,8 +239,7 @@ def run_memory(cache: Path) -> list[dict[str, Any]]:
     for minutes in MEMORY_MINUTES:
         recording = memory_input(cache, minutes)
         done = subprocess.run(
-            [sys.executable, "-c", _RSS_SCRIPT, str(recording), str(connect),
-             str(minutes * 60.0 - 30)],
+            [sys.executable, "-c", _RSS_SCRIPT, str(recording), str(connect), str(minutes)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         lines = [line for line in done.stdout.splitlines() if line and line[0] != "{"]
@@ -346,19 +350,22 @@ def markdown(done: dict[str, Any]) -> str:
                 f"{cost.get('cpu_ratio', {}).get(key)} |"
             )
     memory = done.get("memory")
+    if isinstance(memory, dict):  # an older run's {"rows": [...], "note": ...}
+        memory = memory.get("rows", [])
     if memory:
         lines += [
             "",
             "Memory of the sync, wide search forced (target: flat from 5 to 240 minutes):",
             "",
-            "| minutes | method | sync (s) | Python peak RSS (MB) | ffmpeg peak RSS (MB) |",
+            "| minutes | method | sync (s) | Python peak RSS (MB) | children peak RSS (MB)* |",
             "|---|---|---|---|---|",
         ]
         lines += [
             f"| {r['minutes']} | {r['method']} {r['reason']} | {r['sync_seconds']} | "
-            f"{r['python_peak_rss_mb']} | {r['ffmpeg_peak_rss_mb']} |"
+            f"{r['python_peak_rss_mb']} | {r.get('ffmpeg_peak_rss_mb', '-')} |"
             for r in memory
         ]
+        lines += ["", "\\* a child's peak counts from its fork (a copy of Python) before exec."]
     return "\n".join(lines) + "\n"
 
 
