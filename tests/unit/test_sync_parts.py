@@ -101,3 +101,15 @@ def test_decode_args_write_the_asked_sample_format(
     )  # fmt: skip
     assert args[-5:] == ["-f", muxer, "-c:a", codec, "pipe:1"]
     assert args.index("-ss") < args.index("-i")  # a fast input seek
+
+
+@pytest.mark.parametrize(("n", "above", "size"), [(80536, 15000, 80000), (14096, 10000, 13824),
+                                                  (1024, 1, 1024), (101, 100, 101)])  # fmt: skip
+def test_the_envelope_search_uses_a_fast_fft_length_within_its_block(
+    n: int, above: int, size: int
+) -> None:
+    """65536 + 15000 has the prime factor 10067 (a slow FFT): the search uses 80000 instead;
+    a length that leaves no lag to search keeps ``n``."""
+    assert sync_search.fast_size_at_most(n, above=above) == size
+    search = sync_search.EnvelopeSearch(np.ones(15000), block=65536)
+    assert search._size == 80000
