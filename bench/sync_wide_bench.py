@@ -20,6 +20,7 @@ writes ``bench/results/issue-19/``.
 from __future__ import annotations
 
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -117,13 +118,21 @@ def _line(row: dict[str, Any]) -> str:
     )
 
 
-async def _sync(case: LongCase, call_end: float) -> tuple[sync.SyncResult, float, float]:
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its reaped children (ffmpeg) so far."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+async def _sync(case: LongCase, call_end: float) -> tuple[sync.SyncResult, float, float, float]:
+    """The sync alone (the probes before it not counted): result, wall, CPU, call end used."""
     rec = media.Recording.of(await media.probe(case.recording))
     conn = media.ConnectAudio.of(await media.probe(case.connect))
     plan = media.plan_merge(rec, conn, call_end, media.MergeOptions())
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     result = await sync.measure(media.sync_inputs(rec, conn, plan))
-    return result, time.perf_counter() - started, plan.call_end
+    return result, time.perf_counter() - started, cpu_seconds() - cpu, plan.call_end
 
 
 def run_long(cache: Path) -> list[dict[str, Any]]:
@@ -135,7 +144,7 @@ def run_long(cache: Path) -> list[dict[str, Any]]:
         print(f"  {spec.name}: media in {time.perf_counter() - started:.0f} s", flush=True)
         for error in (0.0, 30.0):
             call_end = float(int(case.true_call_end + error))
-            result, seconds, used = anyio.run(_sync, case, call_end)
+            result, seconds, cpu, used = anyio.run(_sync, case, call_end)
             measured: list[float] = []
             if result.measured:
                 end = used + result.offset_seconds
@@ -156,16 +165,17 @@ def run_long(cache: Path) -> list[dict[str, Any]]:
                 "must_keep_timestamp": False,
                 "wrong": result.measured and max(abs(e) for e in measured) > WRONG_SECONDS,
                 "sync_seconds": round(seconds, 2),
+                "sync_cpu_seconds": round(cpu, 2),
             }
             rows.append(row)
-            print(f"  {_line(row)}  sync {seconds:.1f} s", flush=True)
+            print(f"  {_line(row)}  sync {seconds:.1f} s ({cpu:.1f} s CPU)", flush=True)
     return rows
 
 
-def merge_seconds(case: LongCase) -> float:
-    """Wall time of one merge of ``case`` with ALIGN_MODE end (no sync at all)."""
+def merge_seconds(case: LongCase) -> tuple[float, float]:
+    """Wall and CPU time of one merge of ``case`` with ALIGN_MODE end (no sync at all)."""
     out = case.recording.with_name("merged.mp4")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     request = media.MergeRequest(
         recording=case.recording,
         connect_audio=case.connect,
@@ -175,9 +185,9 @@ def merge_seconds(case: LongCase) -> float:
         options=media.MergeOptions(align="end"),
     )
     anyio.run(media.merge, request)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     out.unlink(missing_ok=True)
-    return seconds
+    return seconds, cpu
 
 
 _RSS_SCRIPT = """
@@ -185,13 +195,18 @@ import resource, sys, time, anyio
 from pathlib import Path
 from worker import media
 from worker.media import sync
-recording, connect, call_end = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+recording, connect, minutes = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 async def main():
-    rec = media.Recording.of(await media.probe(recording))
+    # An audio-only recording (a Recording needs video): the sync's inputs made directly.
     conn = media.ConnectAudio.of(await media.probe(connect))
-    plan = media.plan_merge(rec, conn, call_end, media.MergeOptions())
+    inputs = sync.SyncInputs(
+        recording=recording, recording_audio_index=0, recording_audio_channels=1,
+        recording_duration=minutes * 60.0, connect=connect,
+        connect_audio_index=conn.audio.index, connect_audio_channels=conn.audio.channels,
+        connect_duration=conn.duration, call_end=minutes * 60.0 - 30.0,
+    )
     started = time.perf_counter()
-    result = await sync.measure(media.sync_inputs(rec, conn, plan))
+    result = await sync.measure(inputs)
     print(result.method, result.reason, round(time.perf_counter() - started, 2))
 anyio.run(main)
 self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -224,8 +239,7 @@ def run_memory(cache: Path) -> list[dict[str, Any]]:
     for minutes in MEMORY_MINUTES:
         recording = memory_input(cache, minutes)
         done = subprocess.run(
-            [sys.executable, "-c", _RSS_SCRIPT, str(recording), str(connect),
-             str(minutes * 60.0 - 30)],
+            [sys.executable, "-c", _RSS_SCRIPT, str(recording), str(connect), str(minutes)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         lines = [line for line in done.stdout.splitlines() if line and line[0] != "{"]
@@ -264,6 +278,97 @@ def summarise(short: list[dict[str, Any]], long: list[dict[str, Any]]) -> dict[s
     }
 
 
+def cost_of(long: list[dict[str, Any]], merge: tuple[float, float]) -> dict[str, Any]:
+    """The 60-minute call's sync (timestamp right, 30 s off) against one merge of the same
+    recording measured in the same process: wall and CPU (process and ffmpeg children)."""
+    wall, cpu = merge
+    syncs = [r for r in long if r["case"] == LONG[-1].name]
+
+    def key(row: dict[str, Any]) -> str:
+        return f"ts{row['timestamp_error_s']:+.0f}"
+
+    return {
+        "merge_seconds_align_end": round(wall, 2),
+        "merge_cpu_seconds": round(cpu, 2),
+        "sync_seconds": {key(r): r["sync_seconds"] for r in syncs},
+        "sync_cpu_seconds": {key(r): r.get("sync_cpu_seconds") for r in syncs},
+        "ratio": {key(r): round(r["sync_seconds"] / wall, 3) for r in syncs},
+        "cpu_ratio": {
+            key(r): round(r["sync_cpu_seconds"] / cpu, 3) for r in syncs if "sync_cpu_seconds" in r
+        },
+        "load": _load(),
+    }
+
+
+def _load() -> str:
+    """The machine's load and CPU pressure when measured (wall times mean little under load)."""
+    pressure = Path("/proc/pressure/cpu")
+    some = pressure.read_text().split("\n")[0] if pressure.exists() else "-"
+    return f"loadavg {' '.join(Path('/proc/loadavg').read_text().split()[:3])}; cpu {some}"
+
+
+def markdown(done: dict[str, Any]) -> str:
+    """Issue 19's tables from the parts written so far: the error table, the cost, memory."""
+    summary = done["summary"]
+    lines = [
+        "# Issue 19: sync anywhere and drift (bench/sync_wide_bench.py)",
+        "",
+        "| target | measured |",
+        "|---|---|",
+        f"| median abs error <= 5 ms | {summary['median_abs_error_ms']} ms |",
+        f"| max abs error <= 20 ms | {summary['max_abs_error_ms']} ms |",
+        f"| wrong placements = 0 | {summary['wrong_placements']} |",
+        f"| timestamp kept where required | {summary['kept_timestamp_where_required']}"
+        f" of {summary['required']} |",
+        f"| placements / runs (timestamp kept where it could have been found: "
+        f"{summary['missed']}) | {summary['placements']} / {summary['runs']} |",
+        "",
+        "| case | ts error (s) | method | reason | z | drift (ppm) | errors (ms) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in done.get("short", []) + done.get("long", []):
+        errors = " ".join(f"{e:+.2f}" for e in row["errors_ms"]) or "-"
+        lines.append(
+            f"| {row['case']} | {row['timestamp_error_s']:+.0f} | {row['method']} | "
+            f"{row['reason']} | {row['confidence']} | {row['drift_ppm']} | {errors} |"
+        )
+    cost = done.get("cost")
+    if cost:
+        lines += [
+            "",
+            f"Cost on the 60-minute call (target: <= +10% of the merge's wall time); merge "
+            f"{cost['merge_seconds_align_end']} s wall, {cost.get('merge_cpu_seconds')} s CPU "
+            f"({cost.get('load', '')}):",
+            "",
+            "| timestamp | sync wall (s) | / merge wall | sync CPU (s) | / merge CPU |",
+            "|---|---|---|---|---|",
+        ]
+        for key, seconds in cost["sync_seconds"].items():
+            lines.append(
+                f"| {key} | {seconds} | {cost['ratio'][key]} | "
+                f"{cost.get('sync_cpu_seconds', {}).get(key)} | "
+                f"{cost.get('cpu_ratio', {}).get(key)} |"
+            )
+    memory = done.get("memory")
+    if isinstance(memory, dict):  # an older run's {"rows": [...], "note": ...}
+        memory = memory.get("rows", [])
+    if memory:
+        lines += [
+            "",
+            "Memory of the sync, wide search forced (target: flat from 5 to 240 minutes):",
+            "",
+            "| minutes | method | sync (s) | Python peak RSS (MB) | children peak RSS (MB)* |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['minutes']} | {r['method']} {r['reason']} | {r['sync_seconds']} | "
+            f"{r['python_peak_rss_mb']} | {r.get('ffmpeg_peak_rss_mb', '-')} |"
+            for r in memory
+        ]
+        lines += ["", "\\* a child's peak counts from its fork (a copy of Python) before exec."]
+    return "\n".join(lines) + "\n"
+
+
 PARTS = ("short", "long", "memory")
 
 
@@ -274,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = sys.argv[1:] if argv is None else argv
     parts = args[args.index("--only") + 1].split(",") if "--only" in args else list(PARTS)
+    if "--quick" in args:
+        parts = ["short"]
     cache = CACHE_DIR / "speech-19"
     RESULTS.mkdir(parents=True, exist_ok=True)
 
@@ -287,29 +394,20 @@ def main(argv: list[str] | None = None) -> int:
         print("long calls (sync alone):", flush=True)
         long = run_long(cache)
         write("long", long)
-        merge = merge_seconds(make_long_case(cache, LONG[-1]))
-        syncs = [r for r in long if r["case"] == LONG[-1].name]
-        cost = {
-            "merge_seconds_align_end": round(merge, 2),
-            "sync_seconds": {f"ts{r['timestamp_error_s']:+.0f}": r["sync_seconds"] for r in syncs},
-            "ratio": {
-                f"ts{r['timestamp_error_s']:+.0f}": round(r["sync_seconds"] / merge, 3)
-                for r in syncs
-            },
-        }
-        print(f"  cost {cost}", flush=True)
-        write("cost", cost)
+        write("cost", cost_of(long, merge_seconds(make_long_case(cache, LONG[-1]))))
     if "memory" in parts:
         print("memory (sync alone, wide search forced):", flush=True)
         write("memory", run_memory(cache))
     done = {
         part: json.loads((RESULTS / f"{part}.json").read_text())
-        for part in ("short", "long")
+        for part in ("short", "long", "cost", "memory")
         if (RESULTS / f"{part}.json").exists()
     }
-    summary = summarise(done.get("short", []), done.get("long", []))
-    print(json.dumps(summary, indent=1))
-    write("summary", summary)
+    done["summary"] = summarise(done.get("short", []), done.get("long", []))
+    write("summary", done["summary"])
+    table = markdown(done)
+    (RESULTS / "results.md").write_text(table)
+    print(table, flush=True)
     return 0
 
 

@@ -55,6 +55,20 @@ def envelope(samples: npt.NDArray[np.float32]) -> Envelope:
     return values
 
 
+def fast_size_at_most(n: int, *, above: int) -> int:
+    """The largest 2^a 3^b 5^c <= ``n`` (fast for numpy's FFT), or ``n`` itself when that is
+    not above ``above`` (pure)."""
+    best = 1
+    five = 1
+    while five <= n:
+        three = five
+        while three <= n:
+            best = max(best, three << max(0, (n // three).bit_length() - 1))
+            three *= 3
+        five *= 5
+    return best if best > above else n
+
+
 def top_peaks(
     scores: npt.NDArray[np.float64], *, count: int, separation: int
 ) -> list[tuple[int, float]]:
@@ -83,6 +97,20 @@ def merge_candidates(
         if len(chosen) == count:
             break
     return chosen
+
+
+def merge_parts(parts: list[tuple[float, list[Candidate]]]) -> list[Candidate]:
+    """The candidates of searches over consecutive parts of one signal, as ``(where the part
+    starts in the signal, seconds; its candidates)``: moved onto the signal's timeline and
+    merged (the best :data:`CANDIDATES`, distinct places), as one search over the whole
+    would have kept them (pure)."""
+    merged: list[Candidate] = []
+    for start, candidates in parts:
+        moved = [Candidate(c.seconds + start, c.score) for c in candidates]
+        merged = merge_candidates(
+            merged, moved, count=CANDIDATES, separation=CANDIDATE_SEPARATION_SECONDS
+        )
+    return merged
 
 
 def worth_measuring(candidates: list[Candidate], rival_share: float) -> list[Candidate]:
@@ -121,7 +149,9 @@ class EnvelopeSearch:
         norm = float(np.linalg.norm(centred))
         self._length = reference.size
         self._reference = centred / norm if norm > 0 else centred
-        self._size = block + self._length
+        # FFT length: at most one block plus the reference, a 2^a 3^b 5^c length (a length with
+        # a large prime factor, e.g. 65536 + 15000 = 8 x 10067, is several times slower).
+        self._size = fast_size_at_most(block + self._length, above=self._length)
         self._spectrum = np.conj(np.fft.rfft(self._reference, self._size))
         self._count = count
         self._bounds = (min_lag_seconds * ENVELOPE_RATE, max_lag_seconds * ENVELOPE_RATE)

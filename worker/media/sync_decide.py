@@ -1,0 +1,129 @@
+"""The sync's never-wrong rules (pure): when an estimate is a confident placement
+(:func:`decide`), the whole decision on two decoded stretches with its drift retry
+(:func:`synchronise`), and the wide search's choice among its candidates (:func:`choose_wide`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from worker.media import drift
+from worker.media.sync_estimate import estimate, rms
+from worker.media.sync_model import (
+    AGREEMENT_SECONDS,
+    DRIFT_RETRY_MIN,
+    DRIFT_RETRY_REASONS,
+    MAX_SIDE_PEAK_RATIO,
+    MIN_CORRELATION,
+    MIN_HALF_Z,
+    MIN_PAUSE_FRACTION,
+    MIN_Z,
+    PAUSE_DB,
+    PAUSE_FRAME_SECONDS,
+    SILENCE_RMS,
+    SYNC_RATE,
+    WIDE_DISTINCT_SECONDS,
+    Estimate,
+    Signal,
+    SyncResult,
+    SyncWindow,
+)
+
+
+def decide(found: Estimate, zero_lag: float, window: SyncWindow) -> SyncResult:
+    """Confident -> the measured offset; otherwise the timestamp with the failed test."""
+    whole = found.whole
+    offset = whole.lag - zero_lag
+    confidence = round(whole.z, 2)
+
+    def fallback(reason: str) -> SyncResult:
+        return SyncResult.timestamp(reason, confidence=confidence, estimate=offset)
+
+    if whole.z < MIN_Z or found.correlation < MIN_CORRELATION:
+        return fallback("low_confidence")
+    if whole.side_peak_ratio > MAX_SIDE_PEAK_RATIO:
+        return fallback("ambiguous")
+    for half in found.halves:
+        if half.z < MIN_HALF_Z or abs(half.lag - whole.lag) > AGREEMENT_SECONDS:
+            return fallback("halves_disagree")
+    if not window.min_offset <= offset <= window.max_offset:
+        return fallback("out_of_range")
+    return SyncResult("waveform", offset, confidence, "measured")
+
+
+def pause_fraction(reference: Signal, rate: int = SYNC_RATE) -> float:
+    """The fraction of :data:`PAUSE_FRAME_SECONDS` frames more than :data:`PAUSE_DB` below the
+    loudest frame: speech pauses, continuous audio (music on hold) does not."""
+    frame = max(1, round(PAUSE_FRAME_SECONDS * rate))
+    count = reference.size // frame
+    if count == 0:
+        return 0.0
+    frames = reference[: count * frame].reshape(count, frame).astype(np.float64)
+    levels = np.sqrt(np.mean(np.square(frames), axis=1))
+    return float(np.mean(levels < float(levels.max()) * 10 ** (-PAUSE_DB / 20)))
+
+
+def synchronise(reference: Signal, signal: Signal, window: SyncWindow) -> SyncResult:
+    """The whole pure decision on two decoded stretches (see :func:`measure`).
+
+    A stretch drifting against the microphone (issue 19: 100 ppm is 3 ms over 30 s) smears
+    its correlation, which can fail the rules although the peak is in place. Then the halves'
+    lags tell the drift inside the stretch; when that is a plausible clock error, the Connect
+    stretch is stretched by it (:func:`worker.media.drift.stretch`) and measured once more under the
+    same rules. The offset is still the stretch's end's.
+    """
+    result, found = _synchronise(reference, signal, window)
+    if found is None or result.measured or result.reason not in DRIFT_RETRY_REASONS:
+        return result
+    first, second = found.halves
+    distance = found.half_centres[1] - found.half_centres[0]
+    if min(first.z, second.z) < MIN_HALF_Z or distance <= 0:
+        return result
+    rate = (second.lag - first.lag) / distance
+    if not DRIFT_RETRY_MIN <= abs(rate) * 1e6 <= drift.MAX_DRIFT_PPM:
+        return result
+    retry, _ = _synchronise(drift.stretch(reference, 1.0 + rate), signal, window)
+    if not retry.measured:
+        return result
+    # The stretched reference starts where the plain one did and ends rate * length later.
+    # drift_ppm says by how much it was stretched (the caller may apply its own fit).
+    end_shift = rate * reference.size / SYNC_RATE
+    return replace(retry, offset_seconds=retry.offset_seconds + end_shift, drift_ppm=rate * 1e6)
+
+
+def _synchronise(
+    reference: Signal, signal: Signal, window: SyncWindow
+) -> tuple[SyncResult, Estimate | None]:
+    if rms(reference) < SILENCE_RMS:
+        return SyncResult.timestamp("silent_connect"), None
+    if rms(signal) < SILENCE_RMS:
+        return SyncResult.timestamp("silent_recording"), None
+    if pause_fraction(reference) < MIN_PAUSE_FRACTION:
+        return SyncResult.timestamp("no_pauses"), None
+    found = estimate(
+        reference,
+        signal,
+        min_lag=window.zero_lag + window.min_offset,
+        max_lag=window.zero_lag + window.max_offset,
+    )
+    return decide(found, window.zero_lag, window), found
+
+
+def choose_wide(narrow: SyncResult, confident: list[SyncResult]) -> SyncResult:
+    """The wide search's answer from its candidates' fine passes (pure): the one confident
+    placement, else the timestamp (``wide_<narrow reason>`` when none was confident,
+    ``wide_ambiguous`` when two distinct places were)."""
+    if not confident:
+        return SyncResult.timestamp(
+            f"wide_{narrow.reason}", confidence=narrow.confidence, estimate=narrow.estimate_seconds
+        )
+    best = max(confident, key=lambda r: r.confidence)
+    if any(abs(r.offset_seconds - best.offset_seconds) > WIDE_DISTINCT_SECONDS for r in confident):
+        return SyncResult.timestamp(
+            "wide_ambiguous", confidence=best.confidence, estimate=best.offset_seconds
+        )
+    return SyncResult(
+        "waveform_wide", best.offset_seconds, best.confidence, "measured", drift_ppm=best.drift_ppm
+    )

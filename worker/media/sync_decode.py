@@ -1,0 +1,169 @@
+"""The sync's decodes (ffmpeg, I/O): one window's two stretches side by side
+(:func:`decode_window`, :func:`measure_window`), a bounded decode to memory (:func:`decode`),
+and a streamed one for the wide search (:func:`stream`). Every run is :mod:`worker.ffmpeg`'s
+allow-listed, time-limited runner, killed on cancellation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import numpy as np
+import structlog
+
+from worker import ffmpeg
+from worker.errors import MediaError, MediaProcessKilled, MediaTimeout
+from worker.media.sync_decide import synchronise
+from worker.media.sync_model import (
+    MAX_DECODE_BYTES,
+    MIN_STRETCH_SECONDS,
+    SYNC_RATE,
+    Signal,
+    SyncInputs,
+    SyncResult,
+    SyncWindow,
+)
+from worker.media.sync_plan import SampleFormat, build_decode_args
+
+log = structlog.get_logger(__name__)
+
+SAMPLE_BYTES: dict[SampleFormat, int] = {"f32": 4, "s16": 2}
+STREAM_BLOCK_BYTES = 1 << 20  # a hand-off of the streamed decode: 65 s of s16 at 8 kHz
+
+
+async def decode(args: list[str], *, timeout: float, what: str) -> Signal:  # noqa: ASYNC109
+    chunks: list[bytes] = []
+    size = 0
+
+    def keep(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+        if size <= MAX_DECODE_BYTES:
+            chunks.append(chunk)
+
+    await ffmpeg.run(args, timeout=timeout, what=what, on_stdout_bytes=keep)
+    raw = b"".join(chunks)
+    return samples(raw[: len(raw) - len(raw) % 4], "f32")
+
+
+async def measure_window(
+    inputs: SyncInputs,
+    window: SyncWindow,
+    *,
+    timeout: float,  # noqa: ASYNC109
+) -> SyncResult:
+    """Decode one window's two stretches side by side and decide on them."""
+    decoded = await decode_window(inputs, window, timeout=timeout)
+    if isinstance(decoded, SyncResult):
+        return decoded
+    # Off the event loop (a second of numpy on a long stretch): other jobs' I/O goes on.
+    return await anyio.to_thread.run_sync(synchronise, *decoded, window)
+
+
+async def decode_window(
+    inputs: SyncInputs,
+    window: SyncWindow,
+    *,
+    timeout: float,  # noqa: ASYNC109
+) -> tuple[Signal, Signal] | SyncResult:
+    """The window's Connect and microphone stretches, or the fallback when they cannot be had."""
+    connect_args = connect_decode_args(inputs, window, band=False)
+    recording_args = recording_decode_args(
+        inputs, seek=window.recording_seek, seconds=window.recording_seconds, band=False
+    )
+    decoded: dict[str, Signal] = {}
+
+    async def decode_one(name: str, args: list[str]) -> None:
+        decoded[name] = await decode(args, timeout=timeout, what=f"sync decode of the {name}")
+
+    failure: str | None = None
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(decode_one, "Connect audio", connect_args)
+            group.start_soon(decode_one, "recording audio", recording_args)
+    except* (MediaError, MediaTimeout, MediaProcessKilled) as errors:
+        failure = str(errors.exceptions[0])
+    if failure is not None:
+        log.warning("call_end_sync_decode_failed", error=failure)
+        return SyncResult.timestamp("decode_failed")
+    reference, signal = decoded["Connect audio"], decoded["recording audio"]
+    if reference.size < MIN_STRETCH_SECONDS * SYNC_RATE:
+        return SyncResult.timestamp("too_short")
+    return reference, signal
+
+
+def connect_decode_args(inputs: SyncInputs, window: SyncWindow, *, band: bool) -> list[str]:
+    """The decode of the window's Connect stretch (the agent channel)."""
+    return build_decode_args(
+        inputs.connect,
+        inputs.connect_audio_index,
+        channels=inputs.connect_audio_channels,
+        agent=True,
+        seek=window.connect_start,
+        seconds=window.connect_seconds,
+        band=band,
+    )
+
+
+def recording_decode_args(
+    inputs: SyncInputs,
+    *,
+    seek: float,
+    seconds: float | None,
+    band: bool,
+    sample_format: SampleFormat = "f32",
+) -> list[str]:
+    """The decode of the microphone from ``seek`` (``seconds`` None: to the end)."""
+    assert inputs.recording_audio_index is not None
+    return build_decode_args(
+        inputs.recording,
+        inputs.recording_audio_index,
+        channels=inputs.recording_audio_channels,
+        agent=False,
+        seek=seek,
+        seconds=seconds,
+        band=band,
+        sample_format=sample_format,
+    )
+
+
+async def stream(
+    args: list[str],
+    sink: Callable[[Signal], None],
+    *,
+    timeout: float,  # noqa: ASYNC109
+    what: str,
+    sample_format: SampleFormat,
+) -> None:
+    """Run a decode writing ``sample_format`` on stdout, handing ``sink`` whole samples (as
+    float32 in [-1, 1]) in blocks of about :data:`STREAM_BLOCK_BYTES`: bounded memory whatever
+    the length, and few numpy calls (the pipe delivers 64 KiB at a time)."""
+    width = SAMPLE_BYTES[sample_format]
+    pending: list[bytes] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        raw = b"".join(pending)
+        usable = len(raw) - len(raw) % width
+        pending[:] = [raw[usable:]]
+        size = len(raw) - usable
+        if usable:
+            sink(samples(raw[:usable], sample_format))
+
+    def chunk(data: bytes) -> None:
+        nonlocal size
+        pending.append(data)
+        size += len(data)
+        if size >= STREAM_BLOCK_BYTES:
+            flush()
+
+    await ffmpeg.run(args, timeout=timeout, what=what, on_stdout_bytes=chunk)
+    flush()
+
+
+def samples(raw: bytes, sample_format: SampleFormat) -> Signal:
+    """Little-endian PCM bytes (a whole number of samples) as float32 in [-1, 1] (pure)."""
+    if sample_format == "s16":
+        return np.frombuffer(raw, dtype="<i2").astype(np.float32) * np.float32(1 / 32768)
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)

@@ -1,0 +1,208 @@
+"""The sync's estimator (pure): GCC-PHAT-beta over the telephony band, the peak's scores, the
+two energy halves, and the band-limited correlation coefficient (see :mod:`worker.media.sync`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from worker.media.sync_model import (
+    BAND_HZ,
+    MIN_STRETCH_SECONDS,
+    PART_MIN_ENERGY,
+    PARTS,
+    PEAK_EXCLUSION_SECONDS,
+    PHAT_BETA,
+    PLAIN_EXCLUSION_SECONDS,
+    REVERB_TAIL_SECONDS,
+    SYNC_RATE,
+    TAPER_SECONDS,
+    Estimate,
+    Peak,
+    Signal,
+)
+
+
+def _fft_size(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= ``n``: fast for numpy's FFT, and at most a few percent
+    above ``n`` where the next power of two can be almost twice it (memory, time)."""
+    best = 1 << max(1, (n - 1).bit_length())
+    five = 1
+    while five < best:
+        three = five
+        while three < best:
+            size = three << max(0, (math.ceil(n / three) - 1).bit_length())
+            best = min(best, size)
+            three *= 3
+        five *= 5
+    return best
+
+
+def rms(signal: Signal) -> float:
+    return float(np.sqrt(np.mean(np.square(signal, dtype=np.float64)))) if signal.size else 0.0
+
+
+def _taper(signal: Signal) -> npt.NDArray[np.float64]:
+    """``signal`` with raised-cosine ends (:data:`TAPER_SECONDS`): a stretch's abrupt cut is
+    broadband, and whitening would otherwise weigh it like speech."""
+    out = signal.astype(np.float64)
+    ramp = min(out.size // 4, round(TAPER_SECONDS * SYNC_RATE))
+    if ramp > 1:
+        rise = np.hanning(2 * ramp)[:ramp]
+        out[:ramp] *= rise
+        out[-ramp:] *= rise[::-1]
+    return out
+
+
+def _correlate(
+    spectrum: npt.NDArray[np.complex128], reference: Signal, size: int, rate: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """GCC-PHAT-beta and plain (band-limited) cross-correlation of ``reference`` against the
+    signal whose rfft is ``spectrum``."""
+    cross = spectrum * np.conj(np.fft.rfft(_taper(reference), size))
+    freqs = np.fft.rfftfreq(size, 1.0 / rate)
+    cross[(freqs < BAND_HZ[0]) | (freqs > BAND_HZ[1])] = 0
+    plain = np.fft.irfft(cross, size)
+    magnitude = np.abs(cross)
+    floor = 1e-12 + 1e-9 * float(magnitude.max(initial=0.0))
+    cross /= (magnitude + floor) ** PHAT_BETA
+    return np.fft.irfft(cross, size), plain
+
+
+def _peak(
+    correlations: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]],
+    low: int,
+    high: int,
+    rate: int,
+) -> Peak:
+    """Best lag in ``[low, high]`` samples (negative lags wrap around) and its scores."""
+    correlation, plain = correlations
+    lags = np.arange(low, high + 1)
+    values = correlation[lags % correlation.size]
+    best = int(np.argmax(values))
+    exclusion = max(1, round(PEAK_EXCLUSION_SECONDS * rate))
+    outside = np.ones(values.size, dtype=bool)
+    outside[max(0, best - exclusion) : best + exclusion + 1] = False
+    rest = values[outside]
+    if rest.size < 16:
+        return Peak(lag=float(lags[best]) / rate, z=0.0, side_peak_ratio=1.0)
+    mean, spread = float(rest.mean()), float(rest.std())
+    height = float(values[best]) - mean
+    z = height / spread if spread > 0 else 0.0
+    side = (float(rest.max()) - mean) / height if height > 0 else 1.0
+    shift = 0.0
+    if 0 < best < values.size - 1:
+        left, centre, right = values[best - 1], values[best], values[best + 1]
+        curvature = left - 2 * centre + right
+        if curvature < 0:
+            shift = float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
+    # Periodic audio (a looped prompt, music) matches at every period; whitening can still
+    # favour one of them, so the plain correlation must favour it too.
+    energy = plain[lags % plain.size]
+    near = max(1, round(0.002 * rate))
+    at_peak = float(energy[max(0, best - near) : best + near + 1].max())
+    away = np.ones(energy.size, dtype=bool)
+    before, after = round(PLAIN_EXCLUSION_SECONDS * rate), round(REVERB_TAIL_SECONDS * rate)
+    away[max(0, best - before) : best + after + 1] = False
+    rival = float(energy[away].max(initial=0.0))
+    side = max(side, rival / at_peak if at_peak > 0 else 1.0)
+    return Peak(lag=(float(lags[best]) + shift) / rate, z=z, side_peak_ratio=side)
+
+
+def estimate(
+    reference: Signal,
+    signal: Signal,
+    *,
+    min_lag: float,
+    max_lag: float,
+    rate: int = SYNC_RATE,
+) -> Estimate:
+    """Where ``reference`` lies inside ``signal`` (seconds, ``signal[t + lag] ~ reference[t]``),
+    searched in ``[min_lag, max_lag]``, for the whole reference and each of its halves.
+
+    The halves are taken from the part of the reference that lies inside ``signal`` at the
+    whole's lag: when the Connect recording started before the screen recording, its head has
+    no microphone to match, and a half made of it would disown a correct peak.
+    """
+    size = _fft_size(reference.size + signal.size)
+    spectrum = np.fft.rfft(signal.astype(np.float64), size)
+    low, high = math.ceil(min_lag * rate), math.floor(max_lag * rate)
+    whole = _peak(_correlate(spectrum, reference, size, rate), low, high, rate)
+    at = round(whole.lag * rate)
+    begin = int(np.clip(-at, 0, reference.size))
+    end = int(np.clip(signal.size - at, begin, reference.size))
+    if end - begin < MIN_STRETCH_SECONDS * rate:
+        begin, end = 0, reference.size  # too little inside: the halves of the whole as is
+    half = begin + energy_midpoint(reference[begin:end])
+    halves = []
+    # A part starting `start` samples into the reference lies `start` later than the whole.
+    for start, stop in ((begin, half), (half, end)):
+        part = _correlate(spectrum, reference[start:stop], size, rate)
+        found = _peak(part, low + start, high + start, rate)
+        halves.append(Peak(found.lag - start / rate, found.z, found.side_peak_ratio))
+    first, second = halves
+    coefficient = _coefficient(spectrum, reference, size, round(whole.lag * rate), rate)
+    centres = ((begin + half) / 2 / rate, (half + end) / 2 / rate)
+    return Estimate(whole, (first, second), coefficient, centres)
+
+
+def _coefficient(
+    spectrum: npt.NDArray[np.complex128], reference: Signal, size: int, lag: int, rate: int
+) -> float:
+    """Pearson correlation of the band-limited reference and signal at integer ``lag``."""
+    freqs = np.fft.rfftfreq(size, 1.0 / rate)
+    outside = (freqs < BAND_HZ[0]) | (freqs > BAND_HZ[1])
+    band = spectrum.copy()
+    band[outside] = 0
+    signal = np.fft.irfft(band, size)
+    ours = np.fft.rfft(_taper(reference), size)
+    ours[outside] = 0
+    ref = np.fft.irfft(ours, size)[: reference.size]
+    begin, end = max(0, lag), min(size, lag + reference.size)
+    if end <= begin:
+        return 0.0
+    aligned = signal[begin:end]
+    part = ref[begin - lag : end - lag]
+    return min(_pearson(part, aligned), _weakest_part(part, aligned))
+
+
+def _pearson(ours: npt.NDArray[np.float64], theirs: npt.NDArray[np.float64]) -> float:
+    denominator = float(np.linalg.norm(ours) * np.linalg.norm(theirs))
+    return float(np.dot(ours, theirs)) / denominator if denominator > 0 else 0.0
+
+
+def _weakest_part(ours: npt.NDArray[np.float64], theirs: npt.NDArray[np.float64]) -> float:
+    """The lowest correlation over the :data:`PARTS` equal time parts of the aligned stretch
+    that hold at least :data:`PART_MIN_ENERGY` of the loudest part's energy (issue 19).
+
+    A real alignment matches all along the stretch. A stretch whose energy is mostly one
+    utterance matches wherever that exact utterance recurs (a recorded prompt, replayed):
+    the energy halves may both fall inside it and agree, but the other parts of the stretch
+    then share nothing with the microphone.
+    """
+    parts = list(zip(np.array_split(ours, PARTS), np.array_split(theirs, PARTS), strict=True))
+    energies = [float(np.dot(part, part)) for part, _ in parts]
+    loudest = max(energies)
+    if loudest <= 0:
+        return 0.0
+    return min(
+        _pearson(part, heard)
+        for (part, heard), energy in zip(parts, energies, strict=True)
+        if energy >= PART_MIN_ENERGY * loudest
+    )
+
+
+def energy_midpoint(reference: Signal) -> int:
+    """Where to split ``reference`` into two halves holding equal energy (the agent's speech,
+    not the stretch's time: in a turn-taking call one half in time may be all customer), kept
+    within the middle 80% of the stretch."""
+    energy = np.cumsum(np.square(reference, dtype=np.float64))
+    total = float(energy[-1]) if energy.size else 0.0
+    middle = reference.size // 2
+    if total <= 0:
+        return middle
+    split = int(np.searchsorted(energy, total / 2))
+    return int(np.clip(split, reference.size // 10, reference.size - reference.size // 10))

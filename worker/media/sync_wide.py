@@ -1,0 +1,117 @@
+"""The wide search's run (issue 19): the whole recording's band-limited decode streamed into
+:mod:`worker.media.sync_search`'s envelope search, then the fine pass (:mod:`worker.media.sync`'s
+rules) around each candidate it found."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import anyio
+import structlog
+
+from worker.errors import MediaError, MediaProcessKilled, MediaTimeout
+from worker.media import sync_search
+from worker.media.sync_decide import choose_wide
+from worker.media.sync_decode import (
+    connect_decode_args,
+    decode,
+    measure_window,
+    recording_decode_args,
+    stream,
+)
+from worker.media.sync_model import (
+    WIDE_FINE_SECONDS,
+    WIDE_RIVAL_SCORE,
+    WIDE_TIMEOUT_PER_MEDIA_SECOND,
+    SyncInputs,
+    SyncResult,
+    SyncWindow,
+)
+from worker.media.sync_plan import SampleFormat, WidePart, plan_wide, plan_window
+
+log = structlog.get_logger(__name__)
+
+WIDE_SAMPLE_FORMAT: SampleFormat = "s16"  # the envelope needs no more (half the pipe's bytes)
+
+
+async def wide(
+    inputs: SyncInputs,
+    window: SyncWindow,
+    narrow: SyncResult,
+    *,
+    timeout: float,  # noqa: ASYNC109
+) -> SyncResult:
+    """Coarse envelope search over the whole recording, then the fine pass around each
+    candidate (see :mod:`worker.media.sync_search`)."""
+    length = window.connect_seconds
+    reference_args = connect_decode_args(inputs, window, band=True)
+    failure: str | None = None
+    candidates: list[sync_search.Candidate] = []
+    try:
+        reference = await decode(reference_args, timeout=timeout, what="wide sync reference")
+        candidates = await _search(inputs, sync_search.envelope(reference), length, timeout)
+    except* (MediaError, MediaTimeout, MediaProcessKilled) as errors:
+        failure = str(errors.exceptions[0])
+    if failure is not None:
+        log.warning("call_end_sync_wide_decode_failed", error=failure)
+        return SyncResult.timestamp("decode_failed")
+    confident: list[SyncResult] = []
+    for candidate in sync_search.worth_measuring(candidates, WIDE_RIVAL_SCORE):
+        connect_end = candidate.seconds + length  # where the Connect file ends, by this one
+        fine = plan_window(
+            call_end=connect_end,
+            recording_duration=inputs.recording_duration,
+            connect_duration=inputs.connect_duration,
+            search=WIDE_FINE_SECONDS,
+        )
+        if isinstance(fine, str):
+            continue
+        found = await measure_window(inputs, fine, timeout=timeout)
+        log.info(
+            "call_end_sync_wide_candidate",
+            at=round(connect_end, 3),
+            score=round(candidate.score, 3),
+            method=found.method,
+            reason=found.reason,
+            confidence=found.confidence,
+        )
+        if found.measured:
+            offset = connect_end + found.offset_seconds - inputs.call_end
+            confident.append(replace(found, offset_seconds=offset))
+    return choose_wide(narrow, confident)
+
+
+async def _search(
+    inputs: SyncInputs,
+    reference: sync_search.Envelope,
+    length: float,
+    timeout: float,  # noqa: ASYNC109
+) -> list[sync_search.Candidate]:
+    """The envelope search over the whole recording (:func:`plan_wide`'s parts decoded side by
+    side, each streamed into its own search: memory stays one block per part), its parts'
+    candidates merged."""
+    parts = plan_wide(recording_duration=inputs.recording_duration, length=length)
+    wide_timeout = timeout + WIDE_TIMEOUT_PER_MEDIA_SECOND * inputs.recording_duration
+    found: list[tuple[float, list[sync_search.Candidate]]] = [(0.0, []) for _ in parts]
+
+    async def run(index: int, part: WidePart) -> None:
+        search = sync_search.EnvelopeSearch(
+            reference, min_lag_seconds=part.min_lag, max_lag_seconds=part.max_lag
+        )
+        args = recording_decode_args(
+            inputs,
+            seek=part.seek,
+            seconds=part.seconds,
+            band=True,
+            sample_format=WIDE_SAMPLE_FORMAT,
+        )
+        what = f"wide sync decode {index + 1}/{len(parts)}"
+        await stream(
+            args, search.feed, timeout=wide_timeout, what=what, sample_format=WIDE_SAMPLE_FORMAT
+        )
+        found[index] = (float(part.seek), search.finish())
+
+    async with anyio.create_task_group() as group:
+        for index, part in enumerate(parts):
+            group.start_soon(run, index, part)
+    return sync_search.merge_parts(found)
