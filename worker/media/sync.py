@@ -107,6 +107,10 @@ WIDE_DISTINCT_SECONDS = 0.020  # two confident candidates further apart: ambiguo
 WIDE_TIMEOUT_PER_MEDIA_SECOND = 0.25
 DRIFT_RETRY_REASONS = frozenset({"low_confidence", "halves_disagree"})
 DRIFT_RETRY_MIN = 20.0  # ppm: below, a drift does not smear a stretch enough to matter
+# Stretch-and-retry rounds: two noisy halves can misjudge the drift by 15 ppm (-46 for -60 on
+# a real voice), which still smears the outer thirds of a 30 s stretch past MIN_CORRELATION;
+# the retry's own halves then tell what is left (issue 19 QA).
+DRIFT_RETRIES = 3
 DRIFT_SEARCH_MARGIN_SECONDS = 0.050  # besides MAX_DRIFT_PPM over the distance from the end
 
 
@@ -559,25 +563,34 @@ def synchronise(reference: Signal, signal: Signal, window: SyncWindow) -> SyncRe
     its correlation, which can fail the rules although the peak is in place. Then the halves'
     lags tell the drift inside the stretch; when that is a plausible clock error, the Connect
     stretch is stretched by it (:func:`worker.media.drift.stretch`) and measured once more under the
-    same rules. The offset is still the stretch's end's.
+    same rules, up to :data:`DRIFT_RETRIES` times (each by the drift the last one's halves
+    still show). The offset is still the stretch's end's.
     """
     result, found = _synchronise(reference, signal, window)
     if found is None or result.measured or result.reason not in DRIFT_RETRY_REASONS:
         return result
-    first, second = found.halves
-    distance = found.half_centres[1] - found.half_centres[0]
-    if min(first.z, second.z) < MIN_HALF_Z or distance <= 0:
-        return result
-    rate = (second.lag - first.lag) / distance
-    if not DRIFT_RETRY_MIN <= abs(rate) * 1e6 <= drift.MAX_DRIFT_PPM:
-        return result
-    retry, _ = _synchronise(drift.stretch(reference, 1.0 + rate), signal, window)
-    if not retry.measured:
-        return result
-    # The stretched reference starts where the plain one did and ends rate * length later.
-    # drift_ppm says by how much it was stretched (the caller may apply its own fit).
-    end_shift = rate * reference.size / SYNC_RATE
-    return replace(retry, offset_seconds=retry.offset_seconds + end_shift, drift_ppm=rate * 1e6)
+    ratio = 1.0
+    for _ in range(DRIFT_RETRIES):
+        # The drift left inside the (stretched) stretch, from its halves' lags.
+        first, second = found.halves
+        distance = found.half_centres[1] - found.half_centres[0]
+        if min(first.z, second.z) < MIN_HALF_Z or distance <= 0:
+            return result
+        ratio *= 1.0 + (second.lag - first.lag) / distance
+        rate = ratio - 1.0
+        if not DRIFT_RETRY_MIN <= abs(rate) * 1e6 <= drift.MAX_DRIFT_PPM:
+            return result
+        retry, again = _synchronise(drift.stretch(reference, ratio), signal, window)
+        if retry.measured:
+            # The stretched reference starts where the plain one did and ends rate * length
+            # later. drift_ppm says by how much it was stretched (the caller may fit its own).
+            end_shift = rate * reference.size / SYNC_RATE
+            offset = retry.offset_seconds + end_shift
+            return replace(retry, offset_seconds=offset, drift_ppm=rate * 1e6)
+        if again is None or retry.reason not in DRIFT_RETRY_REASONS:
+            return result
+        found = again
+    return result
 
 
 def _synchronise(
