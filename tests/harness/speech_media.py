@@ -274,6 +274,10 @@ class CaseSpec:
     hold_loop: float = 20.0  # the hold music repeats with this period (s)
     mic_start: float = 0.0  # the recording's audio stream starts here (recording seconds)
     mic_gap: tuple[float, float] | None = None  # the microphone dead (recording seconds)
+    # The agent's last words: one recorded prompt (the same samples) played at these two call
+    # times, and nothing else from 8 s before the first on (the customer talks; a replayed
+    # greeting or soundboard clip).
+    replay: tuple[float, float] | None = None
 
     @property
     def must_fall_back(self) -> bool:
@@ -360,6 +364,23 @@ def hold_music(seconds: float, loop: float) -> Audio:
     return np.tile(tune, int(np.ceil(seconds * RATE / tune.size)))[: round(seconds * RATE)]
 
 
+def _with_replay(talk: Conversation, spec: CaseSpec) -> Conversation:
+    """``talk`` with the agent silent from 8 s before ``spec.replay[0]`` on but for one short
+    prompt (the
+    pool's first agent utterance of 1-2.5 s, or an espeak-ng line) at both replay times."""
+    if spec.replay is None:
+        return talk
+    pool = human_utterances("agent", pool=spec.pool) if spec.voices < 0 else ()
+    short = [u for u in pool if RATE <= u.size <= 2.5 * RATE]
+    prompt = short[0] if short else speak("Thank you.", VOICES[0][0])
+    agent = talk.agent.copy()
+    agent[max(0, round((spec.replay[0] - 8.0) * RATE)) :] = 0
+    for at in spec.replay:
+        lo = round(at * RATE)
+        agent[lo : lo + prompt.size] = prompt[: agent[lo : lo + prompt.size].size]
+    return Conversation(agent, talk.customer, talk.acw)
+
+
 def _with_hold(talk: Conversation, spec: CaseSpec) -> Conversation:
     """``talk`` with hold music over ``spec.hold`` on both parties' tracks (the line plays it;
     the agent's microphone hears it from the speakers)."""
@@ -384,7 +405,7 @@ def make_speech_case(directory: Path, spec: CaseSpec) -> SpeechCase:
     folder.mkdir(parents=True, exist_ok=True)
     talk = conversation(spec.script, spec.voices, seed=spec.seed, min_seconds=spec.call_seconds,
                         pool=spec.pool)  # fmt: skip
-    talk = _with_hold(talk, spec)
+    talk = _with_replay(_with_hold(talk, spec), spec)
     connect_samples = int(spec.call_seconds * RATE)
     connect = folder / "connect.wav"
     connect_seconds = connect_samples / RATE

@@ -340,3 +340,30 @@ def test_an_implausible_drift_is_never_applied(qa_dir: Path) -> None:
         assert abs(end) <= MAX_ERROR_SECONDS, end
     else:
         assert result.call_end_seconds == call_end
+
+
+# --- a replayed prompt ------------------------------------------------------------------------
+
+# The agent's only words in the Connect file's last 30 s are one recorded prompt, which the
+# agent also played 27 s earlier; the timestamp is 25 s early (within the 30 s a timestamp can
+# be off). Around the timestamp the +-5 s search sees only the earlier copy, matching the
+# prompt perfectly: every rule passes (one part of the stretch carries energy, the halves both
+# lie inside the prompt), so the Connect audio is placed 27 s early with confidence ~270.
+REPLAY = CaseSpec("qa-replay", **INTL, seed=31, call_seconds=60, replay=(26.0, 53.0),
+                  container="mp4")  # fmt: skip
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect (issue 19 QA): a stretch whose agent speech is one short utterance is "
+    "trusted by the +-5 s search; its earlier copy gives a confident placement 27 s off",
+)
+def test_a_replayed_prompt_is_never_a_confident_wrong_placement(qa_dir: Path) -> None:
+    case = _case(qa_dir, REPLAY)
+    call_end = message_call_end(case.true_call_end, -25.0)
+    result = merge_case(case, call_end, qa_dir / "out-replay.mp4")
+    if result.sync.measured:
+        placed = result.connect_audio_offset_seconds
+        assert placed == pytest.approx(case.true_placement, abs=MAX_ERROR_SECONDS), result.sync
+    else:
+        assert result.call_end_seconds == call_end
