@@ -16,6 +16,7 @@ conversation, or music-like tones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -131,11 +132,15 @@ class Conversation:
         return self.agent.size / RATE
 
 
-def conversation(script: int, voices: int, *, seed: int, min_seconds: float) -> Conversation:
+def conversation(
+    script: int, voices: int, *, seed: int, min_seconds: float, pool: str = "default"
+) -> Conversation:
     """Turns of agent and customer (agent first) with natural gaps, looped to ``min_seconds``
-    (``voices`` -1: real human voices, :func:`human_conversation`)."""
+    (``voices`` -1: real human voices of ``pool``, :func:`human_conversation`)."""
     if voices < 0:
-        return human_conversation(seed=seed + script, min_seconds=min_seconds, swap=voices < -1)
+        return human_conversation(
+            seed=seed + script, min_seconds=min_seconds, swap=voices < -1, pool=pool
+        )
     rng = np.random.default_rng(seed)
     agent_lines, customer_lines = SCRIPTS[script % len(SCRIPTS)]
     agent_voice, customer_voice = VOICES[voices % len(VOICES)]
@@ -163,12 +168,20 @@ def _db(value: float) -> float:
     return float(10 ** (value / 20))
 
 
-def room(voice: Audio, *, seed: int, noise_db: float, reverb_seconds: float = 0.25) -> Audio:
-    """A voice heard by a laptop/headset microphone: short reverb plus room noise."""
+def room(
+    voice: Audio,
+    *,
+    seed: int,
+    noise_db: float,
+    reverb_seconds: float = 0.25,
+    reverb_level: float = 0.3,
+) -> Audio:
+    """A voice heard by a laptop/headset microphone: reverb (``reverb_level``: the reverberant
+    energy against the direct path's) plus room noise."""
     rng = np.random.default_rng(seed)
     taps = int(reverb_seconds * RATE)
     response = rng.standard_normal(taps) * np.exp(-6.9 * np.arange(taps) / taps)  # -60 dB
-    response *= 0.3 / np.sqrt(np.sum(response**2))
+    response *= reverb_level / np.sqrt(np.sum(response**2))
     response[0] = 1.0  # the direct path
     size = 1 << (voice.size + taps).bit_length()
     wet = np.fft.irfft(np.fft.rfft(voice, size) * np.fft.rfft(response, size), size)
@@ -176,10 +189,20 @@ def room(voice: Audio, *, seed: int, noise_db: float, reverb_seconds: float = 0.
     # Room noise: brown-ish rumble plus a little hiss, at noise_db dBFS RMS.
     white = rng.standard_normal(voice.size)
     brown = np.cumsum(white)
-    brown -= np.convolve(brown, np.ones(4800) / 4800, mode="same")  # no DC drift
+    brown -= _moving_average(brown, 4800)  # no DC drift
     noise = brown / (np.std(brown) + 1e-12) + 0.3 * white
     noise *= _db(noise_db) / np.std(noise)
     return (wet + noise).astype(np.float32)
+
+
+def _moving_average(signal: npt.NDArray[np.float64], width: int) -> npt.NDArray[np.float64]:
+    """``np.convolve(signal, ones(width) / width, "same")`` by cumulative sums (the direct
+    convolution costs seconds on a minute of 48 kHz audio)."""
+    sums = np.concatenate([[0.0], np.cumsum(signal)])
+    index = np.arange(signal.size)
+    lo = np.clip(index + (width - 1) // 2 - width + 1, 0, signal.size)
+    hi = np.clip(index + (width - 1) // 2 + 1, 0, signal.size)
+    return (sums[hi] - sums[lo]) / width
 
 
 def melody(seconds: float, *, seed: int, loop_seconds: float | None = None) -> Audio:
@@ -241,9 +264,20 @@ class CaseSpec:
     early_stop: float = 0.0  # StopContactRecording this long before the call end (s)
     drift_ppm: float = 0.0  # the Connect clock's error against the recording's (ppm)
     suspended: tuple[float, float] | None = None  # a paused span (call seconds): silence
-    # The Connect file starts this long after the call did (a contact flow that starts
-    # recording late): the microphone has the call from connect_start - late_start on.
-    late_start: float = 0.0
+    # Issue 19 QA (tests/media/test_qa_sync_scenarios.py): other voices, rooms and timelines.
+    pool: str = "default"  # the human voices (voices < 0): a HUMAN_POOLS key
+    late_start: float = 0.0  # the contact flow started recording this long into the call (s)
+    crosstalk_db: float | None = None  # the microphone also hears the customer, at this gain
+    reverb_seconds: float = 0.25
+    reverb_level: float = 0.3  # reverberant energy against the direct path's
+    hold: tuple[float, float] | None = None  # hold music (call seconds) on the line and mic
+    hold_loop: float = 20.0  # the hold music repeats with this period (s)
+    mic_start: float = 0.0  # the recording's audio stream starts here (recording seconds)
+    mic_gap: tuple[float, float] | None = None  # the microphone dead (recording seconds)
+    # The agent's last words: one recorded prompt (the same samples) played at these two call
+    # times, and nothing else from 8 s before the first on (the customer talks; a replayed
+    # greeting or soundboard clip).
+    replay: tuple[float, float] | None = None
 
     @property
     def must_fall_back(self) -> bool:
@@ -270,10 +304,12 @@ def _connect_wav(path: Path, talk: Conversation, spec: CaseSpec, samples: int) -
         lo, hi = (round(t * RATE) for t in spec.suspended)
         customer[lo:hi] = 0
         agent[lo:hi] = 0
-    first, keep = round(spec.late_start * RATE), samples - round(spec.early_stop * RATE)
+    head = round(spec.late_start * RATE)  # not recorded yet: the file starts later
+    customer, agent = customer[head:], agent[head:]
+    keep = samples - head - round(spec.early_stop * RATE)
     customer, agent = (
-        drifted(customer[first:keep], spec.drift_ppm),
-        drifted(agent[first:keep], spec.drift_ppm),
+        drifted(customer[:keep], spec.drift_ppm),
+        drifted(agent[:keep], spec.drift_ppm),
     )
     stereo = np.stack([customer, agent], axis=1)
     stereo = (stereo * _db(spec.connect_gain_db)).astype("<f4")
@@ -296,8 +332,10 @@ def _mic(spec: CaseSpec, talk: Conversation, total: int, call_end: int, start: i
         if spec.mic == "other":  # another call: the same agent voice, other words and times
             voices = -2 if spec.voices < 0 else spec.voices  # human: other people
             source = conversation(spec.script + 1, voices, seed=spec.seed + 7,
-                                  min_seconds=spec.call_seconds)  # fmt: skip
+                                  min_seconds=spec.call_seconds, pool=spec.pool)  # fmt: skip
         voice = source.agent
+        if spec.crosstalk_db is not None:  # the customer, heard through the headset
+            voice = voice + source.customer[: voice.size] * _db(spec.crosstalk_db)
         # Agent track sample i is at recording sample start + i.
         lo, hi = max(0, start), min(call_end, start + voice.size)
         mic[lo:hi] = voice[lo - start : hi - start]
@@ -309,7 +347,51 @@ def _mic(spec: CaseSpec, talk: Conversation, total: int, call_end: int, start: i
         loop = 2.0 if spec.mic == "looped_tones" else None
         mic[:] = melody(total / RATE, seed=spec.seed, loop_seconds=loop) * _db(spec.mic_gain_db)
     noise_db = -75.0 if spec.mic == "silence" else spec.noise_db
-    return room(mic, seed=spec.seed, noise_db=noise_db)
+    heard = room(mic, seed=spec.seed, noise_db=noise_db, reverb_seconds=spec.reverb_seconds,
+                 reverb_level=spec.reverb_level)  # fmt: skip
+    heard[: round(spec.mic_start * RATE)] = 0  # before the audio stream: nothing written
+    if spec.mic_gap is not None:
+        lo, hi = (round(t * RATE) for t in spec.mic_gap)
+        heard[lo:hi] = 0
+    return heard
+
+
+def hold_music(seconds: float, loop: float) -> Audio:
+    """Music on hold (asterisk-moh-opsound-wav), its first ``loop`` seconds repeated."""
+    pcm = _run([*FFMPEG, "-i", HOLD_MUSIC, "-t", f"{loop:.3f}", "-ar", str(RATE), "-ac", "1",
+                "-f", "f32le", "-"])  # fmt: skip
+    tune = np.frombuffer(pcm, dtype="<f4").astype(np.float32)
+    tune = tune * (0.3 / (float(np.abs(tune).max()) + 1e-9))
+    return np.tile(tune, int(np.ceil(seconds * RATE / tune.size)))[: round(seconds * RATE)]
+
+
+def _with_replay(talk: Conversation, spec: CaseSpec) -> Conversation:
+    """``talk`` with the agent silent from 8 s before ``spec.replay[0]`` on but for one short
+    prompt (the
+    pool's first agent utterance of 1-2.5 s, or an espeak-ng line) at both replay times."""
+    if spec.replay is None:
+        return talk
+    pool = human_utterances("agent", pool=spec.pool) if spec.voices < 0 else ()
+    short = [u for u in pool if RATE <= u.size <= 2.5 * RATE]
+    prompt = short[0] if short else speak("Thank you.", VOICES[0][0])
+    agent = talk.agent.copy()
+    agent[max(0, round((spec.replay[0] - 8.0) * RATE)) :] = 0
+    for at in spec.replay:
+        lo = round(at * RATE)
+        agent[lo : lo + prompt.size] = prompt[: agent[lo : lo + prompt.size].size]
+    return Conversation(agent, talk.customer, talk.acw)
+
+
+def _with_hold(talk: Conversation, spec: CaseSpec) -> Conversation:
+    """``talk`` with hold music over ``spec.hold`` on both parties' tracks (the line plays it;
+    the agent's microphone hears it from the speakers)."""
+    if spec.hold is None:
+        return talk
+    lo, hi = (round(t * RATE) for t in spec.hold)
+    music = hold_music((hi - lo) / RATE, spec.hold_loop)
+    agent, customer = talk.agent.copy(), talk.customer.copy()
+    agent[lo:hi], customer[lo:hi] = music[: agent[lo:hi].size], music[: customer[lo:hi].size]
+    return Conversation(agent, customer, talk.acw)
 
 
 def make_speech_case(directory: Path, spec: CaseSpec) -> SpeechCase:
@@ -325,7 +407,9 @@ def make_speech_case(directory: Path, spec: CaseSpec) -> SpeechCase:
         return SpeechCase(**{**meta, "recording": Path(meta["recording"]),
                              "connect": Path(meta["connect"])})  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
-    talk = conversation(spec.script, spec.voices, seed=spec.seed, min_seconds=spec.call_seconds)
+    talk = conversation(spec.script, spec.voices, seed=spec.seed, min_seconds=spec.call_seconds,
+                        pool=spec.pool)  # fmt: skip
+    talk = _with_replay(_with_hold(talk, spec), spec)
     connect_samples = int(spec.call_seconds * RATE)
     connect = folder / "connect.wav"
     connect_seconds = connect_samples / RATE
@@ -345,10 +429,11 @@ def make_speech_case(directory: Path, spec: CaseSpec) -> SpeechCase:
         mic = _mic(spec, talk, total, start + connect_samples, start)
     _connect_wav(connect, talk, spec, connect_samples)
     ratio = 1 + spec.drift_ppm * 1e-6
-    cut = round(spec.early_stop * RATE) + round(spec.late_start * RATE)
-    connect_seconds = (connect_samples - cut) / RATE / ratio
+    kept = connect_samples - round(spec.late_start * RATE) - round(spec.early_stop * RATE)
+    connect_seconds = kept / RATE / ratio
     recording = folder / ("recording.webm" if spec.container == "webm" else "recording.mp4")
-    _recording(recording, mic if spec.mic != "none" else None, duration, spec.container)
+    _recording(recording, mic if spec.mic != "none" else None, duration, spec.container,
+               mic_start=spec.mic_start)  # fmt: skip
     np.save(folder / "mic.npy", mic.astype(np.float16))  # what was written, for the checks
     case = SpeechCase(
         name=spec.name,
@@ -366,11 +451,17 @@ def make_speech_case(directory: Path, spec: CaseSpec) -> SpeechCase:
     return case
 
 
-def _recording(path: Path, mic: Audio | None, duration: float, container: str) -> None:
+def _recording(
+    path: Path, mic: Audio | None, duration: float, container: str, *, mic_start: float = 0.0
+) -> None:
+    """The recording; its audio stream starts ``mic_start`` seconds after the video's."""
     video = ["-f", "lavfi", "-i", f"testsrc2=size=160x120:rate=15:duration={duration:.6f}"]
     args = [*FFMPEG, *video]
     stdin = None
     if mic is not None:
+        if mic_start > 0:
+            args += ["-itsoffset", f"{mic_start:.6f}"]
+            mic = mic[round(mic_start * RATE) :]
         args += ["-f", "f32le", "-ar", str(RATE), "-ac", "1", "-i", "pipe:0"]
         stdin = np.clip(mic, -1, 1).astype("<f4").tobytes()
     args += ["-map", "0:v"]
@@ -528,7 +619,7 @@ def alignment_errors(
 # Recordings of people speaking that Debian packages (.ci/system-deps installs both):
 # pocketsphinx-testdata (BSD-2; its LibriVox excerpts are public domain): a woman reading
 # Austen, a man reading card numbers, short commands; alsa-utils: a man naming channels.
-HUMAN_SOURCES = {
+HUMAN_SOURCES: dict[str, list[str]] = {
     "agent": [
         "/usr/share/pocketsphinx/test/data/librivox/*.wav",
         "/usr/share/pocketsphinx/test/data/cards/*.wav",
@@ -541,35 +632,103 @@ HUMAN_SOURCES = {
 }
 
 
-def human_utterances(role: str, rate: int = RATE) -> list[Audio]:
-    """The packaged recordings of ``role``'s voices, each trimmed of silence at its ends,
-    at ``rate`` (empty when the packages are missing)."""
+# Issue 19 QA: other people, other languages, other microphones (.ci/system-deps installs
+# them): asterisk-core-sounds-{es,fr,en}-wav (telephony prompts read by two women, Mexican
+# Spanish, Canadian French and US English; CC-BY-SA), codec2-examples (LGPL-2.1; men and women
+# reading, some over HF radio). Codec2's raw files are 8 kHz; pocketsphinx's 16 kHz.
+ASTERISK_SOUNDS = "/usr/share/asterisk/sounds"
+CODEC2_RAW = "/usr/share/codec2/raw"
+HUMAN_POOLS: dict[str, dict[str, list[str]]] = {
+    "default": HUMAN_SOURCES,
+    "intl": {
+        "agent": [
+            f"{ASTERISK_SOUNDS}/es_MX_f_Allison/conf-*.wav",
+            f"{ASTERISK_SOUNDS}/fr_CA_f_June/vm-*.wav",
+        ],
+        "customer": [
+            *(
+                f"{CODEC2_RAW}/{name}.raw"
+                for name in (
+                    "hts1a",
+                    "hts2a",
+                    "kristoff",
+                    "mmt1",
+                    "big_dog",
+                    "cross",
+                    "forig",
+                    "morig",
+                )
+            ),
+            f"{ASTERISK_SOUNDS}/en_US_f_Allison/queue-*.wav",
+        ],
+    },
+}
+RAW_RATES = {CODEC2_RAW: 8000}  # headerless files' rates by folder (else 16 kHz)
+# Music on hold: asterisk-moh-opsound-wav (CC-BY-SA), 8 kHz mono.
+HOLD_MUSIC = "/usr/share/asterisk/moh/manolo_camp-morning_coffee.wav"
+
+
+def _native(name: str) -> tuple[int, npt.NDArray[np.int16]]:
+    """A packaged recording's 16-bit mono samples at its own rate (headerless files: at
+    :data:`RAW_RATES`' rate); WAV files that are not plain 16-bit mono PCM through ffmpeg."""
+    import wave
+
+    if name.endswith(".raw"):
+        rate = next((r for d, r in RAW_RATES.items() if name.startswith(d)), 16000)
+        return rate, np.fromfile(name, dtype="<i2")
+    with wave.open(name) as wav:
+        if wav.getsampwidth() == 2 and wav.getnchannels() == 1 and wav.getcomptype() == "NONE":
+            return wav.getframerate(), np.frombuffer(wav.readframes(wav.getnframes()), "<i2")
+    pcm = _run([*FFMPEG, "-i", name, "-ac", "1", "-ar", "16000", "-f", "s16le", "-"])
+    return 16000, np.frombuffer(pcm, dtype="<i2")
+
+
+@functools.cache
+def human_utterances(role: str, rate: int = RATE, pool: str = "default") -> tuple[Audio, ...]:
+    """The packaged recordings of ``role``'s voices in ``pool``, each trimmed of silence at
+    its ends, at ``rate`` (empty when the packages are missing).
+
+    Read natively and resampled in one ffmpeg run per source rate (one run per file costs
+    seconds on a busy machine when a pool holds a hundred prompts).
+    """
     import glob
 
+    names = [n for pattern in HUMAN_POOLS[pool][role] for n in sorted(glob.glob(pattern))]
+    by_rate: dict[int, list[tuple[int, npt.NDArray[np.int16]]]] = {}
+    for order, name in enumerate(names):
+        source_rate, samples = _native(name)
+        by_rate.setdefault(source_rate, []).append((order, samples))
+    decoded: dict[int, Audio] = {}
+    for source_rate, parts in by_rate.items():
+        joined = np.concatenate([samples for _, samples in parts]).astype("<i2")
+        pcm = _run([*FFMPEG, "-f", "s16le", "-ar", str(source_rate), "-ac", "1", "-i", "pipe:0",
+                    "-ar", str(rate), "-f", "f32le", "-"], joined.tobytes())  # fmt: skip
+        audio = np.frombuffer(pcm, dtype="<f4").astype(np.float32)
+        bounds = np.cumsum([0] + [samples.size for _, samples in parts]) * rate / source_rate
+        for (order, _), lo, hi in zip(parts, bounds[:-1], bounds[1:], strict=True):
+            decoded[order] = audio[round(lo) : round(hi)]
     found: list[Audio] = []
-    for pattern in HUMAN_SOURCES[role]:
-        for name in sorted(glob.glob(pattern)):
-            raw = ["-f", "s16le", "-ar", "16000", "-ac", "1"] if name.endswith(".raw") else []
-            pcm = _run([*FFMPEG, *raw, "-i", name, "-ar", str(rate), "-ac", "1", "-f", "f32le",
-                        "-"])  # fmt: skip
-            audio = np.frombuffer(pcm, dtype="<f4").astype(np.float32)
-            loud = np.flatnonzero(np.abs(audio) > 0.02 * float(np.abs(audio).max(initial=1e-9)))
-            if loud.size:
-                audio = audio[loud[0] : loud[-1] + 1]
-                found.append((audio * (0.3 / (np.abs(audio).max() + 1e-9))).astype(np.float32))
-    return found
+    for order in range(len(names)):
+        audio = decoded[order]
+        loud = np.flatnonzero(np.abs(audio) > 0.02 * float(np.abs(audio).max(initial=1e-9)))
+        if loud.size:
+            audio = audio[loud[0] : loud[-1] + 1]
+            found.append((audio * (0.3 / (np.abs(audio).max() + 1e-9))).astype(np.float32))
+    return tuple(found)
 
 
-def human_conversation(*, seed: int, min_seconds: float, swap: bool = False) -> Conversation:
+def human_conversation(
+    *, seed: int, min_seconds: float, swap: bool = False, pool: str = "default"
+) -> Conversation:
     """Turns of real voices (:func:`human_utterances`) in a seeded random order with random
     gaps, so no stretch of the call repeats another although the utterances do. ``swap``: the
     customers' voices speak the agent's part (another call, other people)."""
     rng = np.random.default_rng(seed)
-    pools = {role: human_utterances(role) for role in ("agent", "customer")}
+    pools = {role: human_utterances(role, pool=pool) for role in ("agent", "customer")}
     if swap:
         pools = {"agent": pools["customer"], "customer": pools["agent"]}
     if not all(pools.values()):
-        raise AssertionError("real speech missing: install pocketsphinx-testdata alsa-utils")
+        raise AssertionError(f"real speech of pool {pool!r} missing: run .ci/system-deps")
     agent_parts: list[Audio] = []
     customer_parts: list[Audio] = []
     length = 0

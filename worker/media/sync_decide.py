@@ -13,6 +13,7 @@ from worker.media import drift
 from worker.media.sync_estimate import estimate, rms
 from worker.media.sync_model import (
     AGREEMENT_SECONDS,
+    DRIFT_RETRIES,
     DRIFT_RETRY_MIN,
     DRIFT_RETRY_REASONS,
     MAX_SIDE_PEAK_RATIO,
@@ -72,25 +73,34 @@ def synchronise(reference: Signal, signal: Signal, window: SyncWindow) -> SyncRe
     its correlation, which can fail the rules although the peak is in place. Then the halves'
     lags tell the drift inside the stretch; when that is a plausible clock error, the Connect
     stretch is stretched by it (:func:`worker.media.drift.stretch`) and measured once more under the
-    same rules. The offset is still the stretch's end's.
+    same rules, up to :data:`DRIFT_RETRIES` times (each by the drift the last one's halves
+    still show). The offset is still the stretch's end's.
     """
     result, found = _synchronise(reference, signal, window)
     if found is None or result.measured or result.reason not in DRIFT_RETRY_REASONS:
         return result
-    first, second = found.halves
-    distance = found.half_centres[1] - found.half_centres[0]
-    if min(first.z, second.z) < MIN_HALF_Z or distance <= 0:
-        return result
-    rate = (second.lag - first.lag) / distance
-    if not DRIFT_RETRY_MIN <= abs(rate) * 1e6 <= drift.MAX_DRIFT_PPM:
-        return result
-    retry, _ = _synchronise(drift.stretch(reference, 1.0 + rate), signal, window)
-    if not retry.measured:
-        return result
-    # The stretched reference starts where the plain one did and ends rate * length later.
-    # drift_ppm says by how much it was stretched (the caller may apply its own fit).
-    end_shift = rate * reference.size / SYNC_RATE
-    return replace(retry, offset_seconds=retry.offset_seconds + end_shift, drift_ppm=rate * 1e6)
+    ratio = 1.0
+    for _ in range(DRIFT_RETRIES):
+        # The drift left inside the (stretched) stretch, from its halves' lags.
+        first, second = found.halves
+        distance = found.half_centres[1] - found.half_centres[0]
+        if min(first.z, second.z) < MIN_HALF_Z or distance <= 0:
+            return result
+        ratio *= 1.0 + (second.lag - first.lag) / distance
+        rate = ratio - 1.0
+        if not DRIFT_RETRY_MIN <= abs(rate) * 1e6 <= drift.MAX_DRIFT_PPM:
+            return result
+        retry, again = _synchronise(drift.stretch(reference, ratio), signal, window)
+        if retry.measured:
+            # The stretched reference starts where the plain one did and ends rate * length
+            # later. drift_ppm says by how much it was stretched (the caller may fit its own).
+            end_shift = rate * reference.size / SYNC_RATE
+            offset = retry.offset_seconds + end_shift
+            return replace(retry, offset_seconds=offset, drift_ppm=rate * 1e6)
+        if again is None or retry.reason not in DRIFT_RETRY_REASONS:
+            return result
+        found = again
+    return result
 
 
 def _synchronise(

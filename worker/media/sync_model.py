@@ -75,6 +75,10 @@ WIDE_PARTS = 2
 WIDE_SPLIT_FROM_SECONDS = 600.0
 DRIFT_RETRY_REASONS = frozenset({"low_confidence", "halves_disagree"})
 DRIFT_RETRY_MIN = 20.0  # ppm: below, a drift does not smear a stretch enough to matter
+# Stretch-and-retry rounds: two noisy halves can misjudge the drift by 15 ppm (-46 for -60 on
+# a real voice), which still smears the outer thirds of a 30 s stretch past MIN_CORRELATION;
+# the retry's own halves then tell what is left (issue 19 QA).
+DRIFT_RETRIES = 3
 DRIFT_SEARCH_MARGIN_SECONDS = 0.050  # besides MAX_DRIFT_PPM over the distance from the end
 
 # --- data ------------------------------------------------------------------------------------
