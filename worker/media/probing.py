@@ -23,6 +23,7 @@ from worker.limits import FFMPEG_TIMEOUT_BASE_SECONDS, MAX_MEDIA_SECONDS
 from worker.media._parse import parse_clock, parse_float, parse_fraction, parse_int
 from worker.media.model import MediaInfo, ProbeHeader, StreamInfo
 from worker.media.onerun import OneRunReader
+from worker.media.packets import CompactPackets
 from worker.media.timeline import (
     HEAD_SECONDS,
     StreamSpan,
@@ -341,12 +342,14 @@ async def _scan(
     stream: int | None = None,
 ) -> Timeline | None:
     scanner = TimelineScan(rates)
+    lines = CompactPackets(scanner)
     await ffmpeg.run(
         build_timeline_args(path, intervals, stream),
         timeout=timeout,
         what=f"packet scan of {path.name}",
-        on_stdout_line=scanner.feed,
+        on_stdout_bytes=lines.feed,
     )
+    lines.close()
     return scanner.timeline(complete=intervals is None)
 
 
