@@ -2,11 +2,14 @@
 
 :func:`probe` runs ffprobe through :mod:`worker.ffmpeg` (the allow-lists, the time limit, the
 kill on cancellation). When the caller knows what to read (``expected_duration``: the merge's
-output; ``one_run``: the Connect audio), format, streams and packets come from one run
-(:func:`build_one_run_args`, :class:`~worker.media.onerun.OneRunReader`); otherwise twice:
+output; ``one_run``: the Connect audio; ``hint``: an MP4 recording whose movie header declares
+its duration), format, streams and packets come from one run
+(:func:`~worker.media.probe_args.build_one_run_args`,
+:class:`~worker.media.onerun.OneRunReader`); otherwise twice:
 once for the format and streams (:func:`parse_probe_json`), once for the packets
 (:class:`~worker.media.timeline.TimelineScan`), all of them or, for a long file with a
-believable header, its head and tail. The argument builders and the parsers are pure.
+believable header, its head and tail (the lines read by :mod:`worker.media.packets`). The
+argument builders (:mod:`worker.media.probe_args`) and the parsers are pure.
 """
 
 from __future__ import annotations
@@ -22,8 +25,15 @@ from worker.errors import MediaError
 from worker.limits import FFMPEG_TIMEOUT_BASE_SECONDS, MAX_MEDIA_SECONDS
 from worker.media._parse import parse_clock, parse_float, parse_fraction, parse_int
 from worker.media.model import MediaInfo, ProbeHeader, StreamInfo
+from worker.media.mp4_header import mp4_duration
 from worker.media.onerun import OneRunReader
 from worker.media.packets import CompactPackets
+from worker.media.probe_args import (
+    ONE_RUN_MAX_PACKETS,
+    build_one_run_args,
+    build_probe_args,
+    build_timeline_args,
+)
 from worker.media.timeline import (
     HEAD_SECONDS,
     StreamSpan,
@@ -40,75 +50,11 @@ from worker.observability import FFMPEG_FAILURES
 
 log = structlog.get_logger("worker.media")
 
-PACKET_ENTRIES = (
-    "packet=stream_index,pts_time,dts_time,duration_time,flags"
-    ":packet_side_data=skip_samples,discard_padding"
-)
-# A one-run probe holds the packets it read until the header (printed after them) is parsed:
-# at most this many (every packet of a 45-minute Connect WAV is about 21,000); a file with
-# more is read in two runs instead.
-ONE_RUN_MAX_PACKETS = 100_000
+__all__ = ["build_one_run_args", "build_probe_args", "build_timeline_args", "parse_probe_json"]
 
-
-def build_probe_args(path: Path) -> list[str]:
-    """ffprobe of format and streams, as JSON (pure)."""
-    return [
-        ffmpeg.FFPROBE,
-        "-hide_banner",
-        "-v",
-        "error",
-        "-show_format",
-        "-show_streams",
-        "-of",
-        "json",
-        *ffmpeg.input_args(path),
-    ]
-
-
-def build_timeline_args(
-    path: Path, intervals: str | None = None, stream: int | None = None
-) -> list[str]:
-    """ffprobe listing packets' stream, times, flags and skipped samples (pure).
-
-    Demuxing only (no decoding): a pass over the file at disk speed, or over ``intervals``
-    (ffprobe's ``-read_intervals``, see :func:`~worker.media.timeline.scan_intervals`); only
-    stream ``stream`` when given (an MP4 demuxer then skips the others' data). One line per
-    packet, read by :class:`~worker.media.timeline.TimelineScan`.
-    """
-    return [
-        ffmpeg.FFPROBE,
-        "-hide_banner",
-        "-v",
-        "error",
-        *(["-read_intervals", intervals] if intervals else []),
-        *(["-select_streams", str(stream)] if stream is not None else []),
-        "-show_entries",
-        PACKET_ENTRIES,
-        "-of",
-        "compact=p=0",
-        *ffmpeg.input_args(path),
-    ]
-
-
-def build_one_run_args(path: Path, intervals: str | None) -> list[str]:
-    """ffprobe of format, streams and packets in one run (pure): the packets of ``intervals``
-    or the first :data:`ONE_RUN_MAX_PACKETS`, as compact JSON (one packet a line), read by
-    :class:`~worker.media.onerun.OneRunReader`."""
-    return [
-        ffmpeg.FFPROBE,
-        "-hide_banner",
-        "-v",
-        "error",
-        "-read_intervals",
-        intervals or f"%+#{ONE_RUN_MAX_PACKETS}",
-        "-show_format",
-        "-show_streams",
-        "-show_entries",
-        PACKET_ENTRIES,
-        "-of",
-        "json=c=1",
-        *ffmpeg.input_args(path),
-    ]
+# A duration hint (an MP4's movie header, read before ffprobe runs) and ffprobe's header may
+# differ by the streams' offsets; more than this and the hint is not used.
+HINT_TOLERANCE = 1.0
 
 
 def _stream(raw: dict[str, Any]) -> StreamInfo:
@@ -171,21 +117,27 @@ async def probe(
     timeout: float = FFMPEG_TIMEOUT_BASE_SECONDS,  # noqa: ASYNC109
     expected_duration: float | None = None,
     one_run: bool = False,
+    hint: bool = False,
 ) -> MediaInfo:
     """Probe ``path`` with the allow-lists and read its :class:`Timeline` from its packets
     (all of them, or the head and tail of a long file with a believable header).
 
     In one ffprobe run when the caller knows what to read: the head and tail (or every packet)
     of a file of ``expected_duration`` (the merge's output), or with ``one_run`` every packet
-    (the Connect audio); a file that then turns out otherwise is read in two runs, as without.
+    (the Connect audio), or with ``hint`` when an MP4's movie header declares its duration
+    (:func:`~worker.media.mp4_header.mp4_duration`, the recording; ffprobe's header must then
+    agree); a file that then turns out otherwise is read in two runs, as without.
 
     Raises :class:`MediaError` (or a subclass) for files ffprobe refuses or cannot read,
     :class:`worker.errors.MediaTimeout` past ``timeout``.
     """
     path = Path(path)
     read = None
-    if one_run or expected_duration is not None:
-        read = await _read_in_one_run(path, timeout, expected_duration)
+    hinted = _duration_hint(path) if hint and expected_duration is None else None
+    if one_run or expected_duration is not None or hinted is not None:
+        read = await _read_in_one_run(
+            path, timeout, expected_duration or hinted, hinted is not None
+        )
     if read is None:
         header = await _read_header(path, timeout)
         timeline = await _read_timeline(header, timeout)
@@ -216,9 +168,11 @@ async def _read_in_one_run(
     path: Path,
     timeout: float,  # noqa: ASYNC109
     expected_duration: float | None,
+    hinted: bool = False,
 ) -> tuple[ProbeHeader, Timeline] | None:
     """Header and timeline from one ffprobe run; None when the file needs the two-run read
-    (a header that calls for other intervals, too many packets, intervals that fell short)."""
+    (a header that calls for other intervals or, ``hinted``, disagrees with the expected
+    duration; too many packets; intervals that fell short)."""
     size = _size(path)
     intervals = None if expected_duration is None else scan_intervals(expected_duration, size)
     reader = OneRunReader()
@@ -229,6 +183,8 @@ async def _read_in_one_run(
         on_stdout_line=reader.feed,
     )
     header = _checked(parse_probe_json(path, reader.header_text(), size))
+    if hinted and not _agrees(header.duration, expected_duration):
+        return None
     rates = {s.index: s.sample_rate for s in (header.video, header.audio) if s is not None}
     if intervals is None:
         if reader.packets >= ONE_RUN_MAX_PACKETS:
@@ -268,6 +224,25 @@ def _checked(header: ProbeHeader) -> ProbeHeader:
         FFMPEG_FAILURES.labels(reason="no_streams").inc()
         raise MediaError(f"{header.path.name} has neither video nor audio")
     return header
+
+
+def _duration_hint(path: Path) -> float | None:
+    """The duration an MP4 recording's movie header declares, read from its boxes (a few
+    small local reads: no worker thread), or None."""
+    try:
+        with path.open("rb") as file:
+
+            def read(offset: int, length: int) -> bytes:
+                file.seek(offset)
+                return file.read(length)
+
+            return mp4_duration(read, _size(path))
+    except (OSError, MediaError):
+        return None  # the probe that follows reports it
+
+
+def _agrees(header: float | None, hint: float | None) -> bool:
+    return header is not None and hint is not None and abs(header - hint) <= HINT_TOLERANCE
 
 
 def _size(path: Path) -> int:
