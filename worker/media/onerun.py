@@ -1,6 +1,6 @@
 """Reading a one-run probe's output: format, streams and packets from one ffprobe run (pure).
 
-See :func:`worker.media.probe_args.build_one_run_args`: ``-of json=c=1`` prints each packet on
+See :func:`worker.media.probing.build_one_run_args`: ``-of json=c=1`` prints each packet on
 a line of its own (its side data, if any, may continue on the next ones), the packets before
 the streams and the format.
 """

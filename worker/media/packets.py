@@ -75,7 +75,7 @@ def json_packet(text: str) -> Packet | None:
 
 class CompactPackets:
     """Feeds a :class:`TimelineScan` from the raw bytes of a ``-of compact=p=0`` packet scan
-    (:func:`worker.media.probe_args.build_timeline_args`), a chunk at a time.
+    (:func:`worker.media.probing.build_timeline_args`), a chunk at a time.
 
     A chunk's complete lines are read by one regular expression; when it does not read every
     packet line of the chunk (side data, an unexpected shape), the chunk's lines go to the

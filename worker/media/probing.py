@@ -4,36 +4,27 @@
 kill on cancellation). When the caller knows what to read (``expected_duration``: the merge's
 output; ``one_run``: the Connect audio; ``hint``: an MP4 recording whose movie header declares
 its duration), format, streams and packets come from one run
-(:func:`~worker.media.probe_args.build_one_run_args`,
-:class:`~worker.media.onerun.OneRunReader`); otherwise twice:
-once for the format and streams (:func:`parse_probe_json`), once for the packets
-(:class:`~worker.media.timeline.TimelineScan`), all of them or, for a long file with a
-believable header, its head and tail (the lines read by :mod:`worker.media.packets`). The
-argument builders (:mod:`worker.media.probe_args`) and the parsers are pure.
+(:func:`build_one_run_args`, :class:`~worker.media.onerun.OneRunReader`); otherwise twice:
+once for the format and streams (:func:`~worker.media.probe_json.parse_probe_json`), once
+for the packets (:class:`~worker.media.timeline.TimelineScan`), all of them or, for a long
+file with a believable header, its head and tail (the lines read by
+:mod:`worker.media.packets`). The argument builders and the parsers are pure.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from worker import ffmpeg
 from worker.errors import MediaError
 from worker.limits import FFMPEG_TIMEOUT_BASE_SECONDS, MAX_MEDIA_SECONDS
-from worker.media._parse import parse_clock, parse_float, parse_fraction, parse_int
-from worker.media.model import MediaInfo, ProbeHeader, StreamInfo
+from worker.media.model import MediaInfo, ProbeHeader
 from worker.media.mp4_header import mp4_duration
 from worker.media.onerun import OneRunReader
 from worker.media.packets import CompactPackets
-from worker.media.probe_args import (
-    ONE_RUN_MAX_PACKETS,
-    build_one_run_args,
-    build_probe_args,
-    build_timeline_args,
-)
+from worker.media.probe_json import parse_probe_json as parse_probe_json  # re-exported
 from worker.media.timeline import (
     HEAD_SECONDS,
     StreamSpan,
@@ -50,65 +41,81 @@ from worker.observability import FFMPEG_FAILURES
 
 log = structlog.get_logger("worker.media")
 
-__all__ = ["build_one_run_args", "build_probe_args", "build_timeline_args", "parse_probe_json"]
+
+PACKET_ENTRIES = (
+    "packet=stream_index,pts_time,dts_time,duration_time,flags"
+    ":packet_side_data=skip_samples,discard_padding"
+)
+# A one-run probe holds the packets it read until the header (printed after them) is parsed:
+# at most this many (every packet of a 45-minute Connect WAV is about 21,000); a file with
+# more is read in two runs instead.
+ONE_RUN_MAX_PACKETS = 100_000
+
+
+def build_probe_args(path: Path) -> list[str]:
+    """ffprobe of format and streams, as JSON (pure)."""
+    return [
+        ffmpeg.FFPROBE,
+        "-hide_banner",
+        "-v",
+        "error",
+        "-show_format",
+        "-show_streams",
+        "-of",
+        "json",
+        *ffmpeg.input_args(path),
+    ]
+
+
+def build_timeline_args(
+    path: Path, intervals: str | None = None, stream: int | None = None
+) -> list[str]:
+    """ffprobe listing packets' stream, times, flags and skipped samples (pure).
+
+    Demuxing only (no decoding): a pass over the file at disk speed, or over ``intervals``
+    (ffprobe's ``-read_intervals``, see :func:`~worker.media.timeline.scan_intervals`); only
+    stream ``stream`` when given (an MP4 demuxer then skips the others' data). One line per
+    packet, read by :class:`~worker.media.timeline.TimelineScan`.
+    """
+    return [
+        ffmpeg.FFPROBE,
+        "-hide_banner",
+        "-v",
+        "error",
+        *(["-read_intervals", intervals] if intervals else []),
+        *(["-select_streams", str(stream)] if stream is not None else []),
+        "-show_entries",
+        PACKET_ENTRIES,
+        "-of",
+        "compact=p=0",
+        *ffmpeg.input_args(path),
+    ]
+
+
+def build_one_run_args(path: Path, intervals: str | None) -> list[str]:
+    """ffprobe of format, streams and packets in one run (pure): the packets of ``intervals``
+    or the first :data:`ONE_RUN_MAX_PACKETS`, as compact JSON (one packet a line), read by
+    :class:`~worker.media.onerun.OneRunReader`."""
+    return [
+        ffmpeg.FFPROBE,
+        "-hide_banner",
+        "-v",
+        "error",
+        "-read_intervals",
+        intervals or f"%+#{ONE_RUN_MAX_PACKETS}",
+        "-show_format",
+        "-show_streams",
+        "-show_entries",
+        PACKET_ENTRIES,
+        "-of",
+        "json=c=1",
+        *ffmpeg.input_args(path),
+    ]
+
 
 # A duration hint (an MP4's movie header, read before ffprobe runs) and ffprobe's header may
 # differ by the streams' offsets; more than this and the hint is not used.
 HINT_TOLERANCE = 1.0
-
-
-def _stream(raw: dict[str, Any]) -> StreamInfo:
-    return StreamInfo(
-        index=int(raw["index"]),
-        codec_type=str(raw.get("codec_type", "")),
-        codec_name=str(raw.get("codec_name", "unknown")),
-        start_time=parse_float(raw.get("start_time")) or 0.0,
-        duration=parse_float(raw.get("duration")),
-        sample_rate=parse_int(raw.get("sample_rate")),
-        channels=parse_int(raw.get("channels")),
-        width=parse_int(raw.get("width")),
-        height=parse_int(raw.get("height")),
-        time_base=parse_fraction(raw.get("time_base")),
-        reorder_delay=parse_int(raw.get("has_b_frames")) or 0,
-        track_end=_track_end(raw),
-    )
-
-
-def _track_end(raw: dict[str, Any]) -> float | None:
-    duration = parse_float(raw.get("duration"))
-    if duration is not None:
-        return (parse_float(raw.get("start_time")) or 0.0) + duration
-    return parse_clock((raw.get("tags") or {}).get("DURATION"))
-
-
-def parse_probe_json(path: Path, text: str, size_bytes: int) -> ProbeHeader:
-    """The header from ffprobe's JSON: the first video stream (not a cover picture), the
-    first audio stream and the duration the header claims (None when absent or zero)."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise MediaError(f"{path.name}: ffprobe output is not JSON") from None
-    fmt = data.get("format") or {}
-    streams = data.get("streams") or []
-    video = next(
-        (
-            _stream(s)
-            for s in streams
-            if s.get("codec_type") == "video"
-            and not (s.get("disposition") or {}).get("attached_pic")
-        ),
-        None,
-    )
-    audio = next((_stream(s) for s in streams if s.get("codec_type") == "audio"), None)
-    return ProbeHeader(
-        path=path,
-        format_name=str(fmt.get("format_name", "unknown")),
-        duration=parse_float(fmt.get("duration")) or None,
-        video=video,
-        audio=audio,
-        start_time=parse_float(fmt.get("start_time")) or 0.0,
-        size_bytes=size_bytes,
-    )
 
 
 async def probe(
