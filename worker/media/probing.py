@@ -237,14 +237,16 @@ def _duration_hint(path: Path) -> float | None:
     """The duration an MP4 recording's movie header declares, read from its boxes (a few
     small local reads: no worker thread), or None."""
     try:
+        if not path.is_file():  # a regular file only: opening a FIFO would wait
+            return None
         with path.open("rb") as file:
 
             def read(offset: int, length: int) -> bytes:
                 file.seek(offset)
                 return file.read(length)
 
-            return mp4_duration(read, _size(path))
-    except (OSError, MediaError):
+            return mp4_duration(read, path.stat().st_size)
+    except OSError:
         return None  # the probe that follows reports it
 
 
