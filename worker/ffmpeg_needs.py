@@ -102,7 +102,7 @@ def job_command_lines() -> list[list[str]]:
                     )
         lines.append(media.build_thumbnail_args(_info(codec, None, 1), _PATH))
     stretch = loudness.Stretch(_PATH, 0, 1.0, 5.0, ["pan=mono|c0=c0"])
-    lines.append(loudness.build_measure_args(stretch))
+    lines.append(loudness.build_measure_all_args({"connect": stretch, "recording": stretch}))
     for layout in (1, 2, None):
         lines.append(
             sync.build_decode_args(_PATH, 0, channels=layout, agent=True, seek=1.0, seconds=5)
@@ -116,7 +116,8 @@ def filter_names(graph: str) -> set[str]:
     for chain in graph.split(";"):
         for spec in re.split(r"(?<!\\),", chain):
             spec = re.sub(r"^(\[[^\]]*\])+", "", spec.strip())
-            name = re.split(r"[=\[]", spec, maxsplit=1)[0].strip()
+            # "ebur128@connect=...": a named instance of ebur128.
+            name = re.split(r"[=\[@]", spec, maxsplit=1)[0].strip()
             if name:
                 names.add(name)
     return names

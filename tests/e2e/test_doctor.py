@@ -45,6 +45,9 @@ def test_the_needs_come_from_the_merge_command_lines() -> None:
 def test_filter_names_of_a_graph() -> None:
     graph = "[1:0]pan=mono|c0=c0,aresample=16000[conn];anullsrc=r=16000[q];[q][conn]concat=n=2"
     assert ffmpeg_needs.filter_names(graph) == {"pan", "aresample", "anullsrc", "concat"}
+    # A named instance (the loudness run's ebur128@connect) is its filter.
+    named = "[0:0]pan=mono|c0=c0,ebur128@connect=framelog=verbose[connect]"
+    assert ffmpeg_needs.filter_names(named) == {"pan", "ebur128"}
 
 
 def test_listings_are_parsed_by_kind() -> None:

@@ -13,6 +13,7 @@ import itertools
 import subprocess
 from dataclasses import replace
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -257,3 +258,35 @@ def test_matroska_duration_tags_are_read() -> None:
     assert parse_clock("00:03:20.008000000") == pytest.approx(200.008)
     assert parse_clock("1:00:00.5") == pytest.approx(3600.5)
     assert parse_clock("N/A") is None and parse_clock(None) is None
+
+
+def test_an_mp4_recording_is_probed_in_one_run_with_the_same_result(
+    recordings: dict[tuple[str, float], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The movie header's duration (read before ffprobe runs) lets one run read header, head
+    and tail; the result is the two-run read's (every span's start, end and last frame)."""
+    from worker import ffmpeg
+
+    runs: list[str] = []
+    real_run = ffmpeg.run
+
+    async def counted(args: list[str], **kwargs: object) -> ffmpeg.RunResult:
+        runs.append(str(kwargs["what"]))
+        return await real_run(args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ffmpeg, "run", counted)
+    for (ext, stop), path in recordings.items():
+        runs.clear()
+        two = anyio.run(probe, path)
+        two_runs = len(runs)
+        runs.clear()
+        one = anyio.run(partial(probe, path, hint=True))
+        # The MP4 in one run (two when its last frame is read from further back); a WebM has
+        # no movie header: read as without the hint.
+        assert len(runs) == (two_runs - 1 if ext == "mp4" else two_runs), (ext, stop, runs)
+        assert replace(one, timeline=None) == replace(two, timeline=None)
+        assert one.timeline is not None and two.timeline is not None
+        assert one.timeline.complete == two.timeline.complete
+        assert [replace(s, packets=0) for s in one.timeline.streams] == [
+            replace(s, packets=0) for s in two.timeline.streams
+        ]

@@ -16,7 +16,7 @@ integrated loudness to the target, and the merged audio passes a true-peak-safe 
   are bounded to +-:data:`MAX_GAIN_DB`.
 
 Everything here is pure (the argument builders, the parser, the gain rule, the filter steps);
-:func:`worker.media.measure.measure_gains` runs the two measurements side by side with the
+:func:`worker.media.measure.measure_gains` runs both measurements in one ffmpeg run with the
 allow-listed, time-limited runner.
 """
 
@@ -38,6 +38,8 @@ LIMIT_DB = -2.0
 SILENT_LUFS = -69.0
 MIN_TARGET_LUFS, MAX_TARGET_LUFS = -40.0, -5.0
 
+# The first line of an ebur128 instance's summary: "[ebur128@connect @ 0x55d0c0] Summary:".
+_SUMMARY = re.compile(r"^\s*\[ebur128@(\w+) @ [^\]]*\] Summary:")
 _INTEGRATED = re.compile(r"^\s*I:\s*(-?\d+(?:\.\d+)?|-?inf|nan)\s*LUFS", re.IGNORECASE)
 
 
@@ -73,6 +75,41 @@ def build_measure_args(stretch: Stretch) -> list[str]:
     args += ["-map", f"0:{stretch.stream_index}", "-vn", "-sn", "-dn", "-af", chain]
     args += ["-f", "null", "-"]
     return args
+
+
+def build_measure_all_args(stretches: dict[str, Stretch]) -> list[str]:
+    """ffmpeg running ``ebur128`` over each named stretch in one run (pure): each stretch its
+    own input (the same fast seek and length as :func:`build_measure_args`), its own filter
+    instance ``ebur128@NAME`` whose summary :func:`parse_integrated_by_name` finds on stderr.
+    Names are identifiers (``connect``, ``recording``)."""
+    args = [ffmpeg.FFMPEG, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info"]
+    chains = []
+    for n, (name, stretch) in enumerate(stretches.items()):
+        if stretch.start > 0:
+            args += ["-ss", f"{stretch.start:.6f}"]
+        args += ["-t", f"{stretch.seconds:.6f}", *ffmpeg.input_args(stretch.path)]
+        steps = ",".join([*stretch.mix, f"ebur128@{name}=framelog=verbose"])
+        chains.append(f"[{n}:{stretch.stream_index}]{steps}[{name}]")
+    args += ["-filter_complex", ";".join(chains)]
+    for name in stretches:
+        args += ["-map", f"[{name}]"]
+    return [*args, "-f", "null", "-"]
+
+
+def parse_integrated_by_name(lines: list[str], names: list[str]) -> dict[str, float | None]:
+    """Each named ``ebur128`` instance's integrated loudness (see :func:`parse_integrated`)
+    from a run of :func:`build_measure_all_args`: the ``I:`` lines after the instance's
+    ``[ebur128@NAME @ 0x...] Summary:`` line (its last summary counts: ffmpeg may print an
+    empty one first, for a filter graph it configured and replaced)."""
+    owned: dict[str, list[str]] = {name: [] for name in names}
+    current: list[str] | None = None
+    for line in lines:
+        summary = _SUMMARY.match(line)
+        if summary:
+            current = owned.get(summary[1])
+        elif current is not None:
+            current.append(line)
+    return {name: parse_integrated(found) for name, found in owned.items()}
 
 
 def parse_integrated(lines: list[str]) -> float | None:

@@ -86,17 +86,6 @@ async def measure_audio(
     return synced, gains
 
 
-async def _integrated(stretch: loudness.Stretch, timeout: float) -> float | None:  # noqa: ASYNC109
-    if stretch.seconds <= 0:
-        return None
-    result = await ffmpeg.run(
-        loudness.build_measure_args(stretch),
-        timeout=timeout,
-        what=f"loudness of {stretch.path.name}",
-    )
-    return loudness.parse_integrated(result.stderr_tail)
-
-
 async def measure_gains(
     connect: loudness.Stretch,
     recording: loudness.Stretch | None,
@@ -104,16 +93,24 @@ async def measure_gains(
     *,
     timeout: float,  # noqa: ASYNC109 - per ffmpeg run, enforced by worker.ffmpeg.run
 ) -> loudness.LoudnessGains:
-    """Measure both stretches side by side; the gains that bring each to ``target``."""
+    """Measure both stretches in one ffmpeg run (one process instead of two: each costs
+    a job CPU to start, issue 18); the gains that bring each to ``target``.
+
+    Both summaries (9 non-empty lines each) fit in the stderr tail the runner keeps
+    (:data:`worker.ffmpeg.STDERR_TAIL_LINES`)."""
+    stretches = {
+        name: stretch
+        for name, stretch in (("connect", connect), ("recording", recording))
+        if stretch is not None and stretch.seconds > 0
+    }
     measured: dict[str, float | None] = {"connect": None, "recording": None}
-
-    async def one(name: str, stretch: loudness.Stretch) -> None:
-        measured[name] = await _integrated(stretch, timeout)
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(one, "connect", connect)
-        if recording is not None:
-            group.start_soon(one, "recording", recording)
+    if stretches:
+        result = await ffmpeg.run(
+            loudness.build_measure_all_args(stretches),
+            timeout=timeout,
+            what="loudness of " + " and ".join(s.path.name for s in stretches.values()),
+        )
+        measured |= loudness.parse_integrated_by_name(result.stderr_tail, list(stretches))
     gains = loudness.LoudnessGains(
         target_lufs=target,
         connect_db=loudness.gain_for(measured["connect"], target),

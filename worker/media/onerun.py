@@ -13,11 +13,8 @@ from array import array
 from typing import Any
 
 from worker.media._parse import parse_float, parse_int
+from worker.media.packets import Packet, json_packet
 from worker.media.timeline import Timeline, TimelineScan
-
-# The packet fields a timeline reads (see TimelineScan.feed_values), kept as numbers.
-_TIMES = ("pts_time", "dts_time", "duration_time")
-_SAMPLES = ("skip_samples", "discard_padding")
 
 
 class OneRunReader:
@@ -31,8 +28,9 @@ class OneRunReader:
     def __init__(self) -> None:
         self._index = array("q")
         self._discarded = array("b")  # flag D: a packet the demuxer discards
-        self._times = {key: array("d") for key in _TIMES}  # NaN: absent
-        self._samples = {key: array("q") for key in _SAMPLES}
+        self._times = (array("d"), array("d"), array("d"))  # pts, dts, duration; NaN: absent
+        self._skip = array("q")  # skip_samples (side data)
+        self._padding = array("q")  # discard_padding (side data)
         self._header: list[str] = []
         self._in_packets = False
         self._chunk = ""
@@ -49,7 +47,11 @@ class OneRunReader:
         self._chunk += text
         if self._chunk.count("{") == self._chunk.count("}"):  # a packet's object is complete
             if self._chunk:
-                self._keep(_packet_values(json.loads(self._chunk.rstrip(","))))
+                packet = json_packet(self._chunk)  # the fast read: a packet without side data
+                if packet is not None:
+                    self._keep(packet)
+                else:
+                    self._keep(*self._read_json(self._chunk))
             self._chunk = ""
 
     @property
@@ -57,14 +59,29 @@ class OneRunReader:
         """How many packets were read."""
         return len(self._index)
 
-    def _keep(self, values: dict[str, str]) -> None:
-        self._index.append(_int(values.get("stream_index"), -1))
-        self._discarded.append("D" in values.get("flags", ""))
-        for key, column in self._times.items():
-            when = parse_float(values.get(key))
+    @staticmethod
+    def _read_json(text: str) -> tuple[Packet, int, int]:
+        """A packet (and its skipped and discarded samples) read with ``json``."""
+        values = _packet_values(json.loads(text.rstrip(",")))
+        return (
+            Packet(
+                _int(values.get("stream_index"), -1),
+                "D" in values.get("flags", ""),
+                parse_float(values.get("pts_time")),
+                parse_float(values.get("dts_time")),
+                parse_float(values.get("duration_time")),
+            ),
+            _int(values.get("skip_samples"), 0),
+            _int(values.get("discard_padding"), 0),
+        )
+
+    def _keep(self, packet: Packet, skip_samples: int = 0, discard_padding: int = 0) -> None:
+        self._index.append(packet.stream)
+        self._discarded.append(packet.discarded)
+        for column, when in zip(self._times, packet[2:], strict=True):
             column.append(math.nan if when is None else when)
-        for key, samples in self._samples.items():
-            samples.append(_int(values.get(key), 0))
+        self._skip.append(skip_samples)
+        self._padding.append(discard_padding)
 
     def header_text(self) -> str:
         """The JSON of format and streams."""
@@ -73,15 +90,19 @@ class OneRunReader:
     def timeline(self, rates: dict[int, int | None], *, complete: bool) -> Timeline | None:
         """The packets' timeline, for the streams (and their sample rates) in ``rates``."""
         scanner = TimelineScan(rates)
-        for row in range(self.packets):
-            values = {"stream_index": str(self._index[row])}
-            if self._discarded[row]:
-                values["flags"] = "D"
-            for key, column in self._times.items():
-                if not math.isnan(column[row]):
-                    values[key] = repr(column[row])  # exact: repr round-trips a float
-            values.update((key, str(samples[row])) for key, samples in self._samples.items())
-            scanner.feed_values(values)
+        columns = zip(
+            self._index, self._discarded, *self._times, self._skip, self._padding, strict=True
+        )
+        for index, discarded, pts, dts, duration, skip, padding in columns:
+            scanner.feed_packet(
+                index,
+                bool(discarded),
+                None if pts != pts else pts,  # NaN (absent) is the only float unequal to itself
+                None if dts != dts else dts,
+                None if duration != duration else duration,
+                skip,
+                padding,
+            )
         return scanner.timeline(complete=complete)
 
 

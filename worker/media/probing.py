@@ -2,27 +2,29 @@
 
 :func:`probe` runs ffprobe through :mod:`worker.ffmpeg` (the allow-lists, the time limit, the
 kill on cancellation). When the caller knows what to read (``expected_duration``: the merge's
-output; ``one_run``: the Connect audio), format, streams and packets come from one run
+output; ``one_run``: the Connect audio; ``hint``: an MP4 recording whose movie header declares
+its duration), format, streams and packets come from one run
 (:func:`build_one_run_args`, :class:`~worker.media.onerun.OneRunReader`); otherwise twice:
-once for the format and streams (:func:`parse_probe_json`), once for the packets
-(:class:`~worker.media.timeline.TimelineScan`), all of them or, for a long file with a
-believable header, its head and tail. The argument builders and the parsers are pure.
+once for the format and streams (:func:`~worker.media.probe_json.parse_probe_json`), once
+for the packets (:class:`~worker.media.timeline.TimelineScan`), all of them or, for a long
+file with a believable header, its head and tail (the lines read by
+:mod:`worker.media.packets`). The argument builders and the parsers are pure.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from worker import ffmpeg
 from worker.errors import MediaError
 from worker.limits import FFMPEG_TIMEOUT_BASE_SECONDS, MAX_MEDIA_SECONDS
-from worker.media._parse import parse_clock, parse_float, parse_fraction, parse_int
-from worker.media.model import MediaInfo, ProbeHeader, StreamInfo
+from worker.media.model import MediaInfo, ProbeHeader
+from worker.media.mp4_header import mp4_duration
 from worker.media.onerun import OneRunReader
+from worker.media.packets import CompactPackets
+from worker.media.probe_json import parse_probe_json as parse_probe_json  # re-exported
 from worker.media.timeline import (
     HEAD_SECONDS,
     StreamSpan,
@@ -38,6 +40,7 @@ from worker.media.timeline import (
 from worker.observability import FFMPEG_FAILURES
 
 log = structlog.get_logger("worker.media")
+
 
 PACKET_ENTRIES = (
     "packet=stream_index,pts_time,dts_time,duration_time,flags"
@@ -110,58 +113,9 @@ def build_one_run_args(path: Path, intervals: str | None) -> list[str]:
     ]
 
 
-def _stream(raw: dict[str, Any]) -> StreamInfo:
-    return StreamInfo(
-        index=int(raw["index"]),
-        codec_type=str(raw.get("codec_type", "")),
-        codec_name=str(raw.get("codec_name", "unknown")),
-        start_time=parse_float(raw.get("start_time")) or 0.0,
-        duration=parse_float(raw.get("duration")),
-        sample_rate=parse_int(raw.get("sample_rate")),
-        channels=parse_int(raw.get("channels")),
-        width=parse_int(raw.get("width")),
-        height=parse_int(raw.get("height")),
-        time_base=parse_fraction(raw.get("time_base")),
-        reorder_delay=parse_int(raw.get("has_b_frames")) or 0,
-        track_end=_track_end(raw),
-    )
-
-
-def _track_end(raw: dict[str, Any]) -> float | None:
-    duration = parse_float(raw.get("duration"))
-    if duration is not None:
-        return (parse_float(raw.get("start_time")) or 0.0) + duration
-    return parse_clock((raw.get("tags") or {}).get("DURATION"))
-
-
-def parse_probe_json(path: Path, text: str, size_bytes: int) -> ProbeHeader:
-    """The header from ffprobe's JSON: the first video stream (not a cover picture), the
-    first audio stream and the duration the header claims (None when absent or zero)."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise MediaError(f"{path.name}: ffprobe output is not JSON") from None
-    fmt = data.get("format") or {}
-    streams = data.get("streams") or []
-    video = next(
-        (
-            _stream(s)
-            for s in streams
-            if s.get("codec_type") == "video"
-            and not (s.get("disposition") or {}).get("attached_pic")
-        ),
-        None,
-    )
-    audio = next((_stream(s) for s in streams if s.get("codec_type") == "audio"), None)
-    return ProbeHeader(
-        path=path,
-        format_name=str(fmt.get("format_name", "unknown")),
-        duration=parse_float(fmt.get("duration")) or None,
-        video=video,
-        audio=audio,
-        start_time=parse_float(fmt.get("start_time")) or 0.0,
-        size_bytes=size_bytes,
-    )
+# A duration hint (an MP4's movie header, read before ffprobe runs) and ffprobe's header may
+# differ by the streams' offsets; more than this and the hint is not used.
+HINT_TOLERANCE = 1.0
 
 
 async def probe(
@@ -170,21 +124,27 @@ async def probe(
     timeout: float = FFMPEG_TIMEOUT_BASE_SECONDS,  # noqa: ASYNC109
     expected_duration: float | None = None,
     one_run: bool = False,
+    hint: bool = False,
 ) -> MediaInfo:
     """Probe ``path`` with the allow-lists and read its :class:`Timeline` from its packets
     (all of them, or the head and tail of a long file with a believable header).
 
     In one ffprobe run when the caller knows what to read: the head and tail (or every packet)
     of a file of ``expected_duration`` (the merge's output), or with ``one_run`` every packet
-    (the Connect audio); a file that then turns out otherwise is read in two runs, as without.
+    (the Connect audio), or with ``hint`` when an MP4's movie header declares its duration
+    (:func:`~worker.media.mp4_header.mp4_duration`, the recording; ffprobe's header must then
+    agree); a file that then turns out otherwise is read in two runs, as without.
 
     Raises :class:`MediaError` (or a subclass) for files ffprobe refuses or cannot read,
     :class:`worker.errors.MediaTimeout` past ``timeout``.
     """
     path = Path(path)
     read = None
-    if one_run or expected_duration is not None:
-        read = await _read_in_one_run(path, timeout, expected_duration)
+    hinted = _duration_hint(path) if hint and expected_duration is None else None
+    if one_run or expected_duration is not None or hinted is not None:
+        read = await _read_in_one_run(
+            path, timeout, expected_duration or hinted, hinted is not None
+        )
     if read is None:
         header = await _read_header(path, timeout)
         timeline = await _read_timeline(header, timeout)
@@ -215,9 +175,11 @@ async def _read_in_one_run(
     path: Path,
     timeout: float,  # noqa: ASYNC109
     expected_duration: float | None,
+    hinted: bool = False,
 ) -> tuple[ProbeHeader, Timeline] | None:
     """Header and timeline from one ffprobe run; None when the file needs the two-run read
-    (a header that calls for other intervals, too many packets, intervals that fell short)."""
+    (a header that calls for other intervals or, ``hinted``, disagrees with the expected
+    duration; too many packets; intervals that fell short)."""
     size = _size(path)
     intervals = None if expected_duration is None else scan_intervals(expected_duration, size)
     reader = OneRunReader()
@@ -228,6 +190,8 @@ async def _read_in_one_run(
         on_stdout_line=reader.feed,
     )
     header = _checked(parse_probe_json(path, reader.header_text(), size))
+    if hinted and not _agrees(header.duration, expected_duration):
+        return None
     rates = {s.index: s.sample_rate for s in (header.video, header.audio) if s is not None}
     if intervals is None:
         if reader.packets >= ONE_RUN_MAX_PACKETS:
@@ -267,6 +231,27 @@ def _checked(header: ProbeHeader) -> ProbeHeader:
         FFMPEG_FAILURES.labels(reason="no_streams").inc()
         raise MediaError(f"{header.path.name} has neither video nor audio")
     return header
+
+
+def _duration_hint(path: Path) -> float | None:
+    """The duration an MP4 recording's movie header declares, read from its boxes (a few
+    small local reads: no worker thread), or None."""
+    try:
+        if not path.is_file():  # a regular file only: opening a FIFO would wait
+            return None
+        with path.open("rb") as file:
+
+            def read(offset: int, length: int) -> bytes:
+                file.seek(offset)
+                return file.read(length)
+
+            return mp4_duration(read, path.stat().st_size)
+    except OSError:
+        return None  # the probe that follows reports it
+
+
+def _agrees(header: float | None, hint: float | None) -> bool:
+    return header is not None and hint is not None and abs(header - hint) <= HINT_TOLERANCE
 
 
 def _size(path: Path) -> int:
@@ -341,12 +326,14 @@ async def _scan(
     stream: int | None = None,
 ) -> Timeline | None:
     scanner = TimelineScan(rates)
+    lines = CompactPackets(scanner)
     await ffmpeg.run(
         build_timeline_args(path, intervals, stream),
         timeout=timeout,
         what=f"packet scan of {path.name}",
-        on_stdout_line=scanner.feed,
+        on_stdout_bytes=lines.feed,
     )
+    lines.close()
     return scanner.timeline(complete=intervals is None)
 
 

@@ -238,13 +238,16 @@ async def probe_inputs(
     timeout: float,  # noqa: ASYNC109
     given: tuple[MediaInfo | None, MediaInfo | None] = (None, None),
 ) -> tuple[MediaInfo, MediaInfo | Exception]:
-    """Both inputs probed side by side (:func:`side_by_side`; the Connect audio in one run),
-    those not ``given``. The recording's error is raised; the Connect audio's is returned, for
-    the caller to raise after it has validated the recording."""
+    """Both inputs probed side by side (:func:`side_by_side`; the Connect audio in one run, an
+    MP4 recording too when its movie header declares its duration), those not ``given``. The
+    recording's error is raised; the Connect audio's is returned, for the caller to raise
+    after it has validated the recording."""
 
     async def one(slot: int, path: Path) -> MediaInfo:
         known = given[slot]
-        return known if known is not None else await probe(path, timeout=timeout, one_run=slot == 1)
+        if known is not None:
+            return known
+        return await probe(path, timeout=timeout, one_run=slot == 1, hint=slot == 0)
 
     return await side_by_side(partial(one, 0, recording), partial(one, 1, connect_audio))
 

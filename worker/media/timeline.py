@@ -128,31 +128,56 @@ class TimelineScan:
     def feed_values(self, values: dict[str, str]) -> None:
         """Take one packet's fields (``stream_index``, ``pts_time``... as ffprobe prints them)."""
         index = parse_int(values.get("stream_index"))
+        if index is None:
+            return
+        self.feed_packet(
+            index,
+            "D" in values.get("flags", ""),
+            parse_float(values.get("pts_time")),
+            parse_float(values.get("dts_time")),
+            parse_float(values.get("duration_time")),
+            parse_int(values.get("skip_samples")) or 0,
+            parse_int(values.get("discard_padding")) or 0,
+        )
+
+    def feed_packet(
+        self,
+        index: int,
+        discarded: bool,
+        pts: float | None,
+        dts: float | None,
+        duration: float | None,
+        skip_samples: int = 0,
+        discard_padding: int = 0,
+    ) -> None:
+        """Take one packet as numbers (None: absent; see :mod:`worker.media.packets`)."""
         if index not in self._rates:
             return
-        if "D" in values.get("flags", ""):
+        rate = self._rates[index]
+        if discarded:
             self._discarded[index] = self._discarded.get(index, 0) + 1
             return
-        when = parse_float(values.get("pts_time"))
-        if when is None:
-            when = parse_float(values.get("dts_time"))
+        when = dts if pts is None else pts
         if when is None:
             return
-        if when < self._previous.get(index, when):
+        previous = self._previous.get(index)
+        if previous is not None and when < previous:
             self._reordered.add(index)
         self._previous[index] = when
-        rate = self._rates[index]
-        duration = parse_float(values.get("duration_time")) or 0.0
-        start, end = when, when + duration
+        start, end = when, when + (duration or 0.0)
         if rate:
-            start += (parse_int(values.get("skip_samples")) or 0) / rate
-            end -= (parse_int(values.get("discard_padding")) or 0) / rate
+            start += skip_samples / rate
+            end -= discard_padding / rate
         span = self._spans.get(index)
         if span is None:
             self._spans[index] = _SpanSoFar(start, end, when)
         else:
-            span.start, span.end = min(span.start, start), max(span.end, end)
-            span.last = max(span.last, when)
+            if start < span.start:
+                span.start = start
+            if end > span.end:
+                span.end = end
+            if when > span.last:
+                span.last = when
             span.packets += 1
 
     def timeline(self, *, complete: bool = True) -> Timeline | None:
