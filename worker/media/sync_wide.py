@@ -1,6 +1,10 @@
-"""The wide search's run (issue 19): the whole recording's band-limited decode streamed into
-:mod:`worker.media.sync_search`'s envelope search, then the fine pass (:mod:`worker.media.sync`'s
-rules) around each candidate it found."""
+"""The wide search's run (issue 19): a coarse pass over the whole recording, then the fine pass
+(:mod:`worker.media.sync`'s rules) around each candidate it found.
+
+The coarse pass first tries the recording's Opus packet sizes (:mod:`worker.media.sync_packets`:
+a demux, no decode); when they carry no envelope (AAC, CBR) or the fine pass confirms none of
+their candidates, the whole recording's band-limited decode is streamed into
+:mod:`worker.media.sync_search`'s envelope search, as before. Only the fine pass decides."""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ from dataclasses import replace
 import anyio
 import structlog
 
+from worker import ffmpeg
 from worker.errors import MediaError, MediaProcessKilled, MediaTimeout
-from worker.media import sync_search
+from worker.media import sync_packets, sync_search
 from worker.media.sync_decide import choose_wide
 from worker.media.sync_decode import (
     connect_decode_args,
@@ -20,9 +25,11 @@ from worker.media.sync_decode import (
     stream,
 )
 from worker.media.sync_model import (
+    SYNC_RATE,
     WIDE_FINE_SECONDS,
     WIDE_RIVAL_SCORE,
     WIDE_TIMEOUT_PER_MEDIA_SECOND,
+    Signal,
     SyncInputs,
     SyncResult,
     SyncWindow,
@@ -46,15 +53,41 @@ async def wide(
     length = window.connect_seconds
     reference_args = connect_decode_args(inputs, window, band=True)
     failure: str | None = None
-    candidates: list[sync_search.Candidate] = []
+    reference: Signal | None = None
     try:
         reference = await decode(reference_args, timeout=timeout, what="wide sync reference")
+    except* (MediaError, MediaTimeout, MediaProcessKilled) as errors:
+        failure = str(errors.exceptions[0])
+    if failure is not None or reference is None:
+        log.warning("call_end_sync_wide_decode_failed", error=failure)
+        return SyncResult.timestamp("decode_failed")
+    packet_candidates = await _packet_search(inputs, reference, length, timeout)
+    if packet_candidates:
+        confident = await _fine(inputs, packet_candidates, length, timeout, coarse="packets")
+        if confident:
+            return choose_wide(narrow, confident)
+    candidates: list[sync_search.Candidate] = []
+    try:
         candidates = await _search(inputs, sync_search.envelope(reference), length, timeout)
     except* (MediaError, MediaTimeout, MediaProcessKilled) as errors:
         failure = str(errors.exceptions[0])
     if failure is not None:
         log.warning("call_end_sync_wide_decode_failed", error=failure)
         return SyncResult.timestamp("decode_failed")
+    confident = await _fine(inputs, candidates, length, timeout, coarse="decode")
+    return choose_wide(narrow, confident)
+
+
+async def _fine(
+    inputs: SyncInputs,
+    candidates: list[sync_search.Candidate],
+    length: float,
+    timeout: float,  # noqa: ASYNC109
+    *,
+    coarse: str,
+) -> list[SyncResult]:
+    """The fine pass around each candidate worth measuring: its confident results, as offsets
+    from the timestamp's call end."""
     confident: list[SyncResult] = []
     for candidate in sync_search.worth_measuring(candidates, WIDE_RIVAL_SCORE):
         connect_end = candidate.seconds + length  # where the Connect file ends, by this one
@@ -69,6 +102,7 @@ async def wide(
         found = await measure_window(inputs, fine, timeout=timeout)
         log.info(
             "call_end_sync_wide_candidate",
+            coarse=coarse,
             at=round(connect_end, 3),
             score=round(candidate.score, 3),
             method=found.method,
@@ -78,7 +112,59 @@ async def wide(
         if found.measured:
             offset = connect_end + found.offset_seconds - inputs.call_end
             confident.append(replace(found, offset_seconds=offset))
-    return choose_wide(narrow, confident)
+    return confident
+
+
+def packet_scan_args(inputs: SyncInputs) -> list[str]:
+    """ffprobe printing the microphone stream's packet times, durations and sizes (pure)."""
+    assert inputs.recording_audio_index is not None
+    return [
+        ffmpeg.FFPROBE,
+        "-hide_banner",
+        "-v",
+        "error",
+        "-select_streams",
+        str(inputs.recording_audio_index),
+        "-show_entries",
+        sync_packets.FIELDS,
+        "-of",
+        "csv=p=0",
+        *ffmpeg.input_args(inputs.recording),
+    ]
+
+
+async def _packet_search(
+    inputs: SyncInputs,
+    reference: Signal,
+    length: float,
+    timeout: float,  # noqa: ASYNC109
+) -> list[sync_search.Candidate]:
+    """The packet-size search's candidates; none when the recording's packets carry no
+    envelope or cannot be read (the decode-based search then runs)."""
+    chunks: list[bytes] = []
+    wide_timeout = timeout + WIDE_TIMEOUT_PER_MEDIA_SECOND * inputs.recording_duration
+    try:
+        await ffmpeg.run(
+            packet_scan_args(inputs),
+            timeout=wide_timeout,
+            what="wide sync packet scan",
+            on_stdout_bytes=chunks.append,
+        )
+    except (MediaError, MediaTimeout, MediaProcessKilled) as error:
+        log.info("call_end_sync_wide_packets_unreadable", error=str(error))
+        return []
+    signal = sync_packets.packet_envelope(*sync_packets.parse_packets(b"".join(chunks)))
+    if signal is None:
+        log.info("call_end_sync_wide_packets_no_envelope")
+        return []
+    parts = plan_wide(recording_duration=inputs.recording_duration, length=length)
+    found = sync_packets.search(
+        signal,
+        sync_packets.energy_envelope(reference, SYNC_RATE),
+        min_lag_seconds=min(part.seek + part.min_lag for part in parts),
+        max_lag_seconds=max(part.seek + part.max_lag for part in parts),
+    )
+    return sync_packets.usable(found)
 
 
 async def _search(
