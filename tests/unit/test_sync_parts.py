@@ -133,7 +133,7 @@ def test_a_window_is_decoded_in_one_run_each_stretch_as_it_would_be_alone() -> N
     assert args[inputs[0] - 6 : inputs[0]] == ["-ss", "512.250000", *allow]
     assert args[inputs[1] - 4 : inputs[1]] == allow
     assert args.count("-ss") == 1
-    first, second, join = args[args.index("-filter_complex") + 1].split(";")
+    graph = args[args.index("-filter_complex") + 1].split(";")
     alone = {
         source: build_decode_args(
             source.path,
@@ -145,11 +145,16 @@ def test_a_window_is_decoded_in_one_run_each_stretch_as_it_would_be_alone() -> N
         )
         for source in (connect, mic)
     }
-    padded = ",aeval=exprs=val(0)|1:channel_layout=stereo,apad=whole_len=340000"
-    chain = alone[connect][alone[connect].index("-af") + 1]
-    assert first == f"[0:0]{chain}{padded}[s0]"
-    chain = alone[mic][alone[mic].index("-af") + 1]
-    assert second == f"[1:1]{chain}{padded}[s1]"
+    mono = "aformat=sample_fmts=flt:channel_layouts=mono"
+    for n, source in enumerate((connect, mic)):
+        chain = alone[source][alone[source].index("-af") + 1]
+        assert graph[4 * n : 4 * n + 4] == [
+            f"[{n}:{source.stream_index}]{chain},asplit[v{n}][p{n}]",
+            f"[p{n}]volume=0:precision=float,dcshift=1,{mono}[q{n}]",
+            f"[v{n}]{mono}[w{n}]",
+            f"[w{n}][q{n}]amerge,apad=whole_len=340000[s{n}]",  # the longer: 42.5 s
+        ]
+    (join,) = graph[8:]
     assert join == "[s0][s1]amerge=inputs=2[pair]"
     assert args[-7:] == ["-map", "[pair]", "-f", "f32le", "-c:a", "pcm_f32le", "pipe:1"]
 
