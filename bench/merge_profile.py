@@ -3,9 +3,9 @@
 ``python -m bench.merge_profile RECORDING CONNECT_WAV CALL_END SCRATCH_DIR`` runs the floor
 (:mod:`bench.floor`'s command) and then ``worker.media.merge`` in this process, each ffmpeg or
 ffprobe under GNU ``time`` (its own user+sys, whatever else runs beside it), and prints one
-JSON line: the floor's CPU, each of the merge's processes (what, CPU, wall), their sum, this
-interpreter's CPU during the merge (parsing, numpy, the event loop) and the ratio of the
-whole to the floor. A diagnostic for issue 18's per-job overhead, not part of ``make bench``:
+JSON line: the floor's CPU, each of the merge's processes (what, CPU, wall), their count and
+sum, this interpreter's CPU during the merge (parsing, numpy, the event loop) and the ratio of
+the whole to the floor. A diagnostic for issue 18's per-job overhead, not part of ``make bench``:
 the bench's own ratio (:mod:`bench.merge_run`, the process tree's CPU) is the one reported.
 """
 
@@ -114,6 +114,7 @@ def main(argv: list[str]) -> int:
                 "floor_cpu": floor_cpu,
                 "floor_wall": floor_wall,
                 **merged,
+                "process_count": len(merged["processes"]),
                 "children_cpu": children,
                 "merge_cpu": total,
                 "cpu_ratio": total / floor_cpu,

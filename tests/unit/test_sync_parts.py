@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 
 from tests.harness.sync_signals import RATE, bursts, delayed
+from worker.ffmpeg_inputs import FORMAT_WHITELIST, PROTOCOL_WHITELIST
 from worker.media import sync_search
-from worker.media.sync_decode import samples
+from worker.media.sync_decode import samples, split_pair
 from worker.media.sync_model import DECODE_MARGIN_SECONDS, MIN_STRETCH_SECONDS
-from worker.media.sync_plan import SampleFormat, build_decode_args, plan_wide
+from worker.media.sync_plan import (
+    SampleFormat,
+    StretchSource,
+    build_decode_args,
+    build_pair_decode_args,
+    plan_wide,
+)
 
 
 def test_a_short_recording_is_one_part_over_every_lag() -> None:
@@ -113,3 +120,53 @@ def test_the_envelope_search_uses_a_fast_fft_length_within_its_block(
     assert sync_search.fast_size_at_most(n, above=above) == size
     search = sync_search.EnvelopeSearch(np.ones(15000), block=65536)
     assert search._size == 80000
+
+
+def test_a_window_is_decoded_in_one_run_each_stretch_as_it_would_be_alone() -> None:
+    connect = StretchSource(Path("/in/c.wav"), 0, 2, True, seek=512.25, seconds=30.0)
+    mic = StretchSource(Path("/in/r.webm"), 1, 2, False, seek=0, seconds=42.5)
+    args = build_pair_decode_args(connect, mic)
+    # Two allow-listed inputs, the first with its fast seek, the second (seek 0) with none.
+    inputs = [i for i, arg in enumerate(args) if arg == "-i"]
+    assert [args[i + 1] for i in inputs] == ["file:/in/c.wav", "file:/in/r.webm"]
+    allow = ["-format_whitelist", FORMAT_WHITELIST, "-protocol_whitelist", PROTOCOL_WHITELIST]
+    assert args[inputs[0] - 6 : inputs[0]] == ["-ss", "512.250000", *allow]
+    assert args[inputs[1] - 4 : inputs[1]] == allow
+    assert args.count("-ss") == 1
+    graph = args[args.index("-filter_complex") + 1].split(";")
+    alone = {
+        source: build_decode_args(
+            source.path,
+            source.stream_index,
+            channels=source.channels,
+            agent=source.agent,
+            seek=source.seek,
+            seconds=source.seconds,
+        )
+        for source in (connect, mic)
+    }
+    mono = "aformat=sample_fmts=flt:channel_layouts=mono"
+    for n, source in enumerate((connect, mic)):
+        chain = alone[source][alone[source].index("-af") + 1]
+        assert graph[4 * n : 4 * n + 4] == [
+            f"[{n}:{source.stream_index}]{chain},asplit[v{n}][p{n}]",
+            f"[p{n}]volume=0:precision=float,dcshift=1,{mono}[q{n}]",
+            f"[v{n}]{mono}[w{n}]",
+            f"[w{n}][q{n}]amerge,apad=whole_len=340000[s{n}]",  # the longer: 42.5 s
+        ]
+    (join,) = graph[8:]
+    assert join == "[s0][s1]amerge=inputs=2[pair]"
+    assert args[-7:] == ["-map", "[pair]", "-f", "f32le", "-c:a", "pcm_f32le", "pipe:1"]
+
+
+def test_a_pair_splits_at_each_stretchs_padding_not_at_its_silence() -> None:
+    first = np.array([0.5, 0.0, 0.0], np.float32)  # real trailing zeros: kept
+    second = np.array([0.25, -0.25, 0.1, 0.0, 0.3], np.float32)
+    columns = np.zeros((5, 4), np.float32)
+    columns[:3, 0], columns[:3, 1] = first, 1.0
+    columns[:, 2], columns[:, 3] = second, 1.0
+    a, b = split_pair(columns.reshape(-1))
+    np.testing.assert_array_equal(a, first)
+    np.testing.assert_array_equal(b, second)
+    empty, whole = split_pair(np.where(np.arange(20) % 4 < 2, 0.0, 1.0).astype(np.float32))
+    assert (empty.size, whole.size) == (0, 5)

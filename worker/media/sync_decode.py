@@ -1,4 +1,4 @@
-"""The sync's decodes (ffmpeg, I/O): one window's two stretches side by side
+"""The sync's decodes (ffmpeg, I/O): one window's two stretches in one run
 (:func:`decode_window`, :func:`measure_window`), a bounded decode to memory (:func:`decode`),
 and a streamed one for the wide search (:func:`stream`). Every run is :mod:`worker.ffmpeg`'s
 allow-listed, time-limited runner, killed on cancellation."""
@@ -23,7 +23,13 @@ from worker.media.sync_model import (
     SyncResult,
     SyncWindow,
 )
-from worker.media.sync_plan import SampleFormat, build_decode_args
+from worker.media.sync_plan import (
+    PAIR_CHANNELS,
+    SampleFormat,
+    StretchSource,
+    build_decode_args,
+    build_pair_decode_args,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +58,7 @@ async def measure_window(
     *,
     timeout: float,  # noqa: ASYNC109
 ) -> SyncResult:
-    """Decode one window's two stretches side by side and decide on them."""
+    """Decode one window's two stretches (one run) and decide on them."""
     decoded = await decode_window(inputs, window, timeout=timeout)
     if isinstance(decoded, SyncResult):
         return decoded
@@ -66,30 +72,73 @@ async def decode_window(
     *,
     timeout: float,  # noqa: ASYNC109
 ) -> tuple[Signal, Signal] | SyncResult:
-    """The window's Connect and microphone stretches, or the fallback when they cannot be had."""
-    connect_args = connect_decode_args(inputs, window, band=False)
-    recording_args = recording_decode_args(
-        inputs, seek=window.recording_seek, seconds=window.recording_seconds, band=False
-    )
-    decoded: dict[str, Signal] = {}
-
-    async def decode_one(name: str, args: list[str]) -> None:
-        decoded[name] = await decode(args, timeout=timeout, what=f"sync decode of the {name}")
-
+    """The window's Connect and microphone stretches (one ffmpeg run for both), or the
+    fallback when they cannot be had."""
     failure: str | None = None
     try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(decode_one, "Connect audio", connect_args)
-            group.start_soon(decode_one, "recording audio", recording_args)
-    except* (MediaError, MediaTimeout, MediaProcessKilled) as errors:
-        failure = str(errors.exceptions[0])
+        reference, signal = await decode_pair(window_decode_args(inputs, window), timeout=timeout)
+    except (MediaError, MediaTimeout, MediaProcessKilled) as error:
+        failure = str(error)
     if failure is not None:
         log.warning("call_end_sync_decode_failed", error=failure)
         return SyncResult.timestamp("decode_failed")
-    reference, signal = decoded["Connect audio"], decoded["recording audio"]
     if reference.size < MIN_STRETCH_SECONDS * SYNC_RATE:
         return SyncResult.timestamp("too_short")
     return reference, signal
+
+
+async def decode_pair(args: list[str], *, timeout: float) -> tuple[Signal, Signal]:  # noqa: ASYNC109
+    """Run a :func:`~worker.media.sync_plan.build_pair_decode_args` decode (bounded by
+    :data:`MAX_DECODE_BYTES`) and split it into its two stretches, each its real length."""
+    chunks: list[bytes] = []
+    size = 0
+
+    def keep(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+        if size <= MAX_DECODE_BYTES:
+            chunks.append(chunk)
+
+    await ffmpeg.run(args, timeout=timeout, what="sync decode of a window", on_stdout_bytes=keep)
+    raw = b"".join(chunks)
+    frame = 4 * PAIR_CHANNELS
+    return split_pair(samples(raw[: len(raw) - len(raw) % frame], "f32"))
+
+
+def split_pair(interleaved: Signal) -> tuple[Signal, Signal]:
+    """A pair decode's samples as its two stretches (pure): each column up to its presence
+    column's first 0 (where the padding began, or the whole column when it was the longer)."""
+    columns = interleaved.reshape(-1, PAIR_CHANNELS)
+
+    def stretch(values: int, presence: int) -> Signal:
+        padded = np.flatnonzero(columns[:, presence] == 0.0)
+        end = int(padded[0]) if padded.size else len(columns)
+        return np.ascontiguousarray(columns[:end, values])
+
+    return stretch(0, 1), stretch(2, 3)
+
+
+def window_decode_args(inputs: SyncInputs, window: SyncWindow) -> list[str]:
+    """The one run decoding the window's Connect stretch (the agent channel) and the
+    microphone's (pure)."""
+    assert inputs.recording_audio_index is not None
+    connect = StretchSource(
+        inputs.connect,
+        inputs.connect_audio_index,
+        channels=inputs.connect_audio_channels,
+        agent=True,
+        seek=window.connect_start,
+        seconds=window.connect_seconds,
+    )
+    recording = StretchSource(
+        inputs.recording,
+        inputs.recording_audio_index,
+        channels=inputs.recording_audio_channels,
+        agent=False,
+        seek=window.recording_seek,
+        seconds=window.recording_seconds,
+    )
+    return build_pair_decode_args(connect, recording)
 
 
 def connect_decode_args(inputs: SyncInputs, window: SyncWindow, *, band: bool) -> list[str]:
