@@ -46,11 +46,13 @@ def decide(found: Estimate, zero_lag: float, window: SyncWindow) -> SyncResult:
         return fallback("low_confidence")
     if whole.side_peak_ratio > MAX_SIDE_PEAK_RATIO:
         return fallback("ambiguous")
+    # Before the halves (searched within the accepted offsets only): a clear best peak among
+    # the rivals' offsets but outside the accepted ones is the wide search's to place.
+    if not window.min_offset <= offset <= window.max_offset:
+        return fallback("out_of_range")
     for half in found.halves:
         if half.z < MIN_HALF_Z or abs(half.lag - whole.lag) > AGREEMENT_SECONDS:
             return fallback("halves_disagree")
-    if not window.min_offset <= offset <= window.max_offset:
-        return fallback("out_of_range")
     return SyncResult("waveform", offset, confidence, "measured")
 
 
@@ -112,11 +114,13 @@ def _synchronise(
         return SyncResult.timestamp("silent_recording"), None
     if pause_fraction(reference) < MIN_PAUSE_FRACTION:
         return SyncResult.timestamp("no_pauses"), None
+    rivals = window.rival_offsets
     found = estimate(
         reference,
         signal,
         min_lag=window.zero_lag + window.min_offset,
         max_lag=window.zero_lag + window.max_offset,
+        rivals=(window.zero_lag + rivals[0], window.zero_lag + rivals[1]),
     )
     return decide(found, window.zero_lag, window), found
 

@@ -118,10 +118,16 @@ def estimate(
     *,
     min_lag: float,
     max_lag: float,
+    rivals: tuple[float, float] | None = None,
     rate: int = SYNC_RATE,
 ) -> Estimate:
     """Where ``reference`` lies inside ``signal`` (seconds, ``signal[t + lag] ~ reference[t]``),
     searched in ``[min_lag, max_lag]``, for the whole reference and each of its halves.
+
+    The whole's peak and its scores are taken over the lags ``rivals`` (None: the same range;
+    it should contain ``[min_lag, max_lag]``): a peak there is a rival of one in
+    ``[min_lag, max_lag]``, judged by the same side-peak ratio, or is itself the best (then
+    the whole's lag lies outside ``[min_lag, max_lag]``, for the caller to refuse).
 
     The halves are taken from the part of the reference that lies inside ``signal`` at the
     whole's lag: when the Connect recording started before the screen recording, its head has
@@ -130,7 +136,8 @@ def estimate(
     size = _fft_size(reference.size + signal.size)
     spectrum = np.fft.rfft(signal.astype(np.float64), size)
     low, high = math.ceil(min_lag * rate), math.floor(max_lag * rate)
-    whole = _peak(_correlate(spectrum, reference, size, rate), low, high, rate)
+    wide_low, wide_high = (low, high) if rivals is None else _lags(rivals, low, high, rate)
+    whole = _peak(_correlate(spectrum, reference, size, rate), wide_low, wide_high, rate)
     at = round(whole.lag * rate)
     begin = int(np.clip(-at, 0, reference.size))
     end = int(np.clip(signal.size - at, begin, reference.size))
@@ -147,6 +154,11 @@ def estimate(
     coefficient = _coefficient(spectrum, reference, size, round(whole.lag * rate), rate)
     centres = ((begin + half) / 2 / rate, (half + end) / 2 / rate)
     return Estimate(whole, (first, second), coefficient, centres)
+
+
+def _lags(rivals: tuple[float, float], low: int, high: int, rate: int) -> tuple[int, int]:
+    """The rival lags in samples, never narrower than ``[low, high]``."""
+    return min(low, math.ceil(rivals[0] * rate)), max(high, math.floor(rivals[1] * rate))
 
 
 def _coefficient(

@@ -23,6 +23,11 @@ SyncMethod = Literal["waveform", "waveform_wide", "timestamp"]
 SYNC_RATE = 8000  # Connect's rate: nothing above 4 kHz is common to both signals
 STRETCH_SECONDS = 30.0  # Connect audio correlated, ending at its end
 SEARCH_SECONDS = 5.0  # +- around the timestamp's placement
+# A message's call end can be this far off (issue 19: browser clocks, late events). A peak
+# within +-SEARCH_SECONDS is accepted only if no rival within this whole uncertainty comes
+# near it (by MAX_SIDE_PEAK_RATIO): the same words said twice (a replayed prompt) match
+# perfectly wherever they recur, and the +-SEARCH_SECONDS search alone would see one copy only.
+RIVAL_SEARCH_SECONDS = 30.0
 MIN_STRETCH_SECONDS = 6.0  # below this, too little speech to trust
 BAND_HZ = (250.0, 3400.0)  # telephony band (G.711 passes 300-3400 Hz)
 PHAT_BETA = 0.8  # 1 = pure PHAT; a little magnitude weighting resists noise-only bins
@@ -166,6 +171,17 @@ class SyncWindow:
     zero_lag: float
     min_offset: float
     max_offset: float
+    # The offsets searched for rivals (None: the accepted ones above); an estimate's best peak
+    # in this wider range but outside [min_offset, max_offset] is "out_of_range".
+    rival_min_offset: float | None = None
+    rival_max_offset: float | None = None
+
+    @property
+    def rival_offsets(self) -> tuple[float, float]:
+        """The offsets in which any peak is a rival (at least the accepted ones)."""
+        low = self.min_offset if self.rival_min_offset is None else self.rival_min_offset
+        high = self.max_offset if self.rival_max_offset is None else self.rival_max_offset
+        return min(low, self.min_offset), max(high, self.max_offset)
 
 
 @dataclass(frozen=True)
