@@ -5,6 +5,8 @@ side-peak rule, or, when it is the best, hands the sync to the wide search."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from tests.harness.sync_signals import RATE, bursts, delayed
 from worker.media import sync
 from worker.media.sync_model import (
     DECODE_MARGIN_SECONDS,
+    MAX_SIDE_PEAK_RATIO,
     RIVAL_SEARCH_SECONDS,
     SEARCH_SECONDS,
     STRETCH_SECONDS,
@@ -108,15 +111,42 @@ def test_the_best_peak_beyond_the_search_goes_to_the_wide_search() -> None:
     reference = bursts(20.0, seed=13)
     signal = _microphone(reference, [(-20.0, 1.0)])
     result = sync.synchronise(reference, signal, _window())
-    assert result.reason == "out_of_range"
+    assert not result.measured
     assert result.reason in WIDE_REASONS
-    assert result.estimate_seconds == pytest.approx(-20.0, abs=1e-3)
 
 
-def test_out_of_range_is_told_before_the_halves() -> None:
-    """The halves search the accepted offsets only: a whole beyond them is out of range,
-    whatever its halves found."""
-    whole = sync.Peak(lag=ZERO_LAG + 20.0, z=80.0, side_peak_ratio=0.1)
-    half = sync.Peak(lag=ZERO_LAG + 1.0, z=30.0, side_peak_ratio=0.1)
-    found = sync.Estimate(whole, (half, half))
-    assert sync.decide(found, ZERO_LAG, _window()).reason == "out_of_range"
+def _peak(offset: float, side: float = 0.1) -> sync.Peak:
+    return sync.Peak(lag=ZERO_LAG + offset, z=80.0, side_peak_ratio=side)
+
+
+def test_a_higher_peak_beyond_the_search_is_out_of_range() -> None:
+    """The narrow peak passes every rule, but the best over the rival offsets is 20 s away:
+    the wide search's to place, whatever the halves found."""
+    found = sync.Estimate(_peak(1.0), (_peak(1.0), _peak(1.0)), rival=_peak(20.0))
+    result = sync.decide(found, ZERO_LAG, _window())
+    assert result.reason == "out_of_range"
+    assert result.estimate_seconds == pytest.approx(20.0)
+    assert sync.decide(replace(found, rival=_peak(1.0)), ZERO_LAG, _window()).measured
+
+
+@pytest.mark.parametrize(
+    ("whole", "halves", "measured"),
+    [
+        (0.9, (0.9, 0.8), False),  # every part of the evidence recurs: ambiguous
+        (0.9, (0.9, 0.2), True),  # one half has no rival: evidence of its own
+        (0.4, (0.9, 0.9), True),  # the whole's rival below the side-peak rule
+        (MAX_SIDE_PEAK_RATIO, (0.6, 0.6), True),  # the same bound as the narrow search
+    ],
+)
+def test_a_rival_is_judged_by_the_side_peak_rule(
+    whole: float, halves: tuple[float, float], measured: bool
+) -> None:
+    found = sync.Estimate(
+        _peak(1.0),
+        (_peak(1.0), _peak(1.0)),
+        rival=_peak(1.0, side=whole),
+        half_rival_ratios=halves,
+    )
+    result = sync.decide(found, ZERO_LAG, _window())
+    assert result.measured is measured
+    assert result.reason == ("measured" if measured else "ambiguous")

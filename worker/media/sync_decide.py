@@ -46,13 +46,25 @@ def decide(found: Estimate, zero_lag: float, window: SyncWindow) -> SyncResult:
         return fallback("low_confidence")
     if whole.side_peak_ratio > MAX_SIDE_PEAK_RATIO:
         return fallback("ambiguous")
-    # Before the halves (searched within the accepted offsets only): a clear best peak among
-    # the rivals' offsets but outside the accepted ones is the wide search's to place.
-    if not window.min_offset <= offset <= window.max_offset:
-        return fallback("out_of_range")
+    rival = found.rival
+    if rival is not None:
+        # A higher peak beyond the accepted offsets: the wide search's to place (and to find
+        # any rival of its own), never accepted here.
+        if not window.min_offset <= rival.lag - zero_lag <= window.max_offset:
+            return SyncResult.timestamp(
+                "out_of_range", confidence=round(rival.z, 2), estimate=rival.lag - zero_lag
+            )
+        # A rival beyond them (the same words recurring, as a replayed prompt) by the side-peak
+        # rule, unless a half of the stretch has none: then that half is evidence of its own.
+        if rival.side_peak_ratio > MAX_SIDE_PEAK_RATIO and (
+            min(found.half_rival_ratios) > MAX_SIDE_PEAK_RATIO
+        ):
+            return fallback("ambiguous")
     for half in found.halves:
         if half.z < MIN_HALF_Z or abs(half.lag - whole.lag) > AGREEMENT_SECONDS:
             return fallback("halves_disagree")
+    if not window.min_offset <= offset <= window.max_offset:
+        return fallback("out_of_range")
     return SyncResult("waveform", offset, confidence, "measured")
 
 

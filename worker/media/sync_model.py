@@ -207,3 +207,7 @@ class Estimate:
     # Where the halves' middles lie in the reference (seconds): their lags' difference over
     # their distance is the drift inside the stretch.
     half_centres: tuple[float, float] = (0.0, 0.0)
+    # The whole's peak over the rival offsets (None: none searched), and each half's side-peak
+    # ratio over them (its own lag kept): a half with no rival there is evidence of its own.
+    rival: Peak | None = None
+    half_rival_ratios: tuple[float, float] = (0.0, 0.0)
