@@ -21,11 +21,11 @@ window around the timestamp's placement.
   agent's speech energy lies, so a turn-taking call gives both halves something to match).
   Only all three together make a *confident* measurement; anything else falls back to the
   timestamp (:class:`SyncResult.method` ``timestamp`` with a ``reason``), never a guess.
-- Rivals: the microphone is decoded, and the whole's peak and side-peak ratio taken, over
-  +-:data:`RIVAL_SEARCH_SECONDS` (the timestamp's whole uncertainty), though only offsets
-  within +-:data:`SEARCH_SECONDS` are accepted: the same words recurring (a replayed prompt)
-  are then a rival (``ambiguous``), and a best peak beyond the search is ``out_of_range``,
-  for the wide search to place (issue 19 QA).
+- Rivals: the microphone is decoded over +-:data:`RIVAL_SEARCH_SECONDS` (the timestamp's whole
+  uncertainty), though only offsets within +-:data:`SEARCH_SECONDS` are accepted. A higher
+  peak beyond them is ``out_of_range`` (the wide search's to place); a rival there by the
+  side-peak rule is ``ambiguous`` unless a half of the stretch has no rival (then that half is
+  evidence of its own): the same words recurring, as a replayed prompt (issue 19 QA).
 
 Timeline: as :mod:`worker.media`'s, the recording's shifted timeline, on which the call end is
 measured. ``offset`` is *measured minus timestamp*: the measured call end is
