@@ -24,8 +24,9 @@ window around the timestamp's placement.
 - Rivals: the microphone is decoded over +-:data:`RIVAL_SEARCH_SECONDS` (the timestamp's whole
   uncertainty), though only offsets within +-:data:`SEARCH_SECONDS` are accepted. A higher
   peak beyond them is ``out_of_range`` (the wide search's to place); a rival there by the
-  side-peak rule is ``ambiguous`` unless a half of the stretch has no rival (then that half is
-  evidence of its own): the same words recurring, as a replayed prompt (issue 19 QA).
+  side-peak rule is ``rival`` unless a half of the stretch has no rival there (then that half
+  is evidence of its own), also the wide search's, which measures both places by every rule:
+  the same words recurring, as a replayed prompt (issue 19 QA).
 
 Timeline: as :mod:`worker.media`'s, the recording's shifted timeline, on which the call end is
 measured. ``offset`` is *measured minus timestamp*: the measured call end is

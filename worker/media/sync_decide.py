@@ -55,11 +55,13 @@ def decide(found: Estimate, zero_lag: float, window: SyncWindow) -> SyncResult:
                 "out_of_range", confidence=round(rival.z, 2), estimate=rival.lag - zero_lag
             )
         # A rival beyond them (the same words recurring, as a replayed prompt) by the side-peak
-        # rule, unless a half of the stretch has none: then that half is evidence of its own.
+        # rule, unless a half of the stretch has none (then that half is evidence of its own):
+        # the wide search measures both places by every rule, and keeps the timestamp when
+        # both are confident (its ambiguity rule).
         if rival.side_peak_ratio > MAX_SIDE_PEAK_RATIO and (
             min(found.half_rival_ratios) > MAX_SIDE_PEAK_RATIO
         ):
-            return fallback("ambiguous")
+            return fallback("rival")
     for half in found.halves:
         if half.z < MIN_HALF_Z or abs(half.lag - whole.lag) > AGREEMENT_SECONDS:
             return fallback("halves_disagree")

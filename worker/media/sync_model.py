@@ -67,7 +67,11 @@ MAX_DECODE_BYTES = 64 << 20  # a bound on what a decode may return (well above 6
 # The wide search (issue 19) runs when the +-SEARCH_SECONDS search was not confident for one
 # of these reasons (the microphone near the timestamp held something else, or nothing: an
 # early stop leaves the rest of the call, or a silent After Call Work, there).
-WIDE_REASONS = frozenset({"low_confidence", "halves_disagree", "out_of_range", "silent_recording"})
+# "rival": a peak beyond +-SEARCH_SECONDS (within RIVAL_SEARCH_SECONDS) rivals the one found;
+# the wide search measures both places and keeps the timestamp when both are confident.
+WIDE_REASONS = frozenset(
+    {"low_confidence", "halves_disagree", "out_of_range", "rival", "silent_recording"}
+)
 WIDE_FINE_SECONDS = 1.0  # the fine pass's +- around each coarse candidate
 WIDE_RIVAL_SCORE = 0.6  # candidates scoring below this share of the best are not measured
 WIDE_DISTINCT_SECONDS = 0.020  # two confident candidates further apart: ambiguous
@@ -140,6 +144,7 @@ FALLBACK_REASONS = (
     "ambiguous",
     "halves_disagree",
     "out_of_range",
+    "rival",
     "decode_failed",
 )
 
