@@ -362,11 +362,6 @@ REPLAY = CaseSpec("qa-replay", **INTL, seed=31, call_seconds=60, replay=(26.0, 5
                   container="mp4")  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect (issue 19 QA): a stretch whose agent speech is one short utterance is "
-    "trusted by the +-5 s search; its earlier copy gives a confident placement 27 s off",
-)
 def test_a_replayed_prompt_is_never_a_confident_wrong_placement(qa_dir: Path) -> None:
     case = _case(qa_dir, REPLAY)
     call_end = message_call_end(case.true_call_end, -25.0)

@@ -21,6 +21,12 @@ window around the timestamp's placement.
   agent's speech energy lies, so a turn-taking call gives both halves something to match).
   Only all three together make a *confident* measurement; anything else falls back to the
   timestamp (:class:`SyncResult.method` ``timestamp`` with a ``reason``), never a guess.
+- Rivals: the microphone is decoded over +-:data:`RIVAL_SEARCH_SECONDS` (the timestamp's whole
+  uncertainty), though only offsets within +-:data:`SEARCH_SECONDS` are accepted. A higher
+  peak beyond them is ``out_of_range`` (the wide search's to place); a rival there by the
+  side-peak rule is ``rival`` unless a half of the stretch has no rival there (then that half
+  is evidence of its own), also the wide search's, which measures both places by every rule:
+  the same words recurring, as a replayed prompt (issue 19 QA).
 
 Timeline: as :mod:`worker.media`'s, the recording's shifted timeline, on which the call end is
 measured. ``offset`` is *measured minus timestamp*: the measured call end is
@@ -57,6 +63,7 @@ from worker.media.sync_model import (
 from worker.media.sync_model import FALLBACK_REASONS as FALLBACK_REASONS
 from worker.media.sync_model import MIN_PAUSE_FRACTION as MIN_PAUSE_FRACTION
 from worker.media.sync_model import MIN_Z as MIN_Z
+from worker.media.sync_model import RIVAL_SEARCH_SECONDS as RIVAL_SEARCH_SECONDS
 from worker.media.sync_model import SEARCH_SECONDS as SEARCH_SECONDS
 from worker.media.sync_model import STRETCH_SECONDS as STRETCH_SECONDS
 from worker.media.sync_model import SYNC_RATE as SYNC_RATE
@@ -127,6 +134,7 @@ async def _measure(inputs: SyncInputs, *, timeout: float) -> SyncResult:  # noqa
         call_end=inputs.call_end,
         recording_duration=inputs.recording_duration,
         connect_duration=inputs.connect_duration,
+        rival=RIVAL_SEARCH_SECONDS,
     )
     if isinstance(window, str):
         return SyncResult.timestamp(window)

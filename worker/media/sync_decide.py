@@ -46,6 +46,22 @@ def decide(found: Estimate, zero_lag: float, window: SyncWindow) -> SyncResult:
         return fallback("low_confidence")
     if whole.side_peak_ratio > MAX_SIDE_PEAK_RATIO:
         return fallback("ambiguous")
+    rival = found.rival
+    if rival is not None:
+        # A higher peak beyond the accepted offsets: the wide search's to place (and to find
+        # any rival of its own), never accepted here.
+        if not window.min_offset <= rival.lag - zero_lag <= window.max_offset:
+            return SyncResult.timestamp(
+                "out_of_range", confidence=round(rival.z, 2), estimate=rival.lag - zero_lag
+            )
+        # A rival beyond them (the same words recurring, as a replayed prompt) by the side-peak
+        # rule, unless a half of the stretch has none (then that half is evidence of its own):
+        # the wide search measures both places by every rule, and keeps the timestamp when
+        # both are confident (its ambiguity rule).
+        if rival.side_peak_ratio > MAX_SIDE_PEAK_RATIO and (
+            min(found.half_rival_ratios) > MAX_SIDE_PEAK_RATIO
+        ):
+            return fallback("rival")
     for half in found.halves:
         if half.z < MIN_HALF_Z or abs(half.lag - whole.lag) > AGREEMENT_SECONDS:
             return fallback("halves_disagree")
@@ -112,11 +128,13 @@ def _synchronise(
         return SyncResult.timestamp("silent_recording"), None
     if pause_fraction(reference) < MIN_PAUSE_FRACTION:
         return SyncResult.timestamp("no_pauses"), None
+    rivals = window.rival_offsets
     found = estimate(
         reference,
         signal,
         min_lag=window.zero_lag + window.min_offset,
         max_lag=window.zero_lag + window.max_offset,
+        rivals=(window.zero_lag + rivals[0], window.zero_lag + rivals[1]),
     )
     return decide(found, window.zero_lag, window), found
 

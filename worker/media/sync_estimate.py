@@ -118,19 +118,23 @@ def estimate(
     *,
     min_lag: float,
     max_lag: float,
+    rivals: tuple[float, float] | None = None,
     rate: int = SYNC_RATE,
 ) -> Estimate:
     """Where ``reference`` lies inside ``signal`` (seconds, ``signal[t + lag] ~ reference[t]``),
     searched in ``[min_lag, max_lag]``, for the whole reference and each of its halves.
 
-    The halves are taken from the part of the reference that lies inside ``signal`` at the
-    whole's lag: when the Connect recording started before the screen recording, its head has
-    no microphone to match, and a half made of it would disown a correct peak.
+    ``rivals`` (None: none) is a wider lag range in which any peak is a rival: the whole's
+    peak over it (:attr:`Estimate.rival`) and each half's side-peak ratio over it are kept
+    beside the peaks above, which are unchanged by it.
     """
     size = _fft_size(reference.size + signal.size)
     spectrum = np.fft.rfft(signal.astype(np.float64), size)
     low, high = math.ceil(min_lag * rate), math.floor(max_lag * rate)
-    whole = _peak(_correlate(spectrum, reference, size, rate), low, high, rate)
+    wide = None if rivals is None else _lags(rivals, low, high, rate)
+    correlations = _correlate(spectrum, reference, size, rate)
+    whole = _peak(correlations, low, high, rate)
+    rival = None if wide is None else _peak(correlations, *wide, rate)
     at = round(whole.lag * rate)
     begin = int(np.clip(-at, 0, reference.size))
     end = int(np.clip(signal.size - at, begin, reference.size))
@@ -138,15 +142,24 @@ def estimate(
         begin, end = 0, reference.size  # too little inside: the halves of the whole as is
     half = begin + energy_midpoint(reference[begin:end])
     halves = []
+    ratios = []
     # A part starting `start` samples into the reference lies `start` later than the whole.
     for start, stop in ((begin, half), (half, end)):
         part = _correlate(spectrum, reference[start:stop], size, rate)
         found = _peak(part, low + start, high + start, rate)
         halves.append(Peak(found.lag - start / rate, found.z, found.side_peak_ratio))
+        if wide is not None:
+            ratios.append(_peak(part, wide[0] + start, wide[1] + start, rate).side_peak_ratio)
     first, second = halves
     coefficient = _coefficient(spectrum, reference, size, round(whole.lag * rate), rate)
     centres = ((begin + half) / 2 / rate, (half + end) / 2 / rate)
-    return Estimate(whole, (first, second), coefficient, centres)
+    half_rivals = (ratios[0], ratios[1]) if ratios else (0.0, 0.0)
+    return Estimate(whole, (first, second), coefficient, centres, rival, half_rivals)
+
+
+def _lags(rivals: tuple[float, float], low: int, high: int, rate: int) -> tuple[int, int]:
+    """The rival lags in samples, never narrower than ``[low, high]``."""
+    return min(low, math.ceil(rivals[0] * rate)), max(high, math.floor(rivals[1] * rate))
 
 
 def _coefficient(

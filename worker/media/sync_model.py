@@ -23,6 +23,11 @@ SyncMethod = Literal["waveform", "waveform_wide", "timestamp"]
 SYNC_RATE = 8000  # Connect's rate: nothing above 4 kHz is common to both signals
 STRETCH_SECONDS = 30.0  # Connect audio correlated, ending at its end
 SEARCH_SECONDS = 5.0  # +- around the timestamp's placement
+# A message's call end can be this far off (issue 19: browser clocks, late events). A peak
+# within +-SEARCH_SECONDS is accepted only if no rival within this whole uncertainty comes
+# near it (by MAX_SIDE_PEAK_RATIO): the same words said twice (a replayed prompt) match
+# perfectly wherever they recur, and the +-SEARCH_SECONDS search alone would see one copy only.
+RIVAL_SEARCH_SECONDS = 30.0
 MIN_STRETCH_SECONDS = 6.0  # below this, too little speech to trust
 BAND_HZ = (250.0, 3400.0)  # telephony band (G.711 passes 300-3400 Hz)
 PHAT_BETA = 0.8  # 1 = pure PHAT; a little magnitude weighting resists noise-only bins
@@ -62,7 +67,11 @@ MAX_DECODE_BYTES = 64 << 20  # a bound on what a decode may return (well above 6
 # The wide search (issue 19) runs when the +-SEARCH_SECONDS search was not confident for one
 # of these reasons (the microphone near the timestamp held something else, or nothing: an
 # early stop leaves the rest of the call, or a silent After Call Work, there).
-WIDE_REASONS = frozenset({"low_confidence", "halves_disagree", "out_of_range", "silent_recording"})
+# "rival": a peak beyond +-SEARCH_SECONDS (within RIVAL_SEARCH_SECONDS) rivals the one found;
+# the wide search measures both places and keeps the timestamp when both are confident.
+WIDE_REASONS = frozenset(
+    {"low_confidence", "halves_disagree", "out_of_range", "rival", "silent_recording"}
+)
 WIDE_FINE_SECONDS = 1.0  # the fine pass's +- around each coarse candidate
 WIDE_RIVAL_SCORE = 0.6  # candidates scoring below this share of the best are not measured
 WIDE_DISTINCT_SECONDS = 0.020  # two confident candidates further apart: ambiguous
@@ -135,6 +144,7 @@ FALLBACK_REASONS = (
     "ambiguous",
     "halves_disagree",
     "out_of_range",
+    "rival",
     "decode_failed",
 )
 
@@ -166,6 +176,17 @@ class SyncWindow:
     zero_lag: float
     min_offset: float
     max_offset: float
+    # The offsets searched for rivals (None: the accepted ones above); an estimate's best peak
+    # in this wider range but outside [min_offset, max_offset] is "out_of_range".
+    rival_min_offset: float | None = None
+    rival_max_offset: float | None = None
+
+    @property
+    def rival_offsets(self) -> tuple[float, float]:
+        """The offsets in which any peak is a rival (at least the accepted ones)."""
+        low = self.min_offset if self.rival_min_offset is None else self.rival_min_offset
+        high = self.max_offset if self.rival_max_offset is None else self.rival_max_offset
+        return min(low, self.min_offset), max(high, self.max_offset)
 
 
 @dataclass(frozen=True)
@@ -191,3 +212,7 @@ class Estimate:
     # Where the halves' middles lie in the reference (seconds): their lags' difference over
     # their distance is the drift inside the stretch.
     half_centres: tuple[float, float] = (0.0, 0.0)
+    # The whole's peak over the rival offsets (None: none searched), and each half's side-peak
+    # ratio over them (its own lag kept): a half with no rival there is evidence of its own.
+    rival: Peak | None = None
+    half_rival_ratios: tuple[float, float] = (0.0, 0.0)

@@ -32,22 +32,25 @@ def plan_window(
     recording_duration: float,
     connect_duration: float,
     search: float = SEARCH_SECONDS,
+    rival: float | None = None,
 ) -> SyncWindow | str:
     """The stretches to correlate, or the fallback reason when there is too little audio.
 
     The Connect stretch is its last :data:`STRETCH_SECONDS` (fewer for a short call); at zero
-    offset it lies on the recording at ``[call_end - length, call_end]``. The microphone is
-    decoded over that stretch widened by the search window (+-``search``), clamped to the
-    recording.
+    offset it lies on the recording at ``[call_end - length, call_end]``. Offsets within
+    +-``search`` are accepted; the microphone is decoded over that stretch widened by
+    +-``rival`` (None: ``search``; at least ``search``), where any peak is a rival
+    (:data:`~worker.media.sync_model.RIVAL_SEARCH_SECONDS`), clamped to the recording.
     """
+    rival = search if rival is None else max(rival, search)
     length = min(STRETCH_SECONDS, connect_duration, call_end + search)
     if length < MIN_STRETCH_SECONDS:
         return "too_short"
     connect_start = connect_duration - length
     placement = call_end - connect_duration  # recording time of the Connect file's t=0
-    begin = max(0.0, call_end - length - search - DECODE_MARGIN_SECONDS)
+    begin = max(0.0, call_end - length - rival - DECODE_MARGIN_SECONDS)
     seek = math.floor(begin)
-    end = min(recording_duration, call_end + search + DECODE_MARGIN_SECONDS)
+    end = min(recording_duration, call_end + rival + DECODE_MARGIN_SECONDS)
     if end - seek < MIN_STRETCH_SECONDS:
         return "too_short"
     # The measured call end stays inside the recording (END alignment cannot place beyond).
@@ -59,6 +62,8 @@ def plan_window(
         zero_lag=connect_start + placement - seek,
         min_offset=max(-search, -call_end),
         max_offset=min(search, recording_duration - call_end),
+        rival_min_offset=max(-rival, -call_end),
+        rival_max_offset=min(rival, recording_duration - call_end),
     )
 
 
