@@ -37,7 +37,9 @@ SAMPLE_BYTES: dict[SampleFormat, int] = {"f32": 4, "s16": 2}
 STREAM_BLOCK_BYTES = 1 << 20  # a hand-off of the streamed decode: 65 s of s16 at 8 kHz
 
 
-async def decode(args: list[str], *, timeout: float, what: str) -> Signal:  # noqa: ASYNC109
+async def _bounded_stdout(args: list[str], *, timeout: float, what: str) -> bytes:  # noqa: ASYNC109
+    """A decode's stdout, at most :data:`MAX_DECODE_BYTES` of it (a bound on what a hostile
+    or mis-probed file can make the job hold)."""
     chunks: list[bytes] = []
     size = 0
 
@@ -48,7 +50,12 @@ async def decode(args: list[str], *, timeout: float, what: str) -> Signal:  # no
             chunks.append(chunk)
 
     await ffmpeg.run(args, timeout=timeout, what=what, on_stdout_bytes=keep)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def decode(args: list[str], *, timeout: float, what: str) -> Signal:  # noqa: ASYNC109
+    """A one-stretch decode (float32 on stdout), whole samples only."""
+    raw = await _bounded_stdout(args, timeout=timeout, what=what)
     return samples(raw[: len(raw) - len(raw) % 4], "f32")
 
 
@@ -90,17 +97,7 @@ async def decode_window(
 async def decode_pair(args: list[str], *, timeout: float) -> tuple[Signal, Signal]:  # noqa: ASYNC109
     """Run a :func:`~worker.media.sync_plan.build_pair_decode_args` decode (bounded by
     :data:`MAX_DECODE_BYTES`) and split it into its two stretches, each its real length."""
-    chunks: list[bytes] = []
-    size = 0
-
-    def keep(chunk: bytes) -> None:
-        nonlocal size
-        size += len(chunk)
-        if size <= MAX_DECODE_BYTES:
-            chunks.append(chunk)
-
-    await ffmpeg.run(args, timeout=timeout, what="sync decode of a window", on_stdout_bytes=keep)
-    raw = b"".join(chunks)
+    raw = await _bounded_stdout(args, timeout=timeout, what="sync decode of a window")
     frame = 4 * PAIR_CHANNELS
     return split_pair(samples(raw[: len(raw) - len(raw) % frame], "f32"))
 
