@@ -6,7 +6,7 @@ ffmpeg run, :mod:`worker.media`), upload, mark the row processed. What it does *
 decide what a failure means: it raises a typed error (:mod:`worker.errors`) and
 :func:`worker.outcome.decide` decides, in one place, whether to retry or dead-letter (SPEC §6).
 
-The job owns the recording's lease (SPEC §4, :mod:`worker.lease`) while it works: it claims it
+The job owns the recording's lease (SPEC §4, :mod:`worker.job_lease`) while it works: it claims it
 before the first download, renews it every ``VISIBILITY_TIMEOUT/3`` in its own task group, and
 releases it (shielded, so also on cancellation) if it does not finish; on success ``mark_done``
 drops it. Its downloads and uploads are :mod:`worker.transfers`. Its scratch directory
@@ -36,8 +36,8 @@ from worker import media
 from worker.config import Settings
 from worker.custody import check_connect_audio_key
 from worker.errors import AlreadyDone
+from worker.job_lease import leased
 from worker.keys import RecordingKeys, keys_for
-from worker.lease import leased
 from worker.messages import JobMessage
 from worker.observability import record_merge, stage
 from worker.outcome import JobResult

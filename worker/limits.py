@@ -52,7 +52,7 @@ class ShutdownBudget:
 
     # ffmpeg.py: after SIGKILL, how long the runner waits to reap the process.
     kill_ffmpeg: float = 3.0
-    # lease.py: the lease's release (one UpdateItem, shielded), past it the lease expires.
+    # job_lease.py: the lease's release (one UpdateItem, shielded), past it the lease expires.
     release_lease: float = 5.0
     # job.py: removing a job's scratch directory (rmtree in a worker thread, shielded). Not a
     # timeout, an allowance: a job's few files on local disk go in well under a second.

@@ -16,7 +16,7 @@ from worker import (
     config,
     consumer,
     delivery,
-    lease,
+    job_lease,
     limits,
     messages,
     protection,
@@ -109,7 +109,7 @@ def test_config_refuses_a_grace_that_breaks_the_budget_in_one_line() -> None:
 
 
 def test_each_part_is_the_bound_the_stop_path_uses() -> None:
-    assert SHUTDOWN.release_lease == lease.LEASE_RELEASE_TIMEOUT_SECONDS
+    assert SHUTDOWN.release_lease == job_lease.LEASE_RELEASE_TIMEOUT_SECONDS
     assert SHUTDOWN.give_back == delivery.RELEASE_TIMEOUT_SECONDS
     assert SHUTDOWN.settle == delivery.SETTLE_TIMEOUT_SECONDS
     assert SHUTDOWN.receive_overrun == consumer.RECEIVE_OVERRUN_SECONDS
