@@ -152,10 +152,11 @@ CASES = {
         MEASURED,
     ),
     # The customer reads at length, the agent answers in short prompts: the agent's channel
-    # (the one the microphone is matched against) mostly silent.
+    # (the one the microphone is matched against) mostly silent (seed 89: speech in 14% of
+    # its 20 ms frames, 2% of the last 30 s).
     "customer-talks-most-of-the-call": Edge(
         CaseSpec(
-            "edge-customer", voices=-1, pool="long-talk", seed=49, call_seconds=38, container="webm"
+            "edge-customer", voices=-1, pool="long-talk", seed=89, call_seconds=38, container="webm"
         ),
         -2.0,
         ANY,
