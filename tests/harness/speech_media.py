@@ -268,6 +268,7 @@ class CaseSpec:
     pool: str = "default"  # the human voices (voices < 0): a HUMAN_POOLS key
     late_start: float = 0.0  # the contact flow started recording this long into the call (s)
     crosstalk_db: float | None = None  # the microphone also hears the customer, at this gain
+    crosstalk_delay: float = 0.0  # ... this late (s): a laptop speaker's echo, not a headset
     reverb_seconds: float = 0.25
     reverb_level: float = 0.3  # reverberant energy against the direct path's
     hold: tuple[float, float] | None = None  # hold music (call seconds) on the line and mic
@@ -335,7 +336,10 @@ def _mic(spec: CaseSpec, talk: Conversation, total: int, call_end: int, start: i
                                   min_seconds=spec.call_seconds, pool=spec.pool)  # fmt: skip
         voice = source.agent
         if spec.crosstalk_db is not None:  # the customer, heard through the headset
-            voice = voice + source.customer[: voice.size] * _db(spec.crosstalk_db)
+            leak = source.customer[: voice.size] * _db(spec.crosstalk_db)
+            # A speaker's echo reaches the microphone after the playout delay.
+            lag = round(spec.crosstalk_delay * RATE)
+            voice = voice + np.concatenate([np.zeros(lag, np.float32), leak])[: voice.size]
         # Agent track sample i is at recording sample start + i.
         lo, hi = max(0, start), min(call_end, start + voice.size)
         mic[lo:hi] = voice[lo - start : hi - start]
@@ -397,8 +401,9 @@ def _with_hold(talk: Conversation, spec: CaseSpec) -> Conversation:
 def make_speech_case(directory: Path, spec: CaseSpec) -> SpeechCase:
     """Write (or reuse from ``directory``) the media of ``spec``."""
     fields = asdict(spec)
-    if not spec.late_start:  # the cache keys of the cases from before late_start
-        del fields["late_start"]
+    for later in ("late_start", "crosstalk_delay"):  # the cache keys of the cases before them
+        if not fields[later]:
+            del fields[later]
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     folder = directory / f"{spec.name}-{key}"
     meta_path = folder / "case.json"
@@ -547,6 +552,8 @@ def microphone_placement_in(output: Path, case: SpeechCase, first: float, last: 
     stretch [``first``, ``last``) (recording seconds) located within +-0.5 s in the output."""
     from tests.harness.media_tools import decode_pcm
 
+    if last - first < 1.0:  # an empty stretch "matches" at its first lag: -0.5 s, not an error
+        raise AssertionError(f"no microphone to measure by in [{first:.2f}, {last:.2f}) s")
     rate = 16000
     written = np.load(case.recording.parent / "mic.npy").astype(np.float32)[:: RATE // rate]
     out = decode_pcm(output, rate=rate)[:, 0]
@@ -575,9 +582,15 @@ def connect_placement(output: Path, connect: Path, call_end_used: float) -> floa
 
 def alignment_error(output: Path, case: SpeechCase, call_end_used: float) -> float:
     """How far the Connect audio is from where the microphone says it belongs (s), in the
-    output: (Connect placement - microphone placement) - the true placement."""
+    output: (Connect placement - microphone placement) - the true placement.
+
+    The microphone is measured after the Connect end as found in the output, where the
+    recording's own audio takes over: a call end kept later (a late timestamp, an early stop)
+    may leave nothing of the recording after it (clamped to the media end).
+    """
     conn = connect_placement(output, case.connect, call_end_used)
-    mic = microphone_placement(output, case, call_end_used)
+    connect_end = conn + case.connect_duration * (1 + case.drift_ppm * 1e-6)
+    mic = microphone_placement(output, case, min(call_end_used, connect_end))
     return conn - mic - case.true_placement
 
 
@@ -662,6 +675,18 @@ HUMAN_POOLS: dict[str, dict[str, list[str]]] = {
             f"{ASTERISK_SOUNDS}/en_US_f_Allison/queue-*.wav",
         ],
     },
+}
+# Issue 19 QA (tests/media/test_qa_sync_edges.py): a US English woman's voicemail prompts
+# (short turns) against people reading at length (LibriVox, codec2's speech samples): with
+# voices -1 the customer talks most of the call, with -2 the agent does.
+HUMAN_POOLS["long-talk"] = {
+    "agent": [f"{ASTERISK_SOUNDS}/en_US_f_Allison/vm-*.wav"],
+    "customer": [
+        "/usr/share/pocketsphinx/test/data/librivox/*.wav",
+        "/usr/share/codec2/wav/vk5qi.wav",
+        "/usr/share/codec2/wav/all.wav",
+        f"{CODEC2_RAW}/speech_orig_16k.wav",
+    ],
 }
 RAW_RATES = {CODEC2_RAW: 8000}  # headerless files' rates by folder (else 16 kHz)
 # Music on hold: asterisk-moh-opsound-wav (CC-BY-SA), 8 kHz mono.
