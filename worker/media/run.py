@@ -3,9 +3,9 @@
 :func:`merge` probes the inputs it was not given, validates them into a
 :class:`~worker.media.model.Recording` and a :class:`~worker.media.model.ConnectAudio`,
 plans the merge, measures the call end and loudness (:mod:`worker.media.measure`), runs one
-ffmpeg process for the merge and a second short one for the thumbnail, then probes the
-output and rejects it when its duration or streams are wrong. Every process is run by
-:mod:`worker.ffmpeg` (the only module that spawns one).
+ffmpeg process for the merge (which also writes the thumbnail; a second short one only when
+it found no frame), then probes the output and rejects it when its duration or streams are
+wrong. Every process is run by :mod:`worker.ffmpeg` (the only module that spawns one).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from worker.media.plan import (
     recording_seek_seconds,
 )
 from worker.media.probing import probe
-from worker.media.thumbnail import write_thumbnail
+from worker.media.thumbnail import finish_thumbnail
 from worker.observability import CALL_END_CLAMPS, CONNECT_SHORT, FFMPEG_FAILURES
 
 log = structlog.get_logger("worker.media")
@@ -332,9 +332,11 @@ async def _write(
         options=options,
         chapters=chapters,
         gains=gains,
+        thumbnail=request.thumbnail,
     )
     progress = Progress(plan.duration, on_progress)
     try:
+        _remove(request.thumbnail)  # an old file must not pass for the one this run writes
         chapters.write_text(chapters_metadata(plan))
         started = time.monotonic()
         await ffmpeg.run(
@@ -352,8 +354,9 @@ async def _write(
         except OutputRejected:
             FFMPEG_FAILURES.labels(reason="output_rejected").inc()
             raise
-        # Made last, on its own: beside the merge's ffmpeg or the output's probe its decoder
-        # added 40-50 MB to the job's peak memory (bench, issue 18) to save about 0.3 s.
+        # Written by the merge's run (one process fewer, issue 18); on its own only when that
+        # run's window had no frame. (A thumbnail process beside the merge's or the output's
+        # probe added 40-50 MB to the job's peak memory; inside the merge's run, about 20 MB.)
         await _thumbnail(recording, request.thumbnail, options.timeout_base_seconds)
     except BaseException:
         # (Synchronous, so a cancellation cannot interrupt it.)
@@ -367,4 +370,4 @@ async def _write(
 
 async def _thumbnail(recording: Recording, thumbnail: Path | None, timeout: float) -> None:  # noqa: ASYNC109
     if thumbnail is not None:
-        await write_thumbnail(recording, thumbnail, timeout=timeout)
+        await finish_thumbnail(recording, thumbnail, timeout=timeout)
