@@ -8,7 +8,7 @@ import json
 import pytest
 
 from worker.media.onerun import OneRunReader
-from worker.media.packets import JSON_PACKET_LINES, CompactPackets, Packet, json_packet, number
+from worker.media.packets import CompactPackets, Packet, json_packet, number
 from worker.media.timeline import Timeline, TimelineScan
 
 RATES: dict[int, int | None] = {0: None, 1: 48000}
@@ -154,49 +154,3 @@ def test_one_run_reader_gives_the_generic_timeline() -> None:
     assert audio is not None
     assert audio.start == pytest.approx(312 / 48000)
     assert audio.end == pytest.approx(0.042666 - 0.01)
-
-
-def test_one_run_reader_reads_raw_chunks_as_lines() -> None:
-    """The raw output in chunks of any size (plain packet lines read in bulk, side data and
-    the header line by line) gives what its lines give."""
-    plain = {"stream_index": 0, "pts_time": "0.100000", "dts_time": "0.100000",
-             "duration_time": "0.033333", "flags": "K_"}  # fmt: skip
-    packets: list[dict[str, object]] = [
-        {"stream_index": 1, "pts_time": "-0.021333", "dts_time": "-0.021333",
-         "duration_time": "0.021333", "flags": "KD"},
-        {"stream_index": 1, "pts_time": "0.000000", "dts_time": "0.000000",
-         "duration_time": "0.021333", "flags": "K_",
-         "side_data_list": [{"side_data_type": "Skip Samples", "skip_samples": 312}]},
-        *({**plain, "pts_time": f"{0.1 + i / 30:.6f}"} for i in range(40)),
-        {"stream_index": 0, "dts_time": "1.500000", "flags": "__"},
-        {"stream_index": 0, "pts_time": "1.6", "flags": "K_", "side_data_list": [{}]},
-        {"stream_index": 1, "pts_time": "1.7", "dts_time": "1.7", "duration_time": "0.021333",
-         "flags": "K_",
-         "side_data_list": [{"side_data_type": "Skip Samples", "discard_padding": 480}]},
-    ]  # fmt: skip
-    lines = json_lines([dict(p) for p in packets])
-    by_lines = OneRunReader()
-    for line in lines:
-        by_lines.feed(line)
-    raw = "\n".join(lines).encode()
-    for size in (1, 7, 64, 200, len(raw)):
-        reader = OneRunReader()
-        for start in range(0, len(raw), size):
-            reader.feed_bytes(raw[start : start + size])
-        reader.close()
-        assert reader.packets == by_lines.packets == len(packets)
-        assert reader.timeline(RATES, complete=True) == by_lines.timeline(RATES, complete=True)
-        assert reader.header_text() == by_lines.header_text()
-
-
-def test_json_packet_lines_read_plain_packets_only() -> None:
-    text = (
-        b'        { "stream_index": 1, "pts_time": "0.040000", "dts_time": "0.040000", '
-        b'"duration_time": "0.060000", "flags": "KD" },\n'
-        b'        { "stream_index": 0, "dts_time": "2.5", "flags": "K_" }\n'
-        b'        { "stream_index": 1, "flags": "K_",\n'
-    )
-    assert JSON_PACKET_LINES.findall(text) == [
-        (b"1", b"0.040000", b"0.040000", b"0.060000", b"KD"),
-        (b"0", b"", b"2.5", b"", b"K_"),
-    ]

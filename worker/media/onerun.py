@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from array import array
 from typing import Any
 
 from worker.media._parse import parse_float, parse_int
-from worker.media.packets import JSON_PACKET_LINES, Packet, json_packet, number
+from worker.media.packets import Packet, json_packet
 from worker.media.timeline import Timeline, TimelineScan
-
-# The end of the packet list (a line that starts with "]").
-_PACKETS_END = re.compile(rb"^[ \t]*\]", re.MULTILINE)
-# A pathological line (no newline) is cut to its end, as worker.ffmpeg does.
-_MAX_LINE_BYTES = 1 << 16
 
 
 class OneRunReader:
@@ -40,56 +34,6 @@ class OneRunReader:
         self._header: list[str] = []
         self._in_packets = False
         self._chunk = ""
-        self._rest = b""
-
-    def feed_bytes(self, chunk: bytes) -> None:
-        """Take a chunk of raw output: its plain packet lines read by one regular expression
-        at a time (:data:`~worker.media.packets.JSON_PACKET_LINES`), every other line by
-        :meth:`feed`, with the same result."""
-        block = self._rest + chunk
-        cut = block.rfind(b"\n") + 1
-        self._rest = block[cut:][-_MAX_LINE_BYTES:]
-        lines = block[:cut]
-        while lines:
-            if self._in_packets and not self._chunk:
-                end = _PACKETS_END.search(lines)
-                stop = end.start() if end else len(lines)
-                if stop:
-                    if not self._keep_lines(lines[:stop]):  # side data: line by line
-                        self._feed_lines(lines[:stop])
-                    lines = lines[stop:]
-                    continue
-            line, _, lines = lines.partition(b"\n")
-            self.feed(line.decode("utf-8", "replace").rstrip("\r"))
-
-    def _feed_lines(self, lines: bytes) -> None:
-        for line in lines.split(b"\n")[:-1]:  # complete lines: the last piece is empty
-            self.feed(line.decode("utf-8", "replace").rstrip("\r"))
-
-    def close(self) -> None:
-        """The end of the raw output (:meth:`feed_bytes`): read a last line without a newline."""
-        if self._rest:
-            self.feed(self._rest.decode("utf-8", "replace"))
-            self._rest = b""
-
-    def _keep_lines(self, lines: bytes) -> bool:
-        """Keep the packets of ``lines`` (complete lines, each a plain packet); False (nothing
-        kept) when any line is something else."""
-        found = JSON_PACKET_LINES.findall(lines)
-        if len(found) != lines.count(b"\n"):
-            return False
-        nan = math.nan
-        pts_column, dts_column, duration_column = self._times
-        for index, pts, dts, duration, flags in found:
-            self._index.append(int(index))
-            self._discarded.append(b"D" in flags)
-            for column, text in ((pts_column, pts), (dts_column, dts), (duration_column, duration)):
-                value = number(text)
-                column.append(nan if value is None else value)
-        zeros = [0] * len(found)  # no side data: nothing skipped or discarded
-        self._skip.extend(zeros)
-        self._padding.extend(zeros)
-        return True
 
     def feed(self, line: str) -> None:
         """Take one output line."""

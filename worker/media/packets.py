@@ -37,14 +37,6 @@ _JSON = re.compile(
     r'(?:, "duration_time": "([^"]*)")?(?:, "flags": "([^"]*)")?'
     r'(?:,\s*"side_data_list": \[\s*\{\s*\}\s*\])?\s*\},?$'
 )
-# Lines of plain ``-of json=c=1`` packets (as :data:`_JSON`, but bytes, one a line, read by
-# ``findall`` over a chunk: :meth:`worker.media.onerun.OneRunReader.feed_bytes`).
-JSON_PACKET_LINES = re.compile(
-    rb'^[ \t]*\{ "stream_index": (-?\d+)(?:, "pts_time": "([^"\n]*)")?'
-    rb'(?:, "dts_time": "([^"\n]*)")?(?:, "duration_time": "([^"\n]*)")?'
-    rb'(?:, "flags": "([^"\n]*)")? \},?\r?$',
-    re.MULTILINE,
-)
 _ABSENT = frozenset({b"", b"N/A", "", "N/A"})
 # A pathological line (no newline) is cut to its end, as worker.ffmpeg does.
 _MAX_LINE_BYTES = 1 << 16

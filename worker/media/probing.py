@@ -194,9 +194,8 @@ async def _read_in_one_run(
         build_one_run_args(path, intervals[0] if intervals else None),
         timeout=timeout + size / 20e6,  # a demux pass over the file, as the packet scan's
         what=f"probe of {path.name}",
-        on_stdout_bytes=reader.feed_bytes,
+        on_stdout_line=reader.feed,
     )
-    reader.close()
     header = _checked(parse_probe_json(path, reader.header_text(), size))
     if hinted and not _agrees(header.duration, expected_duration):
         return None
