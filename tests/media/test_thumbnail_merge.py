@@ -11,6 +11,7 @@ import pytest
 from tests.harness.media_tools import ffmpeg, framemd5, make_recording, make_tone_wav
 from worker import ffmpeg as ffmpeg_module
 from worker import media
+from worker.media import commands
 
 
 def _merge_counting(
@@ -86,3 +87,17 @@ def test_no_frame_after_the_thumbnails_time_falls_back_to_the_first(
     assert runs.count("thumbnail") == 2, runs
     assert result.thumbnail is not None
     assert framemd5(result.thumbnail) == _frame_at(recording, 0.0, tmp_path / "at0.png")
+
+
+def test_a_recording_past_the_limit_takes_the_thumbnail_in_its_own_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past THUMBNAIL_IN_MERGE_MAX_SECONDS (made 2 s here) the merge's run has no thumbnail
+    input (its memory grows with the recording's index): one run of its own, as before."""
+    monkeypatch.setattr(commands, "THUMBNAIL_IN_MERGE_MAX_SECONDS", 2.0)
+    recording = make_recording(tmp_path / "rec.mp4")
+    connect = make_tone_wav(tmp_path / "connect.wav", [(2.5, [440, 660])])
+    result, runs = _merge_counting(recording, connect, tmp_path, monkeypatch)
+    assert runs.count("thumbnail") == 1, runs
+    assert result.thumbnail is not None
+    assert framemd5(result.thumbnail) == _frame_at(recording, 1.0, tmp_path / "ref.png")

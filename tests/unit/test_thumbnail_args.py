@@ -10,7 +10,9 @@ from tests.harness.media_models import connect, recording
 from worker import media
 from worker.ffmpeg import FORMAT_WHITELIST, PROTOCOL_WHITELIST
 from worker.media.commands import (
+    THUMBNAIL_IN_MERGE_MAX_SECONDS,
     THUMBNAIL_WINDOW_SECONDS,
+    thumbnail_in_merge,
     thumbnail_input_args,
     thumbnail_output_args,
 )
@@ -70,3 +72,10 @@ def test_merge_writes_the_thumbnail_from_a_last_input(
     # ... and everything else is the command line without a thumbnail.
     start = last - len(extra_input) + 2
     assert args[:start] + args[last + 2 : output + 1] == plain
+
+
+def test_only_recordings_up_to_the_limit_take_the_thumbnail_in_the_merge() -> None:
+    assert thumbnail_in_merge(8.0)
+    assert thumbnail_in_merge(THUMBNAIL_IN_MERGE_MAX_SECONDS)
+    assert not thumbnail_in_merge(THUMBNAIL_IN_MERGE_MAX_SECONDS + 0.001)
+    assert THUMBNAIL_IN_MERGE_MAX_SECONDS < 60 * 60  # the 60-minute merge's memory

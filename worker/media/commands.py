@@ -30,6 +30,12 @@ THUMBNAIL_AT_SECONDS = 1.0
 # time (:func:`thumbnail_input_args`): ffmpeg 5.1 decodes an input to its end (or ``-t``) even
 # once the PNG has its frame, so the window bounds that decode to about a second of video.
 THUMBNAIL_WINDOW_SECONDS = 1.0
+# Recordings up to this long get the thumbnail from the merge's own run. Its third opening of
+# the recording holds the file's index, which grows with the length: about 20 MB more in the
+# merge's ffmpeg at 10 minutes (the job's peak unchanged, 155-157 MB), 27 MB at 60 (the
+# merge's peak 166 -> 193 MB, past what a 200 MB job allows). Longer ones take it in a run
+# of its own after the merge, as before: there a process start is under 1% of the merge.
+THUMBNAIL_IN_MERGE_MAX_SECONDS = 20 * 60.0
 
 
 def base_args() -> list[str]:
@@ -40,6 +46,12 @@ def base_args() -> list[str]:
 def thumbnail_time(duration: float) -> float:
     """Where the thumbnail is taken: min(1 s, duration/2)."""
     return max(0.0, min(THUMBNAIL_AT_SECONDS, duration / 2))
+
+
+def thumbnail_in_merge(duration: float) -> bool:
+    """Whether the merge's own run writes the thumbnail of a recording of ``duration``
+    seconds (:data:`THUMBNAIL_IN_MERGE_MAX_SECONDS`)."""
+    return duration <= THUMBNAIL_IN_MERGE_MAX_SECONDS
 
 
 def thumbnail_input_args(recording: Recording, *, window: float | None) -> list[str]:
