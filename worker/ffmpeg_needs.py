@@ -98,6 +98,7 @@ def job_command_lines() -> list[list[str]]:
                             options=options,
                             chapters=_PATH,
                             gains=with_gains,
+                            thumbnail=_PATH,
                         )
                     )
         lines.append(media.build_thumbnail_args(_info(codec, None, 1), _PATH))

@@ -34,7 +34,8 @@ DELAY = 1.0
 
 @pytest.fixture
 def slow_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The thumbnail and the audio measurement (sync, loudness) each take DELAY longer."""
+    """The thumbnail's step after the pass (its own run when the merge's wrote none) and the
+    audio measurement (sync, loudness) each take DELAY longer."""
 
     def slowed(step: Callable[..., Any]) -> Callable[..., Any]:
         async def slow(*args: Any, **kwargs: Any) -> Any:
@@ -43,7 +44,7 @@ def slow_steps(monkeypatch: pytest.MonkeyPatch) -> None:
 
         return slow
 
-    monkeypatch.setattr(run_module, "write_thumbnail", slowed(run_module.write_thumbnail))
+    monkeypatch.setattr(run_module, "finish_thumbnail", slowed(run_module.finish_thumbnail))
     monkeypatch.setattr(run_module, "measure_audio", slowed(run_module.measure_audio))
 
 

@@ -25,10 +25,51 @@ from worker.media.plan import (
 )
 from worker.media.video import hold_last_frame_args, timeline_offset_args
 
+THUMBNAIL_AT_SECONDS = 1.0
+# The merge's own run takes the thumbnail from this much of the recording after the thumbnail's
+# time (:func:`thumbnail_input_args`): ffmpeg 5.1 decodes an input to its end (or ``-t``) even
+# once the PNG has its frame, so the window bounds that decode to about a second of video.
+THUMBNAIL_WINDOW_SECONDS = 1.0
+# Recordings up to this long get the thumbnail from the merge's own run. Its third opening of
+# the recording holds the file's index, which grows with the length: about 20 MB more in the
+# merge's ffmpeg at 10 minutes (the job's peak unchanged, 155-157 MB), 27 MB at 60 (the
+# merge's peak 166 -> 193 MB, past what a 200 MB job allows). Longer ones take it in a run
+# of its own after the merge, as before: there a process start is under 1% of the merge.
+THUMBNAIL_IN_MERGE_MAX_SECONDS = 20 * 60.0
+
 
 def base_args() -> list[str]:
     """How every ffmpeg run of ours starts: no stdin, no banner, errors only."""
     return [ffmpeg.FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error"]
+
+
+def thumbnail_time(duration: float) -> float:
+    """Where the thumbnail is taken: min(1 s, duration/2)."""
+    return max(0.0, min(THUMBNAIL_AT_SECONDS, duration / 2))
+
+
+def thumbnail_in_merge(duration: float) -> bool:
+    """Whether the merge's own run writes the thumbnail of a recording of ``duration``
+    seconds (:data:`THUMBNAIL_IN_MERGE_MAX_SECONDS`)."""
+    return duration <= THUMBNAIL_IN_MERGE_MAX_SECONDS
+
+
+def thumbnail_input_args(recording: Recording, *, window: float | None) -> list[str]:
+    """The recording as the merge's thumbnail input (pure): fast-seeked (``-ss`` before ``-i``:
+    a container seek, nothing decoded before the key frame) to :func:`thumbnail_time`, read for
+    ``window`` seconds after it (``-t``; all of it when None), decoded on one thread (one
+    frame is wanted: frame threads would only add their buffers to the merge's memory)."""
+    args = ["-ss", f"{thumbnail_time(recording.duration):.3f}"]
+    if window is not None:
+        args += ["-t", f"{window:.3f}"]
+    return [*args, "-threads", "1", *ffmpeg.input_args(recording.path)]
+
+
+def thumbnail_output_args(input_index: int, video_index: int, thumbnail: Path) -> list[str]:
+    """One PNG frame of input ``input_index``'s stream ``video_index``, written to
+    ``thumbnail`` (pure); nothing is written when that input has no frame."""
+    args = ["-map", f"{input_index}:{video_index}", "-frames:v", "1", "-an", "-sn", "-dn"]
+    return [*args, "-c:v", "png", "-f", "image2", "-update", "1", "-y", ffmpeg.file_url(thumbnail)]
 
 
 def build_merge_args(
@@ -41,12 +82,18 @@ def build_merge_args(
     progress: bool = True,
     chapters: Path | None = None,
     gains: loudness.LoudnessGains | None = None,
+    thumbnail: Path | None = None,
 ) -> list[str]:
     """The complete ffmpeg command line of the one-pass merge (pure).
 
     ``chapters``: an FFMETADATA file (:func:`~worker.media.chapters.chapters_metadata`) whose
     chapters the output gets; without it the output has none (the recording's own are never
     copied). ``gains``: the loudness stage (:func:`~worker.media.graph.loudness_steps`).
+    ``thumbnail``: a second output, the PNG of the first frame in the
+    :data:`THUMBNAIL_WINDOW_SECONDS` after :func:`thumbnail_time` (from a last input,
+    :func:`thumbnail_input_args`): no process of its own (each costs a job about 0.1 s of CPU
+    to start, issue 18); when that window has no frame nothing is written, and the caller
+    takes it on its own (:func:`worker.media.thumbnail.write_thumbnail`).
     """
     container = container_for(recording.video.codec_name)
     has_audio = recording.audio is not None
@@ -69,23 +116,30 @@ def build_merge_args(
     if progress:
         args += ["-nostats", "-progress", "pipe:1", "-stats_period", "1"]
     args += _input_args(recording, connect, seek=seek, head=head, chapters=chapters)
+    if thumbnail is not None:
+        args += thumbnail_input_args(recording, window=THUMBNAIL_WINDOW_SECONDS)
     args += ["-filter_complex", graph]
     args += ["-map", f"0:{recording.video.index}", "-map", "[aout]"]
     args += ["-c:v", "copy", *hold_last_frame_args(recording, plan, container)]
     args += ["-c:a", container.audio_codec, "-b:a", options.audio.bitrate]
     args += [*audio_rate_args(container, plan.sample_rate), "-ac", str(plan.channels)]
     args += ["-map_chapters", str(head_input + bool(head)) if chapters is not None else "-1"]
-    args += ["-dn", "-sn"]
-    if container is MP4:
-        args += ["-movflags", "+faststart"]
-    else:
-        # No negative timestamp in the file: Chromium fails to decode after a seek in a WebM
-        # whose Opus blocks start before 0 (issue 19). None arrives here (the video starts
-        # at or after the origin, the Opus priming at 0: encoder_timing_steps), so nothing
-        # is shifted; should one, every stream moves alike (and the output check sees it).
-        args += ["-avoid_negative_ts", "make_non_negative"]
-    args += ["-f", container.muxer, "-y", ffmpeg.file_url(output)]
+    args += ["-dn", "-sn", *_muxer_args(container), "-y", ffmpeg.file_url(output)]
+    if thumbnail is not None:
+        inputs = head_input + bool(head) + (chapters is not None)  # the thumbnail's is last
+        args += thumbnail_output_args(inputs, recording.video.index, thumbnail)
     return args
+
+
+def _muxer_args(container: Container) -> list[str]:
+    """The output's muxer and its options (pure)."""
+    if container is MP4:
+        return ["-movflags", "+faststart", "-f", container.muxer]
+    # No negative timestamp in the file: Chromium fails to decode after a seek in a WebM
+    # whose Opus blocks start before 0 (issue 19). None arrives here (the video starts
+    # at or after the origin, the Opus priming at 0: encoder_timing_steps), so nothing
+    # is shifted; should one, every stream moves alike (and the output check sees it).
+    return ["-avoid_negative_ts", "make_non_negative", "-f", container.muxer]
 
 
 def _input_args(

@@ -4,7 +4,8 @@
 kill on cancellation). When the caller knows what to read (``expected_duration``: the merge's
 output; ``one_run``: the Connect audio; ``hint``: an MP4 recording whose movie header declares
 its duration), format, streams and packets come from one run
-(:func:`build_one_run_args`, :class:`~worker.media.onerun.OneRunReader`); otherwise twice:
+(:func:`build_one_run_args`, :class:`~worker.media.onerun.OneRunReader`; a plain PCM WAV,
+with ``one_run``, in none: :mod:`worker.media.wav_header`); otherwise twice:
 once for the format and streams (:func:`~worker.media.probe_json.parse_probe_json`), once
 for the packets (:class:`~worker.media.timeline.TimelineScan`), all of them or, for a long
 file with a believable header, its head and tail (the lines read by
@@ -13,7 +14,9 @@ file with a believable header, its head and tail (the lines read by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
@@ -21,7 +24,7 @@ from worker import ffmpeg
 from worker.errors import MediaError
 from worker.limits import FFMPEG_TIMEOUT_BASE_SECONDS, MAX_MEDIA_SECONDS
 from worker.media.model import MediaInfo, ProbeHeader
-from worker.media.mp4_header import mp4_duration
+from worker.media.mp4_header import Read, mp4_duration
 from worker.media.onerun import OneRunReader
 from worker.media.packets import CompactPackets
 from worker.media.probe_json import parse_probe_json as parse_probe_json  # re-exported
@@ -37,6 +40,7 @@ from worker.media.timeline import (
     scan_intervals,
     with_last_packet,
 )
+from worker.media.wav_header import wav_probe
 from worker.observability import FFMPEG_FAILURES
 
 log = structlog.get_logger("worker.media")
@@ -133,15 +137,18 @@ async def probe(
     of a file of ``expected_duration`` (the merge's output), or with ``one_run`` every packet
     (the Connect audio), or with ``hint`` when an MP4's movie header declares its duration
     (:func:`~worker.media.mp4_header.mp4_duration`, the recording; ffprobe's header must then
-    agree); a file that then turns out otherwise is read in two runs, as without.
+    agree); a file that then turns out otherwise is read in two runs, as without. With
+    ``one_run``, a plain PCM WAV is read from its header in Python, with no run at all
+    (:func:`~worker.media.wav_header.wav_probe`; any other file goes to ffprobe).
 
     Raises :class:`MediaError` (or a subclass) for files ffprobe refuses or cannot read,
     :class:`worker.errors.MediaTimeout` past ``timeout``.
     """
     path = Path(path)
-    read = None
+    # A plain PCM WAV (the Connect audio) read from its header: no ffprobe run at all.
+    read = _local_read(path, wav_probe) if one_run and expected_duration is None else None
     hinted = _duration_hint(path) if hint and expected_duration is None else None
-    if one_run or expected_duration is not None or hinted is not None:
+    if read is None and (one_run or expected_duration is not None or hinted is not None):
         read = await _read_in_one_run(
             path, timeout, expected_duration or hinted, hinted is not None
         )
@@ -234,8 +241,16 @@ def _checked(header: ProbeHeader) -> ProbeHeader:
 
 
 def _duration_hint(path: Path) -> float | None:
-    """The duration an MP4 recording's movie header declares, read from its boxes (a few
-    small local reads: no worker thread), or None."""
+    """The duration an MP4 recording's movie header declares, read from its boxes, or None."""
+    return _local_read(path, lambda _path, read, size: mp4_duration(read, size))
+
+
+T = TypeVar("T")
+
+
+def _local_read(path: Path, parse: Callable[[Path, Read, int], T | None]) -> T | None:
+    """``parse(path, read, size)`` of a regular file's header (a few small local reads: no
+    worker thread), or None (an unreadable file: the ffprobe run that follows reports it)."""
     try:
         if not path.is_file():  # a regular file only: opening a FIFO would wait
             return None
@@ -245,9 +260,9 @@ def _duration_hint(path: Path) -> float | None:
                 file.seek(offset)
                 return file.read(length)
 
-            return mp4_duration(read, path.stat().st_size)
+            return parse(path, read, path.stat().st_size)
     except OSError:
-        return None  # the probe that follows reports it
+        return None
 
 
 def _agrees(header: float | None, hint: float | None) -> bool:

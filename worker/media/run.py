@@ -3,9 +3,10 @@
 :func:`merge` probes the inputs it was not given, validates them into a
 :class:`~worker.media.model.Recording` and a :class:`~worker.media.model.ConnectAudio`,
 plans the merge, measures the call end and loudness (:mod:`worker.media.measure`), runs one
-ffmpeg process for the merge and a second short one for the thumbnail, then probes the
-output and rejects it when its duration or streams are wrong. Every process is run by
-:mod:`worker.ffmpeg` (the only module that spawns one).
+ffmpeg process for the merge (which also writes the thumbnail of a recording up to 20
+minutes; a second short one when it did not), then probes the output and rejects it when
+its duration or streams are wrong. Every process is run by :mod:`worker.ffmpeg` (the only
+module that spawns one).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from worker.media import loudness, sync
 from worker.media._parse import parse_float, parse_int
 from worker.media.chapters import chapters_metadata
 from worker.media.check import check_output
-from worker.media.commands import build_merge_args
+from worker.media.commands import build_merge_args, thumbnail_in_merge
 from worker.media.containers import Container, check_output_path
 from worker.media.measure import measure_audio
 from worker.media.model import ConnectAudio, MediaInfo, Recording
@@ -38,7 +39,7 @@ from worker.media.plan import (
     recording_seek_seconds,
 )
 from worker.media.probing import probe
-from worker.media.thumbnail import write_thumbnail
+from worker.media.thumbnail import finish_thumbnail
 from worker.observability import CALL_END_CLAMPS, CONNECT_SHORT, FFMPEG_FAILURES
 
 log = structlog.get_logger("worker.media")
@@ -332,9 +333,11 @@ async def _write(
         options=options,
         chapters=chapters,
         gains=gains,
+        thumbnail=request.thumbnail if thumbnail_in_merge(plan.duration) else None,
     )
     progress = Progress(plan.duration, on_progress)
     try:
+        _remove(request.thumbnail)  # an old file must not pass for the one this run writes
         chapters.write_text(chapters_metadata(plan))
         started = time.monotonic()
         await ffmpeg.run(
@@ -352,8 +355,10 @@ async def _write(
         except OutputRejected:
             FFMPEG_FAILURES.labels(reason="output_rejected").inc()
             raise
-        # Made last, on its own: beside the merge's ffmpeg or the output's probe its decoder
-        # added 40-50 MB to the job's peak memory (bench, issue 18) to save about 0.3 s.
+        # Written by the merge's run (one process fewer, issue 18) up to 20 minutes; on its
+        # own when that run's window had no frame or the recording is longer (memory:
+        # commands.THUMBNAIL_IN_MERGE_MAX_SECONDS). (A thumbnail process beside the merge's
+        # or the output's probe added 40-50 MB to the job's peak memory.)
         await _thumbnail(recording, request.thumbnail, options.timeout_base_seconds)
     except BaseException:
         # (Synchronous, so a cancellation cannot interrupt it.)
@@ -367,4 +372,4 @@ async def _write(
 
 async def _thumbnail(recording: Recording, thumbnail: Path | None, timeout: float) -> None:  # noqa: ASYNC109
     if thumbnail is not None:
-        await write_thumbnail(recording, thumbnail, timeout=timeout)
+        await finish_thumbnail(recording, thumbnail, timeout=timeout)

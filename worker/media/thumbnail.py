@@ -1,4 +1,8 @@
-"""The thumbnail: one PNG frame of the recording, near its start."""
+"""The thumbnail: one PNG frame of the recording, near its start.
+
+Usually written by the merge's own run (:func:`~worker.media.commands.build_merge_args`);
+:func:`finish_thumbnail` runs ffmpeg for it only when that run found no frame.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +10,38 @@ from pathlib import Path
 
 from worker import ffmpeg
 from worker.errors import MediaError
-from worker.media.commands import base_args
+from worker.media.commands import base_args, thumbnail_output_args
+from worker.media.commands import thumbnail_time as thumbnail_time  # re-exported
 from worker.media.model import Recording
 from worker.observability import FFMPEG_FAILURES
-
-THUMBNAIL_AT_SECONDS = 1.0
-
-
-def thumbnail_time(duration: float) -> float:
-    """Where the thumbnail is taken: min(1 s, duration/2)."""
-    return max(0.0, min(THUMBNAIL_AT_SECONDS, duration / 2))
 
 
 def build_thumbnail_args(
     recording: Recording, thumbnail: Path, *, at: float | None = None
 ) -> list[str]:
     """One PNG frame at ``at`` (default :func:`thumbnail_time`), with a fast input seek
-    (``-ss`` before ``-i``: ffmpeg seeks in the container instead of decoding up to it)."""
+    (``-ss`` before ``-i``: ffmpeg seeks in the container instead of decoding up to it).
+
+    Run on its own only when the merge's run wrote none (its window had no frame,
+    :func:`~worker.media.commands.build_merge_args`)."""
     when = thumbnail_time(recording.duration) if at is None else at
     args = base_args()
     args += ["-ss", f"{when:.3f}"]
     args += ffmpeg.input_args(recording.path)
-    args += ["-map", f"0:{recording.video.index}", "-frames:v", "1", "-an", "-sn", "-dn"]
-    args += ["-c:v", "png", "-f", "image2", "-update", "1", "-y", ffmpeg.file_url(thumbnail)]
+    args += thumbnail_output_args(0, recording.video.index, thumbnail)
     return args
 
 
 def _nonempty_file(path: Path) -> bool:
     # A local stat: fast enough not to need a worker thread.
     return path.is_file() and path.stat().st_size > 0
+
+
+async def finish_thumbnail(recording: Recording, thumbnail: Path, *, timeout: float) -> None:  # noqa: ASYNC109
+    """The thumbnail the merge's run wrote, or (none written: no frame in its window) one
+    taken on its own (:func:`write_thumbnail`)."""
+    if not _nonempty_file(thumbnail):
+        await write_thumbnail(recording, thumbnail, timeout=timeout)
 
 
 async def write_thumbnail(recording: Recording, thumbnail: Path, *, timeout: float) -> None:  # noqa: ASYNC109
