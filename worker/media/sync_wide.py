@@ -54,14 +54,22 @@ async def wide(
     reference_args = connect_decode_args(inputs, window, band=True)
     failure: str | None = None
     reference: Signal | None = None
+    packets: list[sync_packets.Envelope | None] = [None]
+
+    async def scan() -> None:
+        packets[0] = await _packet_envelope(inputs, timeout)
+
     try:
-        reference = await decode(reference_args, timeout=timeout, what="wide sync reference")
+        # The packet scan (a demux) beside the reference's decode: two processes at a time.
+        async with anyio.create_task_group() as group:
+            group.start_soon(scan)
+            reference = await decode(reference_args, timeout=timeout, what="wide sync reference")
     except* (MediaError, MediaTimeout, MediaProcessKilled) as errors:
         failure = str(errors.exceptions[0])
     if failure is not None or reference is None:
         log.warning("call_end_sync_wide_decode_failed", error=failure)
         return SyncResult.timestamp("decode_failed")
-    packet_candidates = await _packet_search(inputs, reference, length, timeout)
+    packet_candidates = _packet_search(inputs, packets[0], reference, length)
     if packet_candidates:
         confident = await _fine(inputs, packet_candidates, length, timeout, coarse="packets")
         if confident:
@@ -129,18 +137,20 @@ def packet_scan_args(inputs: SyncInputs) -> list[str]:
         sync_packets.FIELDS,
         "-of",
         "csv=p=0",
+        # Through ffprobe's buffered output: on stdout it writes (and the pipe delivers) each
+        # packet's line on its own, 181,000 writes for an hour of 20 ms packets.
+        "-o",
+        "pipe:1",
         *ffmpeg.input_args(inputs.recording),
     ]
 
 
-async def _packet_search(
+async def _packet_envelope(
     inputs: SyncInputs,
-    reference: Signal,
-    length: float,
     timeout: float,  # noqa: ASYNC109
-) -> list[sync_search.Candidate]:
-    """The packet-size search's candidates; none when the recording's packets carry no
-    envelope or cannot be read (the decode-based search then runs)."""
+) -> sync_packets.Envelope | None:
+    """The microphone's packet-size envelope; None when its packets carry no envelope or
+    cannot be read (the decode-based search then runs)."""
     chunks: list[bytes] = []
     wide_timeout = timeout + WIDE_TIMEOUT_PER_MEDIA_SECOND * inputs.recording_duration
     try:
@@ -152,10 +162,21 @@ async def _packet_search(
         )
     except (MediaError, MediaTimeout, MediaProcessKilled) as error:
         log.info("call_end_sync_wide_packets_unreadable", error=str(error))
-        return []
+        return None
     signal = sync_packets.packet_envelope(*sync_packets.parse_packets(b"".join(chunks)))
     if signal is None:
         log.info("call_end_sync_wide_packets_no_envelope")
+    return signal
+
+
+def _packet_search(
+    inputs: SyncInputs,
+    signal: sync_packets.Envelope | None,
+    reference: Signal,
+    length: float,
+) -> list[sync_search.Candidate]:
+    """The packet-size search's candidates (none without a packet envelope)."""
+    if signal is None:
         return []
     parts = plan_wide(recording_duration=inputs.recording_duration, length=length)
     found = sync_packets.search(
