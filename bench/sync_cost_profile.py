@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     merge = (1.0, 1.0) if "--no-merge" in args else bench.merge_seconds(case)
     print(f"merge: wall {merge[0]:.2f} s, CPU {merge[1]:.2f} s; {bench._load()}")
     timings: Timings = {}
-    _wrap(sync, "measure_window", "narrow", timings)
+    _wrap(sync, "measure_keeping", "narrow", timings)
     _wrap(sync_wide, "wide", "wide", timings)
     _wrap(sync_drift, "measure_drift", "drift", timings)
     _wrap(ffmpeg, "run", "process", timings)

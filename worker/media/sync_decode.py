@@ -6,6 +6,7 @@ allow-listed, time-limited runner, killed on cancellation."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 import numpy as np
@@ -59,6 +60,34 @@ async def decode(args: list[str], *, timeout: float, what: str) -> Signal:  # no
     return samples(raw[: len(raw) - len(raw) % 4], "f32")
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A window's two decoded stretches, kept for a later window that lies inside them (the
+    wide search's fine pass around a place the call end's own window already holds)."""
+
+    window: SyncWindow
+    reference: Signal
+    signal: Signal
+
+    def cut(self, window: SyncWindow) -> tuple[Signal, Signal] | None:
+        """``window``'s two stretches cut from these, as its own decode would give them
+        (pure); None when it needs another Connect stretch or recording beyond this decode's.
+
+        Both decodes start at whole seconds (``recording_seek``) with the seek point as
+        sample 0, so the recording's second ``s`` is sample ``s * SYNC_RATE`` of both."""
+        mine = self.window
+        if (window.connect_start, window.connect_seconds) != (
+            mine.connect_start,
+            mine.connect_seconds,
+        ):
+            return None
+        first = (window.recording_seek - mine.recording_seek) * SYNC_RATE
+        count = round(window.recording_seconds * SYNC_RATE)
+        if first < 0 or first + count > round(mine.recording_seconds * SYNC_RATE):
+            return None
+        return self.reference, self.signal[first : first + count]
+
+
 async def measure_window(
     inputs: SyncInputs,
     window: SyncWindow,
@@ -66,11 +95,27 @@ async def measure_window(
     timeout: float,  # noqa: ASYNC109
 ) -> SyncResult:
     """Decode one window's two stretches (one run) and decide on them."""
+    result, _decoded = await measure_keeping(inputs, window, timeout=timeout)
+    return result
+
+
+async def measure_keeping(
+    inputs: SyncInputs,
+    window: SyncWindow,
+    *,
+    timeout: float,  # noqa: ASYNC109
+) -> tuple[SyncResult, Decoded | None]:
+    """:func:`measure_window`, and the stretches it decoded (None: none) for later windows."""
     decoded = await decode_window(inputs, window, timeout=timeout)
     if isinstance(decoded, SyncResult):
-        return decoded
+        return decoded, None
+    return await measure_decoded(*decoded, window), Decoded(window, *decoded)
+
+
+async def measure_decoded(reference: Signal, signal: Signal, window: SyncWindow) -> SyncResult:
+    """The decision on a window's decoded stretches."""
     # Off the event loop (a second of numpy on a long stretch): other jobs' I/O goes on.
-    return await anyio.to_thread.run_sync(synchronise, *decoded, window)
+    return await anyio.to_thread.run_sync(synchronise, reference, signal, window)
 
 
 async def decode_window(

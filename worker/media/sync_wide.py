@@ -18,8 +18,10 @@ from worker.errors import MediaError, MediaProcessKilled, MediaTimeout
 from worker.media import sync_packets, sync_search
 from worker.media.sync_decide import choose_wide
 from worker.media.sync_decode import (
+    Decoded,
     connect_decode_args,
     decode,
+    measure_decoded,
     measure_window,
     recording_decode_args,
     stream,
@@ -47,9 +49,11 @@ async def wide(
     narrow: SyncResult,
     *,
     timeout: float,  # noqa: ASYNC109
+    decoded: Decoded | None = None,
 ) -> SyncResult:
     """Coarse envelope search over the whole recording, then the fine pass around each
-    candidate (see :mod:`worker.media.sync_search`)."""
+    candidate (see :mod:`worker.media.sync_search`); a candidate inside ``decoded`` (the
+    call end's window, as decoded) is measured on it rather than decoded again."""
     length = window.connect_seconds
     reference_args = connect_decode_args(inputs, window, band=True)
     failure: str | None = None
@@ -71,7 +75,9 @@ async def wide(
         return SyncResult.timestamp("decode_failed")
     packet_candidates = _packet_search(inputs, packets[0], reference, length)
     if packet_candidates:
-        confident = await _fine(inputs, packet_candidates, length, timeout, coarse="packets")
+        confident = await _fine(
+            inputs, packet_candidates, length, timeout, coarse="packets", decoded=decoded
+        )
         if confident:
             return choose_wide(narrow, confident)
     candidates: list[sync_search.Candidate] = []
@@ -82,7 +88,7 @@ async def wide(
     if failure is not None:
         log.warning("call_end_sync_wide_decode_failed", error=failure)
         return SyncResult.timestamp("decode_failed")
-    confident = await _fine(inputs, candidates, length, timeout, coarse="decode")
+    confident = await _fine(inputs, candidates, length, timeout, coarse="decode", decoded=decoded)
     return choose_wide(narrow, confident)
 
 
@@ -93,6 +99,7 @@ async def _fine(
     timeout: float,  # noqa: ASYNC109
     *,
     coarse: str,
+    decoded: Decoded | None,
 ) -> list[SyncResult]:
     """The fine pass around each candidate worth measuring: its confident results, as offsets
     from the timestamp's call end."""
@@ -107,10 +114,15 @@ async def _fine(
         )
         if isinstance(fine, str):
             continue
-        found = await measure_window(inputs, fine, timeout=timeout)
+        cut = None if decoded is None else decoded.cut(fine)
+        if cut is None:
+            found = await measure_window(inputs, fine, timeout=timeout)
+        else:
+            found = await measure_decoded(*cut, fine)
         log.info(
             "call_end_sync_wide_candidate",
             coarse=coarse,
+            decoded="kept" if cut is not None else "own",
             at=round(connect_end, 3),
             score=round(candidate.score, 3),
             method=found.method,
