@@ -128,3 +128,21 @@ def test_irregular_output_is_parsed_line_by_line(raw: bytes) -> None:
     parsed = sync_packets.parse_packets(raw)
     for ours, theirs in zip(parsed, sync_packets._parse_lines(raw), strict=True):
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_the_reader_parses_streamed_output_block_by_block_as_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sync_packets, "READ_BLOCK_BYTES", 10_000)  # ~24 blocks
+    raw = b"-0.006500,0.020000,58,\n\n" + _packets(_speech_like(600, seed=6), per_packet=3)
+    reader = sync_packets.PacketReader()
+    parse = sync_packets.parse_packets
+    blocks: list[bytes] = []
+    monkeypatch.setattr(sync_packets, "parse_packets", lambda raw: blocks.append(raw) or parse(raw))
+    for at in range(0, len(raw), 1000):  # chunks that cut lines anywhere
+        reader.feed(raw[at : at + 1000])
+    streamed = reader.finish()
+    for ours, theirs in zip(streamed, parse(raw), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert len(blocks) > 20 and all(block.endswith(b"\n") for block in blocks[:-1])
+    assert all(part.size == 0 for part in sync_packets.PacketReader().finish())

@@ -42,6 +42,45 @@ Envelope = npt.NDArray[np.float64]
 _FIELDS = 3
 
 
+READ_BLOCK_BYTES = 1 << 20  # ffprobe output parsed per block (~45,000 packets): bounded memory
+
+
+class PacketReader:
+    """:func:`parse_packets` of ffprobe's output as it streams in (:meth:`feed` any chunks,
+    then :meth:`finish`): whole lines parsed per :data:`READ_BLOCK_BYTES`, so neither the
+    text nor a parse's temporaries grow with the recording (only the three numbers a packet)."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._parsed: list[tuple[Envelope, Envelope, Envelope]] = []
+
+    def feed(self, chunk: bytes) -> None:
+        """The next bytes of the output."""
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size >= READ_BLOCK_BYTES:
+            self._parse(final=False)
+
+    def finish(self) -> tuple[Envelope, Envelope, Envelope]:
+        """Times, durations and sizes of every packet fed."""
+        self._parse(final=True)
+        if not self._parsed:
+            return np.zeros(0), np.zeros(0), np.zeros(0)
+        times = np.concatenate([part[0] for part in self._parsed])
+        durations = np.concatenate([part[1] for part in self._parsed])
+        sizes = np.concatenate([part[2] for part in self._parsed])
+        return times, durations, sizes
+
+    def _parse(self, *, final: bool) -> None:
+        raw = b"".join(self._chunks)
+        cut = len(raw) if final else raw.rfind(b"\n") + 1
+        self._chunks = [raw[cut:]]
+        self._size = len(raw) - cut
+        if cut:
+            self._parsed.append(parse_packets(raw[:cut]))
+
+
 def parse_packets(raw: bytes) -> tuple[Envelope, Envelope, Envelope]:
     """Times, durations and sizes of ``ffprobe -show_entries`` :data:`FIELDS` ``-of csv=p=0``
     output (pure). A line without a time or size is skipped; an unknown duration is 0."""

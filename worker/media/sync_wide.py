@@ -163,19 +163,19 @@ async def _packet_envelope(
 ) -> sync_packets.Envelope | None:
     """The microphone's packet-size envelope; None when its packets carry no envelope or
     cannot be read (the decode-based search then runs)."""
-    chunks: list[bytes] = []
+    reader = sync_packets.PacketReader()
     wide_timeout = timeout + WIDE_TIMEOUT_PER_MEDIA_SECOND * inputs.recording_duration
     try:
         await ffmpeg.run(
             packet_scan_args(inputs),
             timeout=wide_timeout,
             what="wide sync packet scan",
-            on_stdout_bytes=chunks.append,
+            on_stdout_bytes=reader.feed,
         )
     except (MediaError, MediaTimeout, MediaProcessKilled) as error:
         log.info("call_end_sync_wide_packets_unreadable", error=str(error))
         return None
-    signal = sync_packets.packet_envelope(*sync_packets.parse_packets(b"".join(chunks)))
+    signal = sync_packets.packet_envelope(*reader.finish())
     if signal is None:
         log.info("call_end_sync_wide_packets_no_envelope")
     return signal
