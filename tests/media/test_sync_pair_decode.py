@@ -10,8 +10,13 @@ import anyio
 import numpy as np
 import pytest
 
-from worker.media.sync_decode import decode, decode_pair
-from worker.media.sync_plan import StretchSource, build_decode_args, build_pair_decode_args
+from worker.media.sync_decode import decode, decode_pair, decode_stretches
+from worker.media.sync_plan import (
+    StretchSource,
+    build_decode_args,
+    build_pair_decode_args,
+    build_stretches_decode_args,
+)
 
 CONNECT = "connect-8k-stereo-5s.wav"  # 5 s, stereo: the agent is the right channel
 
@@ -56,3 +61,18 @@ def test_one_run_equals_the_two_separate_decodes(
     assert short == expected_short.get(name, (False, False))
     assert (reference.size == 0) == (connect_seek >= 5.0)
     assert np.abs(signal).max() > 0.01  # real microphone audio, not padding
+
+
+def test_several_windows_in_one_run_equal_their_separate_decodes(data_dir: Path) -> None:
+    """The drift points' windows (issue 19: one process start for all of them): every
+    stretch of every case in one run, each as its own decode gives it, short ones too."""
+    sources = []
+    for name, index, channels, connect_seek, connect_seconds, seek, seconds in CASES:
+        sources.append(StretchSource(data_dir / CONNECT, 0, 2, True, connect_seek, connect_seconds))
+        sources.append(StretchSource(data_dir / name, index, channels, False, seek, seconds))
+    args = build_stretches_decode_args(sources)
+    together = anyio.run(lambda: decode_stretches(args, len(sources), timeout=60))
+    assert len(together) == len(sources)
+    for stretch, source in zip(together, sources, strict=True):
+        np.testing.assert_array_equal(stretch, _separate(source))
+    assert {stretch.size for stretch in together} > {0, round(6.0 * 8000)}  # short, empty, whole

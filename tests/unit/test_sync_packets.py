@@ -5,6 +5,7 @@ The real-media check is in tests/media/test_sync_packets_media.py."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from worker.media import sync_packets
 from worker.media.sync_packets import STEP
@@ -105,3 +106,43 @@ def test_a_weak_best_match_proposes_nothing() -> None:
     assert sync_packets.usable(strong) == strong
     assert sync_packets.usable([Candidate(10.0, 0.3), Candidate(40.0, 0.2)]) == []
     assert sync_packets.usable([]) == []
+
+
+def test_regular_output_is_parsed_at_once_as_line_by_line() -> None:
+    raw = b"-0.006500,0.020000,58,\n\n" + _packets(_speech_like(30, seed=5), per_packet=3)
+    raw += b"1.5,N/A,40\nnan,0.02,40\n"
+    assert sync_packets._parse_regular(raw) is not None  # the fast path taken
+    fast = sync_packets.parse_packets(raw)
+    slow = sync_packets._parse_lines(raw)
+    for ours, theirs in zip(fast, slow, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert fast[0].size == slow[0].size > 100
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"1,2,3\n4,5\n6,7,8,9\n", b"1,,3\n", b",1,2,3\n", b"1,2,3\n0.5,0.02,x\n", b"1,2,3,4\n"],
+)
+def test_irregular_output_is_parsed_line_by_line(raw: bytes) -> None:
+    assert sync_packets._parse_regular(raw) is None
+    parsed = sync_packets.parse_packets(raw)
+    for ours, theirs in zip(parsed, sync_packets._parse_lines(raw), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_the_reader_parses_streamed_output_block_by_block_as_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sync_packets, "READ_BLOCK_BYTES", 10_000)  # ~24 blocks
+    raw = b"-0.006500,0.020000,58,\n\n" + _packets(_speech_like(600, seed=6), per_packet=3)
+    reader = sync_packets.PacketReader()
+    parse = sync_packets.parse_packets
+    blocks: list[bytes] = []
+    monkeypatch.setattr(sync_packets, "parse_packets", lambda raw: blocks.append(raw) or parse(raw))
+    for at in range(0, len(raw), 1000):  # chunks that cut lines anywhere
+        reader.feed(raw[at : at + 1000])
+    streamed = reader.finish()
+    for ours, theirs in zip(streamed, parse(raw), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert len(blocks) > 20 and all(block.endswith(b"\n") for block in blocks[:-1])
+    assert all(part.size == 0 for part in sync_packets.PacketReader().finish())

@@ -12,14 +12,15 @@ import pytest
 from tests.harness.sync_signals import RATE, bursts, delayed
 from worker.ffmpeg_inputs import FORMAT_WHITELIST, PROTOCOL_WHITELIST
 from worker.media import sync_search
-from worker.media.sync_decode import samples, split_pair
-from worker.media.sync_model import DECODE_MARGIN_SECONDS, MIN_STRETCH_SECONDS
+from worker.media.sync_decode import Decoded, samples, split_pair
+from worker.media.sync_model import DECODE_MARGIN_SECONDS, MIN_STRETCH_SECONDS, SyncWindow
 from worker.media.sync_plan import (
     SampleFormat,
     StretchSource,
     build_decode_args,
     build_pair_decode_args,
     plan_wide,
+    plan_window,
 )
 
 
@@ -170,3 +171,30 @@ def test_a_pair_splits_at_each_stretchs_padding_not_at_its_silence() -> None:
     np.testing.assert_array_equal(b, second)
     empty, whole = split_pair(np.where(np.arange(20) % 4 < 2, 0.0, 1.0).astype(np.float32))
     assert (empty.size, whole.size) == (0, 5)
+
+
+def test_a_kept_window_gives_a_window_inside_it_and_refuses_any_other() -> None:
+    kept_window = plan_window(call_end=100.0, recording_duration=200.0, connect_duration=60.0,
+                              rival=30.0)  # fmt: skip
+    assert isinstance(kept_window, SyncWindow)
+    reference = np.arange(round(kept_window.connect_seconds * RATE), dtype=np.float32)
+    signal = np.arange(round(kept_window.recording_seconds * RATE), dtype=np.float32)
+    kept = Decoded(kept_window, reference, signal)
+
+    def fine(call_end: float, connect_duration: float = 60.0) -> SyncWindow:
+        window = plan_window(call_end=call_end, recording_duration=200.0,
+                             connect_duration=connect_duration, search=1.0)  # fmt: skip
+        assert isinstance(window, SyncWindow)
+        return window
+
+    inside = fine(90.25)
+    cut = kept.cut(inside)
+    assert cut is not None
+    assert cut[0] is reference
+    # Its samples are the recording's from its own seek, as many as its own decode's.
+    first = (inside.recording_seek - kept_window.recording_seek) * RATE
+    assert cut[1][0] == signal[first]
+    assert cut[1].size == round(inside.recording_seconds * RATE)
+    assert kept.cut(fine(129.5)) is None  # needs recording beyond the kept decode's end
+    assert kept.cut(fine(60.0)) is None  # before its start
+    assert kept.cut(fine(90.25, connect_duration=61.0)) is None  # another Connect stretch

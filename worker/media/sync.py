@@ -54,7 +54,7 @@ from worker.media.sync_decide import choose_wide as choose_wide
 from worker.media.sync_decide import decide as decide
 from worker.media.sync_decide import pause_fraction as pause_fraction
 from worker.media.sync_decide import synchronise as synchronise
-from worker.media.sync_decode import measure_window
+from worker.media.sync_decode import measure_keeping
 from worker.media.sync_estimate import energy_midpoint as energy_midpoint
 from worker.media.sync_estimate import estimate as estimate
 from worker.media.sync_model import (
@@ -138,9 +138,9 @@ async def _measure(inputs: SyncInputs, *, timeout: float) -> SyncResult:  # noqa
     )
     if isinstance(window, str):
         return SyncResult.timestamp(window)
-    found = await measure_window(inputs, window, timeout=timeout)
+    found, decoded = await measure_keeping(inputs, window, timeout=timeout)
     if found.method == "timestamp" and found.reason in WIDE_REASONS:
-        found = await sync_wide.wide(inputs, window, found, timeout=timeout)
+        found = await sync_wide.wide(inputs, window, found, timeout=timeout, decoded=decoded)
     if not found.measured:
         return found
     return await sync_drift.measure_drift(inputs, found, window.connect_seconds, timeout=timeout)

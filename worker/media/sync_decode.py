@@ -6,6 +6,7 @@ allow-listed, time-limited runner, killed on cancellation."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 import numpy as np
@@ -24,11 +25,12 @@ from worker.media.sync_model import (
     SyncWindow,
 )
 from worker.media.sync_plan import (
-    PAIR_CHANNELS,
+    COLUMNS_PER_STRETCH,
     SampleFormat,
     StretchSource,
     build_decode_args,
     build_pair_decode_args,
+    build_stretches_decode_args,
 )
 
 log = structlog.get_logger(__name__)
@@ -59,6 +61,34 @@ async def decode(args: list[str], *, timeout: float, what: str) -> Signal:  # no
     return samples(raw[: len(raw) - len(raw) % 4], "f32")
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A window's two decoded stretches, kept for a later window that lies inside them (the
+    wide search's fine pass around a place the call end's own window already holds)."""
+
+    window: SyncWindow
+    reference: Signal
+    signal: Signal
+
+    def cut(self, window: SyncWindow) -> tuple[Signal, Signal] | None:
+        """``window``'s two stretches cut from these, as its own decode would give them
+        (pure); None when it needs another Connect stretch or recording beyond this decode's.
+
+        Both decodes start at whole seconds (``recording_seek``) with the seek point as
+        sample 0, so the recording's second ``s`` is sample ``s * SYNC_RATE`` of both."""
+        mine = self.window
+        if (window.connect_start, window.connect_seconds) != (
+            mine.connect_start,
+            mine.connect_seconds,
+        ):
+            return None
+        first = (window.recording_seek - mine.recording_seek) * SYNC_RATE
+        count = round(window.recording_seconds * SYNC_RATE)
+        if first < 0 or first + count > round(mine.recording_seconds * SYNC_RATE):
+            return None
+        return self.reference, self.signal[first : first + count]
+
+
 async def measure_window(
     inputs: SyncInputs,
     window: SyncWindow,
@@ -66,11 +96,27 @@ async def measure_window(
     timeout: float,  # noqa: ASYNC109
 ) -> SyncResult:
     """Decode one window's two stretches (one run) and decide on them."""
+    result, _decoded = await measure_keeping(inputs, window, timeout=timeout)
+    return result
+
+
+async def measure_keeping(
+    inputs: SyncInputs,
+    window: SyncWindow,
+    *,
+    timeout: float,  # noqa: ASYNC109
+) -> tuple[SyncResult, Decoded | None]:
+    """:func:`measure_window`, and the stretches it decoded (None: none) for later windows."""
     decoded = await decode_window(inputs, window, timeout=timeout)
     if isinstance(decoded, SyncResult):
-        return decoded
+        return decoded, None
+    return await measure_decoded(*decoded, window), Decoded(window, *decoded)
+
+
+async def measure_decoded(reference: Signal, signal: Signal, window: SyncWindow) -> SyncResult:
+    """The decision on a window's decoded stretches."""
     # Off the event loop (a second of numpy on a long stretch): other jobs' I/O goes on.
-    return await anyio.to_thread.run_sync(synchronise, *decoded, window)
+    return await anyio.to_thread.run_sync(synchronise, reference, signal, window)
 
 
 async def decode_window(
@@ -81,43 +127,83 @@ async def decode_window(
 ) -> tuple[Signal, Signal] | SyncResult:
     """The window's Connect and microphone stretches (one ffmpeg run for both), or the
     fallback when they cannot be had."""
+    (found,) = await decode_windows(inputs, [window], timeout=timeout)
+    return found
+
+
+async def decode_windows(
+    inputs: SyncInputs,
+    windows: list[SyncWindow],
+    *,
+    timeout: float,  # noqa: ASYNC109
+) -> list[tuple[Signal, Signal] | SyncResult]:
+    """Each window's Connect and microphone stretches, all in one ffmpeg run (one process
+    start for them all), or its fallback when they cannot be had."""
+    sources = [source for window in windows for source in window_sources(inputs, window)]
     failure: str | None = None
     try:
-        reference, signal = await decode_pair(window_decode_args(inputs, window), timeout=timeout)
+        args = build_stretches_decode_args(sources)
+        stretches = await decode_stretches(args, len(sources), timeout=timeout)
     except (MediaError, MediaTimeout, MediaProcessKilled) as error:
         failure = str(error)
     if failure is not None:
         log.warning("call_end_sync_decode_failed", error=failure)
-        return SyncResult.timestamp("decode_failed")
-    if reference.size < MIN_STRETCH_SECONDS * SYNC_RATE:
-        return SyncResult.timestamp("too_short")
-    return reference, signal
+        return [SyncResult.timestamp("decode_failed") for _ in windows]
+    found: list[tuple[Signal, Signal] | SyncResult] = []
+    for reference, signal in zip(stretches[::2], stretches[1::2], strict=True):
+        too_short = reference.size < MIN_STRETCH_SECONDS * SYNC_RATE
+        found.append(SyncResult.timestamp("too_short") if too_short else (reference, signal))
+    return found
 
 
 async def decode_pair(args: list[str], *, timeout: float) -> tuple[Signal, Signal]:  # noqa: ASYNC109
     """Run a :func:`~worker.media.sync_plan.build_pair_decode_args` decode (bounded by
     :data:`MAX_DECODE_BYTES`) and split it into its two stretches, each its real length."""
+    first, second = await decode_stretches(args, 2, timeout=timeout)
+    return first, second
+
+
+async def decode_stretches(
+    args: list[str],
+    count: int,
+    *,
+    timeout: float,  # noqa: ASYNC109
+) -> list[Signal]:
+    """Run a :func:`~worker.media.sync_plan.build_stretches_decode_args` decode of ``count``
+    stretches (bounded by :data:`MAX_DECODE_BYTES`) and split it into them, each its real
+    length."""
     raw = await _bounded_stdout(args, timeout=timeout, what="sync decode of a window")
-    frame = 4 * PAIR_CHANNELS
-    return split_pair(samples(raw[: len(raw) - len(raw) % frame], "f32"))
+    frame = 4 * COLUMNS_PER_STRETCH * count
+    return split_stretches(samples(raw[: len(raw) - len(raw) % frame], "f32"), count)
 
 
 def split_pair(interleaved: Signal) -> tuple[Signal, Signal]:
-    """A pair decode's samples as its two stretches (pure): each column up to its presence
-    column's first 0 (where the padding began, or the whole column when it was the longer)."""
-    columns = interleaved.reshape(-1, PAIR_CHANNELS)
+    """A pair decode's samples as its two stretches (pure): :func:`split_stretches`."""
+    first, second = split_stretches(interleaved, 2)
+    return first, second
+
+
+def split_stretches(interleaved: Signal, count: int) -> list[Signal]:
+    """A decode of ``count`` stretches as the stretches (pure): each column up to its presence
+    column's first 0 (where the padding began, or the whole column when it was the longest)."""
+    columns = interleaved.reshape(-1, COLUMNS_PER_STRETCH * count)
 
     def stretch(values: int, presence: int) -> Signal:
         padded = np.flatnonzero(columns[:, presence] == 0.0)
         end = int(padded[0]) if padded.size else len(columns)
         return np.ascontiguousarray(columns[:end, values])
 
-    return stretch(0, 1), stretch(2, 3)
+    return [stretch(2 * n, 2 * n + 1) for n in range(count)]
 
 
 def window_decode_args(inputs: SyncInputs, window: SyncWindow) -> list[str]:
     """The one run decoding the window's Connect stretch (the agent channel) and the
     microphone's (pure)."""
+    return build_pair_decode_args(*window_sources(inputs, window))
+
+
+def window_sources(inputs: SyncInputs, window: SyncWindow) -> tuple[StretchSource, StretchSource]:
+    """The window's Connect stretch (the agent channel) and the microphone's (pure)."""
     assert inputs.recording_audio_index is not None
     connect = StretchSource(
         inputs.connect,
@@ -135,7 +221,7 @@ def window_decode_args(inputs: SyncInputs, window: SyncWindow) -> list[str]:
         seek=window.recording_seek,
         seconds=window.recording_seconds,
     )
-    return build_pair_decode_args(connect, recording)
+    return connect, recording
 
 
 def connect_decode_args(inputs: SyncInputs, window: SyncWindow, *, band: bool) -> list[str]:

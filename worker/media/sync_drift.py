@@ -11,7 +11,7 @@ import structlog
 
 from worker.media import drift
 from worker.media.sync_decide import synchronise
-from worker.media.sync_decode import decode_window
+from worker.media.sync_decode import decode_windows
 from worker.media.sync_model import (
     DECODE_MARGIN_SECONDS,
     DRIFT_RETRY_MIN,
@@ -52,20 +52,28 @@ async def measure_drift(
         inputs.connect_duration - end_length / 2,
         placement - found.drift_ppm * 1e-6 * end_length / 2,
     )
-    # The points are measured side by side, but one window's two decodes at a time (a job
-    # runs at most two processes): one point's estimate overlaps the next one's decodes.
-    limiter = anyio.CapacityLimiter(1)
+    # Every point's two stretches in one decode (one process start), then the points'
+    # estimates side by side (numpy's FFTs release the GIL: off the event loop).
+    windows = {start: _point_window(inputs, start, placement) for start in starts}
+    planned = [(start, window) for start, window in windows.items() if window is not None]
+    decoded = (
+        await decode_windows(inputs, [window for _, window in planned], timeout=timeout)
+        if planned
+        else []
+    )
     measured: dict[float, drift.Point | None] = {}
 
-    async def measure(start: float) -> None:
-        measured[start] = await _measure_point(
-            inputs, start, anchor, placement, limiter=limiter, timeout=timeout
+    async def measure(start: float, window: SyncWindow, pair: tuple[Signal, Signal]) -> None:
+        result = await anyio.to_thread.run_sync(
+            drift_point, *pair, window, anchor, placement, start
         )
+        measured[start] = _point(start, placement, *result)
 
     async with anyio.create_task_group() as group:
-        for start in starts:
-            group.start_soon(measure, start)
-    points = [anchor, *(p for p in (measured[s] for s in starts) if p is not None)]
+        for (start, window), pair in zip(planned, decoded, strict=True):
+            if not isinstance(pair, SyncResult):
+                group.start_soon(measure, start, window, pair)
+    points = [anchor, *(p for p in (measured.get(s) for s in starts) if p is not None)]
     fitted = drift.fit(points, anchor)
     log.info(
         "call_end_sync_drift",
@@ -80,36 +88,25 @@ async def measure_drift(
     return replace(found, offset_seconds=end - inputs.call_end, drift_ppm=fitted.ppm)
 
 
-async def _measure_point(
-    inputs: SyncInputs,
-    start: float,
-    anchor: drift.Point,
-    placement: float,
-    *,
-    limiter: anyio.CapacityLimiter,
-    timeout: float,  # noqa: ASYNC109
-) -> drift.Point | None:
-    """The placement measured by the stretch starting at Connect time ``start`` (searched as
-    far as the largest plausible drift can move it from the call end), None when it cannot
-    be decoded or is not confident."""
+def _point_window(inputs: SyncInputs, start: float, placement: float) -> SyncWindow | None:
+    """The window of the stretch starting at Connect time ``start``, searched as far as the
+    largest plausible drift can move it from the call end (pure); None when it does not lie
+    inside the recording."""
     distance = inputs.connect_duration - start
-    window = plan_stretch(
+    return plan_stretch(
         connect_start=start,
         length=STRETCH_SECONDS,
         placement=placement,
         search=drift.MAX_DRIFT_PPM * 1e-6 * distance + DRIFT_SEARCH_MARGIN_SECONDS,
         recording_duration=inputs.recording_duration,
     )
-    if window is None:
-        return None
-    async with limiter:
-        decoded = await decode_window(inputs, window, timeout=timeout)
-    if isinstance(decoded, SyncResult):
-        return None
-    # numpy's FFTs release the GIL: off the event loop, beside the next decodes.
-    measured, shift = await anyio.to_thread.run_sync(
-        drift_point, *decoded, window, anchor, placement, start
-    )
+
+
+def _point(
+    start: float, placement: float, measured: SyncResult, shift: float
+) -> drift.Point | None:
+    """The placement the stretch starting at Connect time ``start`` measured (its middle's),
+    None when it is not confident."""
     centre = measured.offset_seconds - measured.drift_ppm * 1e-6 * STRETCH_SECONDS / 2
     centre += shift
     log.info(

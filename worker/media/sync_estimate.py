@@ -45,24 +45,27 @@ def rms(signal: Signal) -> float:
     return float(np.sqrt(np.mean(np.square(signal, dtype=np.float64)))) if signal.size else 0.0
 
 
-def _taper(signal: Signal) -> npt.NDArray[np.float64]:
+def _taper(signal: Signal) -> npt.NDArray[np.float32]:
     """``signal`` with raised-cosine ends (:data:`TAPER_SECONDS`): a stretch's abrupt cut is
     broadband, and whitening would otherwise weigh it like speech."""
-    out = signal.astype(np.float64)
+    out = signal.astype(np.float32)
     ramp = min(out.size // 4, round(TAPER_SECONDS * SYNC_RATE))
     if ramp > 1:
-        rise = np.hanning(2 * ramp)[:ramp]
+        rise = np.hanning(2 * ramp)[:ramp].astype(np.float32)
         out[:ramp] *= rise
         out[-ramp:] *= rise[::-1]
     return out
 
 
 def _correlate(
-    spectrum: npt.NDArray[np.complex128], reference: Signal, size: int, rate: int
+    spectrum: npt.NDArray[np.complex128],
+    reference: npt.NDArray[np.complex128],
+    size: int,
+    rate: int,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """GCC-PHAT-beta and plain (band-limited) cross-correlation of ``reference`` against the
-    signal whose rfft is ``spectrum``."""
-    cross = spectrum * np.conj(np.fft.rfft(_taper(reference), size))
+    """GCC-PHAT-beta and plain (band-limited) cross-correlation of the reference whose
+    :func:`_spectrum` is ``reference`` against the signal whose rfft is ``spectrum``."""
+    cross = spectrum * np.conj(reference)
     freqs = np.fft.rfftfreq(size, 1.0 / rate)
     cross[(freqs < BAND_HZ[0]) | (freqs > BAND_HZ[1])] = 0
     plain = np.fft.irfft(cross, size)
@@ -70,6 +73,11 @@ def _correlate(
     floor = 1e-12 + 1e-9 * float(magnitude.max(initial=0.0))
     cross /= (magnitude + floor) ** PHAT_BETA
     return np.fft.irfft(cross, size), plain
+
+
+def _spectrum(reference: Signal, size: int) -> npt.NDArray[np.complex128]:
+    """The rfft of the tapered ``reference`` (:func:`_taper`), ``size`` points."""
+    return np.fft.rfft(_taper(reference), size)
 
 
 def _peak(
@@ -81,7 +89,7 @@ def _peak(
     """Best lag in ``[low, high]`` samples (negative lags wrap around) and its scores."""
     correlation, plain = correlations
     lags = np.arange(low, high + 1)
-    values = correlation[lags % correlation.size]
+    values = correlation[lags % correlation.size].astype(np.float64)
     best = int(np.argmax(values))
     exclusion = max(1, round(PEAK_EXCLUSION_SECONDS * rate))
     outside = np.ones(values.size, dtype=bool)
@@ -101,7 +109,7 @@ def _peak(
             shift = float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
     # Periodic audio (a looped prompt, music) matches at every period; whitening can still
     # favour one of them, so the plain correlation must favour it too.
-    energy = plain[lags % plain.size]
+    energy = plain[lags % plain.size].astype(np.float64)
     near = max(1, round(0.002 * rate))
     at_peak = float(energy[max(0, best - near) : best + near + 1].max())
     away = np.ones(energy.size, dtype=bool)
@@ -129,10 +137,15 @@ def estimate(
     beside the peaks above, which are unchanged by it.
     """
     size = _fft_size(reference.size + signal.size)
-    spectrum = np.fft.rfft(signal.astype(np.float64), size)
+    # Single-precision FFTs (numpy 2 computes float32 in float32; 1.x upcasts): about half
+    # the time and memory of float64. Float32's rounding (1e-7 of the peak) is far below the
+    # correlation's own noise: z and the lag move by ~1e-5; the scores are taken in float64.
+    spectrum = np.fft.rfft(signal.astype(np.float32), size)
     low, high = math.ceil(min_lag * rate), math.floor(max_lag * rate)
     wide = None if rivals is None else _lags(rivals, low, high, rate)
-    correlations = _correlate(spectrum, reference, size, rate)
+    # The tapered reference's spectrum serves the whole's correlation and its coefficient.
+    ours = _spectrum(reference, size)
+    correlations = _correlate(spectrum, ours, size, rate)
     whole = _peak(correlations, low, high, rate)
     rival = None if wide is None else _peak(correlations, *wide, rate)
     at = round(whole.lag * rate)
@@ -145,13 +158,13 @@ def estimate(
     ratios = []
     # A part starting `start` samples into the reference lies `start` later than the whole.
     for start, stop in ((begin, half), (half, end)):
-        part = _correlate(spectrum, reference[start:stop], size, rate)
+        part = _correlate(spectrum, _spectrum(reference[start:stop], size), size, rate)
         found = _peak(part, low + start, high + start, rate)
         halves.append(Peak(found.lag - start / rate, found.z, found.side_peak_ratio))
         if wide is not None:
             ratios.append(_peak(part, wide[0] + start, wide[1] + start, rate).side_peak_ratio)
     first, second = halves
-    coefficient = _coefficient(spectrum, reference, size, round(whole.lag * rate), rate)
+    coefficient = _coefficient(spectrum, ours, reference.size, size, round(whole.lag * rate), rate)
     centres = ((begin + half) / 2 / rate, (half + end) / 2 / rate)
     half_rivals = (ratios[0], ratios[1]) if ratios else (0.0, 0.0)
     return Estimate(whole, (first, second), coefficient, centres, rival, half_rivals)
@@ -163,22 +176,28 @@ def _lags(rivals: tuple[float, float], low: int, high: int, rate: int) -> tuple[
 
 
 def _coefficient(
-    spectrum: npt.NDArray[np.complex128], reference: Signal, size: int, lag: int, rate: int
+    spectrum: npt.NDArray[np.complex128],
+    reference: npt.NDArray[np.complex128],
+    length: int,
+    size: int,
+    lag: int,
+    rate: int,
 ) -> float:
-    """Pearson correlation of the band-limited reference and signal at integer ``lag``."""
+    """Pearson correlation of the band-limited reference (its :func:`_spectrum`, ``length``
+    samples) and signal at integer ``lag``."""
     freqs = np.fft.rfftfreq(size, 1.0 / rate)
     outside = (freqs < BAND_HZ[0]) | (freqs > BAND_HZ[1])
     band = spectrum.copy()
     band[outside] = 0
     signal = np.fft.irfft(band, size)
-    ours = np.fft.rfft(_taper(reference), size)
+    ours = reference.copy()
     ours[outside] = 0
-    ref = np.fft.irfft(ours, size)[: reference.size]
-    begin, end = max(0, lag), min(size, lag + reference.size)
+    ref = np.fft.irfft(ours, size)[:length]
+    begin, end = max(0, lag), min(size, lag + length)
     if end <= begin:
         return 0.0
-    aligned = signal[begin:end]
-    part = ref[begin - lag : end - lag]
+    aligned = signal[begin:end].astype(np.float64)
+    part = ref[begin - lag : end - lag].astype(np.float64)
     return min(_pearson(part, aligned), _weakest_part(part, aligned))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -211,21 +212,30 @@ class StretchSource:
 # The columns of a pair decode's samples: each stretch, then its presence (1.0 where the
 # stretch has a decoded sample, 0.0 where it was padded to the longer one's length).
 PAIR_CHANNELS = 4
+COLUMNS_PER_STRETCH = 2  # a stretch's values, then its presence
 
 
 def build_pair_decode_args(first: StretchSource, second: StretchSource) -> list[str]:
-    """One ffmpeg run decoding two stretches (pure): each exactly as :func:`build_decode_args`
-    would (its own fast seek, allow-lists, channel pick, ``first_pts=0``, ``atrim``), written
-    together as :data:`PAIR_CHANNELS`-channel float32 on stdout: ``[first, first's presence,
-    second, second's presence]``. The two must be as long for ``amerge``, so each is padded
-    with ``apad`` to the longer requested length; a padded zero could be a real silent sample,
-    hence each stretch's presence column (1.0 per decoded sample, padded with 0): a stretch
-    cut short by the end of its file keeps its real length. One process start instead of
-    two (each costs about 0.1 s of CPU on Debian's ffmpeg)."""
-    length = max(round(source.seconds * SYNC_RATE) for source in (first, second))
+    """One ffmpeg run decoding two stretches (pure): :func:`build_stretches_decode_args`'s,
+    written as :data:`PAIR_CHANNELS`-channel float32 ``[first, first's presence, second,
+    second's presence]``."""
+    return build_stretches_decode_args([first, second])
+
+
+def build_stretches_decode_args(sources: Sequence[StretchSource]) -> list[str]:
+    """One ffmpeg run decoding several stretches (pure): each exactly as
+    :func:`build_decode_args` would (its own fast seek, allow-lists, channel pick,
+    ``first_pts=0``, ``atrim``), written together as float32 on stdout,
+    :data:`COLUMNS_PER_STRETCH` columns per stretch: its samples, then its presence. They must
+    be as long for ``amerge``, so each is padded with ``apad`` to the longest requested
+    length; a padded zero could be a real silent sample, hence each stretch's presence column
+    (1.0 per decoded sample, padded with 0): a stretch cut short by the end of its file keeps
+    its real length. One process start instead of one per stretch (each costs about 0.1 s of
+    CPU on Debian's ffmpeg)."""
+    length = max(round(source.seconds * SYNC_RATE) for source in sources)
     mono = "aformat=sample_fmts=flt:channel_layouts=mono"  # amerge's inputs: one format
     chains = []
-    for n, source in enumerate((first, second)):
+    for n, source in enumerate(sources):
         steps = _steps(source.channels, agent=source.agent, band=False, seconds=source.seconds)
         chains += [
             f"[{n}:{source.stream_index}]{','.join(steps)},asplit[v{n}][p{n}]",
@@ -235,8 +245,10 @@ def build_pair_decode_args(first: StretchSource, second: StretchSource) -> list[
             f"[v{n}]{mono}[w{n}]",
             f"[w{n}][q{n}]amerge,apad=whole_len={length}[s{n}]",
         ]
-    graph = ";".join([*chains, "[s0][s1]amerge=inputs=2[pair]"])
+    merged = "".join(f"[s{n}]" for n in range(len(sources)))
+    graph = ";".join([*chains, f"{merged}amerge=inputs={len(sources)}[pair]"])
     args = [ffmpeg_inputs.FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error"]
-    args += _seek_input(first.path, first.seek) + _seek_input(second.path, second.seek)
+    for source in sources:
+        args += _seek_input(source.path, source.seek)
     muxer, codec = PCM["f32"]
     return [*args, "-filter_complex", graph, "-map", "[pair]", "-f", muxer, "-c:a", codec, "pipe:1"]

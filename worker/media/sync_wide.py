@@ -18,8 +18,10 @@ from worker.errors import MediaError, MediaProcessKilled, MediaTimeout
 from worker.media import sync_packets, sync_search
 from worker.media.sync_decide import choose_wide
 from worker.media.sync_decode import (
+    Decoded,
     connect_decode_args,
     decode,
+    measure_decoded,
     measure_window,
     recording_decode_args,
     stream,
@@ -47,23 +49,35 @@ async def wide(
     narrow: SyncResult,
     *,
     timeout: float,  # noqa: ASYNC109
+    decoded: Decoded | None = None,
 ) -> SyncResult:
     """Coarse envelope search over the whole recording, then the fine pass around each
-    candidate (see :mod:`worker.media.sync_search`)."""
+    candidate (see :mod:`worker.media.sync_search`); a candidate inside ``decoded`` (the
+    call end's window, as decoded) is measured on it rather than decoded again."""
     length = window.connect_seconds
     reference_args = connect_decode_args(inputs, window, band=True)
     failure: str | None = None
     reference: Signal | None = None
+    packets: list[sync_packets.Envelope | None] = [None]
+
+    async def scan() -> None:
+        packets[0] = await _packet_envelope(inputs, timeout)
+
     try:
-        reference = await decode(reference_args, timeout=timeout, what="wide sync reference")
+        # The packet scan (a demux) beside the reference's decode: two processes at a time.
+        async with anyio.create_task_group() as group:
+            group.start_soon(scan)
+            reference = await decode(reference_args, timeout=timeout, what="wide sync reference")
     except* (MediaError, MediaTimeout, MediaProcessKilled) as errors:
         failure = str(errors.exceptions[0])
     if failure is not None or reference is None:
         log.warning("call_end_sync_wide_decode_failed", error=failure)
         return SyncResult.timestamp("decode_failed")
-    packet_candidates = await _packet_search(inputs, reference, length, timeout)
+    packet_candidates = _packet_search(inputs, packets[0], reference, length)
     if packet_candidates:
-        confident = await _fine(inputs, packet_candidates, length, timeout, coarse="packets")
+        confident = await _fine(
+            inputs, packet_candidates, length, timeout, coarse="packets", decoded=decoded
+        )
         if confident:
             return choose_wide(narrow, confident)
     candidates: list[sync_search.Candidate] = []
@@ -74,7 +88,7 @@ async def wide(
     if failure is not None:
         log.warning("call_end_sync_wide_decode_failed", error=failure)
         return SyncResult.timestamp("decode_failed")
-    confident = await _fine(inputs, candidates, length, timeout, coarse="decode")
+    confident = await _fine(inputs, candidates, length, timeout, coarse="decode", decoded=decoded)
     return choose_wide(narrow, confident)
 
 
@@ -85,6 +99,7 @@ async def _fine(
     timeout: float,  # noqa: ASYNC109
     *,
     coarse: str,
+    decoded: Decoded | None,
 ) -> list[SyncResult]:
     """The fine pass around each candidate worth measuring: its confident results, as offsets
     from the timestamp's call end."""
@@ -99,10 +114,15 @@ async def _fine(
         )
         if isinstance(fine, str):
             continue
-        found = await measure_window(inputs, fine, timeout=timeout)
+        cut = None if decoded is None else decoded.cut(fine)
+        if cut is None:
+            found = await measure_window(inputs, fine, timeout=timeout)
+        else:
+            found = await measure_decoded(*cut, fine)
         log.info(
             "call_end_sync_wide_candidate",
             coarse=coarse,
+            decoded="kept" if cut is not None else "own",
             at=round(connect_end, 3),
             score=round(candidate.score, 3),
             method=found.method,
@@ -129,33 +149,46 @@ def packet_scan_args(inputs: SyncInputs) -> list[str]:
         sync_packets.FIELDS,
         "-of",
         "csv=p=0",
+        # Through ffprobe's buffered output: on stdout it writes (and the pipe delivers) each
+        # packet's line on its own, 181,000 writes for an hour of 20 ms packets.
+        "-o",
+        "pipe:1",
         *ffmpeg.input_args(inputs.recording),
     ]
 
 
-async def _packet_search(
+async def _packet_envelope(
     inputs: SyncInputs,
-    reference: Signal,
-    length: float,
     timeout: float,  # noqa: ASYNC109
-) -> list[sync_search.Candidate]:
-    """The packet-size search's candidates; none when the recording's packets carry no
-    envelope or cannot be read (the decode-based search then runs)."""
-    chunks: list[bytes] = []
+) -> sync_packets.Envelope | None:
+    """The microphone's packet-size envelope; None when its packets carry no envelope or
+    cannot be read (the decode-based search then runs)."""
+    reader = sync_packets.PacketReader()
     wide_timeout = timeout + WIDE_TIMEOUT_PER_MEDIA_SECOND * inputs.recording_duration
     try:
         await ffmpeg.run(
             packet_scan_args(inputs),
             timeout=wide_timeout,
             what="wide sync packet scan",
-            on_stdout_bytes=chunks.append,
+            on_stdout_bytes=reader.feed,
         )
     except (MediaError, MediaTimeout, MediaProcessKilled) as error:
         log.info("call_end_sync_wide_packets_unreadable", error=str(error))
-        return []
-    signal = sync_packets.packet_envelope(*sync_packets.parse_packets(b"".join(chunks)))
+        return None
+    signal = sync_packets.packet_envelope(*reader.finish())
     if signal is None:
         log.info("call_end_sync_wide_packets_no_envelope")
+    return signal
+
+
+def _packet_search(
+    inputs: SyncInputs,
+    signal: sync_packets.Envelope | None,
+    reference: Signal,
+    length: float,
+) -> list[sync_search.Candidate]:
+    """The packet-size search's candidates (none without a packet envelope)."""
+    if signal is None:
         return []
     parts = plan_wide(recording_duration=inputs.recording_duration, length=length)
     found = sync_packets.search(
