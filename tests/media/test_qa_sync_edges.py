@@ -192,15 +192,7 @@ CASES = {
 
 # Cases the product fails today (issue 19 QA findings; strict: a fix turns them into failures
 # to remove from here).
-KNOWN_DEFECTS = {
-    "drift-290ppm": (
-        "a 250-290 ppm drift over a 95 s call, the timestamp 2 s off: the end stretch's "
-        "correlation smears below MIN_CORRELATION and its halves see 585 ppm (above "
-        "MAX_DRIFT_PPM), so sync_decide.synchronise gives up its stretch-and-retry; the wide "
-        "search's fine pass likewise: timestamp, wide_low_confidence, the Connect audio 2 s off"
-        " (the same at -200 ppm over 130 s: edge-long with call_seconds=130, halves read -333)"
-    ),
-}
+KNOWN_DEFECTS: dict[str, str] = {}
 
 
 def _params() -> list[object]:
