@@ -105,6 +105,29 @@ CASES = {
         -1.4,
         frozenset({"waveform"}),
     ),
+    # 250 ppm, the same call: its halves read 408 ppm (past MAX_DRIFT_PPM), the retry at the
+    # limit overshoots, the next one lies between the two (issue 19 QA).
+    "drift-250ppm": Edge(
+        CaseSpec(
+            "edge-drift250", **INTL, seed=45, call_seconds=95, drift_ppm=250, container="webm"
+        ),
+        -1.4,
+        frozenset({"waveform"}),
+    ),
+    # The long call below cut to 130 s: its halves read -335 ppm (issue 19 QA).
+    "drift-minus-200ppm-130s-suspended": Edge(
+        CaseSpec(
+            "edge-drift-200",
+            **INTL,
+            seed=47,
+            call_seconds=130,
+            drift_ppm=-200,
+            suspended=(40.0, 55.0),
+            container="webm",
+        ),
+        -2.3,
+        frozenset({"waveform"}),
+    ),
     # -400 ppm over 60 s, the timestamp 7 s late: never stretched; placed right at the call
     # end (checked there only: the start is 24 ms off without the stretch) or kept.
     "drift-minus-400ppm-timestamp-7s-late": Edge(
