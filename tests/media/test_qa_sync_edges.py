@@ -105,6 +105,29 @@ CASES = {
         -1.4,
         frozenset({"waveform"}),
     ),
+    # 250 ppm, the same call: its halves read 408 ppm (past MAX_DRIFT_PPM), the retry at the
+    # limit overshoots, the next one lies between the two (issue 19 QA).
+    "drift-250ppm": Edge(
+        CaseSpec(
+            "edge-drift250", **INTL, seed=45, call_seconds=95, drift_ppm=250, container="webm"
+        ),
+        -1.4,
+        frozenset({"waveform"}),
+    ),
+    # The long call below cut to 130 s: its halves read -335 ppm (issue 19 QA).
+    "drift-minus-200ppm-130s-suspended": Edge(
+        CaseSpec(
+            "edge-drift-200",
+            **INTL,
+            seed=47,
+            call_seconds=130,
+            drift_ppm=-200,
+            suspended=(40.0, 55.0),
+            container="webm",
+        ),
+        -2.3,
+        frozenset({"waveform"}),
+    ),
     # -400 ppm over 60 s, the timestamp 7 s late: never stretched; placed right at the call
     # end (checked there only: the start is 24 ms off without the stretch) or kept.
     "drift-minus-400ppm-timestamp-7s-late": Edge(
@@ -192,15 +215,7 @@ CASES = {
 
 # Cases the product fails today (issue 19 QA findings; strict: a fix turns them into failures
 # to remove from here).
-KNOWN_DEFECTS = {
-    "drift-290ppm": (
-        "a 250-290 ppm drift over a 95 s call, the timestamp 2 s off: the end stretch's "
-        "correlation smears below MIN_CORRELATION and its halves see 585 ppm (above "
-        "MAX_DRIFT_PPM), so sync_decide.synchronise gives up its stretch-and-retry; the wide "
-        "search's fine pass likewise: timestamp, wide_low_confidence, the Connect audio 2 s off"
-        " (the same at -200 ppm over 130 s: edge-long with call_seconds=130, halves read -333)"
-    ),
-}
+KNOWN_DEFECTS: dict[str, str] = {}
 
 
 def _params() -> list[object]:

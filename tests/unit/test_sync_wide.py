@@ -235,6 +235,43 @@ def test_stretch_lines_a_drifting_signal_up_again() -> None:
     assert first == pytest.approx(2.0, abs=1e-4) and second == pytest.approx(2.0, abs=1e-4)
 
 
+def _loud_ends(ppm: float) -> tuple[np.ndarray, np.ndarray]:
+    """A 12 s Connect stretch whose speech is loudest in its first and last 2 s, and the
+    microphone holding it 5.5 s in, drifting by ``ppm`` (and a little noise)."""
+    reference = bursts(12.0, seed=1)
+    seconds = np.arange(reference.size) / RATE
+    reference *= np.where((seconds < 2) | (seconds > 10), 1.0, 0.15).astype(np.float32)
+    signal = delayed(drift.stretch(reference, 1 + ppm * 1e-6) * 0.5, 5.5 * RATE, 23 * RATE)
+    noise = np.random.default_rng(1).standard_normal(signal.size) * 0.002
+    return reference, signal + noise.astype(np.float32)
+
+
+@pytest.mark.parametrize("ppm", [290.0, -290.0, 150.0])
+def test_a_large_drift_is_followed_though_the_halves_misread_it(ppm: float) -> None:
+    """Issue 19 QA: smeared by the drift, each half peaks at its loud end, not at its middle,
+    so the halves read the drift 1.7 times too large (290 ppm reads ~490: the retry gave up;
+    150 reads ~250, and each retry then overshot the other way). Retried within a plausible
+    clock error, then where its halves' readings cross zero: placed to 0.1 ms."""
+    reference, signal = _loud_ends(ppm)
+    found = sync.estimate(reference, signal, min_lag=0.5, max_lag=10.5)
+    first, second = found.halves
+    read = (second.lag - first.lag) / (found.half_centres[1] - found.half_centres[0]) * 1e6
+    assert 1.5 < read / ppm < 2.0
+    result = sync.synchronise(reference, signal, window())
+    assert (result.method, result.reason) == ("waveform", "measured"), result
+    assert result.drift_ppm == pytest.approx(ppm, abs=15.0)
+    # The offset is the stretch's end's: zero at its start, the drift over 12 s at its end.
+    assert result.offset_seconds == pytest.approx(ppm * 1e-6 * 12.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("ppm", [400.0, -400.0])
+def test_a_drift_beyond_a_plausible_clock_error_is_never_applied(ppm: float) -> None:
+    """400 ppm: the halves read ~680; the retries stay within MAX_DRIFT_PPM and the rules
+    refuse the smeared rest: the timestamp."""
+    result = sync.synchronise(*_loud_ends(ppm), window())
+    assert (result.method, result.drift_ppm) == ("timestamp", 0.0), result
+
+
 # --- the placement plan ----------------------------------------------------------------------
 
 

@@ -91,32 +91,54 @@ def synchronise(reference: Signal, signal: Signal, window: SyncWindow) -> SyncRe
     stretch is stretched by it (:func:`worker.media.drift.stretch`) and measured once more under the
     same rules, up to :data:`DRIFT_RETRIES` times (each by the drift the last one's halves
     still show). The offset is still the stretch's end's.
+
+    A half smeared by the drift (a 15 s half slides 4 ms at 290 ppm: many periods at
+    telephony frequencies) peaks where its clearest speech lies, not at its middle, so the
+    halves misjudge a large drift, up to twice it (issue 19 QA: 591 ppm for 290). So each
+    retry's drift comes from the readings so far (:func:`_next_drift`), never beyond a
+    plausible clock error (:data:`worker.media.drift.MAX_DRIFT_PPM`).
     """
     result, found = _synchronise(reference, signal, window)
     if found is None or result.measured or result.reason not in DRIFT_RETRY_REASONS:
         return result
-    ratio = 1.0
+    tried: list[tuple[float, float]] = []  # (ppm stretched by, ppm its halves still read)
+    applied = 0.0
     for _ in range(DRIFT_RETRIES):
         # The drift left inside the (stretched) stretch, from its halves' lags.
         first, second = found.halves
         distance = found.half_centres[1] - found.half_centres[0]
         if min(first.z, second.z) < MIN_HALF_Z or distance <= 0:
             return result
-        ratio *= 1.0 + (second.lag - first.lag) / distance
-        rate = ratio - 1.0
-        if not DRIFT_RETRY_MIN <= abs(rate) * 1e6 <= drift.MAX_DRIFT_PPM:
-            return result
-        retry, again = _synchronise(drift.stretch(reference, ratio), signal, window)
+        tried.append((applied, (second.lag - first.lag) / distance * 1e6))
+        ppm = _next_drift(tried)
+        if abs(ppm) < DRIFT_RETRY_MIN or any(ppm == done for done, _ in tried):
+            return result  # too small to smear, or tried already (a reading past the limit)
+        retry, again = _synchronise(drift.stretch(reference, 1.0 + ppm * 1e-6), signal, window)
         if retry.measured:
             # The stretched reference starts where the plain one did and ends rate * length
             # later. drift_ppm says by how much it was stretched (the caller may fit its own).
-            end_shift = rate * reference.size / SYNC_RATE
+            end_shift = ppm * 1e-6 * reference.size / SYNC_RATE
             offset = retry.offset_seconds + end_shift
-            return replace(retry, offset_seconds=offset, drift_ppm=rate * 1e6)
+            return replace(retry, offset_seconds=offset, drift_ppm=ppm)
         if again is None or retry.reason not in DRIFT_RETRY_REASONS:
             return result
-        found = again
+        applied, found = ppm, again
     return result
+
+
+def _next_drift(tried: list[tuple[float, float]]) -> float:
+    """The drift (ppm) to stretch by next, from the drifts tried and what their halves still
+    read (pure): the last drift plus its reading (their product's term is below 0.1 ppm);
+    but when the last two readings differ in sign, the drift lies between their drifts (the
+    halves overshot), so where the line through the two readings crosses zero. Never beyond
+    :data:`worker.media.drift.MAX_DRIFT_PPM`."""
+    done, left = tried[-1]
+    wanted = done + left
+    if len(tried) > 1:
+        before, then = tried[-2]
+        if then * left < 0:
+            wanted = done - left * (done - before) / (left - then)
+    return float(np.clip(wanted, -drift.MAX_DRIFT_PPM, drift.MAX_DRIFT_PPM))
 
 
 def _synchronise(
