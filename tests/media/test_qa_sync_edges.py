@@ -2,8 +2,9 @@
 
 Cases the first round (test_qa_sync_scenarios.py, test_sync_speech.py) leaves out: timestamps
 between the +-5 s search and the +-30 s uncertainty (18 s early, 20 s late) and beyond it
-(90 s late; 30 s late past the recording's end, clamped), a drift at the edge of plausibility
-(290 ppm: followed; -400 ppm: never applied), a long call drifting backwards with a suspended
+(90 s late; 30 s late past the recording's end, clamped), drifts at the edge of plausibility
+(290 and 250 ppm over 95 s, -200 ppm over 130 s: followed, though the end stretch's halves
+misread them 1.6-2x; -400 ppm: never applied), a long call drifting backwards with a suspended
 span in its middle, a Connect file started late AND stopped early, a customer who talks most
 of the call (the agent's channel mostly silent) and an agent's monologue, a laptop speaker's
 delayed echo of the customer louder than the agent's voice, MP4 (AAC) whose audio starts
