@@ -55,9 +55,17 @@ test: setup lint test-suite ## lint, then every test lane, then the image test
 # PYTHONDONTWRITEBYTECODE: recompiling the worker and its dependencies on every run costs
 # more than the unit lane's tests themselves.
 PYTEST := env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q
+# The media, aws and e2e lanes mostly wait (process start-up, visibility timeouts, polling,
+# browsers, emulators), so they run on TEST_WORKERS pytest-xdist workers (TEST_WORKERS=0: in
+# this process, as before). Each worker starts its own moto server, emulators and tmp folders.
+# --dist loadscope keeps a module (tests/conftest.py: or modules sharing a costly session
+# fixture) on one worker: its module-scoped world (one worker process
+# for a whole batch, cached speech cases and merges) is then built once, not once per worker.
+TEST_WORKERS ?= 2
+PARALLEL := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope,)
 
 test-suite: setup ## every lane (unit, media, aws, e2e) in one run, then the image test (Jenkins' Test stage)
-	$(PYTEST)
+	$(PYTEST) $(PARALLEL)
 	@$(MAKE) --no-print-directory test-image
 
 test-unit: $(STAMP) ## pure tests: no subprocess, no socket (well under a minute)
@@ -66,13 +74,13 @@ test-unit: $(STAMP) ## pure tests: no subprocess, no socket (well under a minute
 test-fast: test-unit ## the unit lane, for while you edit
 
 test-media: setup ## real ffmpeg on real media, no AWS
-	$(PYTEST) tests/media
+	$(PYTEST) $(PARALLEL) tests/media
 
 test-aws: setup ## adapters, job and consumer against moto (and LocalStack), in-process
-	$(PYTEST) tests/aws
+	$(PYTEST) $(PARALLEL) tests/aws
 
 test-e2e: setup ## worker and CLI processes, Prometheus, the browser, the small soak
-	$(PYTEST) tests/e2e
+	$(PYTEST) $(PARALLEL) tests/e2e
 
 test-image: setup ## build the image with podman and run it for real (IMAGE_TEST=skip skips)
 	@./.ci/image-test
