@@ -18,12 +18,10 @@ import anyio
 import pytest
 
 from tests.harness.fixtures_media import DATA_DIR
-from tests.harness.media_checks import run_merge
+from tests.harness.media_checks import assert_moov_reads_as_ffprobe, moov_info, run_merge
 from tests.harness.media_tools import ffmpeg
 from worker import media
 from worker.errors import OutputRejected
-from worker.media.model import MediaInfo
-from worker.media.mp4_tracks import mp4_probe
 from worker.media.probing import probe
 
 MP4_VIDEO = ("avc1", "avc3", "h264")  # recordings an MP4 output can hold (not VP8/VP9/AV1)
@@ -33,65 +31,35 @@ DATA = sorted(
     if p.suffix in (".webm", ".mp4") and any(c in p.name for c in MP4_VIDEO)
 )
 GENERATED = ("h264-aac", "h264-aac-late", "h264-noaudio", "h264-bframes-aac", "hevc-aac")
-PRINTED = 2e-6  # ffprobe prints seconds with 6 decimals (start and duration each rounded)
-
-
-def _moov(path: Path, expected: float) -> MediaInfo:
-    """The output read from its ``moov`` only (it must be one this reader handles)."""
-    with path.open("rb") as file:
-
-        def read(offset: int, length: int) -> bytes:
-            file.seek(offset)
-            return file.read(length)
-
-        found = mp4_probe(path, read, path.stat().st_size, expected)
-    assert found is not None, f"{path.name}: the moov reader fell back"
-    header, timeline = found
-    return MediaInfo(path, header.format_name, timeline.duration, header.video, header.audio,
-                     timeline=timeline, header_duration=header.duration)  # fmt: skip
 
 
 def _assert_same(output: Path, expected: float) -> None:
-    ours = _moov(output, expected)
     theirs = anyio.run(lambda: probe(output, one_run=True))  # ffprobe: every packet
-    assert ours.timeline is not None and theirs.timeline is not None
-    assert ours.header_duration == pytest.approx(theirs.header_duration, abs=PRINTED)
-    for mine, real in ((ours.video, theirs.video), (ours.audio, theirs.audio)):
-        assert (mine is None) == (real is None), output
-        if mine is None or real is None:
-            continue
-        assert mine.index == real.index and mine.codec_name == real.codec_name
-        assert mine.track_end == pytest.approx(real.track_end, abs=PRINTED)
-        a, b = ours.timeline.stream(mine.index), theirs.timeline.stream(real.index)
-        assert a is not None and b is not None
-        assert (a.packets, a.discarded, a.in_order) == (b.packets, b.discarded, b.in_order)
-        for field in ("start", "end", "last"):
-            assert getattr(a, field) == pytest.approx(getattr(b, field), abs=PRINTED), field
-    assert ours.timeline.duration == pytest.approx(theirs.timeline.duration, abs=PRINTED)
+    assert_moov_reads_as_ffprobe(output, expected, theirs)
 
 
 @pytest.mark.parametrize("name", DATA)
-def test_a_recordings_output_reads_the_same_from_its_moov(name: str, tmp_path: Path) -> None:
+def test_a_recordings_output_reads_the_same_from_itsmoov_info(name: str, tmp_path: Path) -> None:
     result = run_merge(DATA_DIR / name, DATA_DIR / "connect-8k-stereo-5s.wav", 3.0, tmp_path,
                        ext="mp4")  # fmt: skip
     _assert_same(result.output, result.media_duration_seconds)
 
 
 @pytest.mark.parametrize("name", GENERATED)
-def test_a_generated_output_reads_the_same_from_its_moov(
+def test_a_generated_output_reads_the_same_from_itsmoov_info(
     name: str, generated: Callable[[str], Path], tmp_path: Path
 ) -> None:
     result = run_merge(generated(name), generated("connect-8k-mono-2s"), 1.0, tmp_path,
                        ext="mp4")  # fmt: skip
     _assert_same(result.output, result.media_duration_seconds)
     if "bframes" in name:  # frames reordered: the moov's composition offsets (ctts) were read
-        info = _moov(result.output, result.media_duration_seconds)
+        info = moov_info(result.output, result.media_duration_seconds)
         assert info.timeline is not None and info.video is not None
         span = info.timeline.stream(info.video.index)
         assert span is not None and not span.in_order
 
 
-def test_an_output_with_its_video_cut_fails_the_check_through_the_moov(
+def test_an_output_with_its_video_cut_fails_the_check_through_themoov_info(
     generated: Callable[[str], Path], tmp_path: Path
 ) -> None:
     recording_path = generated("h264-aac")
@@ -103,7 +71,7 @@ def test_an_output_with_its_video_cut_fails_the_check_through_the_moov(
     recording = media.Recording.of(anyio.run(probe, recording_path))
     connect = media.ConnectAudio.of(anyio.run(probe, generated("connect-8k-mono-2s")))
     plan = media.plan_merge(recording, connect, 1.0, media.MergeOptions())
-    _moov(cut, plan.duration)  # read from its moov, not by ffprobe
+    moov_info(cut, plan.duration)  # read from its moov, not by ffprobe
     output = anyio.run(lambda: probe(cut, expected_duration=plan.duration))
     with pytest.raises(OutputRejected, match=r"video ends at 2\.0"):
         media.check_output(output, recording, plan, media.MP4)
