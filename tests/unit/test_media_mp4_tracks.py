@@ -152,6 +152,12 @@ def test_anything_unusual_falls_back(data: bytes) -> None:
     assert tracks_of(data) is None
 
 
+def test_too_many_samples_fall_back_before_any_is_read() -> None:
+    # One stts entry claiming 4 billion samples (and the stsz count agreeing).
+    huge = trak(b"vide", b"avc1", 1000, [(2**32 - 1, 1)], [(40, 0)], media=1)
+    assert tracks_of(mp4(huge, AUDIO)) is None
+
+
 def test_a_truncated_stts_falls_back() -> None:
     data = mp4(VIDEO, AUDIO)
     # The video's stts claims more entries than it holds.

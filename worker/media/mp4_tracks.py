@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 
 from worker.media.model import ProbeHeader, StreamInfo
 from worker.media.mp4_header import Read, boxes_of
 from worker.media.timeline import StreamSpan, Timeline, scan_intervals
 
-# Sample-table entries read at most per table (a 60-minute 60 fps video has 216,000 samples;
-# ffmpeg writes one stts/ctts entry per run of equal values).
-MAX_ENTRIES = 1_000_000
+# Samples read at most per track, in the event loop (about 0.7 us each: 150,000 cost about
+# what the ffprobe run does, 0.1 s). A 30-minute recording's output (30 fps video 54,000,
+# 48 kHz AAC 84,000) is read here; longer ones by ffprobe, its head and tail only.
+MAX_SAMPLES = 150_000
+# Sample-table entries at most per table (ffmpeg writes one per run of equal values).
+MAX_ENTRIES = MAX_SAMPLES
 _CONTAINERS = (b"trak", b"mdia", b"minf", b"stbl", b"edts")
 _SKIPPED_HANDLERS = (b"text",)  # the chapters' track, which the output check ignores
 # The output's tracks (worker.media.containers.MP4: H.264/HEVC video, AAC audio); any other
@@ -119,6 +123,8 @@ def _track(read: Read, start: int, end: int, index: int, movie_scale: int) -> Mp
     deltas = _pairs(read, boxes, b"stts", signed=False)
     offsets = _pairs(read, boxes, b"ctts", signed=True) if _has(boxes, b"ctts") else []
     count = struct.unpack(">I", _body(read, boxes, b"stsz", 12)[8:12])[0]
+    if count > MAX_SAMPLES:
+        raise _Unusual("too many samples")
     if sum(n for n, _ in deltas) != count or (offsets and sum(n for n, _ in offsets) != count):
         raise _Unusual("sample tables disagree")
     if any(offset < 0 for _, offset in offsets):
@@ -162,7 +168,7 @@ class _Samples:
 
     def feed(self, deltas: list[tuple[int, int]], offsets: list[tuple[int, int]]) -> None:
         """Take the ``stts`` and ``ctts`` tables (every sample, in decoding order)."""
-        shifts = iter([offset for n, offset in offsets for _ in range(n)])
+        shifts = chain.from_iterable(repeat(offset, n) for n, offset in offsets)
         count = sum(n for n, _ in deltas)
         dts = 0
         for n, delta in deltas:
