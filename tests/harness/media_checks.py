@@ -33,6 +33,8 @@ from tests.harness.media_tools import (
 )
 from worker import media
 from worker.config import AudioSettings
+from worker.media.model import MediaInfo
+from worker.media.mp4_tracks import mp4_probe
 
 GUARD = 0.05  # seconds skipped at each boundary (codec transitions, frame rounding)
 
@@ -197,3 +199,49 @@ def input_duration(path: Path) -> float:
 @functools.cache
 def input_video_times(path: Path) -> list[float]:
     return packet_times(path)
+
+
+# ffprobe prints seconds with 6 decimals (a track's start and duration each rounded).
+PRINTED = 2e-6
+
+
+def moov_info(path: Path, expected: float) -> MediaInfo:
+    """The output read from its ``moov`` only (it must be one this reader handles)."""
+    with path.open("rb") as file:
+
+        def read(offset: int, length: int) -> bytes:
+            file.seek(offset)
+            return file.read(length)
+
+        found = mp4_probe(path, read, path.stat().st_size, expected)
+    assert found is not None, f"{path.name}: the moov reader fell back"
+    header, timeline = found
+    return MediaInfo(path, header.format_name, timeline.duration, header.video, header.audio,
+                     timeline=timeline, header_duration=header.duration)  # fmt: skip
+
+
+def assert_moov_reads_as_ffprobe(
+    output: Path, expected: float, theirs: MediaInfo, counts: dict[int, int] | None = None
+) -> None:
+    """The merge's MP4 ``output`` read from its ``moov`` as ffprobe read it (``theirs``):
+    starts, ends, last frames and track ends to ffprobe's printed precision, packet counts
+    exactly (a head and tail read's: against ``counts``, ffprobe's count of every packet,
+    discarded ones included)."""
+    ours = moov_info(output, expected)
+    assert ours.timeline is not None and theirs.timeline is not None
+    assert ours.header_duration == pytest.approx(theirs.header_duration, abs=PRINTED)
+    for mine, real in ((ours.video, theirs.video), (ours.audio, theirs.audio)):
+        assert (mine is None) == (real is None), output
+        if mine is None or real is None:
+            continue
+        assert mine.index == real.index and mine.codec_name == real.codec_name
+        assert mine.track_end == pytest.approx(real.track_end, abs=PRINTED)
+        a, b = ours.timeline.stream(mine.index), theirs.timeline.stream(real.index)
+        assert a is not None and b is not None
+        if counts is None:
+            assert (a.packets, a.discarded, a.in_order) == (b.packets, b.discarded, b.in_order)
+        else:
+            assert a.packets + a.discarded == counts[mine.index]
+        for field in ("start", "end", "last"):
+            assert getattr(a, field) == pytest.approx(getattr(b, field), abs=PRINTED), field
+    assert ours.timeline.duration == pytest.approx(theirs.timeline.duration, abs=PRINTED)

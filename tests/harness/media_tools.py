@@ -191,6 +191,14 @@ def ffprobe_json(path: Path) -> dict[str, object]:
     return data
 
 
+def packet_counts(path: Path) -> dict[int, int]:
+    """Every packet of each stream, counted by ffprobe (discarded ones included)."""
+    args = ["ffprobe", "-v", "error", "-count_packets", "-show_entries"]
+    text = _run([*args, "stream=index,nb_read_packets", "-of", "csv=p=0", str(path)]).decode()
+    rows = (line.split(",") for line in text.splitlines())
+    return {int(index): int(count) for index, count, *_ in rows if count.isdigit()}
+
+
 def probe_duration(path: Path) -> float:
     """The container's duration (header) in seconds."""
     fmt = ffprobe_json(path)["format"]

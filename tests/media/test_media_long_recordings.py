@@ -19,10 +19,12 @@ from pathlib import Path
 import anyio
 import pytest
 
+from tests.harness.media_checks import assert_moov_reads_as_ffprobe
 from tests.harness.media_tools import (
     framemd5,
     make_recording,
     make_tone_wav,
+    packet_counts,
     packet_durations,
     stream_end,
     stream_ends,
@@ -100,6 +102,13 @@ def test_long_recording_holds_its_last_frame_to_the_end(
     )
     result = anyio.run(media.merge, request)
     out = result.output
+    if ext == "mp4":  # its check read the moov: as ffprobe's head and tail (issue 19 item 3)
+        expected = result.media_duration_seconds
+        theirs = anyio.run(probing._read_in_one_run, out, 60.0, expected)
+        assert theirs is not None and not theirs[1].complete
+        info = media.MediaInfo(out, "mp4", expected, theirs[0].video, theirs[0].audio,
+                               timeline=theirs[1], header_duration=theirs[0].duration)  # fmt: skip
+        assert_moov_reads_as_ffprobe(out, expected, info, packet_counts(out))
     # The last frame (at video_stops - 0.2 s) lasts until the microphone's last sound: the
     # video track ends there (WebM: its DURATION tag; its packets have no durations).
     assert stream_end(recording, "v:0") == pytest.approx(video_stops, abs=0.02)

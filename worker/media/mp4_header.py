@@ -19,7 +19,7 @@ _UNKNOWN_32 = 0xFFFFFFFF
 Read = Callable[[int, int], bytes]  # read(offset, length): at most length bytes from offset
 
 
-def _boxes(read: Read, start: int, end: int) -> list[tuple[bytes, int, int]]:
+def boxes_of(read: Read, start: int, end: int) -> list[tuple[bytes, int, int]]:
     """(type, payload offset, box end) of the boxes between ``start`` and ``end``."""
     found: list[tuple[bytes, int, int]] = []
     offset = start
@@ -46,13 +46,13 @@ def _boxes(read: Read, start: int, end: int) -> list[tuple[bytes, int, int]]:
 def mp4_duration(read: Read, size: int) -> float | None:
     """The duration in seconds ``moov/mvhd`` declares, or None (not an MP4 starting with an
     ``ftyp`` box, no movie header, an unknown or zero duration: a fragmented MP4's)."""
-    top = _boxes(read, 0, size)
+    top = boxes_of(read, 0, size)
     if not top or top[0][0] != b"ftyp":
         return None
     moov = next((box for box in top if box[0] == b"moov"), None)
     if moov is None:
         return None
-    mvhd = next((box for box in _boxes(read, moov[1], moov[2]) if box[0] == b"mvhd"), None)
+    mvhd = next((box for box in boxes_of(read, moov[1], moov[2]) if box[0] == b"mvhd"), None)
     if mvhd is None:
         return None
     body = read(mvhd[1], 32)

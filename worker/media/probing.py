@@ -25,6 +25,7 @@ from worker.errors import MediaError
 from worker.limits import FFMPEG_TIMEOUT_BASE_SECONDS, MAX_MEDIA_SECONDS
 from worker.media.model import MediaInfo, ProbeHeader
 from worker.media.mp4_header import Read, mp4_duration
+from worker.media.mp4_tracks import mp4_probe
 from worker.media.onerun import OneRunReader
 from worker.media.packets import CompactPackets
 from worker.media.probe_json import parse_probe_json as parse_probe_json  # re-exported
@@ -139,7 +140,8 @@ async def probe(
     (:func:`~worker.media.mp4_header.mp4_duration`, the recording; ffprobe's header must then
     agree); a file that then turns out otherwise is read in two runs, as without. With
     ``one_run``, a plain PCM WAV is read from its header in Python, with no run at all
-    (:func:`~worker.media.wav_header.wav_probe`; any other file goes to ffprobe).
+    (:func:`~worker.media.wav_header.wav_probe`; any other file goes to ffprobe); so is,
+    with ``expected_duration``, a faststart MP4 (:func:`~worker.media.mp4_tracks.mp4_probe`).
 
     Raises :class:`MediaError` (or a subclass) for files ffprobe refuses or cannot read,
     :class:`worker.errors.MediaTimeout` past ``timeout``.
@@ -147,6 +149,9 @@ async def probe(
     path = Path(path)
     # A plain PCM WAV (the Connect audio) read from its header: no ffprobe run at all.
     read = _local_read(path, wav_probe) if one_run and expected_duration is None else None
+    if read is None and expected_duration is not None:
+        # The merge's MP4 output: its movie header's sample tables, no ffprobe run (issue 18).
+        read = _local_read(path, lambda p, r, n: mp4_probe(p, r, n, expected_duration))
     hinted = _duration_hint(path) if hint and expected_duration is None else None
     if read is None and (one_run or expected_duration is not None or hinted is not None):
         read = await _read_in_one_run(

@@ -4,8 +4,9 @@
 :class:`~worker.media.model.Recording` and a :class:`~worker.media.model.ConnectAudio`,
 plans the merge, measures the call end and loudness (:mod:`worker.media.measure`), runs one
 ffmpeg process for the merge (which also writes the thumbnail of a recording up to 20
-minutes; a second short one when it did not), then probes the output and rejects it when
-its duration or streams are wrong. Every process is run by :mod:`worker.ffmpeg` (the only
+minutes; a second short one when it did not), then probes the output (an MP4's from its
+movie header in Python, :mod:`worker.media.mp4_tracks`; ffprobe otherwise) and rejects it
+when its duration or streams are wrong. Every process is run by :mod:`worker.ffmpeg` (the only
 module that spawns one).
 """
 
