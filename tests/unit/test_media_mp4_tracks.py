@@ -32,6 +32,20 @@ def elst(edits: Sequence[tuple[int, int]], version: int = 0) -> bytes:
     return box(b"edts", full(b"elst", body, version))
 
 
+VIDEO_SIZE = (640, 360)
+AUDIO_LAYOUT = (2, 48000)  # channels, rate
+
+
+def sample_entry(handler: bytes) -> bytes:
+    """A VisualSampleEntry (width, height) or AudioSampleEntry (channels, 16.16 rate) body."""
+    if handler == b"vide":
+        return bytes(6) + struct.pack(">H", 1) + bytes(16) + struct.pack(">HH", *VIDEO_SIZE)
+    channels, rate = AUDIO_LAYOUT
+    return (
+        bytes(6) + struct.pack(">H", 1) + bytes(8) + struct.pack(">HH4xI", channels, 16, rate << 16)
+    )
+
+
 def trak(
     handler: bytes,
     codec: bytes,
@@ -46,7 +60,7 @@ def trak(
     samples = sum(n for n, _ in deltas)
     mdhd = full(b"mdhd", struct.pack(">IIII", 0, 0, scale, media or sum(n * d for n, d in deltas)))
     hdlr = full(b"hdlr", struct.pack(">I4s", 0, handler) + bytes(12))
-    stsd = full(b"stsd", struct.pack(">I", 1) + box(codec, bytes(8)))
+    stsd = full(b"stsd", struct.pack(">I", 1) + box(codec, sample_entry(handler)))
     stbl = stsd + table(b"stts", deltas)
     if offsets is not None:
         stbl += table(b"ctts", offsets, ">Ii")
@@ -113,6 +127,8 @@ def test_mp4_probe_gives_the_header_and_timeline() -> None:
     header, timeline = found
     assert header.video is not None and header.audio is not None
     assert (header.video.codec_name, header.audio.codec_name) == ("h264", "aac")
+    assert (header.video.width, header.video.height) == VIDEO_SIZE
+    assert (header.audio.channels, header.audio.sample_rate) == AUDIO_LAYOUT
     assert header.duration == 4.0 and timeline.complete and timeline.duration == 4.0
 
 

@@ -50,6 +50,8 @@ class Mp4Track:
     index: int  # the stream index ffmpeg gives it (the order of the ``trak`` boxes)
     kind: str  # "video" or "audio"
     codec: str  # the sample entry's type (avc1, mp4a...)
+    # The sample entry's own fields: (width, height) of a video, (channels, rate) of an audio.
+    entry: tuple[int, int]
     start: float
     end: float
     last: float
@@ -116,7 +118,8 @@ def _track(read: Read, start: int, end: int, index: int, movie_scale: int) -> Mp
     handler = _body(read, boxes, b"hdlr", 12)[8:12]
     if handler in _SKIPPED_HANDLERS:
         return None
-    codec = _body(read, boxes, b"stsd", 16)[12:16]
+    description = _body(read, boxes, b"stsd", 44)
+    codec = description[12:16]
     if (handler, codec) not in _HANDLED:
         raise _Unusual("another kind of track or codec")
     scale, media_duration = _scale_and_duration(_body(read, boxes, b"mdhd"))
@@ -140,6 +143,7 @@ def _track(read: Read, start: int, end: int, index: int, movie_scale: int) -> Mp
         index=index,
         kind="video" if handler == b"vide" else "audio",
         codec=codec.decode("latin-1"),
+        entry=_entry_fields(handler, description),
         start=samples.first / scale,
         end=samples.end / scale,
         last=samples.last / scale,
@@ -244,6 +248,45 @@ def _has(boxes: list[tuple[bytes, int, int]], kind: bytes) -> bool:
     return any(box[0] == kind for box in boxes)
 
 
+def _entry_fields(handler: bytes, description: bytes) -> tuple[int, int]:
+    """(width, height) of a visual sample entry, (channels, rate) of an audio one: fixed
+    offsets in the ``stsd`` payload (ISO/IEC 14496-12: VisualSampleEntry, AudioSampleEntry)."""
+    if handler == b"vide":
+        return struct.unpack(">HH", description[40:44])
+    channels, rate = struct.unpack(">H6xI", description[32:44])
+    # ISO MP4 muxers write 2 as the entry's channel count whatever the stream holds: the
+    # AAC decoder configuration in its esds says how many.
+    return _aac_channels(description[44:]) or channels, rate >> 16  # rate: 16.16 fixed point
+
+
+def _aac_channels(children: bytes) -> int | None:
+    """The channel configuration of the AudioSpecificConfig in an ``esds`` among an audio
+    sample entry's ``children`` (ISO/IEC 14496-1 descriptors); None if absent or unusual."""
+    at = children.find(b"esds")
+    if at < 4:
+        return None
+    data, pos = children[at + 8 : at - 4 + int.from_bytes(children[at - 4 : at], "big")], 0
+    for tag in (3, 4, 5):  # ES_Descriptor > DecoderConfigDescriptor > DecoderSpecificInfo
+        if pos >= len(data) or data[pos] != tag:
+            return None
+        pos += 1
+        for _ in range(4):  # the descriptor's length: up to four 7-bit groups
+            pos += 1
+            if pos > len(data) or not data[pos - 1] & 0x80:
+                break
+        if tag == 3:
+            flags = data[pos + 2] if pos + 2 < len(data) else 0
+            pos += 3 + 2 * bool(flags & 0x80) + 2 * bool(flags & 0x20)
+            if flags & 0x40:
+                return None  # a URL instead of a stream
+        elif tag == 4:
+            pos += 13
+    config = int.from_bytes(data[pos : pos + 4].ljust(4, b"\0"), "big")
+    if config >> 27 == 31 or (config >> 23) & 0xF == 15:
+        return None  # an escaped object type or explicit rate: not what the merge writes
+    return (config >> 19) & 0xF or None
+
+
 def _body(read: Read, boxes: list[tuple[bytes, int, int]], kind: bytes, least: int = 0) -> bytes:
     """The whole payload of the one box ``kind`` (at least ``least`` bytes)."""
     found = [box for box in boxes if box[0] == kind]
@@ -321,7 +364,8 @@ def mp4_probe(
 
 
 def _stream_info(track: Mp4Track | None) -> StreamInfo | None:
-    """What the output check reads of a stream: its index and where its track ends."""
+    """What the output check reads of a stream (its index, where its track ends) and what the
+    logs show (the sample entry's size, channels and rate)."""
     if track is None:
         return None
     return StreamInfo(
@@ -330,9 +374,9 @@ def _stream_info(track: Mp4Track | None) -> StreamInfo | None:
         codec_name=_CODEC_NAMES[track.codec],
         start_time=track.start,
         duration=track.track_end - track.start,
-        sample_rate=None,
-        channels=None,
-        width=None,
-        height=None,
+        sample_rate=track.entry[1] if track.kind == "audio" else None,
+        channels=track.entry[0] if track.kind == "audio" else None,
+        width=track.entry[0] if track.kind == "video" else None,
+        height=track.entry[1] if track.kind == "video" else None,
         track_end=track.track_end,
     )
