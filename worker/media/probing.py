@@ -3,7 +3,7 @@
 :func:`probe` runs ffprobe through :mod:`worker.ffmpeg` (the allow-lists, the time limit, the
 kill on cancellation). When the caller knows what to read (``expected_duration``: the merge's
 output; ``one_run``: the Connect audio; ``hint``: an MP4 recording whose movie header declares
-its duration), format, streams and packets come from one run
+its duration, or a live WebM, read whole), format, streams and packets come from one run
 (:func:`build_one_run_args`, :class:`~worker.media.onerun.OneRunReader`; a plain PCM WAV,
 with ``one_run``, in none: :mod:`worker.media.wav_header`); otherwise twice:
 once for the format and streams (:func:`~worker.media.probe_json.parse_probe_json`), once
@@ -42,6 +42,7 @@ from worker.media.timeline import (
     with_last_packet,
 )
 from worker.media.wav_header import wav_probe
+from worker.media.webm_header import webm_live
 from worker.observability import FFMPEG_FAILURES
 
 log = structlog.get_logger("worker.media")
@@ -97,17 +98,17 @@ def build_timeline_args(
     ]
 
 
-def build_one_run_args(path: Path, intervals: str | None) -> list[str]:
-    """ffprobe of format, streams and packets in one run (pure): the packets of ``intervals``
-    or the first :data:`ONE_RUN_MAX_PACKETS`, as compact JSON (one packet a line), read by
-    :class:`~worker.media.onerun.OneRunReader`."""
+def build_one_run_args(path: Path, intervals: str | None, *, whole: bool = False) -> list[str]:
+    """ffprobe of format, streams and packets in one run (pure): the packets of ``intervals``,
+    every one (``whole``) or the first :data:`ONE_RUN_MAX_PACKETS`, as compact JSON (one
+    packet a line), read by :class:`~worker.media.onerun.OneRunReader`."""
+    read = [] if whole else ["-read_intervals", intervals or f"%+#{ONE_RUN_MAX_PACKETS}"]
     return [
         ffmpeg.FFPROBE,
         "-hide_banner",
         "-v",
         "error",
-        "-read_intervals",
-        intervals or f"%+#{ONE_RUN_MAX_PACKETS}",
+        *read,
         "-show_format",
         "-show_streams",
         "-show_entries",
@@ -138,10 +139,12 @@ async def probe(
     of a file of ``expected_duration`` (the merge's output), or with ``one_run`` every packet
     (the Connect audio), or with ``hint`` when an MP4's movie header declares its duration
     (:func:`~worker.media.mp4_header.mp4_duration`, the recording; ffprobe's header must then
-    agree); a file that then turns out otherwise is read in two runs, as without. With
-    ``one_run``, a plain PCM WAV is read from its header in Python, with no run at all
-    (:func:`~worker.media.wav_header.wav_probe`; any other file goes to ffprobe); so is,
-    with ``expected_duration``, a faststart MP4 (:func:`~worker.media.mp4_tracks.mp4_probe`).
+    agree) or a WebM's declares none (:func:`~worker.media.webm_header.webm_live`: every
+    packet, read as it streams in, whatever their number); a file that then turns out
+    otherwise is read in two runs, as without. With ``one_run``, a plain PCM WAV is read from
+    its header in Python, with no run at all (:func:`~worker.media.wav_header.wav_probe`; any
+    other file goes to ffprobe); so is, with ``expected_duration``, a faststart MP4
+    (:func:`~worker.media.mp4_tracks.mp4_probe`).
 
     Raises :class:`MediaError` (or a subclass) for files ffprobe refuses or cannot read,
     :class:`worker.errors.MediaTimeout` past ``timeout``.
@@ -153,9 +156,10 @@ async def probe(
         # The merge's MP4 output: its movie header's sample tables, no ffprobe run (issue 18).
         read = _local_read(path, lambda p, r, n: mp4_probe(p, r, n, expected_duration))
     hinted = _duration_hint(path) if hint and expected_duration is None else None
-    if read is None and (one_run or expected_duration is not None or hinted is not None):
+    live = hint and hinted is None and expected_duration is None and _live_webm(path)
+    if read is None and (one_run or expected_duration is not None or hinted is not None or live):
         read = await _read_in_one_run(
-            path, timeout, expected_duration or hinted, hinted is not None
+            path, timeout, expected_duration or hinted, hinted is not None, live=live
         )
     if read is None:
         header = await _read_header(path, timeout)
@@ -188,15 +192,18 @@ async def _read_in_one_run(
     timeout: float,  # noqa: ASYNC109
     expected_duration: float | None,
     hinted: bool = False,
+    *,
+    live: bool = False,
 ) -> tuple[ProbeHeader, Timeline] | None:
     """Header and timeline from one ffprobe run; None when the file needs the two-run read
     (a header that calls for other intervals or, ``hinted``, disagrees with the expected
-    duration; too many packets; intervals that fell short)."""
+    duration; too many packets; intervals that fell short). ``live``: every packet, read as
+    it streams in (a live WebM)."""
     size = _size(path)
     intervals = None if expected_duration is None else scan_intervals(expected_duration, size)
-    reader = OneRunReader()
+    reader = OneRunReader(streaming=live)
     await ffmpeg.run(
-        build_one_run_args(path, intervals[0] if intervals else None),
+        build_one_run_args(path, intervals[0] if intervals else None, whole=live),
         timeout=timeout + size / 20e6,  # a demux pass over the file, as the packet scan's
         what=f"probe of {path.name}",
         on_stdout_line=reader.feed,
@@ -206,7 +213,9 @@ async def _read_in_one_run(
         return None
     rates = {s.index: s.sample_rate for s in (header.video, header.audio) if s is not None}
     if intervals is None:
-        if reader.packets >= ONE_RUN_MAX_PACKETS:
+        if live and scan_intervals(header.duration, size) is not None:
+            return None  # ffprobe found a duration after all: the two runs read head and tail
+        if not live and reader.packets >= ONE_RUN_MAX_PACKETS:
             return None
         timeline = reader.timeline(rates, complete=True)
     else:
@@ -248,6 +257,11 @@ def _checked(header: ProbeHeader) -> ProbeHeader:
 def _duration_hint(path: Path) -> float | None:
     """The duration an MP4 recording's movie header declares, read from its boxes, or None."""
     return _local_read(path, lambda _path, read, size: mp4_duration(read, size))
+
+
+def _live_webm(path: Path) -> bool:
+    """Whether the file is a WebM whose header declares no duration (read from its EBML)."""
+    return bool(_local_read(path, lambda _path, read, size: webm_live(read, size)))
 
 
 T = TypeVar("T")

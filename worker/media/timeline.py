@@ -16,6 +16,7 @@ holds to the end, is known by its time on long files too. Everything here is pur
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from worker.limits import MAX_MEDIA_SECONDS
@@ -35,6 +36,10 @@ TRUNCATION_MIN_SHARE = 0.05
 INTERVAL_MIN_SECONDS = 120.0
 HEAD_SECONDS = 20.0
 TAIL_SECONDS = 30.0
+# A scan of every stream before their rates are known (a live WebM's one-run probe) keeps the
+# packets with skipped or discarded samples until they are (a few: the first audio packet's
+# pre-skip, the last's padding); past this many it gives up (the probe reads in two runs).
+MAX_DEFERRED_PACKETS = 1000
 
 
 @dataclass(frozen=True)
@@ -114,12 +119,14 @@ class TimelineScan:
     other streams' packets (subtitles, data, a cover picture) are ignored.
     """
 
-    def __init__(self, streams: dict[int, int | None]) -> None:
-        self._rates = streams
+    def __init__(self, streams: dict[int, int | None] | None) -> None:
+        self._rates = streams  # None: every stream, the rates given to timeline()
+        self._deferred: list[tuple[int, float, float, int, int]] = []
         self._spans: dict[int, _SpanSoFar] = {}
         self._discarded: dict[int, int] = {}
         self._previous: dict[int, float] = {}  # the last packet's time, in file order
         self._reordered: set[int] = set()
+        self._overflow = False  # more deferred packets than MAX_DEFERRED_PACKETS
 
     def feed(self, line: str) -> None:
         """Take one output line (lines without a timed packet are ignored)."""
@@ -151,9 +158,8 @@ class TimelineScan:
         discard_padding: int = 0,
     ) -> None:
         """Take one packet as numbers (None: absent; see :mod:`worker.media.packets`)."""
-        if index not in self._rates:
+        if self._rates is not None and index not in self._rates:
             return
-        rate = self._rates[index]
         if discarded:
             self._discarded[index] = self._discarded.get(index, 0) + 1
             return
@@ -164,10 +170,16 @@ class TimelineScan:
         if previous is not None and when < previous:
             self._reordered.add(index)
         self._previous[index] = when
-        start, end = when, when + (duration or 0.0)
-        if rate:
-            start += skip_samples / rate
-            end -= discard_padding / rate
+        if self._rates is None and (skip_samples or discard_padding):
+            # Its start and end need the stream's rate, not known yet: kept until timeline().
+            if len(self._deferred) < MAX_DEFERRED_PACKETS:
+                self._deferred.append((index, when, duration or 0.0, skip_samples, discard_padding))
+            else:
+                self._overflow = True
+            start, end = math.inf, -math.inf  # the span's count, last and order only
+        else:
+            rate = self._rates.get(index) if self._rates is not None else None
+            start, end = _bounds(when, duration or 0.0, skip_samples, discard_padding, rate)
         span = self._spans.get(index)
         if span is None:
             self._spans[index] = _SpanSoFar(start, end, when)
@@ -180,9 +192,18 @@ class TimelineScan:
                 span.last = when
             span.packets += 1
 
-    def timeline(self, *, complete: bool = True) -> Timeline | None:
-        """The timeline of what was fed (None when no packet had a time)."""
-        if not self._spans:
+    def timeline(
+        self, *, complete: bool = True, rates: dict[int, int | None] | None = None
+    ) -> Timeline | None:
+        """The timeline of what was fed (None when no packet had a time, or, for a scan of
+        every stream, more than :data:`MAX_DEFERRED_PACKETS` needed their rates); a scan of
+        every stream is given here the streams to keep and their ``rates``."""
+        if self._rates is None:
+            if rates is None or self._overflow:
+                return None
+            self._settle(rates)
+        spans = [(i, s) for i, s in sorted(self._spans.items()) if rates is None or i in rates]
+        if not spans:
             return None
         return Timeline(
             tuple(
@@ -195,10 +216,30 @@ class TimelineScan:
                     self._discarded.get(index, 0),
                     in_order=index not in self._reordered,
                 )
-                for index, span in sorted(self._spans.items())
+                for index, span in spans
             ),
             complete=complete,
         )
+
+    def _settle(self, rates: dict[int, int | None]) -> None:
+        """The deferred packets' starts and ends, now that the rates are known."""
+        for index, when, duration, skip, padding in self._deferred:
+            start, end = _bounds(when, duration, skip, padding, rates.get(index))
+            span = self._spans[index]
+            span.start, span.end = min(span.start, start), max(span.end, end)
+        self._deferred.clear()
+
+
+def _bounds(
+    when: float, duration: float, skip: int, padding: int, rate: int | None
+) -> tuple[float, float]:
+    """A packet's first presented sample and its end: skipped samples (Opus pre-skip) move
+    its start, discarded ones (WebM DiscardPadding) its end; they count only with a rate."""
+    start, end = when, when + duration
+    if rate:
+        start += skip / rate
+        end -= padding / rate
+    return start, end
 
 
 def header_duration_plausible(duration: float | None, size_bytes: int) -> bool:
