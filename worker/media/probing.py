@@ -140,11 +140,10 @@ async def probe(
     (the Connect audio), or with ``hint`` when an MP4's movie header declares its duration
     (:func:`~worker.media.mp4_header.mp4_duration`, the recording; ffprobe's header must then
     agree) or a WebM's declares none (:func:`~worker.media.webm_header.webm_live`: every
-    packet, read as it streams in, whatever their number); a file that then turns out
-    otherwise is read in two runs, as without. With ``one_run``, a plain PCM WAV is read from
-    its header in Python, with no run at all (:func:`~worker.media.wav_header.wav_probe`; any
-    other file goes to ffprobe); so is, with ``expected_duration``, a faststart MP4
-    (:func:`~worker.media.mp4_tracks.mp4_probe`).
+    packet, read as it streams in); a file that then turns out otherwise is read in two
+    runs, as without. With ``one_run``, a plain PCM WAV is read from its header in Python
+    (:func:`~worker.media.wav_header.wav_probe`; any other file goes to ffprobe); so is,
+    with ``expected_duration``, a faststart MP4 (:func:`~worker.media.mp4_tracks.mp4_probe`).
 
     Raises :class:`MediaError` (or a subclass) for files ffprobe refuses or cannot read,
     :class:`worker.errors.MediaTimeout` past ``timeout``.
