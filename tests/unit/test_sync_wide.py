@@ -235,6 +235,30 @@ def test_stretch_lines_a_drifting_signal_up_again() -> None:
     assert first == pytest.approx(2.0, abs=1e-4) and second == pytest.approx(2.0, abs=1e-4)
 
 
+@pytest.mark.parametrize("ppm", [250.0, -200.0, 290.0, 100.0, -300.0])
+def test_stretch_is_the_windowed_sinc_interpolation_sample_by_sample(ppm: float) -> None:
+    """The fast stretch (sines and cosines once per sample) equals the interpolator written
+    out tap by tap, to float32 rounding: also where ``j / ratio`` lands a hair below a
+    sample (250 ppm: sample 8002 is 8000 - 1e-12), which a sine of the whole fraction loses."""
+    rng = np.random.default_rng(3)
+    signal = rng.standard_normal(20000).astype(np.float32)
+    ratio = 1 + ppm * 1e-6
+    count = int(signal.size * ratio)
+    position = np.arange(count) / ratio
+    base = np.floor(position).astype(np.int64)
+    expected = np.zeros(count)
+    half = drift.SINC_TAPS // 2
+    for tap in range(-half + 1, half + 1):
+        index = base + tap
+        inside = (index >= 0) & (index < signal.size)
+        distance = position - index
+        weight = np.sinc(distance) * (0.5 + 0.5 * np.cos(np.pi * distance / half))
+        expected[inside] += signal[index[inside]] * weight[inside]
+    got = drift.stretch(signal, ratio)
+    assert got.size == count
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
 def _loud_ends(ppm: float) -> tuple[np.ndarray, np.ndarray]:
     """A 12 s Connect stretch whose speech is loudest in its first and last 2 s, and the
     microphone holding it 5.5 s in, drifting by ``ppm`` (and a little noise)."""

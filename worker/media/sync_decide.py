@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 
 from worker.media import drift
-from worker.media.sync_estimate import estimate, rms
+from worker.media.sync_estimate import SignalSpectra, estimate, rms
 from worker.media.sync_model import (
     AGREEMENT_SECONDS,
     DRIFT_RETRIES,
@@ -98,7 +98,8 @@ def synchronise(reference: Signal, signal: Signal, window: SyncWindow) -> SyncRe
     retry's drift comes from the readings so far (:func:`_next_drift`), never beyond a
     plausible clock error (:data:`worker.media.drift.MAX_DRIFT_PPM`).
     """
-    result, found = _synchronise(reference, signal, window)
+    spectra: SignalSpectra = {}  # the signal's, kept for the retries (the same signal)
+    result, found = _synchronise(reference, signal, window, spectra)
     if found is None or result.measured or result.reason not in DRIFT_RETRY_REASONS:
         return result
     tried: list[tuple[float, float]] = []  # (ppm stretched by, ppm its halves still read)
@@ -113,7 +114,8 @@ def synchronise(reference: Signal, signal: Signal, window: SyncWindow) -> SyncRe
         ppm = _next_drift(tried)
         if abs(ppm) < DRIFT_RETRY_MIN or any(ppm == done for done, _ in tried):
             return result  # too small to smear, or tried already (a reading past the limit)
-        retry, again = _synchronise(drift.stretch(reference, 1.0 + ppm * 1e-6), signal, window)
+        stretched = drift.stretch(reference, 1.0 + ppm * 1e-6)
+        retry, again = _synchronise(stretched, signal, window, spectra)
         if retry.measured:
             # The stretched reference starts where the plain one did and ends rate * length
             # later. drift_ppm says by how much it was stretched (the caller may fit its own).
@@ -142,7 +144,7 @@ def _next_drift(tried: list[tuple[float, float]]) -> float:
 
 
 def _synchronise(
-    reference: Signal, signal: Signal, window: SyncWindow
+    reference: Signal, signal: Signal, window: SyncWindow, spectra: SignalSpectra | None = None
 ) -> tuple[SyncResult, Estimate | None]:
     if rms(reference) < SILENCE_RMS:
         return SyncResult.timestamp("silent_connect"), None
@@ -157,6 +159,7 @@ def _synchronise(
         min_lag=window.zero_lag + window.min_offset,
         max_lag=window.zero_lag + window.max_offset,
         rivals=(window.zero_lag + rivals[0], window.zero_lag + rivals[1]),
+        cache=spectra,
     )
     return decide(found, window.zero_lag, window), found
 

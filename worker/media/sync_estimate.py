@@ -41,6 +41,36 @@ def _fft_size(n: int) -> int:
     return best
 
 
+# A signal's rfft and its band-limited samples, by FFT size: the same signal is estimated
+# against each drift retry's stretched reference (:func:`worker.media.sync_decide.synchronise`).
+SignalSpectra = dict[int, tuple[npt.NDArray[np.complex128], npt.NDArray[np.float64]]]
+
+
+def _signal_spectra(
+    signal: Signal, size: int, rate: int, cache: SignalSpectra | None
+) -> tuple[npt.NDArray[np.complex128], npt.NDArray[np.float64]]:
+    """``signal``'s rfft (``size`` points, single precision) and its band-limited samples
+    (:data:`BAND_HZ`), from ``cache`` when it holds them for ``size``."""
+    if cache is not None and size in cache:
+        return cache[size]
+    # Single-precision FFTs (numpy 2 computes float32 in float32; 1.x upcasts): about half
+    # the time and memory of float64. Float32's rounding (1e-7 of the peak) is far below the
+    # correlation's own noise: z and the lag move by ~1e-5; the scores are taken in float64.
+    spectrum = np.fft.rfft(signal.astype(np.float32), size)
+    band = spectrum.copy()
+    band[_outside(size, rate)] = 0
+    found = (spectrum, np.fft.irfft(band, size))
+    if cache is not None:
+        cache[size] = found
+    return found
+
+
+def _outside(size: int, rate: int) -> npt.NDArray[np.bool_]:
+    """The rfft bins (``size`` points) outside :data:`BAND_HZ`."""
+    freqs = np.fft.rfftfreq(size, 1.0 / rate)
+    return (freqs < BAND_HZ[0]) | (freqs > BAND_HZ[1])
+
+
 def rms(signal: Signal) -> float:
     return float(np.sqrt(np.mean(np.square(signal, dtype=np.float64)))) if signal.size else 0.0
 
@@ -66,8 +96,7 @@ def _correlate(
     """GCC-PHAT-beta and plain (band-limited) cross-correlation of the reference whose
     :func:`_spectrum` is ``reference`` against the signal whose rfft is ``spectrum``."""
     cross = spectrum * np.conj(reference)
-    freqs = np.fft.rfftfreq(size, 1.0 / rate)
-    cross[(freqs < BAND_HZ[0]) | (freqs > BAND_HZ[1])] = 0
+    cross[_outside(size, rate)] = 0
     plain = np.fft.irfft(cross, size)
     magnitude = np.abs(cross)
     floor = 1e-12 + 1e-9 * float(magnitude.max(initial=0.0))
@@ -128,19 +157,18 @@ def estimate(
     max_lag: float,
     rivals: tuple[float, float] | None = None,
     rate: int = SYNC_RATE,
+    cache: SignalSpectra | None = None,
 ) -> Estimate:
     """Where ``reference`` lies inside ``signal`` (seconds, ``signal[t + lag] ~ reference[t]``),
     searched in ``[min_lag, max_lag]``, for the whole reference and each of its halves.
 
     ``rivals`` (None: none) is a wider lag range in which any peak is a rival: the whole's
     peak over it (:attr:`Estimate.rival`) and each half's side-peak ratio over it are kept
-    beside the peaks above, which are unchanged by it.
+    beside the peaks above, which are unchanged by it. ``cache`` (None: none) keeps the
+    signal's spectra for the next estimate on the same ``signal``.
     """
     size = _fft_size(reference.size + signal.size)
-    # Single-precision FFTs (numpy 2 computes float32 in float32; 1.x upcasts): about half
-    # the time and memory of float64. Float32's rounding (1e-7 of the peak) is far below the
-    # correlation's own noise: z and the lag move by ~1e-5; the scores are taken in float64.
-    spectrum = np.fft.rfft(signal.astype(np.float32), size)
+    spectrum, band = _signal_spectra(signal, size, rate, cache)
     low, high = math.ceil(min_lag * rate), math.floor(max_lag * rate)
     wide = None if rivals is None else _lags(rivals, low, high, rate)
     # The tapered reference's spectrum serves the whole's correlation and its coefficient.
@@ -164,7 +192,7 @@ def estimate(
         if wide is not None:
             ratios.append(_peak(part, wide[0] + start, wide[1] + start, rate).side_peak_ratio)
     first, second = halves
-    coefficient = _coefficient(spectrum, ours, reference.size, size, round(whole.lag * rate), rate)
+    coefficient = _coefficient(band, ours, reference.size, size, round(whole.lag * rate), rate)
     centres = ((begin + half) / 2 / rate, (half + end) / 2 / rate)
     half_rivals = (ratios[0], ratios[1]) if ratios else (0.0, 0.0)
     return Estimate(whole, (first, second), coefficient, centres, rival, half_rivals)
@@ -176,7 +204,7 @@ def _lags(rivals: tuple[float, float], low: int, high: int, rate: int) -> tuple[
 
 
 def _coefficient(
-    spectrum: npt.NDArray[np.complex128],
+    signal: npt.NDArray[np.float64],
     reference: npt.NDArray[np.complex128],
     length: int,
     size: int,
@@ -184,14 +212,9 @@ def _coefficient(
     rate: int,
 ) -> float:
     """Pearson correlation of the band-limited reference (its :func:`_spectrum`, ``length``
-    samples) and signal at integer ``lag``."""
-    freqs = np.fft.rfftfreq(size, 1.0 / rate)
-    outside = (freqs < BAND_HZ[0]) | (freqs > BAND_HZ[1])
-    band = spectrum.copy()
-    band[outside] = 0
-    signal = np.fft.irfft(band, size)
+    samples) and the band-limited ``signal`` (:func:`_signal_spectra`) at integer ``lag``."""
     ours = reference.copy()
-    ours[outside] = 0
+    ours[_outside(size, rate)] = 0
     ref = np.fft.irfft(ours, size)[:length]
     begin, end = max(0, lag), min(size, lag + length)
     if end <= begin:
