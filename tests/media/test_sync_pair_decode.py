@@ -10,7 +10,7 @@ import anyio
 import numpy as np
 import pytest
 
-from worker.media.sync_decode import decode, decode_pair, decode_stretches
+from worker.media.sync_decode import decode, decode_stretches
 from worker.media.sync_plan import (
     StretchSource,
     build_decode_args,
@@ -49,7 +49,7 @@ def test_one_run_equals_the_two_separate_decodes(
     connect = StretchSource(data_dir / CONNECT, 0, 2, True, connect_seek, connect_seconds)
     recording = StretchSource(data_dir / name, index, channels, False, seek, seconds)
     args = build_pair_decode_args(connect, recording)
-    reference, signal = anyio.run(lambda: decode_pair(args, timeout=60))
+    reference, signal = anyio.run(lambda: decode_stretches(args, 2, timeout=60))
     for paired, source in ((reference, connect), (signal, recording)):
         alone = _separate(source)
         assert paired.size == alone.size <= round(source.seconds * 8000)

@@ -12,7 +12,7 @@ import pytest
 from tests.harness.sync_signals import RATE, bursts, delayed
 from worker.ffmpeg_inputs import FORMAT_WHITELIST, PROTOCOL_WHITELIST
 from worker.media import sync_search
-from worker.media.sync_decode import Decoded, samples, split_pair
+from worker.media.sync_decode import Decoded, samples, split_stretches
 from worker.media.sync_model import DECODE_MARGIN_SECONDS, MIN_STRETCH_SECONDS, SyncWindow
 from worker.media.sync_plan import (
     SampleFormat,
@@ -166,10 +166,10 @@ def test_a_pair_splits_at_each_stretchs_padding_not_at_its_silence() -> None:
     columns = np.zeros((5, 4), np.float32)
     columns[:3, 0], columns[:3, 1] = first, 1.0
     columns[:, 2], columns[:, 3] = second, 1.0
-    a, b = split_pair(columns.reshape(-1))
+    a, b = split_stretches(columns.reshape(-1), 2)
     np.testing.assert_array_equal(a, first)
     np.testing.assert_array_equal(b, second)
-    empty, whole = split_pair(np.where(np.arange(20) % 4 < 2, 0.0, 1.0).astype(np.float32))
+    empty, whole = split_stretches(np.where(np.arange(20) % 4 < 2, 0.0, 1.0).astype(np.float32), 2)
     assert (empty.size, whole.size) == (0, 5)
 
 

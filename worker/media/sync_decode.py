@@ -29,7 +29,6 @@ from worker.media.sync_plan import (
     SampleFormat,
     StretchSource,
     build_decode_args,
-    build_pair_decode_args,
     build_stretches_decode_args,
 )
 
@@ -156,13 +155,6 @@ async def decode_windows(
     return found
 
 
-async def decode_pair(args: list[str], *, timeout: float) -> tuple[Signal, Signal]:  # noqa: ASYNC109
-    """Run a :func:`~worker.media.sync_plan.build_pair_decode_args` decode (bounded by
-    :data:`MAX_DECODE_BYTES`) and split it into its two stretches, each its real length."""
-    first, second = await decode_stretches(args, 2, timeout=timeout)
-    return first, second
-
-
 async def decode_stretches(
     args: list[str],
     count: int,
@@ -177,12 +169,6 @@ async def decode_stretches(
     return split_stretches(samples(raw[: len(raw) - len(raw) % frame], "f32"), count)
 
 
-def split_pair(interleaved: Signal) -> tuple[Signal, Signal]:
-    """A pair decode's samples as its two stretches (pure): :func:`split_stretches`."""
-    first, second = split_stretches(interleaved, 2)
-    return first, second
-
-
 def split_stretches(interleaved: Signal, count: int) -> list[Signal]:
     """A decode of ``count`` stretches as the stretches (pure): each column up to its presence
     column's first 0 (where the padding began, or the whole column when it was the longest)."""
@@ -194,12 +180,6 @@ def split_stretches(interleaved: Signal, count: int) -> list[Signal]:
         return np.ascontiguousarray(columns[:end, values])
 
     return [stretch(2 * n, 2 * n + 1) for n in range(count)]
-
-
-def window_decode_args(inputs: SyncInputs, window: SyncWindow) -> list[str]:
-    """The one run decoding the window's Connect stretch (the agent channel) and the
-    microphone's (pure)."""
-    return build_pair_decode_args(*window_sources(inputs, window))
 
 
 def window_sources(inputs: SyncInputs, window: SyncWindow) -> tuple[StretchSource, StretchSource]:

@@ -1,7 +1,7 @@
 """Where the sync looks, and how it decodes it (pure): the windows around a call end
 (:func:`plan_window`) or a drift point (:func:`plan_stretch`), and the ffmpeg arguments that
-decode one stretch to 8 kHz mono (:func:`build_decode_args`), or a window's two stretches in
-one run (:func:`build_pair_decode_args`)."""
+decode one stretch to 8 kHz mono (:func:`build_decode_args`), or several stretches (a window's
+two, the drift points' four) in one run (:func:`build_stretches_decode_args`)."""
 
 from __future__ import annotations
 
@@ -209,15 +209,14 @@ class StretchSource:
     seconds: float
 
 
-# The columns of a pair decode's samples: each stretch, then its presence (1.0 where the
-# stretch has a decoded sample, 0.0 where it was padded to the longer one's length).
-PAIR_CHANNELS = 4
-COLUMNS_PER_STRETCH = 2  # a stretch's values, then its presence
+# The columns of each stretch in a several-stretch decode: its samples, then its presence (1.0
+# where the stretch has a decoded sample, 0.0 where it was padded to the longest's length).
+COLUMNS_PER_STRETCH = 2
 
 
 def build_pair_decode_args(first: StretchSource, second: StretchSource) -> list[str]:
     """One ffmpeg run decoding two stretches (pure): :func:`build_stretches_decode_args`'s,
-    written as :data:`PAIR_CHANNELS`-channel float32 ``[first, first's presence, second,
+    written as 4-channel float32 ``[first, first's presence, second,
     second's presence]``."""
     return build_stretches_decode_args([first, second])
 
