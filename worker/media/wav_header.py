@@ -12,14 +12,12 @@ gives None, and ffprobe reads the file as before, with its errors.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
 from worker.media.model import ProbeHeader, StreamInfo
+from worker.media.mp4_header import Read
 from worker.media.timeline import StreamSpan, Timeline
-
-Read = Callable[[int, int], bytes]  # read(offset, length): at most length bytes from offset
 
 # ffmpeg 5.1's WAV demuxer reads PCM in packets of at most this many bytes (whole blocks).
 PACKET_BYTES = 4096
