@@ -4,6 +4,7 @@ two energy halves, and the band-limited correlation coefficient (see :mod:`worke
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -65,10 +66,14 @@ def _signal_spectra(
     return found
 
 
+@functools.lru_cache(maxsize=8)
 def _outside(size: int, rate: int) -> npt.NDArray[np.bool_]:
-    """The rfft bins (``size`` points) outside :data:`BAND_HZ`."""
+    """The rfft bins (``size`` points) outside :data:`BAND_HZ` (read-only: cached, as every
+    correlation of an estimate and of its drift retries masks the same size)."""
     freqs = np.fft.rfftfreq(size, 1.0 / rate)
-    return (freqs < BAND_HZ[0]) | (freqs > BAND_HZ[1])
+    mask = (freqs < BAND_HZ[0]) | (freqs > BAND_HZ[1])
+    mask.flags.writeable = False
+    return mask
 
 
 def rms(signal: Signal) -> float:
