@@ -409,8 +409,10 @@ def make_speech_case(directory: Path, spec: CaseSpec) -> SpeechCase:
     meta_path = folder / "case.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        return SpeechCase(**{**meta, "recording": Path(meta["recording"]),
-                             "connect": Path(meta["connect"])})  # fmt: skip
+        # The files by name inside this folder: a cache copied from another checkout (a
+        # worktree's, hard-linked) holds that checkout's absolute paths.
+        return SpeechCase(**{**meta, "recording": folder / Path(meta["recording"]).name,
+                             "connect": folder / Path(meta["connect"]).name})  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     talk = conversation(spec.script, spec.voices, seed=spec.seed, min_seconds=spec.call_seconds,
                         pool=spec.pool)  # fmt: skip

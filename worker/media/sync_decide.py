@@ -21,6 +21,7 @@ from worker.media.sync_model import (
     MIN_HALF_Z,
     MIN_PAUSE_FRACTION,
     MIN_Z,
+    NEAR_MARGIN_SECONDS,
     PAUSE_DB,
     PAUSE_FRAME_SECONDS,
     SILENCE_RMS,
@@ -105,8 +106,9 @@ def synchronise(reference: Signal, signal: Signal, window: SyncWindow) -> SyncRe
     tried: list[tuple[float, float]] = []  # (ppm stretched by, ppm its halves still read)
     applied = 0.0
     for _ in range(DRIFT_RETRIES):
-        # The drift left inside the (stretched) stretch, from its halves' lags.
-        first, second = found.halves
+        # The drift left inside the (stretched) stretch, from its halves' lags near the
+        # whole's (a half's own best peak elsewhere says nothing of the drift).
+        first, second = found.near_halves or found.halves
         distance = found.half_centres[1] - found.half_centres[0]
         if min(first.z, second.z) < MIN_HALF_Z or distance <= 0:
             return result
@@ -160,6 +162,7 @@ def _synchronise(
         max_lag=window.zero_lag + window.max_offset,
         rivals=(window.zero_lag + rivals[0], window.zero_lag + rivals[1]),
         cache=spectra,
+        near_seconds=drift.MAX_DRIFT_PPM * 1e-6 * reference.size / SYNC_RATE + NEAR_MARGIN_SECONDS,
     )
     return decide(found, window.zero_lag, window), found
 

@@ -119,12 +119,18 @@ def _peak(
     low: int,
     high: int,
     rate: int,
+    near: tuple[int, int] | None = None,
 ) -> Peak:
-    """Best lag in ``[low, high]`` samples (negative lags wrap around) and its scores."""
+    """Best lag in ``[low, high]`` samples (negative lags wrap around) and its scores; with
+    ``near``, the best lag inside that part of the range, scored against the whole range."""
     correlation, plain = correlations
     lags = np.arange(low, high + 1)
     values = correlation[lags % correlation.size].astype(np.float64)
-    best = int(np.argmax(values))
+    if near is None:
+        best = int(np.argmax(values))
+    else:
+        first, last = int(np.clip(near[0] - low, 0, values.size - 1)), near[1] - low
+        best = first + int(np.argmax(values[first : max(first + 1, last + 1)]))
     exclusion = max(1, round(PEAK_EXCLUSION_SECONDS * rate))
     outside = np.ones(values.size, dtype=bool)
     outside[max(0, best - exclusion) : best + exclusion + 1] = False
@@ -163,6 +169,7 @@ def estimate(
     rivals: tuple[float, float] | None = None,
     rate: int = SYNC_RATE,
     cache: SignalSpectra | None = None,
+    near_seconds: float | None = None,
 ) -> Estimate:
     """Where ``reference`` lies inside ``signal`` (seconds, ``signal[t + lag] ~ reference[t]``),
     searched in ``[min_lag, max_lag]``, for the whole reference and each of its halves.
@@ -170,7 +177,9 @@ def estimate(
     ``rivals`` (None: none) is a wider lag range in which any peak is a rival: the whole's
     peak over it (:attr:`Estimate.rival`) and each half's side-peak ratio over it are kept
     beside the peaks above, which are unchanged by it. ``cache`` (None: none) keeps the
-    signal's spectra for the next estimate on the same ``signal``.
+    signal's spectra for the next estimate on the same ``signal``. ``near_seconds`` (None:
+    not searched) is how far from the whole's lag each half's :attr:`Estimate.near_halves`
+    peak is searched.
     """
     size = _fft_size(reference.size + signal.size)
     spectrum, band = _signal_spectra(signal, size, rate, cache)
@@ -189,6 +198,8 @@ def estimate(
     half = begin + energy_midpoint(reference[begin:end])
     halves = []
     ratios = []
+    near = []
+    radius = None if near_seconds is None else math.ceil(near_seconds * rate)
     # A part starting `start` samples into the reference lies `start` later than the whole.
     for start, stop in ((begin, half), (half, end)):
         part = _correlate(spectrum, _spectrum(reference[start:stop], size), size, rate)
@@ -196,11 +207,16 @@ def estimate(
         halves.append(Peak(found.lag - start / rate, found.z, found.side_peak_ratio))
         if wide is not None:
             ratios.append(_peak(part, wide[0] + start, wide[1] + start, rate).side_peak_ratio)
+        if radius is not None:
+            around = (at + start - radius, at + start + radius)
+            close = _peak(part, low + start, high + start, rate, near=around)
+            near.append(Peak(close.lag - start / rate, close.z, close.side_peak_ratio))
     first, second = halves
     coefficient = _coefficient(band, ours, reference.size, size, round(whole.lag * rate), rate)
     centres = ((begin + half) / 2 / rate, (half + end) / 2 / rate)
     half_rivals = (ratios[0], ratios[1]) if ratios else (0.0, 0.0)
-    return Estimate(whole, (first, second), coefficient, centres, rival, half_rivals)
+    near_halves = (near[0], near[1]) if near else None
+    return Estimate(whole, (first, second), coefficient, centres, rival, half_rivals, near_halves)
 
 
 def _lags(rivals: tuple[float, float], low: int, high: int, rate: int) -> tuple[int, int]:

@@ -89,6 +89,9 @@ DRIFT_RETRY_MIN = 20.0  # ppm: below, a drift does not smear a stretch enough to
 # the retry's own halves then tell what is left (issue 19 QA).
 DRIFT_RETRIES = 3
 DRIFT_SEARCH_MARGIN_SECONDS = 0.050  # besides MAX_DRIFT_PPM over the distance from the end
+# A half's drift reading is its peak within MAX_DRIFT_PPM over the stretch, and this, of the
+# whole's lag (the whole's own lag sits within a sample or two of its middle's).
+NEAR_MARGIN_SECONDS = 0.001
 
 # --- data ------------------------------------------------------------------------------------
 
@@ -216,3 +219,8 @@ class Estimate:
     # ratio over them (its own lag kept): a half with no rival there is evidence of its own.
     rival: Peak | None = None
     half_rival_ratios: tuple[float, float] = (0.0, 0.0)
+    # Each half's peak within a plausible drift of the whole's lag (None: not searched): what
+    # the drift inside the stretch is read from. A half's own best peak can lie elsewhere (a
+    # phrase that recurs, its part smeared past recognition), and its lag then says nothing
+    # of the drift (issue 19: a 60-minute call at 100 ppm read 135,000 ppm).
+    near_halves: tuple[Peak, Peak] | None = None
