@@ -119,17 +119,17 @@ def _peak(
     low: int,
     high: int,
     rate: int,
-    near: tuple[int, int] | None = None,
+    within: tuple[int, int] | None = None,
 ) -> Peak:
     """Best lag in ``[low, high]`` samples (negative lags wrap around) and its scores; with
-    ``near``, the best lag inside that part of the range, scored against the whole range."""
+    ``within``, the best lag inside that part of the range, scored against the whole range."""
     correlation, plain = correlations
     lags = np.arange(low, high + 1)
     values = correlation[lags % correlation.size].astype(np.float64)
-    if near is None:
+    if within is None:
         best = int(np.argmax(values))
     else:
-        first, last = int(np.clip(near[0] - low, 0, values.size - 1)), near[1] - low
+        first, last = int(np.clip(within[0] - low, 0, values.size - 1)), within[1] - low
         best = first + int(np.argmax(values[first : max(first + 1, last + 1)]))
     exclusion = max(1, round(PEAK_EXCLUSION_SECONDS * rate))
     outside = np.ones(values.size, dtype=bool)
@@ -209,7 +209,7 @@ def estimate(
             ratios.append(_peak(part, wide[0] + start, wide[1] + start, rate).side_peak_ratio)
         if radius is not None:
             around = (at + start - radius, at + start + radius)
-            close = _peak(part, low + start, high + start, rate, near=around)
+            close = _peak(part, low + start, high + start, rate, within=around)
             near.append(Peak(close.lag - start / rate, close.z, close.side_peak_ratio))
     first, second = halves
     coefficient = _coefficient(band, ours, reference.size, size, round(whole.lag * rate), rate)
