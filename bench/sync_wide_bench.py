@@ -8,10 +8,10 @@
 - **Long calls** (:mod:`bench.long_speech`: 15 minutes at 40 ppm, 60 minutes at 100 ppm, the
   timestamp exact and 30 s late): the sync alone, its placement compared with the truth at the
   start, middle and end (MP4: no container shift to correct).
-- **Cost**: the sync (with drift, and with the wide search) against one merge of the 60-minute
-  recording. **Memory**: peak RSS of the sync (wide search forced) on audio-only recordings of
-  5, 60 and 240 minutes (pink noise: the wide search runs over the whole length), each in its
-  own process.
+- **Cost**: the sync (with drift, and with the wide search) against a merge of the 60-minute
+  recording, each the best of :data:`COST_REPEATS` runs. **Memory**: peak RSS of the sync
+  (wide search forced) on audio-only recordings of 5, 60 and 240 minutes (pink noise: the
+  wide search runs over the whole length), each in its own process.
 
 ``python -m bench.sync_wide_bench`` runs it alone (``--quick``: short scenarios only) and
 writes ``bench/results/issue-19/``.
@@ -43,6 +43,9 @@ from worker.media import sync
 
 RESULTS = Path(__file__).parent / "results" / "issue-19"
 WRONG_SECONDS = 0.020
+# The cost is the best of this many runs (the sync's and the merge's alike): one run on a
+# shared machine can catch another process's burst. The sync's decisions do not vary.
+COST_REPEATS = 3
 HUMAN = -1  # CaseSpec.voices: real human voices
 # (spec, timestamp errors in seconds)
 SHORT: list[tuple[CaseSpec, list[float]]] = [
@@ -144,7 +147,7 @@ def run_long(cache: Path) -> list[dict[str, Any]]:
         print(f"  {spec.name}: media in {time.perf_counter() - started:.0f} s", flush=True)
         for error in (0.0, 30.0):
             call_end = float(int(case.true_call_end + error))
-            result, seconds, cpu, used = anyio.run(_sync, case, call_end)
+            result, seconds, cpu, used = _best_sync(case, call_end)
             measured: list[float] = []
             if result.measured:
                 end = used + result.offset_seconds
@@ -172,8 +175,26 @@ def run_long(cache: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _best_sync(case: LongCase, call_end: float) -> tuple[sync.SyncResult, float, float, float]:
+    """:func:`_sync` :data:`COST_REPEATS` times: its (unvarying) result, the least wall and
+    CPU seconds."""
+    runs = [anyio.run(_sync, case, call_end) for _ in range(COST_REPEATS)]
+    results = {run[0] for run in runs}
+    if len(results) != 1:
+        raise AssertionError(f"the sync varied between runs: {results}")
+    result, _, _, used = runs[0]
+    return result, min(run[1] for run in runs), min(run[2] for run in runs), used
+
+
 def merge_seconds(case: LongCase) -> tuple[float, float]:
-    """Wall and CPU time of one merge of ``case`` with ALIGN_MODE end (no sync at all)."""
+    """Wall and CPU time of a merge of ``case`` with ALIGN_MODE end (no sync at all): the
+    least of :data:`COST_REPEATS` merges."""
+    runs = [_merge_once(case) for _ in range(COST_REPEATS)]
+    return min(wall for wall, _ in runs), min(cpu for _, cpu in runs)
+
+
+def _merge_once(case: LongCase) -> tuple[float, float]:
+    """Wall and CPU time of one merge of ``case`` with ALIGN_MODE end."""
     out = case.recording.with_name("merged.mp4")
     started, cpu = time.perf_counter(), cpu_seconds()
     request = media.MergeRequest(
@@ -282,8 +303,9 @@ def summarise(short: list[dict[str, Any]], long: list[dict[str, Any]]) -> dict[s
 
 
 def cost_of(long: list[dict[str, Any]], merge: tuple[float, float]) -> dict[str, Any]:
-    """The 60-minute call's sync (timestamp right, 30 s off) against one merge of the same
-    recording measured in the same process: wall and CPU (process and ffmpeg children)."""
+    """The 60-minute call's sync (timestamp right, 30 s off) against a merge of the same
+    recording measured in the same process, each the best of :data:`COST_REPEATS`: wall and
+    CPU (process and ffmpeg children)."""
     wall, cpu = merge
     syncs = [r for r in long if r["case"] == LONG[-1].name]
 
@@ -339,7 +361,8 @@ def markdown(done: dict[str, Any]) -> str:
     if cost:
         lines += [
             "",
-            f"Cost on the 60-minute call (target: <= +10% of the merge's wall time); merge "
+            f"Cost on the 60-minute call (target: <= +10% of the merge's wall time; each the "
+            f"best of {COST_REPEATS} runs); merge "
             f"{cost['merge_seconds_align_end']} s wall, {cost.get('merge_cpu_seconds')} s CPU "
             f"({cost.get('load', '')}):",
             "",
