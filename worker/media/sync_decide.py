@@ -88,7 +88,9 @@ def synchronise(reference: Signal, signal: Signal, window: SyncWindow) -> SyncRe
 
     A stretch drifting against the microphone (issue 19: 100 ppm is 3 ms over 30 s) smears
     its correlation, which can fail the rules although the peak is in place. Then the halves'
-    lags tell the drift inside the stretch; when that is a plausible clock error, the Connect
+    lags tell the drift inside the stretch (each half's peak within a plausible drift of the
+    whole's lag, :attr:`Estimate.near_halves`: a half's own best peak can be a phrase that
+    recurs seconds away); when that is a plausible clock error, the Connect
     stretch is stretched by it (:func:`worker.media.drift.stretch`) and measured once more under the
     same rules, up to :data:`DRIFT_RETRIES` times (each by the drift the last one's halves
     still show). The offset is still the stretch's end's.
