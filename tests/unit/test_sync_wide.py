@@ -5,12 +5,14 @@ real-media checks are in test_sync_speech.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from tests.harness.media_models import connect, recording
 from tests.harness.sync_signals import RATE, bursts, delayed, window
-from worker.media import drift, sync, sync_search
+from worker.media import drift, sync, sync_decide, sync_estimate, sync_model, sync_search
 from worker.media.graph import _resample, build_audio_graph, connect_resample_steps
 from worker.media.plan import (
     SEEK_MARGIN_SECONDS,
@@ -294,6 +296,52 @@ def test_a_drift_beyond_a_plausible_clock_error_is_never_applied(ppm: float) -> 
     refuse the smeared rest: the timestamp."""
     result = sync.synchronise(*_loud_ends(ppm), window())
     assert (result.method, result.drift_ppm) == ("timestamp", 0.0), result
+
+
+def test_a_peak_within_a_sub_range_is_scored_against_the_whole_range() -> None:
+    """``_peak(within=...)``: the best lag inside the sub-range (not the range's best), its
+    z against the whole range's spread, as a half's near peak is read (issue 19)."""
+    rng = np.random.default_rng(5)
+    correlation = rng.standard_normal(4000) * 0.01
+    correlation[3000] = 1.0  # the range's best: a recurring phrase, far away
+    correlation[1000:1003] = (0.3, 0.5, 0.4)  # the drifting stretch's own, near the whole
+    plain = correlation.copy()
+    best = sync_estimate._peak((correlation, plain), 0, 3999, RATE)
+    near = sync_estimate._peak((correlation, plain), 0, 3999, RATE, within=(900, 1100))
+    assert best.lag == pytest.approx(3000 / RATE, abs=0.5 / RATE)
+    # The parabola through 0.3, 0.5, 0.4 peaks 1/6 of a sample after 1001.
+    assert near.lag == pytest.approx((1001 + 1 / 6) / RATE, abs=1e-9)
+    assert near.z > 2 * sync_model.MIN_HALF_Z  # 0.5 over a spread of ~0.02 (the far peak in it)
+
+
+def _recurring(found: sync.Estimate) -> sync.Estimate:
+    """``found`` with its second half's own best peak moved 2 s away (a phrase recurring
+    there), its near peaks kept as measured: the 60-minute call's end stretch at ts+0."""
+    first, second = found.halves
+    moved = sync.Peak(second.lag + 2.0, second.z, 1.8)
+    return replace(found, halves=(first, moved))
+
+
+@pytest.mark.parametrize("ppm", [100.0, -150.0])
+def test_the_drift_is_read_from_the_halves_near_the_whole(ppm: float) -> None:
+    """Issue 19: a half whose own best peak was a phrase recurring 2 s away read 133,000 ppm
+    (the retries were spent at the 300 ppm clamp); its peak near the whole's lag reads the
+    drift, as the halves read it when nothing recurs (smeared halves read it up to twice too
+    large on this noise: :func:`_next_drift`'s business)."""
+    reference = bursts(30.0, seed=4)
+    signal = delayed(drift.stretch(reference, 1 + ppm * 1e-6) * 0.5, 5.5 * RATE, 41 * RATE)
+    found = sync.estimate(reference, signal, min_lag=0.5, max_lag=10.5, near_seconds=0.010)
+    assert found.near_halves == found.halves  # nothing recurs: the same peaks
+    reading = sync_decide.drift_reading(found)
+    assert reading is not None and 1.0 <= reading / ppm <= 2.0
+    stolen = _recurring(found)
+    assert abs(stolen.halves[1].lag - stolen.whole.lag) > 1.0
+    assert sync_decide.drift_reading(stolen) == reading
+    # Without the near peaks (the reading before): the far peak's 133,000 ppm.
+    assert abs(sync_decide.drift_reading(replace(stolen, near_halves=None)) or 0) > 1e5
+    # Not searched: the halves' own peaks, as before.
+    plain = sync.estimate(reference, signal, min_lag=0.5, max_lag=10.5)
+    assert plain.near_halves is None and plain.halves == found.halves
 
 
 # --- the placement plan ----------------------------------------------------------------------

@@ -108,13 +108,10 @@ def synchronise(reference: Signal, signal: Signal, window: SyncWindow) -> SyncRe
     tried: list[tuple[float, float]] = []  # (ppm stretched by, ppm its halves still read)
     applied = 0.0
     for _ in range(DRIFT_RETRIES):
-        # The drift left inside the (stretched) stretch, from its halves' lags near the
-        # whole's (a half's own best peak elsewhere says nothing of the drift).
-        first, second = found.near_halves or found.halves
-        distance = found.half_centres[1] - found.half_centres[0]
-        if min(first.z, second.z) < MIN_HALF_Z or distance <= 0:
+        left = drift_reading(found)
+        if left is None:
             return result
-        tried.append((applied, (second.lag - first.lag) / distance * 1e6))
+        tried.append((applied, left))
         ppm = _next_drift(tried)
         if abs(ppm) < DRIFT_RETRY_MIN or any(ppm == done for done, _ in tried):
             return result  # too small to smear, or tried already (a reading past the limit)
@@ -130,6 +127,17 @@ def synchronise(reference: Signal, signal: Signal, window: SyncWindow) -> SyncRe
             return result
         applied, found = ppm, again
     return result
+
+
+def drift_reading(found: Estimate) -> float | None:
+    """The drift (ppm) left inside an estimate's (stretched) stretch, from its halves' lags
+    near the whole's (:attr:`Estimate.near_halves`; a half's own best peak elsewhere says
+    nothing of the drift); None when a half is too weak to tell (pure)."""
+    first, second = found.near_halves or found.halves
+    distance = found.half_centres[1] - found.half_centres[0]
+    if min(first.z, second.z) < MIN_HALF_Z or distance <= 0:
+        return None
+    return (second.lag - first.lag) / distance * 1e6
 
 
 def _next_drift(tried: list[tuple[float, float]]) -> float:
