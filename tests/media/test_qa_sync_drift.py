@@ -6,11 +6,11 @@ leaves out.
   (1 s away); the drift retry reads each half's peak near the whole's lag
   (``Estimate.near_halves``), so the +-5 s search places it (before: its three retries were
   spent at the 300 ppm clamp, and the costly wide search ran on an exact timestamp).
-- A call whose first stretch tells nothing of the drift: the agent silent for the first 50 s
+- A call whose first stretch tells nothing of the drift: the agent silent for the first 170 s
   (the customer explains), or a conference beep in it (a tone in a room correlates at any
   phase). The drift point near the start was not confident, no drift was applied, and END
   alignment left the start off by drift times the call: 54 ms on a 9-minute call at 100 ppm,
-  20 ms on a 200 s call (median 10 ms).
+  20 ms on a 200 s call (median 10 ms). Now more stretches, spread over the call, are measured.
 - A replayed prompt in the last 20 s at -250 ppm, the timestamp 12 s early.
 
 New voices (speech_media.HUMAN_POOLS "qa-drift"): two men reading (codec2's david4 and
@@ -50,7 +50,7 @@ QA_DRIFT = {"voices": -1, "pool": "qa-drift"}
 END_REPEAT = LongSpec("qa-end-repeat", call_seconds=540, drift_ppm=100.0, seed=29,
                       repeat_before_end=12.0)  # fmt: skip
 QUIET_START = LongSpec("qa-quiet-start", call_seconds=540, drift_ppm=100.0, seed=61,
-                       agent_quiet_until=50.0)  # fmt: skip
+                       agent_quiet_until=170.0)  # fmt: skip
 # 200 s at 100 ppm with conference beeps among the agent's prompts; the timestamp 3 s late.
 BEEP = CaseSpec("qa-drift-beep", **QA_DRIFT, seed=54, call_seconds=200, drift_ppm=100,
                 container="mp4")  # fmt: skip
@@ -104,7 +104,7 @@ def test_a_sentence_repeated_at_the_end_of_a_drifting_call_is_placed_by_the_narr
     assert result.drift_ppm == pytest.approx(END_REPEAT.drift_ppm, abs=5.0), result
 
 
-def test_a_drift_is_followed_when_the_first_stretch_of_the_call_is_silent(
+def test_a_drift_is_followed_when_the_agent_is_silent_for_the_first_minutes(
     drift_dir: Path,
 ) -> None:
     result, errors = _long(drift_dir, QUIET_START)
