@@ -48,6 +48,16 @@ class LongSpec:
     early_stop: float = 0.0
     seed: int = 1
     video: bool = True
+    # Issue 19 QA (tests/media/test_qa_sync_drift.py); at their defaults they are left out of
+    # the cache key, so the cases above keep theirs.
+    agent_quiet_until: float = 0.0  # the agent says nothing before this call time (s)
+    # The agent says one sentence (the first of 1.5-3 s) twice, 1 s apart, from this many
+    # seconds before the call end, nothing else said from 1 s before it to 4 s after.
+    repeat_before_end: float | None = None
+
+
+# LongSpec's fields left out of the cache key at their default values.
+_KEYED_WHEN_SET = {"agent_quiet_until": 0.0, "repeat_before_end": None}
 
 
 @dataclass(frozen=True)
@@ -88,7 +98,15 @@ def schedule(spec: LongSpec) -> list[tuple[float, str, int]]:
             at += lengths[role][index] + float(rng.uniform(0.1, 0.4))
         at += float(rng.uniform(0.25, 0.9))
         turn += 1
-    return [e for e in events if e[0] + lengths[e[1]][e[2]] < spec.call_seconds]
+    events = [e for e in events if e[0] + lengths[e[1]][e[2]] < spec.call_seconds]
+    events = [e for e in events if e[1] != "agent" or e[0] >= spec.agent_quiet_until]
+    if spec.repeat_before_end is not None:
+        index = next(i for i, n in enumerate(lengths["agent"]) if 1.5 <= n <= 3.0)
+        first = spec.call_seconds - spec.repeat_before_end
+        second = first + lengths["agent"][index] + 1.0
+        kept = [e for e in events if not first - 1.0 <= e[0] <= second + 4.0]
+        events = sorted([*kept, (first, "agent", index), (second, "agent", index)])
+    return events
 
 
 def _render(
@@ -123,7 +141,9 @@ def _render(
 
 def make_long_case(directory: Path, spec: LongSpec) -> LongCase:
     """Write (or reuse) the media of ``spec``."""
-    key = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
+    keyed = {k: v for k, v in asdict(spec).items()
+             if k not in _KEYED_WHEN_SET or v != _KEYED_WHEN_SET[k]}  # fmt: skip
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
     folder = directory / f"{spec.name}-{key}"
     meta = folder / "case.json"
     ratio = 1 + spec.drift_ppm * 1e-6

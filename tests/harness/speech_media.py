@@ -690,6 +690,21 @@ HUMAN_POOLS["long-talk"] = {
         f"{CODEC2_RAW}/speech_orig_16k.wav",
     ],
 }
+# Issue 19 QA, drift (tests/media/test_qa_sync_drift.py): two men reading at length (codec2's
+# david4 and vk2tpm_004, read by no other pool) and a Mexican Spanish woman's conference prompts
+# as the agent; a Canadian French woman's conference prompts and Spanish demo prompts as the
+# customer (asterisk's confbridge-* and demo-*: other sentences than the pools above read).
+HUMAN_POOLS["qa-drift"] = {
+    "agent": [
+        "/usr/share/codec2/wav/david4.wav",
+        "/usr/share/codec2/wav/vk2tpm_004.wav",
+        f"{ASTERISK_SOUNDS}/es_MX_f_Allison/confbridge-*.wav",
+    ],
+    "customer": [
+        f"{ASTERISK_SOUNDS}/fr_CA_f_June/confbridge-*.wav",
+        f"{ASTERISK_SOUNDS}/es_MX_f_Allison/demo-*.wav",
+    ],
+}
 RAW_RATES = {CODEC2_RAW: 8000}  # headerless files' rates by folder (else 16 kHz)
 # Music on hold: asterisk-moh-opsound-wav (CC-BY-SA), 8 kHz mono.
 HOLD_MUSIC = "/usr/share/asterisk/moh/manolo_camp-morning_coffee.wav"

@@ -218,6 +218,15 @@ def test_measurement_times() -> None:
     assert drift.slope(_points(55.0, [10.0, 500.0])) * 1e6 == pytest.approx(55.0)
 
 
+def test_later_times_spread_over_the_overlap_while_the_span_allows() -> None:
+    # Up to four after the first, a stretch apart at least, the last ending MIN_SPAN_SECONDS
+    # (60 s) before the call end's stretch.
+    assert drift.later_times(0.5, 200.0, 30.0) == [30.5, 60.5, 90.5]
+    assert drift.later_times(0.5, 540.5, 30.0) == [113.0, 225.5, 338.0, 450.5]
+    assert drift.later_times(0.5, 120.0, 30.0) == []
+    assert drift.later_times(0.5, 150.0, 30.0) == [30.5]
+
+
 def test_stretch_lines_a_drifting_signal_up_again() -> None:
     """A 30 s stretch recorded 200 ppm slow: plain, its halves disagree by ~3 ms; stretched
     by the drift, both halves find the same lag to a tenth of a millisecond."""

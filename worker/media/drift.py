@@ -26,6 +26,9 @@ MIN_DISAGREEMENT_SECONDS = 0.002
 FIT_TOLERANCE_SECONDS = 0.004  # every point must lie this close to the fitted line
 MIN_SPAN_SECONDS = 60.0  # points closer than this in Connect time cannot tell drift
 MIDDLE_FROM_SECONDS = 600.0  # overlaps this long also get a middle measurement
+# When no measurement point was confident (the agent silent while the customer explains, a
+# beep), this many more stretches are measured, spread over the rest of the overlap.
+LATER_POINTS = 4
 SINC_TAPS = 16  # the windowed-sinc interpolator of :func:`stretch` (flat to ~0.8 Nyquist)
 
 
@@ -103,6 +106,18 @@ def measurement_times(connect_from: float, connect_to: float, stretch: float) ->
     if span >= MIDDLE_FROM_SECONDS:
         times.append(connect_from + (span - stretch) / 2)
     return times
+
+
+def later_times(connect_from: float, connect_to: float, stretch: float) -> list[float]:
+    """Connect times (stretch starts) to measure when none of :func:`measurement_times` was
+    confident (pure): up to :data:`LATER_POINTS` after the first, evenly spread (at least a
+    stretch apart) up to the last start still :data:`MIN_SPAN_SECONDS` from the call end's
+    stretch. The earliest that is confident tells the drift most precisely, but speech can be
+    missing for minutes (the customer explaining, hold)."""
+    last = connect_to - stretch - MIN_SPAN_SECONDS
+    step = max(stretch, (last - connect_from) / LATER_POINTS)
+    starts = (connect_from + step * n for n in range(1, LATER_POINTS + 1))
+    return [start for start in starts if start <= last + 1e-9]
 
 
 def stretch(signal: npt.NDArray[np.float32], ratio: float) -> npt.NDArray[np.float32]:

@@ -39,7 +39,8 @@ async def measure_drift(
 
     Each stretch is measured under the full rules (:func:`synchronise`, which stretches a
     drift-smeared stretch by the drift its halves show and measures it again); its offset is
-    its middle's. The call end's own measurement is the anchor.
+    its middle's. The call end's own measurement is the anchor. When none of them is
+    confident, more stretches spread over the call are (:func:`worker.media.drift.later_times`).
     """
     placement = inputs.call_end + found.offset_seconds - inputs.connect_duration
     connect_from = max(0.0, -placement) + DECODE_MARGIN_SECONDS
@@ -52,6 +53,36 @@ async def measure_drift(
         inputs.connect_duration - end_length / 2,
         placement - found.drift_ppm * 1e-6 * end_length / 2,
     )
+    points = [anchor, *await _points(inputs, starts, anchor, placement, timeout=timeout)]
+    if len(points) == 1:
+        # None was confident (the agent silent while the customer explains, a beep): the
+        # drift is unknown, and END alignment without it misplaces the start by drift times
+        # the call (issue 19 QA: 54 ms on a 9-minute call at 100 ppm). Stretches further on.
+        later = drift.later_times(connect_from, connect_to, STRETCH_SECONDS)
+        points += await _points(inputs, later, anchor, placement, timeout=timeout)
+    fitted = drift.fit(points, anchor)
+    log.info(
+        "call_end_sync_drift",
+        reason=fitted.reason,
+        fitted_ppm=round(fitted.fitted_ppm, 2),
+        points=len(points),
+    )
+    if fitted.reason != "applied":
+        return replace(found, drift_ppm=0.0)
+    # The line through the call end's stretch, followed to the Connect file's very end.
+    end = fitted.placement + inputs.connect_duration * fitted.ratio
+    return replace(found, offset_seconds=end - inputs.call_end, drift_ppm=fitted.ppm)
+
+
+async def _points(
+    inputs: SyncInputs,
+    starts: list[float],
+    anchor: drift.Point,
+    placement: float,
+    *,
+    timeout: float,  # noqa: ASYNC109
+) -> list[drift.Point]:
+    """The confident placements of the stretches starting at Connect times ``starts``."""
     # Every point's two stretches in one decode (one process start), then the points'
     # estimates side by side (numpy's FFTs release the GIL: off the event loop).
     windows = {start: _point_window(inputs, start, placement) for start in starts}
@@ -73,19 +104,7 @@ async def measure_drift(
         for (start, window), pair in zip(planned, decoded, strict=True):
             if not isinstance(pair, SyncResult):
                 group.start_soon(measure, start, window, pair)
-    points = [anchor, *(p for p in (measured.get(s) for s in starts) if p is not None)]
-    fitted = drift.fit(points, anchor)
-    log.info(
-        "call_end_sync_drift",
-        reason=fitted.reason,
-        fitted_ppm=round(fitted.fitted_ppm, 2),
-        points=len(points),
-    )
-    if fitted.reason != "applied":
-        return replace(found, drift_ppm=0.0)
-    # The line through the call end's stretch, followed to the Connect file's very end.
-    end = fitted.placement + inputs.connect_duration * fitted.ratio
-    return replace(found, offset_seconds=end - inputs.call_end, drift_ppm=fitted.ppm)
+    return [p for p in (measured.get(s) for s in starts) if p is not None]
 
 
 def _point_window(inputs: SyncInputs, start: float, placement: float) -> SyncWindow | None:
