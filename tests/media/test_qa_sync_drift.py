@@ -40,7 +40,8 @@ from tests.harness.speech_media import (
     message_call_end,
 )
 from worker import media
-from worker.media import sync
+from worker.media import drift, sync
+from worker.observability import REGISTRY
 
 MAX_ERROR_SECONDS = 0.020
 MAX_MEDIAN_SECONDS = 0.005
@@ -72,12 +73,26 @@ async def _measure(case: LongCase, call_end: float) -> tuple[sync.SyncResult, fl
     return await sync.measure(media.sync_inputs(recording, connect, plan)), plan.call_end
 
 
+def _drift_outcomes() -> dict[str, float]:
+    """komorebi_sync_drift_total by outcome, as scraped."""
+    sample = REGISTRY.get_sample_value
+    return {o: sample("komorebi_sync_drift_total", {"outcome": o}) or 0.0 for o in FIT_OUTCOMES}
+
+
+FIT_OUTCOMES = drift.FIT_OUTCOMES
+COUNTED: dict[str, dict[str, float]] = {}  # a long case's name: its sync's drift outcomes
+
+
 @functools.cache
 def _long(directory: Path, spec: LongSpec) -> tuple[sync.SyncResult, list[float]]:
     """The sync on the exact call end and its placement's errors (s) against the truth at
-    the start, middle and end of the Connect file (none when not measured)."""
+    the start, middle and end of the Connect file (none when not measured); the drift
+    outcomes it counted in :data:`COUNTED`."""
     case = make_long_case(directory, spec)
+    before = _drift_outcomes()
     result, used = anyio.run(_measure, case, case.true_call_end)
+    after = _drift_outcomes()
+    COUNTED[spec.name] = {o: after[o] - before[o] for o in FIT_OUTCOMES if after[o] > before[o]}
     if not result.measured:
         return result, []
     start = used + result.offset_seconds - case.connect_duration * result.drift_ratio
@@ -110,6 +125,8 @@ def test_a_drift_is_followed_when_the_agent_is_silent_for_the_first_minutes(
     result, errors = _long(drift_dir, QUIET_START)
     assert result.measured, result
     _within_rules(errors)
+    # Fitted from the stretches further on, and counted (the operators' view of it).
+    assert COUNTED[QUIET_START.name] == {"applied": 1.0}
 
 
 @pytest.mark.parametrize(

@@ -206,6 +206,7 @@ def test_drift_fit_applies_a_plausible_drift_through_the_anchor() -> None:
     ],
 )
 def test_drift_fit_refuses(points: list[drift.Point], reason: str) -> None:
+    assert reason in drift.FIT_OUTCOMES  # each is a label of komorebi_sync_drift_total
     fitted = drift.fit(points, points[0])
     assert (fitted.reason, fitted.ppm) == (reason, 0.0)
     assert fitted.placement == points[0].placement

@@ -29,6 +29,9 @@ MIDDLE_FROM_SECONDS = 600.0  # overlaps this long also get a middle measurement
 # When no measurement point was confident (the agent silent while the customer explains, a
 # beep), this many more stretches are measured, spread over the rest of the overlap.
 LATER_POINTS = 4
+# Every outcome of a drift measurement (the `outcome` label of komorebi_sync_drift_total):
+# :func:`fit`'s reasons, and "short" when the overlap leaves no room for a second stretch.
+FIT_OUTCOMES = ("applied", "none", "too_few", "inconsistent", "implausible", "short")
 SINC_TAPS = 16  # the windowed-sinc interpolator of :func:`stretch` (flat to ~0.8 Nyquist)
 
 

@@ -105,7 +105,8 @@ async def measure(
     for one of :data:`WIDE_REASONS`, the wide search over the whole recording
     (:mod:`worker.media.sync_search`, then the same fine pass around its candidates). A confident
     placement is then measured again near the start of the overlap (and its middle on long
-    calls) for the drift (:mod:`worker.media.drift`).
+    calls; when none of those is confident, at up to four more stretches spread over the
+    call) for the drift (:mod:`worker.media.drift`).
 
     Never raises for bad audio: a decode that fails or times out is a fallback (the merge
     itself then reports what is wrong with the file). Cancellation kills every decode.

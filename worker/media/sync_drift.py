@@ -23,8 +23,13 @@ from worker.media.sync_model import (
     SyncWindow,
 )
 from worker.media.sync_plan import plan_stretch
+from worker.observability import SYNC_DRIFT_OUTCOMES
 
 log = structlog.get_logger(__name__)
+
+# Every outcome exists from the first scrape (at 0), so rates and ratios work at once.
+for _outcome in drift.FIT_OUTCOMES:
+    SYNC_DRIFT_OUTCOMES.labels(outcome=_outcome)
 
 
 async def measure_drift(
@@ -47,6 +52,7 @@ async def measure_drift(
     connect_to = min(inputs.connect_duration, inputs.recording_duration - placement)
     starts = drift.measurement_times(connect_from, connect_to, STRETCH_SECONDS)
     if not starts:
+        SYNC_DRIFT_OUTCOMES.labels(outcome="short").inc()
         return replace(found, drift_ppm=0.0)  # one stretch's own drift is too rough to apply
     # The call end's stretch: its offset is where its middle lies (found's is its end's).
     anchor = drift.Point(
@@ -61,6 +67,7 @@ async def measure_drift(
         later = drift.later_times(connect_from, connect_to, STRETCH_SECONDS)
         points += await _points(inputs, later, anchor, placement, timeout=timeout)
     fitted = drift.fit(points, anchor)
+    SYNC_DRIFT_OUTCOMES.labels(outcome=fitted.reason).inc()
     log.info(
         "call_end_sync_drift",
         reason=fitted.reason,

@@ -134,6 +134,14 @@ SYNC_DRIFT_PPM = Histogram(
     buckets=(0.0, 5.0, 10.0, 20.0, 40.0, 60.0, 100.0, 150.0, 200.0, 300.0),
     registry=REGISTRY,
 )
+SYNC_DRIFT_OUTCOMES = Counter(
+    "komorebi_sync_drift_total",
+    "Drift measurements of measured placements, by outcome: applied, none (measured: no "
+    "drift), too_few (no stretch but the call end's was confident: the drift is unknown and "
+    "none is applied), inconsistent, implausible (refused), short (the overlap is too short).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 CONNECT_SHORT = Counter(
     "komorebi_connect_short_total",
     "Connect recordings found covering less of the call than its end implies, by reason "
