@@ -199,7 +199,7 @@ def test_drift_fit_applies_a_plausible_drift_through_the_anchor() -> None:
     ("points", "reason"),
     [
         (_points(80.0, [900.0]), "too_few"),
-        (_points(80.0, [900.0, 870.0]), "too_few"),  # 30 s apart: cannot tell drift
+        (_points(80.0, [900.0, 880.0]), "too_few"),  # 20 s apart: cannot tell drift
         (_points(2.0, [900.0, 15.0]), "none"),  # 1.8 ms over the call: one placement
         (_points(400.0, [900.0, 15.0]), "implausible"),
         (_points(80.0, [900.0, 15.0, 450.0], [0.0, 0.0, 0.02]), "inconsistent"),
@@ -214,13 +214,15 @@ def test_drift_fit_refuses(points: list[drift.Point], reason: str) -> None:
 
 def test_measurement_times() -> None:
     assert drift.measurement_times(0.5, 60.0, 30.0) == []  # too short to see drift
+    # An 85 s call: its start's stretch 54.5 s from the call end's (issue 19 QA).
+    assert drift.measurement_times(0.5, 85.0, 30.0) == [0.5]
     assert drift.measurement_times(0.5, 200.0, 30.0) == [0.5]
     assert drift.measurement_times(0.5, 3600.0, 30.0) == [0.5, 0.5 + (3599.5 - 30.0) / 2]
     assert drift.slope(_points(55.0, [10.0, 500.0])) * 1e6 == pytest.approx(55.0)
 
 
 def test_later_times_spread_over_the_overlap_while_the_span_allows() -> None:
-    # Up to four after the first, a stretch apart at least, the last ending MIN_SPAN_SECONDS
+    # Up to four after the first, a stretch apart at least, the last ending LATER_SPAN_SECONDS
     # (60 s) before the call end's stretch.
     assert drift.later_times(0.5, 200.0, 30.0) == [30.5, 60.5, 90.5]
     assert drift.later_times(0.5, 540.5, 30.0) == [113.0, 225.5, 338.0, 450.5]

@@ -24,11 +24,16 @@ MAX_DRIFT_PPM = 300.0  # a plausible clock error (crystals: tens of ppm); never 
 # Placements this close are one placement (measurement noise is ~0.1 ms on speech).
 MIN_DISAGREEMENT_SECONDS = 0.002
 FIT_TOLERANCE_SECONDS = 0.004  # every point must lie this close to the fitted line
-MIN_SPAN_SECONDS = 60.0  # points closer than this in Connect time cannot tell drift
+# Points closer than this in Connect time cannot tell drift. 30 s: measurement noise is ~0.1 ms,
+# 3 ppm over 30 s; an overlap must leave this much between the start's stretch and the call
+# end's (issue 19 QA: at 60 s, calls under 90.5 s got no drift point and END alignment left
+# 85 s at 250 ppm 20 ms off at the start, 88 s at 120 ppm a median of 5.1 ms).
+MIN_SPAN_SECONDS = 30.0
 MIDDLE_FROM_SECONDS = 600.0  # overlaps this long also get a middle measurement
 # When no measurement point was confident (the agent silent while the customer explains, a
 # beep), this many more stretches are measured, spread over the rest of the overlap.
 LATER_POINTS = 4
+LATER_SPAN_SECONDS = 60.0  # ... the last of them starting this long before the call end's
 # Every outcome of a drift measurement (the `outcome` label of komorebi_sync_drift_total):
 # :func:`fit`'s reasons, and "short" when the overlap leaves no room for a second stretch.
 FIT_OUTCOMES = ("applied", "none", "too_few", "inconsistent", "implausible", "short")
@@ -114,10 +119,10 @@ def measurement_times(connect_from: float, connect_to: float, stretch: float) ->
 def later_times(connect_from: float, connect_to: float, stretch: float) -> list[float]:
     """Connect times (stretch starts) to measure when none of :func:`measurement_times` was
     confident (pure): up to :data:`LATER_POINTS` after the first, evenly spread (at least a
-    stretch apart) up to the last start still :data:`MIN_SPAN_SECONDS` from the call end's
+    stretch apart) up to the last start still :data:`LATER_SPAN_SECONDS` from the call end's
     stretch. The earliest that is confident tells the drift most precisely, but speech can be
     missing for minutes (the customer explaining, hold)."""
-    last = connect_to - stretch - MIN_SPAN_SECONDS
+    last = connect_to - stretch - LATER_SPAN_SECONDS
     step = max(stretch, (last - connect_from) / LATER_POINTS)
     starts = (connect_from + step * n for n in range(1, LATER_POINTS + 1))
     return [start for start in starts if start <= last + 1e-9]
