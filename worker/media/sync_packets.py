@@ -53,7 +53,10 @@ class PacketReader:
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
         self._size = 0
-        self._parsed: list[tuple[Envelope, Envelope, Envelope]] = []
+        # Times, durations and sizes of the blocks parsed so far, a list per field: each is
+        # joined, and its blocks let go, before the next (a 4-hour recording's 720,000 packets
+        # are 17 MB; joined all three at once, 34 MB at the peak).
+        self._parsed: tuple[list[Envelope], list[Envelope], list[Envelope]] = ([], [], [])
 
     def feed(self, chunk: bytes) -> None:
         """The next bytes of the output."""
@@ -65,11 +68,7 @@ class PacketReader:
     def finish(self) -> tuple[Envelope, Envelope, Envelope]:
         """Times, durations and sizes of every packet fed."""
         self._parse(final=True)
-        if not self._parsed:
-            return np.zeros(0), np.zeros(0), np.zeros(0)
-        times = np.concatenate([part[0] for part in self._parsed])
-        durations = np.concatenate([part[1] for part in self._parsed])
-        sizes = np.concatenate([part[2] for part in self._parsed])
+        times, durations, sizes = (_join(blocks) for blocks in self._parsed)
         return times, durations, sizes
 
     def _parse(self, *, final: bool) -> None:
@@ -78,7 +77,15 @@ class PacketReader:
         self._chunks = [raw[cut:]]
         self._size = len(raw) - cut
         if cut:
-            self._parsed.append(parse_packets(raw[:cut]))
+            for blocks, values in zip(self._parsed, parse_packets(raw[:cut]), strict=True):
+                blocks.append(values)
+
+
+def _join(blocks: list[Envelope]) -> Envelope:
+    """``blocks`` joined into one array, the list emptied (its blocks freed) as it is."""
+    joined = np.concatenate(blocks) if blocks else np.zeros(0)
+    blocks.clear()
+    return joined
 
 
 def parse_packets(raw: bytes) -> tuple[Envelope, Envelope, Envelope]:
