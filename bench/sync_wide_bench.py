@@ -34,6 +34,7 @@ from bench.long_speech import LongCase, LongSpec, make_long_case
 from tests.harness.speech_media import (
     CaseSpec,
     alignment_errors,
+    call_times,
     make_speech_case,
     merge_case,
     message_call_end,
@@ -88,7 +89,7 @@ def run_short(cache: Path) -> list[dict[str, Any]]:
             synced = result.sync
             measured: list[float] = []
             if synced.measured and not case.must_fall_back:
-                at = [0.5, case.connect_duration / 2 - 5, case.connect_duration - 10.5]
+                at = call_times(case)
                 measured = alignment_errors(out, case, case.true_connect_end, at)
             wrong = synced.measured and (
                 case.must_fall_back or max(abs(e) for e in measured) > WRONG_SECONDS

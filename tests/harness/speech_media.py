@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import statistics
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -594,6 +595,25 @@ def alignment_error(output: Path, case: SpeechCase, call_end_used: float) -> flo
     connect_end = conn + case.connect_duration * (1 + case.drift_ppm * 1e-6)
     mic = microphone_placement(output, case, min(call_end_used, connect_end))
     return conn - mic - case.true_placement
+
+
+# Issue 19's targets for the call audio against the screen, anywhere in the call.
+MAX_ERROR_SECONDS = 0.020
+MAX_MEDIAN_SECONDS = 0.005
+
+
+def call_times(case: SpeechCase) -> list[float]:
+    """Connect seconds of 10 s stretches at the start, middle and end of the Connect file
+    (:func:`alignment_errors`' usual ``connect_times``)."""
+    return [0.5, case.connect_duration / 2 - 5.0, case.connect_duration - 10.5]
+
+
+def assert_within_targets(errors: Sequence[float]) -> None:
+    """The errors (s) within issue 19's targets: each within :data:`MAX_ERROR_SECONDS`, their
+    median within :data:`MAX_MEDIAN_SECONDS` (shown in ms when not)."""
+    shown = [round(e * 1000, 2) for e in errors]
+    assert max(abs(e) for e in errors) <= MAX_ERROR_SECONDS, shown
+    assert abs(statistics.median(errors)) <= MAX_MEDIAN_SECONDS, shown
 
 
 def alignment_errors(

@@ -26,7 +26,6 @@ middle and end of the call (median 5 ms); otherwise the timestamp kept; never a 
 from __future__ import annotations
 
 import functools
-import statistics
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +33,12 @@ import pytest
 
 from tests.harness.media_tools import decode_pcm
 from tests.harness.speech_media import (
+    MAX_ERROR_SECONDS,
     CaseSpec,
     SpeechCase,
     alignment_errors,
+    assert_within_targets,
+    call_times,
     make_speech_case,
     merge_case,
     message_call_end,
@@ -44,8 +46,6 @@ from tests.harness.speech_media import (
 )
 from worker import media
 
-MAX_ERROR_SECONDS = 0.020
-MAX_MEDIAN_SECONDS = 0.005
 DRIFT_TOLERANCE_PPM = 15.0
 QA_DRIFT = {"voices": -1, "pool": "qa-drift"}
 
@@ -86,17 +86,6 @@ def _errors(case: SpeechCase, result: media.MergeResult, times: list[float]) -> 
     return alignment_errors(result.output, case, connect_end, times)
 
 
-def _ends(case: SpeechCase) -> list[float]:
-    """Connect seconds of 10 s stretches at the start, middle and end of the Connect file."""
-    return [0.5, case.connect_duration / 2 - 5.0, case.connect_duration - 10.5]
-
-
-def _within_rules(errors: list[float]) -> None:
-    shown = [round(e * 1000, 2) for e in errors]
-    assert max(abs(e) for e in errors) <= MAX_ERROR_SECONDS, shown
-    assert abs(statistics.median(errors)) <= MAX_MEDIAN_SECONDS, shown
-
-
 def _rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
 
@@ -116,7 +105,7 @@ def test_a_suspended_span_in_a_drifting_webm_call_stays_silent_and_aligned(
     assert SUSPENDED.suspended is not None
     lo, hi = SUSPENDED.suspended
     # Before the span, just after it, and at the end (the middle lies inside the span).
-    _within_rules(_errors(case, result, [0.5, hi + 2.0, case.connect_duration - 10.5]))
+    assert_within_targets(_errors(case, result, [0.5, hi + 2.0, case.connect_duration - 10.5]))
     rate = 16000
     out = decode_pcm(result.output, rate=rate)[:, 0]
     mic = np.load(case.recording.parent / "mic.npy").astype(np.float32)[:: 48000 // rate]
@@ -133,7 +122,7 @@ def test_a_suspended_span_in_a_drifting_webm_call_stays_silent_and_aligned(
 def test_an_early_stop_a_late_timestamp_and_drift_in_mp4_aac(merge_dir: Path) -> None:
     case, result = _merged(merge_dir, EARLY_STOP)
     _followed(result, EARLY_STOP, "waveform_wide")
-    _within_rules(_errors(case, result, _ends(case)))
+    assert_within_targets(_errors(case, result, call_times(case)))
     # An early stop and a late timestamp look the same: the message's call end kept, the
     # Connect end where it was recorded, and after it the microphone at its own timing.
     assert result.call_end_seconds == pytest.approx(case.true_call_end + 18.0, abs=1.0)
@@ -150,7 +139,7 @@ def test_a_drift_behind_a_reverberant_noisy_room_is_measured_further_on(
 ) -> None:
     case, result = _merged(merge_dir, REVERB)
     _followed(result, REVERB, "waveform")  # without: the start 35 ms off
-    _within_rules(_errors(case, result, _ends(case)))
+    assert_within_targets(_errors(case, result, call_times(case)))
 
 
 @pytest.mark.parametrize("spec", [SHORT_250, SHORT_120], ids=["85s-250ppm", "88s-120ppm"])
@@ -159,4 +148,4 @@ def test_a_short_call_with_a_large_drift_is_within_the_rules(
 ) -> None:
     case, result = _merged(merge_dir, spec)
     assert result.sync.method == "waveform", result.sync
-    _within_rules(_errors(case, result, _ends(case)))
+    assert_within_targets(_errors(case, result, call_times(case)))

@@ -20,6 +20,7 @@ import pytest
 
 from tests.harness.media_tools import decode_pcm
 from tests.harness.speech_media import (
+    MAX_ERROR_SECONDS,
     CaseSpec,
     SpeechCase,
     alignment_error,
@@ -34,7 +35,6 @@ from tests.harness.speech_media import (
 from worker import media
 from worker.observability import SYNC_OUTCOMES
 
-MAX_ERROR_SECONDS = 0.020
 SPEECH = {
     "webm-opus": CaseSpec("webm-opus", script=0, voices=0, container="webm", call_seconds=24),
     "mp4-aac-noisy": CaseSpec("mp4-aac-noisy", script=1, voices=1, container="mp4-aac",
