@@ -5,6 +5,7 @@ Analysis: :func:`decode_pcm` (any file -> float32 samples), :func:`band_share` /
 (decoded video frame hashes), :func:`probe_duration` / :func:`stream_end` /
 :func:`timeline_duration` (durations), :func:`packet_times`.
 Generation: :func:`make_recording` and :func:`make_tone_wav` (ffmpeg lavfi sources).
+Counting: :func:`count_runs` (what each ffmpeg/ffprobe run of the code under test was for).
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ import json
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import pytest
+
+    from worker.ffmpeg import RunResult
 
 Samples = npt.NDArray[np.float32]
 
@@ -507,3 +514,20 @@ def unified_output_problems(
             if share < 0.8:
                 problems.append(f"{name} at {at:.2f} s: {share:.0%} of it at {list(tones)} Hz")
     return problems
+
+
+def count_runs(patch: pytest.MonkeyPatch) -> list[str]:
+    """Patch :func:`worker.ffmpeg.run` (through ``patch``: a fixture or its ``context()``) to
+    record what each run is for (its ``what``) before running it for real; the list fills as
+    the code under test runs."""
+    from worker import ffmpeg
+
+    runs: list[str] = []
+    real_run = ffmpeg.run
+
+    async def counted(args: list[str], **kwargs: object) -> RunResult:
+        runs.append(str(kwargs["what"]))
+        return await real_run(args, **kwargs)  # type: ignore[arg-type]
+
+    patch.setattr(ffmpeg, "run", counted)
+    return runs

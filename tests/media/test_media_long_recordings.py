@@ -21,6 +21,7 @@ import pytest
 
 from tests.harness.media_checks import assert_moov_reads_as_ffprobe
 from tests.harness.media_tools import (
+    count_runs,
     framemd5,
     make_recording,
     make_tone_wav,
@@ -274,16 +275,7 @@ def test_an_mp4_recording_is_probed_in_one_run_with_the_same_result(
 ) -> None:
     """The movie header's duration (read before ffprobe runs) lets one run read header, head
     and tail; the result is the two-run read's (every span's start, end and last frame)."""
-    from worker import ffmpeg
-
-    runs: list[str] = []
-    real_run = ffmpeg.run
-
-    async def counted(args: list[str], **kwargs: object) -> ffmpeg.RunResult:
-        runs.append(str(kwargs["what"]))
-        return await real_run(args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ffmpeg, "run", counted)
+    runs = count_runs(monkeypatch)
     for (ext, stop), path in recordings.items():
         runs.clear()
         two = anyio.run(probe, path)

@@ -8,8 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.harness.media_tools import ffmpeg, framemd5, make_recording, make_tone_wav
-from worker import ffmpeg as ffmpeg_module
+from tests.harness.media_tools import count_runs, ffmpeg, framemd5, make_recording, make_tone_wav
 from worker import media
 from worker.media import commands
 
@@ -18,14 +17,7 @@ def _merge_counting(
     recording: Path, connect: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[media.MergeResult, list[str]]:
     """The merge of ``recording`` with a thumbnail, and what each of its processes was."""
-    runs: list[str] = []
-    real_run = ffmpeg_module.run
-
-    async def counted(args: list[str], **kwargs: object) -> ffmpeg_module.RunResult:
-        runs.append(str(kwargs["what"]))
-        return await real_run(args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ffmpeg_module, "run", counted)
+    runs = count_runs(monkeypatch)
     request = media.MergeRequest(
         recording=recording,
         connect_audio=connect,

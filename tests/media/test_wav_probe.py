@@ -9,8 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.harness.media_tools import ffmpeg
-from worker import ffmpeg as ffmpeg_module
+from tests.harness.media_tools import count_runs, ffmpeg
 from worker import media
 from worker.errors import MediaError
 from worker.media import probing
@@ -21,15 +20,8 @@ def _probe_counting(
 ) -> tuple[media.MediaInfo | MediaError, list[str]]:
     """The Connect audio's probe of ``path`` (or its error) and the processes it ran; with
     ``python`` False, as before: ffprobe only."""
-    runs: list[str] = []
-    real_run = ffmpeg_module.run
-
-    async def counted(args: list[str], **kwargs: object) -> ffmpeg_module.RunResult:
-        runs.append(str(kwargs["what"]))
-        return await real_run(args, **kwargs)  # type: ignore[arg-type]
-
     with monkeypatch.context() as patch:
-        patch.setattr(ffmpeg_module, "run", counted)
+        runs = count_runs(patch)
         if not python:
             patch.setattr(probing, "wav_probe", lambda *_: None)
         try:

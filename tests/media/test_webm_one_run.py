@@ -20,8 +20,7 @@ import anyio
 import pytest
 
 from tests.harness.fixtures_media import DATA_DIR
-from tests.harness.media_tools import ffmpeg
-from worker import ffmpeg as ffmpeg_module
+from tests.harness.media_tools import count_runs, ffmpeg
 from worker.media import probing
 from worker.media.probing import ONE_RUN_MAX_PACKETS, probe
 
@@ -31,15 +30,7 @@ WEBMS = sorted(p.name for p in DATA_DIR.iterdir() if p.suffix == ".webm")
 @pytest.fixture
 def runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The ffprobe/ffmpeg runs made (what each was for), through the real :func:`run`."""
-    made: list[str] = []
-    real_run = ffmpeg_module.run
-
-    async def counted(args: list[str], **kwargs: object) -> ffmpeg_module.RunResult:
-        made.append(str(kwargs["what"]))
-        return await real_run(args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ffmpeg_module, "run", counted)
-    yield made
+    yield count_runs(monkeypatch)
 
 
 def _two_runs(path: Path) -> probing.MediaInfo:
